@@ -1,0 +1,3 @@
+from hanna_sync.cli import main
+
+main()

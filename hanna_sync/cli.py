@@ -1,0 +1,440 @@
+"""The `hanna-sync` command: parse options, call the core, render the result.
+
+No logic lives here beyond prompting and presentation; every command is a few lines over a function of
+the core library, whose `HannaError`s become one line on stderr and a documented exit code.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+import traceback
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from hanna_sync import __version__
+from hanna_sync.errors import ExitCode, HannaError, InputError
+
+log = logging.getLogger("hanna_sync")
+
+
+class App:
+    """What every command needs, opened on first use so `--help` and usage errors stay instant."""
+
+    def __init__(self, config_path: str | None, verbose: int) -> None:
+        self.config_path = config_path
+        self.verbose = verbose
+
+    @cached_property
+    def config(self):  # type: ignore[no-untyped-def]
+        from hanna_sync.config import load_config
+
+        return load_config(self.config_path)
+
+    @cached_property
+    def store(self):  # type: ignore[no-untyped-def]
+        from hanna_sync.store import Store
+
+        return Store(self.config.database)
+
+    @cached_property
+    def secrets(self):  # type: ignore[no-untyped-def]
+        from hanna_sync.credentials import open_secret_store
+
+        c = self.config
+        return open_secret_store(c.secrets.store, c.secrets_file, c.secrets_key_file, c.secrets.timeout)
+
+    @property
+    def timeout(self) -> float:
+        return self.config.network.timeout
+
+
+class HannaGroup(click.Group):
+    """Turns expected failures into one line and an exit code, and bugs into a hint to rerun with -v."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except HannaError as exc:
+            if ctx.obj and ctx.obj.verbose:
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.verbose:
+                traceback.print_exc()
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback, and report it)",
+                err=True,
+            )
+            ctx.exit(ExitCode.FAILURE)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console()
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    console().print(t)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (and nothing else) on stdout.")(f)
+
+
+@click.group(cls=HannaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config", "config_path", metavar="PATH", envvar="HANNA_SYNC_CONFIG",
+    help="Config file (default: $HANNA_SYNC_CONFIG, ~/.config/hanna-sync/config.toml, /etc/hanna-sync/config.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail; shows tracebacks of errors.")
+@click.version_option(__version__, prog_name="hanna-sync")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Archive a company's email into its CRM, linked to Customers and Leads.
+
+    \b
+    Typical first steps:
+      hanna-sync import customers customers.csv
+      hanna-sync add-mailbox --user jonas --email jonas@example.lt --provider gmail
+      hanna-sync list-mailboxes
+
+    Exit codes: 0 ok, 1 failure, 2 usage or config error. Passwords are kept in the secrets store
+    (see [secrets] in config.example.toml), never in the config or the database.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    ctx.obj = App(config_path, verbose)
+
+
+# -- mailboxes --------------------------------------------------------------------------------
+
+def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The settings add-mailbox and edit-mailbox share (and `test` will)."""
+    security = click.Choice(["ssl", "starttls", "none"])
+    options = [
+        click.option("--username", help="Login name, only when it differs from the email."),
+        click.option("--imap-host", help="IMAP server name (preset by --provider)."),
+        click.option("--imap-port", type=click.IntRange(1, 65535), help="IMAP port (993 with ssl, 143 otherwise)."),
+        click.option("--imap-security", type=security, help="ssl (implicit TLS), starttls or none."),
+        click.option("--imap-charset", help="Charset for letters that declare none or a wrong one (e.g. windows-1257)."),
+        click.option("--smtp-host", help="SMTP server name (preset by --provider)."),
+        click.option("--smtp-port", type=click.IntRange(1, 65535), help="SMTP port (465 with ssl, 587 starttls, 25 none)."),
+        click.option("--smtp-security", type=security, help="ssl, starttls or none."),
+        click.option("--smtp-charset", help="Charset used when sending."),
+        click.option("--folder", "folders", multiple=True, metavar="NAME",
+                     help="Folder to scan; repeat for several (default: INBOX and the Sent folder)."),
+        click.option("--scan-active/--no-scan-active", default=None, help="Scan this mailbox every pass (default on)."),
+        click.option("--sync-customers/--no-sync-customers", default=None, help="Link letters to Customers (default on)."),
+        click.option("--sync-leads/--no-sync-leads", default=None, help="Link letters to Leads (default on)."),
+        click.option("--main/--no-main", default=None, help="The user's main mailbox (at most one per user)."),
+        click.option("--ca-file", type=click.Path(dir_okay=False), help="Trust this CA (PEM) for the mailbox's servers."),
+        click.option("--no-verify", is_flag=True, help="Save without logging in first."),
+        click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from(options: dict[str, Any]) -> dict[str, Any]:
+    from hanna_sync.mailboxes import SETTINGS
+
+    return {key: options[key] for key in SETTINGS if key in options}
+
+
+def read_password(from_stdin: bool, prompt: str = "Password") -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if sys.stdin.isatty():
+        return click.prompt(prompt, hide_input=True)
+    raise InputError("no password given: pipe it with --password-stdin, or run on a terminal to be asked")
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(saved.mailbox.public())
+        return
+    m = saved.mailbox
+    click.echo(f"{verb} mailbox {m.id}: {m.email} for {m.user} ({m.imap_host}:{m.imap_port} {m.imap_security}),"
+               f" folders: {', '.join(m.folders)}")
+    if saved.previous_main:
+        click.echo(f"Mailbox {saved.previous_main} is no longer {m.user}'s main mailbox.")
+
+
+@cli.command("add-mailbox")
+@click.option("--user", help="Staff member's login the mailbox belongs to (default: your login name).")
+@click.option("--email", help="The mailbox's email address (asked for on a terminal).")
+@click.option("--provider", type=click.Choice(["gmail", "yahoo", "outlook", "serveriai", "custom"]),
+              help="Preset of servers and ports; guessed from the email's domain when not given.")
+@click.option("--kind", type=click.Choice(["imap"]), default="imap", show_default=True,
+              help="Mailbox kind (Office 365 kinds come later).")
+@mailbox_settings_options
+@json_option
+@click.pass_obj
+def add_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
+                no_verify: bool, password_stdin: bool, as_json: bool, **options: Any) -> None:
+    """Connect a mailbox for a staff member.
+
+    The connection is tested (login, and the folders exist) before anything is saved. The password
+    is asked for with a hidden prompt, or read from stdin with --password-stdin; it goes to the
+    secrets store, never to the config or the database.
+
+    \b
+    Examples:
+      hanna-sync add-mailbox --user jonas --email jonas@gmail.com          # Gmail preset
+      echo "$APP_PASSWORD" | hanna-sync add-mailbox --user ona \\
+          --email ona@imone.lt --provider serveriai --imap-host imone.serveriai.lt --password-stdin
+      hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
+          --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
+    """
+    from hanna_sync import mailboxes
+
+    if not email:
+        if not interactive():
+            raise InputError("--email is required")
+        email = click.prompt("Email")
+    preset = mailboxes.provider_for(email, provider)
+    if preset.host_required and not options["imap_host"]:
+        if not interactive():
+            raise InputError(f"the {preset.label} preset needs the server name: give --imap-host")
+        options["imap_host"] = click.prompt("IMAP server")
+    mailbox = mailboxes.new_mailbox(user or getpass.getuser(), email, provider, settings_from(options))
+    mailbox.kind = kind
+    app.store.check_unique(mailbox)
+    password = read_password(password_stdin, f"Password for {mailbox.login_name}")
+    saved = mailboxes.add(app.store, app.secrets, mailbox, password, not no_verify, app.timeout)
+    print_mailbox_saved("Added", saved, as_json)
+
+
+@cli.command("edit-mailbox")
+@click.argument("mailbox_id", metavar="ID", type=int)
+@mailbox_settings_options
+@json_option
+@click.pass_obj
+def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: bool, as_json: bool, **options: Any) -> None:
+    """Change a mailbox's settings; only the options given change.
+
+    --folder replaces the list of folders. When a connection setting changes, the mailbox is
+    verified again with its stored password (skip with --no-verify). To change the password use
+    set-password.
+
+    \b
+    Example:
+      hanna-sync edit-mailbox 3 --folder INBOX --folder "Išsiųsti" --no-sync-leads
+    """
+    from hanna_sync import mailboxes
+
+    if password_stdin:
+        raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
+    saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), not no_verify, app.timeout)
+    print_mailbox_saved("Updated", saved, as_json)
+
+
+@cli.command("set-password")
+@click.argument("mailbox_id", metavar="ID", type=int)
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@click.option("--no-verify", is_flag=True, help="Store it without trying to log in.")
+@click.pass_obj
+def set_password(app: App, mailbox_id: int, password_stdin: bool, no_verify: bool) -> None:
+    """Replace a mailbox's password (after checking that it logs in).
+
+    \b
+    Example:
+      hanna-sync set-password 3                 # asks with a hidden prompt
+      pass show mail/ona | hanna-sync set-password 3 --password-stdin
+    """
+    from hanna_sync import mailboxes
+
+    mailbox = app.store.mailbox(mailbox_id)
+    password = read_password(password_stdin, f"New password for {mailbox.login_name}")
+    mailboxes.set_password(app.store, app.secrets, mailbox_id, password, not no_verify, app.timeout)
+    click.echo(f"Password of mailbox {mailbox_id} ({mailbox.email}) updated.")
+
+
+@cli.command("remove-mailbox")
+@click.argument("mailbox_id", metavar="ID", type=int)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def remove_mailbox(app: App, mailbox_id: int, yes: bool) -> None:
+    """Remove a mailbox and its stored password. Letters archived from it stay in the archive."""
+    from hanna_sync import mailboxes
+
+    mailbox = app.store.mailbox(mailbox_id)
+    if not yes:
+        if not interactive():
+            raise InputError("give --yes to remove a mailbox without a terminal to confirm on")
+        click.confirm(f"Remove mailbox {mailbox_id} ({mailbox.email} of {mailbox.user})?", abort=True)
+    mailboxes.remove(app.store, app.secrets, mailbox_id)
+    click.echo(f"Removed mailbox {mailbox_id} ({mailbox.email}); its archived letters stay.")
+
+
+@cli.command("list-mailboxes")
+@click.option("--user", help="Only this staff member's mailboxes.")
+@json_option
+@click.pass_obj
+def list_mailboxes(app: App, user: str | None, as_json: bool) -> None:
+    """List mailboxes with their settings and last outcome (never their passwords)."""
+    boxes = app.store.mailboxes(user)
+    if as_json:
+        emit_json([m.public() for m in boxes])
+        return
+    if not boxes:
+        click.echo("No mailboxes yet: add one with 'hanna-sync add-mailbox'.")
+        return
+
+    def flags(m: Any) -> str:
+        marks = [("main", m.main), ("scan", m.scan_active), ("customers", m.sync_customers), ("leads", m.sync_leads)]
+        return " ".join(name for name, on in marks if on) or "-"
+
+    table(None, ["ID", "User", "Email", "IMAP", "Folders", "Flags", "Last error"], [
+        [m.id, m.user, m.email, f"{m.imap_host}:{m.imap_port} {m.imap_security}", ", ".join(m.folders), flags(m),
+         m.last_error]
+        for m in boxes
+    ])
+
+
+@cli.command("folders")
+@click.argument("mailbox_id", metavar="ID", type=int)
+@json_option
+@click.pass_obj
+def folders(app: App, mailbox_id: int, as_json: bool) -> None:
+    """List the server's folders with message counts; * marks those scanned.
+
+    Use the names shown here with --folder (non-ASCII names such as "Išsiųsti" as they are shown).
+    """
+    from hanna_sync import mailboxes
+
+    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, app.timeout)
+    if as_json:
+        emit_json([{"id": r.name, **asdict(r)} for r in rows])
+        return
+    table(None, ["", "Folder", "Messages", "Special use"],
+          [["*" if r.selected else "", r.name, r.messages, r.special] for r in rows])
+
+
+# -- the CRM directory ------------------------------------------------------------------------
+
+@cli.group("import")
+def import_group() -> None:
+    """Load Customers or Leads from a CRM export (CSV or JSON), upserting on their id.
+
+    \b
+    Columns (CSV header, or JSON object keys):
+      id        the CRM's id (required; rows with the same id are updated)
+      name      display name
+      email     main email
+      domain    the customer's email domain, e.g. acme.lt (customers only)
+      contacts  contact persons: "a@x.lt; Ona <ona@x.lt>" in CSV, a list in JSON
+    A file without a contacts column keeps the contacts already stored.
+    Bad rows are reported by line number and skipped; exit code 1 when any row was rejected.
+    """
+
+
+def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: bool) -> None:
+    from hanna_sync.directory import import_entities
+
+    path = None if file == "-" else Path(file)
+    stdin_text = sys.stdin.read() if path is None else None
+    if path is None and not fmt:
+        raise InputError("reading standard input: give --format csv or --format json")
+    result = import_entities(app.store, entity_type, path, fmt, stdin_text)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        click.echo(f"{entity_type.capitalize()}s: {result.added} added, {result.updated} updated,"
+                   f" {result.unchanged} unchanged, {len(result.rejected)} rejected.")
+        for error in result.rejected:
+            click.echo(f"  line {error.line}: {error.message}", err=True)
+        for conflict in result.conflicts:
+            click.echo(f"  conflict: {conflict}", err=True)
+        if result.ignored_columns:
+            click.echo(f"  ignored columns: {', '.join(result.ignored_columns)}", err=True)
+    if result.rejected:
+        sys.exit(ExitCode.FAILURE)
+
+
+def import_command(entity_type: str) -> Callable[..., Any]:
+    @click.argument("file", metavar="FILE")
+    @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), help="File format (default: by extension).")
+    @json_option
+    @click.pass_obj
+    def command(app: App, file: str, fmt: str | None, as_json: bool) -> None:
+        _import(app, entity_type, file, fmt, as_json)
+
+    command.__doc__ = f"Import {entity_type}s from FILE (.csv or .json; - for stdin with --format)."
+    return command
+
+
+import_group.command("customers")(import_command("customer"))
+import_group.command("leads")(import_command("lead"))
+
+
+def list_entities(app: App, entity_type: str, as_json: bool) -> None:
+    entities = app.store.entities(entity_type)
+    if as_json:
+        out = []
+        for e in entities:
+            data = asdict(e)
+            if entity_type == "lead":
+                data.pop("domain")
+            out.append(data)
+        emit_json(out)
+        return
+    if not entities:
+        click.echo(f"No {entity_type}s yet: load them with 'hanna-sync import {entity_type}s FILE'.")
+        return
+    columns = ["ID", "Name", "Email"] + (["Domain"] if entity_type == "customer" else []) + ["Contacts"]
+    rows = []
+    for e in entities:
+        contacts = ", ".join(c.email for c in e.contacts)
+        rows.append([e.id, e.name, e.email] + ([e.domain] if entity_type == "customer" else []) + [contacts])
+    table(None, columns, rows)
+
+
+@cli.command("customers")
+@json_option
+@click.pass_obj
+def customers(app: App, as_json: bool) -> None:
+    """List the Customers letters are linked to, with their contact persons."""
+    list_entities(app, "customer", as_json)
+
+
+@cli.command("leads")
+@json_option
+@click.pass_obj
+def leads(app: App, as_json: bool) -> None:
+    """List the Leads letters are linked to, with their contact persons."""
+    list_entities(app, "lead", as_json)
+
+
+def main() -> None:
+    cli(prog_name="hanna-sync")

@@ -1,0 +1,217 @@
+"""Configuration: one TOML file, optional, validated strictly.
+
+A sysadmin's typo must not silently fall back to a default (a misspelt `own_domains` would link the
+company's own mail to customers), so an unknown key or a value of the wrong type is an error that names
+the key. Everything has a default, so the tool also runs with no file at all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from hanna_sync.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SECRET_STORES = ("file", "system")
+
+
+def _default_data_dir() -> Path:
+    """Where state lives when the config does not say: systemd's StateDirectory, else XDG."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "hanna-sync"
+
+
+def config_search_path() -> list[Path]:
+    """Files tried in order when neither --config nor $HANNA_SYNC_CONFIG names one."""
+    paths = []
+    if os.environ.get("CONFIGURATION_DIRECTORY"):
+        paths.append(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "config.toml")
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    paths.append((Path(xdg) if xdg else Path.home() / ".config") / "hanna-sync" / "config.toml")
+    paths.append(Path("/etc/hanna-sync/config.toml"))
+    return paths
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    store: str = "file"
+    file: Path | None = None  # default: secrets.enc beside the database
+    key_file: Path | None = None  # default: secrets.key beside the database
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    concurrency: int = 4
+    batch_size: int = 200
+    max_letter_size_mb: float = 25.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    database: Path = field(default_factory=lambda: _default_data_dir() / "hanna-sync.db")
+    log_level: str = "info"
+    own_domains: tuple[str, ...] = ()
+    free_mail_domains: tuple[str, ...] = ()
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    source: Path | None = None  # the file it came from, None for built-in defaults
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.secrets.file or self.database.parent / "secrets.enc"
+
+    @property
+    def secrets_key_file(self) -> Path:
+        return self.secrets.key_file or self.database.parent / "secrets.key"
+
+    @property
+    def max_letter_bytes(self) -> int:
+        return int(self.scan.max_letter_size_mb * 1024 * 1024)
+
+
+# key -> (accepted types, description of the expected type) for every key a file may set.
+_SCHEMA: dict[str, Any] = {
+    "database": (str, "a path"),
+    "log_level": (str, "one of " + ", ".join(LOG_LEVELS)),
+    "own_domains": (list, "a list of domain names"),
+    "free_mail_domains": (list, "a list of domain names"),
+    "secrets": {
+        "store": (str, "one of " + ", ".join(f'"{s}"' for s in SECRET_STORES)),
+        "file": (str, "a path"),
+        "key_file": (str, "a path"),
+        "timeout": ((int, float), "a number of seconds"),
+    },
+    "scan": {
+        "concurrency": (int, "a whole number >= 1"),
+        "batch_size": (int, "a whole number >= 1"),
+        "max_letter_size_mb": ((int, float), "a number of megabytes > 0"),
+    },
+    "network": {
+        "timeout": ((int, float), "a number of seconds > 0"),
+    },
+}
+
+
+def _check(data: dict[str, Any], schema: dict[str, Any], where: Path, prefix: str = "") -> None:
+    for key, value in data.items():
+        name = prefix + key
+        if key not in schema:
+            hint = difflib.get_close_matches(key, list(schema), n=1)
+            maybe = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{where}: unknown key '{name}'{maybe}; see config.example.toml for every key")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{name}' must be a table ([{name}])")
+            _check(value, expected, where, name + ".")
+            continue
+        types, description = expected
+        # bool is an int in Python; a `concurrency = true` is still a mistake.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(f"{where}: '{name}' must be {description}, not {value!r}")
+
+
+def _domains(values: list[Any], name: str, where: Path) -> tuple[str, ...]:
+    from hanna_sync.addresses import normalise_domain  # local import keeps start-up light
+
+    out = []
+    for value in values:
+        domain = normalise_domain(value) if isinstance(value, str) else None
+        if not domain:
+            raise ConfigError(f"{where}: '{name}' must be a list of domain names; {value!r} is not one")
+        out.append(domain)
+    return tuple(out)
+
+
+def _positive(value: float, name: str, where: Path, minimum: float = 0, strict: bool = True) -> None:
+    if value < minimum or (strict and value == minimum):
+        raise ConfigError(f"{where}: '{name}' must be {'>' if strict else '>='} {minimum}, not {value!r}")
+
+
+def parse_config(data: dict[str, Any], where: Path) -> Config:
+    """Build a Config from parsed TOML, relative paths taken from the file's directory."""
+    _check(data, _SCHEMA, where)
+    base = where.parent
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else (base / Path(value).expanduser())
+
+    if data.get("log_level", "info") not in LOG_LEVELS:
+        raise ConfigError(f"{where}: 'log_level' must be one of {', '.join(LOG_LEVELS)}, not {data['log_level']!r}")
+    secrets = data.get("secrets", {})
+    if secrets.get("store", "file") not in SECRET_STORES:
+        raise ConfigError(f"{where}: 'secrets.store' must be \"file\" or \"system\", not {secrets['store']!r}")
+    scan = data.get("scan", {})
+    network = data.get("network", {})
+    for name, value in (
+        ("secrets.timeout", secrets.get("timeout", 1)),
+        ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
+        ("network.timeout", network.get("timeout", 1)),
+    ):
+        _positive(value, name, where)
+    for name, value in (("scan.concurrency", scan.get("concurrency", 1)), ("scan.batch_size", scan.get("batch_size", 1))):
+        _positive(value, name, where, minimum=1, strict=False)
+
+    defaults = Config()
+    return Config(
+        database=path(data.get("database")) or defaults.database,
+        log_level=data.get("log_level", "info"),
+        own_domains=_domains(data.get("own_domains", []), "own_domains", where),
+        free_mail_domains=_domains(data.get("free_mail_domains", []), "free_mail_domains", where),
+        secrets=SecretsConfig(
+            store=secrets.get("store", "file"),
+            file=path(secrets.get("file")),
+            key_file=path(secrets.get("key_file")),
+            timeout=float(secrets.get("timeout", SecretsConfig.timeout)),
+        ),
+        scan=ScanConfig(
+            concurrency=scan.get("concurrency", ScanConfig.concurrency),
+            batch_size=scan.get("batch_size", ScanConfig.batch_size),
+            max_letter_size_mb=float(scan.get("max_letter_size_mb", ScanConfig.max_letter_size_mb)),
+        ),
+        network=NetworkConfig(timeout=float(network.get("timeout", NetworkConfig.timeout))),
+        source=where,
+    )
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config named by --config, else $HANNA_SYNC_CONFIG, else the first file found.
+
+    A file named explicitly must exist; the search path may find nothing, which means defaults.
+    """
+    named = explicit or os.environ.get("HANNA_SYNC_CONFIG")
+    if named:
+        candidate = Path(named).expanduser()
+        if not candidate.is_file():
+            raise ConfigError(f"config file {candidate} does not exist (given by --config or $HANNA_SYNC_CONFIG)")
+    else:
+        candidate = next((p for p in config_search_path() if p.is_file()), None)
+        if candidate is None:
+            return Config()
+    try:
+        with open(candidate, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {candidate}: {exc.strerror}") from None
+    return parse_config(data, candidate.resolve())

@@ -1,0 +1,51 @@
+"""The small error tree the CLI turns into one line on stderr and an exit code.
+
+Every *expected* failure (bad config, wrong password, unreachable server, bad input file) is a
+`HannaError` carrying the message a sysadmin reads and the exit code a script checks. Anything else
+is a bug and is shown with "rerun with -v" so the traceback can be reported.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented exit codes (README, "Exit codes"). Scripts rely on these numbers."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    TEMPFAIL = 75  # EX_TEMPFAIL: another pass holds the lock, try again later
+
+
+class HannaError(Exception):
+    """An expected failure: its message is shown as is, without a traceback."""
+
+    exit_code: int = ExitCode.FAILURE
+
+
+class ConfigError(HannaError):
+    """The config file is unreadable, has an unknown key or a value of the wrong type."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(HannaError):
+    """An option or input file the user gave is wrong (not a server's fault)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class NotFound(HannaError):
+    """A mailbox, letter, customer or lead named on the command line does not exist."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class SecretsError(HannaError):
+    """The secrets store cannot be read or written (locked keyring, wrong key, ...)."""
+
+
+class ConnectError(HannaError):
+    """A mail server could not be reached, refused the login or lacks a folder."""

@@ -1,0 +1,59 @@
+"""Server settings of the well-known mail providers (the seed's table), and ports by security.
+
+Most staff use one of a handful of providers; typing `imap.gmail.com 993 SSL` by hand is where mistakes
+start, so `--provider` (or the email's domain) fills these in and the admin only types what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SECURITY_MODES = ("ssl", "starttls", "none")
+IMAP_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
+SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    label: str
+    imap_host: str | None
+    imap_security: str
+    smtp_host: str | None
+    smtp_security: str
+    sent_folder: str  # used when the server does not flag its Sent folder (SPECIAL-USE)
+    domains: tuple[str, ...] = ()
+    host_required: bool = False  # serveriai.lt: every customer has a server of their own
+
+    @property
+    def imap_port(self) -> int:
+        return IMAP_PORTS[self.imap_security]
+
+    @property
+    def smtp_port(self) -> int:
+        return SMTP_PORTS[self.smtp_security]
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("gmail", "Gmail", "imap.gmail.com", "ssl", "smtp.gmail.com", "ssl", "[Gmail]/Sent Mail",
+                 ("gmail.com", "googlemail.com")),
+        Provider("yahoo", "Yahoo", "imap.mail.yahoo.com", "ssl", "smtp.mail.yahoo.com", "ssl", "Sent",
+                 ("yahoo.com", "ymail.com", "rocketmail.com", "yahoo.co.uk")),
+        Provider("outlook", "Outlook (Office 365)", "outlook.office365.com", "ssl", "smtp.office365.com", "starttls",
+                 "Sent Items", ("outlook.com", "hotmail.com", "live.com", "msn.com")),
+        Provider("serveriai", "Interneto vizija (serveriai.lt)", None, "ssl", None, "ssl", "Sent",
+                 host_required=True),
+        Provider("custom", "Other IMAP server", None, "ssl", None, "ssl", "Sent", host_required=True),
+    )
+}
+
+
+def guess_provider(email: str) -> str:
+    """The preset for an address's domain; 'custom' when the domain is not a known provider's."""
+    domain = email.rpartition("@")[2].lower()
+    for provider in PROVIDERS.values():
+        if domain in provider.domains:
+            return provider.name
+    return "custom"

@@ -1,0 +1,420 @@
+"""The SQLite database: schema, migrations and every query the rest of the code needs.
+
+One file holds the directory (customers, leads, their contacts), the mailboxes, the archive and the
+scan state, so a CRM (or Datasette) can read it directly; the README documents the tables. Schema changes
+are named migrations (sqlite-utils' `Migrations`), applied on open, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from hanna_sync.errors import HannaError, InputError, NotFound
+
+migrations = sqlite_utils.Migrations("hanna_sync")
+
+
+@migrations()
+def m001_directory_and_mailboxes(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            login TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE mailboxes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            kind TEXT NOT NULL DEFAULT 'imap',
+            email TEXT NOT NULL,
+            username TEXT,
+            provider TEXT NOT NULL,
+            imap_host TEXT, imap_port INTEGER, imap_security TEXT, imap_charset TEXT,
+            smtp_host TEXT, smtp_port INTEGER, smtp_security TEXT, smtp_charset TEXT,
+            folders TEXT NOT NULL DEFAULT '[]',
+            scan_active INTEGER NOT NULL DEFAULT 1,
+            sync_customers INTEGER NOT NULL DEFAULT 1,
+            sync_leads INTEGER NOT NULL DEFAULT 1,
+            is_main INTEGER NOT NULL DEFAULT 0,
+            ca_file TEXT,
+            secret_ref TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_success_at TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            UNIQUE (user_id, email)
+        );
+        CREATE UNIQUE INDEX one_main_mailbox_per_user ON mailboxes(user_id) WHERE is_main;
+        CREATE TABLE customers (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            email TEXT,
+            domain TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE customer_contacts (
+            customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+            email TEXT NOT NULL,
+            name TEXT,
+            PRIMARY KEY (customer_id, email)
+        );
+        CREATE TABLE leads (
+            id TEXT PRIMARY KEY,
+            name TEXT,
+            email TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE lead_contacts (
+            lead_id TEXT NOT NULL REFERENCES leads(id) ON DELETE CASCADE,
+            email TEXT NOT NULL,
+            name TEXT,
+            PRIMARY KEY (lead_id, email)
+        );
+        CREATE INDEX customers_email ON customers(email);
+        CREATE INDEX customers_domain ON customers(domain);
+        CREATE INDEX customer_contacts_email ON customer_contacts(email);
+        CREATE INDEX leads_email ON leads(email);
+        CREATE INDEX lead_contacts_email ON lead_contacts(email);
+        """
+    )
+
+
+@migrations()
+def m002_archive(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE folder_states (
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+            folder TEXT NOT NULL,
+            uidvalidity INTEGER,
+            last_uid INTEGER NOT NULL DEFAULT 0,
+            highestmodseq INTEGER,
+            uidnext INTEGER,
+            messages INTEGER,
+            checked_at TEXT,
+            PRIMARY KEY (mailbox_id, folder)
+        );
+        CREATE TABLE letters (
+            id INTEGER PRIMARY KEY,
+            identity TEXT NOT NULL UNIQUE,
+            message_id TEXT,
+            date_utc TEXT,
+            from_addr TEXT,
+            from_name TEXT,
+            to_addrs TEXT NOT NULL DEFAULT '[]',
+            cc_addrs TEXT NOT NULL DEFAULT '[]',
+            subject TEXT,
+            body_text TEXT,
+            attachments TEXT NOT NULL DEFAULT '[]',
+            in_reply_to TEXT,
+            "references" TEXT NOT NULL DEFAULT '[]',
+            size INTEGER NOT NULL,
+            body_skipped INTEGER NOT NULL DEFAULT 0,
+            archived_at TEXT NOT NULL
+        );
+        CREATE INDEX letters_message_id ON letters(message_id);
+        CREATE INDEX letters_date ON letters(date_utc);
+        CREATE TABLE letter_sources (
+            letter_id INTEGER PRIMARY KEY REFERENCES letters(id) ON DELETE CASCADE,
+            raw BLOB NOT NULL
+        );
+        CREATE TABLE letter_locations (
+            letter_id INTEGER NOT NULL REFERENCES letters(id) ON DELETE CASCADE,
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+            folder TEXT NOT NULL,
+            uidvalidity INTEGER NOT NULL,
+            uid INTEGER NOT NULL,
+            seen_at TEXT NOT NULL,
+            gone_at TEXT,
+            PRIMARY KEY (mailbox_id, folder, uidvalidity, uid)
+        );
+        CREATE INDEX letter_locations_letter ON letter_locations(letter_id);
+        CREATE TABLE links (
+            letter_id INTEGER NOT NULL REFERENCES letters(id) ON DELETE CASCADE,
+            entity_type TEXT NOT NULL CHECK (entity_type IN ('customer', 'lead')),
+            entity_id TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            address TEXT NOT NULL,
+            PRIMARY KEY (letter_id, entity_type, entity_id)
+        );
+        CREATE INDEX links_entity ON links(entity_type, entity_id);
+        CREATE TABLE scan_runs (
+            id INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT,
+            summary TEXT
+        );
+        """
+    )
+
+
+def utcnow() -> str:
+    """Timestamps are stored as ISO 8601 UTC text: sortable, and readable in any SQLite tool."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Mailbox:
+    """A staff member's mailbox and how to reach it. The password is not here: see credentials."""
+
+    user: str
+    email: str
+    provider: str
+    kind: str = "imap"
+    username: str | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_security: str | None = None
+    imap_charset: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: str | None = None
+    smtp_charset: str | None = None
+    folders: list[str] = field(default_factory=list)
+    scan_active: bool = True
+    sync_customers: bool = True
+    sync_leads: bool = True
+    main: bool = False
+    ca_file: str | None = None
+    secret_ref: str = ""
+    id: int | None = None
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+
+    @property
+    def login_name(self) -> str:
+        """What the server's LOGIN gets: the username when it differs from the email."""
+        return self.username or self.email
+
+    def public(self) -> dict[str, Any]:
+        """The fields shown to people and scripts (`list-mailboxes --json`): no secret reference."""
+        data = asdict(self)
+        data.pop("secret_ref")
+        return {"id": data.pop("id"), **data}
+
+
+_BOOL_COLUMNS = ("scan_active", "sync_customers", "sync_leads")
+
+
+def _mailbox_from_row(row: dict[str, Any]) -> Mailbox:
+    row = dict(row)
+    row["user"] = row.pop("login")
+    row["folders"] = json.loads(row["folders"])
+    row["main"] = bool(row.pop("is_main"))
+    for name in _BOOL_COLUMNS:
+        row[name] = bool(row[name])
+    for name in ("user_id", "created_at", "updated_at"):
+        row.pop(name)
+    return Mailbox(**row)
+
+
+@dataclass(frozen=True)
+class Contact:
+    email: str
+    name: str | None = None
+
+
+@dataclass
+class Entity:
+    """A Customer or a Lead from the CRM: what letters are linked to."""
+
+    id: str
+    name: str | None = None
+    email: str | None = None
+    domain: str | None = None  # customers only
+    contacts: list[Contact] = field(default_factory=list)
+
+
+ENTITY_TYPES = ("customer", "lead")
+
+
+class DatabaseError(HannaError):
+    """The database file cannot be opened or is newer than this program."""
+
+
+class Store:
+    """The open database. One per process; SQLite's WAL lets a reader run beside the writer."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: letters and the directory are private. SQLite gives
+            # the -wal and -shm files the same permissions as the database file.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"cannot open database {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if self.db.journal_mode != "wal":
+                self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"{path} is not a usable hanna-sync database: {exc}") from None
+
+    def _migrate(self) -> None:
+        applied = {m.name for m in migrations.applied(self.db)}
+        unknown = applied - {m.name for m in migrations._migrations}
+        if unknown:
+            raise DatabaseError(
+                f"{self.path} was written by a newer hanna-sync (migration {sorted(unknown)[0]}); upgrade hanna-sync"
+            )
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (nests as a savepoint)."""
+        with self.db.atomic():
+            yield
+
+    # -- users and mailboxes ------------------------------------------------------------------
+
+    def _user_id(self, login: str) -> int:
+        row = self.db.execute("SELECT id FROM users WHERE login = ?", [login]).fetchone()
+        if row:
+            return int(row[0])
+        return int(self.db["users"].insert({"login": login, "created_at": utcnow()}).last_pk)
+
+    def _mailbox_row(self, mailbox: Mailbox) -> dict[str, Any]:
+        row = asdict(mailbox)
+        for name in ("user", "id", "main", "last_success_at", "last_error", "last_error_at"):
+            row.pop(name)
+        row["folders"] = json.dumps(mailbox.folders, ensure_ascii=False)
+        row["is_main"] = int(mailbox.main)
+        row["user_id"] = self._user_id(mailbox.user)
+        row["updated_at"] = utcnow()
+        return row
+
+    def check_unique(self, mailbox: Mailbox) -> None:
+        clash = self.db.execute(
+            "SELECT m.id FROM mailboxes m JOIN users u ON u.id = m.user_id"
+            " WHERE u.login = ? AND m.email = ? AND m.id IS NOT ?",
+            [mailbox.user, mailbox.email, mailbox.id],
+        ).fetchone()
+        if clash:
+            raise InputError(
+                f"user {mailbox.user} already has mailbox {clash[0]} for {mailbox.email};"
+                f" change it with 'hanna-sync edit-mailbox {clash[0]}'"
+            )
+
+    def _clear_main(self, mailbox: Mailbox) -> int | None:
+        """Make room for a new main mailbox; returns the id of the one that stops being main."""
+        if not mailbox.main:
+            return None
+        row = self.db.execute(
+            "SELECT m.id FROM mailboxes m JOIN users u ON u.id = m.user_id"
+            " WHERE u.login = ? AND m.is_main AND m.id IS NOT ?",
+            [mailbox.user, mailbox.id],
+        ).fetchone()
+        if row:
+            self.db.execute("UPDATE mailboxes SET is_main = 0 WHERE id = ?", [row[0]])
+            return int(row[0])
+        return None
+
+    def add_mailbox(self, mailbox: Mailbox) -> int | None:
+        """Save a new mailbox (sets its id); returns the id of a mailbox that stopped being main."""
+        with self.transaction():
+            self.check_unique(mailbox)
+            previous_main = self._clear_main(mailbox)
+            row = self._mailbox_row(mailbox)
+            row["created_at"] = row["updated_at"]
+            mailbox.id = int(self.db["mailboxes"].insert(row).last_pk)
+        return previous_main
+
+    def update_mailbox(self, mailbox: Mailbox) -> int | None:
+        """Save changed settings of an existing mailbox; returns the id that stopped being main."""
+        with self.transaction():
+            self.check_unique(mailbox)
+            previous_main = self._clear_main(mailbox)
+            self.db["mailboxes"].update(mailbox.id, self._mailbox_row(mailbox))
+        return previous_main
+
+    def mailbox(self, mailbox_id: int) -> Mailbox:
+        rows = self._mailbox_rows("m.id = ?", [mailbox_id])
+        if not rows:
+            raise NotFound(f"no mailbox {mailbox_id}; 'hanna-sync list-mailboxes' shows the ids")
+        return rows[0]
+
+    def mailboxes(self, user: str | None = None) -> list[Mailbox]:
+        if user is None:
+            return self._mailbox_rows("1", [])
+        return self._mailbox_rows("u.login = ?", [user])
+
+    def _mailbox_rows(self, where: str, args: list[Any]) -> list[Mailbox]:
+        sql = f"SELECT m.*, u.login FROM mailboxes m JOIN users u ON u.id = m.user_id WHERE {where} ORDER BY m.id"
+        return [_mailbox_from_row(row) for row in self.db.query(sql, args)]
+
+    def remove_mailbox(self, mailbox_id: int) -> None:
+        """Forget a mailbox and its scan state. Archived letters stay (only their locations go)."""
+        self.mailbox(mailbox_id)
+        with self.transaction():
+            self.db.execute("DELETE FROM mailboxes WHERE id = ?", [mailbox_id])
+
+    # -- the CRM directory --------------------------------------------------------------------
+
+    def entity(self, entity_type: str, entity_id: str) -> Entity | None:
+        table = f"{entity_type}s"
+        row = self.db.execute(f"SELECT id, name, email FROM {table} WHERE id = ?", [entity_id]).fetchone()
+        if row is None:
+            return None
+        entity = Entity(id=row[0], name=row[1], email=row[2])
+        if entity_type == "customer":
+            entity.domain = self.db.execute("SELECT domain FROM customers WHERE id = ?", [entity_id]).fetchone()[0]
+        entity.contacts = self._contacts(entity_type, entity_id)
+        return entity
+
+    def _contacts(self, entity_type: str, entity_id: str) -> list[Contact]:
+        sql = f"SELECT email, name FROM {entity_type}_contacts WHERE {entity_type}_id = ? ORDER BY email"
+        return [Contact(email=e, name=n) for e, n in self.db.execute(sql, [entity_id]).fetchall()]
+
+    def entities(self, entity_type: str) -> list[Entity]:
+        """All customers or all leads with their contacts, ordered by id."""
+        table = f"{entity_type}s"
+        domain = "domain" if entity_type == "customer" else "NULL"
+        contacts: dict[str, list[Contact]] = {}
+        sql = f"SELECT {entity_type}_id, email, name FROM {entity_type}_contacts ORDER BY email"
+        for owner, email, name in self.db.execute(sql).fetchall():
+            contacts.setdefault(owner, []).append(Contact(email=email, name=name))
+        rows = self.db.execute(f"SELECT id, name, email, {domain} FROM {table} ORDER BY id").fetchall()
+        return [Entity(id=i, name=n, email=e, domain=d, contacts=contacts.get(i, [])) for i, n, e, d in rows]
+
+    def save_entity(self, entity_type: str, entity: Entity, replace_contacts: bool) -> str:
+        """Insert or update one customer or lead; returns 'added', 'updated' or 'unchanged'."""
+        table = f"{entity_type}s"
+        before = self.entity(entity_type, entity.id)
+        if before is not None and not replace_contacts:
+            entity.contacts = before.contacts
+        if before == entity:
+            return "unchanged"
+        row: dict[str, Any] = {"id": entity.id, "name": entity.name, "email": entity.email, "updated_at": utcnow()}
+        if entity_type == "customer":
+            row["domain"] = entity.domain
+        with self.transaction():
+            self.db[table].upsert(row, pk="id")
+            contact_table = f"{entity_type}_contacts"
+            self.db.execute(f"DELETE FROM {contact_table} WHERE {entity_type}_id = ?", [entity.id])
+            self.db[contact_table].insert_all(
+                {f"{entity_type}_id": entity.id, "email": c.email, "name": c.name} for c in entity.contacts
+            )
+        return "added" if before is None else "updated"

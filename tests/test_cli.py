@@ -1,0 +1,161 @@
+"""The CLI through click's CliRunner: options, output shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hanna_sync.cli import cli
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Invoke hanna-sync with a config of its own in tmp_path; returns the click Result."""
+    monkeypatch.delenv("HANNA_SYNC_CONFIG", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text(f'database = "{tmp_path / "hs.db"}"\n')
+
+    def invoke(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli, ["--config", str(config), *args], input=input)
+
+    return invoke
+
+
+def test_every_command_has_help_with_a_summary(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    for name, command in cli.commands.items():
+        assert command.help, f"{name} has no help"
+        assert run(name, "--help").exit_code == 0
+
+
+def test_add_list_and_remove_without_verification(run, tmp_path):
+    result = run("add-mailbox", "--user", "jonas", "--email", "Jonas@Gmail.com", "--no-verify",
+                 "--password-stdin", "--json", input="s3cret-pass\n")
+    assert result.exit_code == 0, result.output
+    added = json.loads(result.output)
+    assert added["email"] == "jonas@gmail.com"
+    assert (added["provider"], added["imap_host"], added["imap_port"], added["imap_security"]) == (
+        "gmail", "imap.gmail.com", 993, "ssl")
+    assert (added["smtp_host"], added["smtp_port"]) == ("smtp.gmail.com", 465)
+    assert added["folders"] == ["INBOX", "[Gmail]/Sent Mail"]
+
+    listed = json.loads(run("list-mailboxes", "--json").output)
+    assert [m["id"] for m in listed] == [added["id"]]
+    assert "secret_ref" not in listed[0]
+    # The password is nowhere in the database or in the output.
+    assert b"s3cret-pass" not in (tmp_path / "hs.db").read_bytes()
+    assert "s3cret-pass" not in result.output
+
+    assert run("list-mailboxes").exit_code == 0
+    result = run("remove-mailbox", str(added["id"]))
+    assert result.exit_code == 2 and "--yes" in result.output
+    assert run("remove-mailbox", str(added["id"]), "--yes").exit_code == 0
+    assert json.loads(run("list-mailboxes", "--json").output) == []
+
+
+def test_outlook_preset_and_starttls_port_default(run):
+    result = run("add-mailbox", "--user", "a", "--email", "a@hotmail.com", "--no-verify", "--password-stdin",
+                 "--json", input="pw\n")
+    box = json.loads(result.output)
+    assert (box["provider"], box["smtp_host"], box["smtp_port"], box["smtp_security"]) == (
+        "outlook", "smtp.office365.com", 587, "starttls")
+    assert box["folders"] == ["INBOX", "Sent Items"]
+
+
+def test_edit_mailbox_changes_only_what_is_given(run):
+    run("add-mailbox", "--user", "a", "--email", "a@firma.lt", "--imap-host", "mail.firma.lt", "--no-verify",
+        "--password-stdin", input="pw\n")
+    result = run("edit-mailbox", "1", "--imap-security", "starttls", "--folder", "INBOX", "--folder", "Išsiųsti",
+                 "--no-sync-leads", "--no-verify", "--json")
+    assert result.exit_code == 0, result.output
+    box = json.loads(result.output)
+    assert (box["imap_host"], box["imap_port"], box["imap_security"]) == ("mail.firma.lt", 143, "starttls")
+    assert box["folders"] == ["INBOX", "Išsiųsti"]
+    assert box["sync_leads"] is False and box["sync_customers"] is True
+    assert box["smtp_host"] == "mail.firma.lt"
+
+
+def test_main_moves_between_a_users_mailboxes(run):
+    run("add-mailbox", "--user", "a", "--email", "a@gmail.com", "--main", "--no-verify", "--password-stdin", input="p\n")
+    result = run("add-mailbox", "--user", "a", "--email", "a2@gmail.com", "--main", "--no-verify",
+                 "--password-stdin", input="p\n")
+    assert "Mailbox 1 is no longer a's main mailbox." in result.output
+    assert [m["main"] for m in json.loads(run("list-mailboxes", "--json").output)] == [False, True]
+
+
+@pytest.mark.parametrize("args, input, message", [
+    (["add-mailbox", "--user", "a", "--no-verify"], None, "Error: --email is required"),
+    (["add-mailbox", "--user", "a", "--email", "nonsense", "--no-verify"], None, "'nonsense' is not an email address"),
+    (["add-mailbox", "--user", "a", "--email", "a@firma.lt", "--no-verify"], None, "needs the server name: give --imap-host"),
+    (["add-mailbox", "--user", "a", "--email", "a@x.lt", "--provider", "serveriai", "--no-verify"], None,
+     "Interneto vizija (serveriai.lt) preset needs the server name"),
+    (["add-mailbox", "--user", "a", "--email", "a@gmail.com", "--no-verify"], None,
+     "no password given: pipe it with --password-stdin"),
+    (["add-mailbox", "--user", "a", "--email", "a@gmail.com", "--no-verify", "--password-stdin"], "\n",
+     "the password is empty"),
+    (["add-mailbox", "--user", "a", "--email", "a@gmail.com", "--imap-charset", "klingon", "--no-verify"], None,
+     "--imap-charset 'klingon' is not a known character set"),
+    (["add-mailbox", "--user", "a", "--email", "a@gmail.com", "--ca-file", "/nonexistent.pem", "--no-verify"], None,
+     "--ca-file /nonexistent.pem does not exist"),
+    (["edit-mailbox", "42", "--no-verify"], None, "no mailbox 42; 'hanna-sync list-mailboxes' shows the ids"),
+    (["import", "customers", "missing.csv"], None, "missing.csv does not exist"),
+    (["import", "customers", "-"], "id\n", "give --format csv or --format json"),
+])
+def test_bad_input_is_one_line_and_no_state(run, args, input, message):
+    result = run(*args, input=input)
+    assert result.exit_code in (1, 2)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert json.loads(run("list-mailboxes", "--json").output) == []
+
+
+def test_usage_errors_exit_2_and_failures_exit_1(run):
+    assert run("add-mailbox", "--user", "a", "--no-verify").exit_code == 2
+    assert run("edit-mailbox", "42", "--no-verify").exit_code == 1
+    assert run("edit-mailbox", "not-a-number").exit_code == 2
+
+
+def test_bad_config_is_exit_2(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[scan]\nconcurency = 3\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "customers"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: {config}: unknown key 'scan.concurency' (did you mean 'scan.concurrency'?);"
+        " see config.example.toml for every key"
+    )
+
+
+def test_same_email_twice_for_one_user_is_refused(run):
+    args = ["add-mailbox", "--user", "a", "--email", "a@gmail.com", "--no-verify", "--password-stdin"]
+    assert run(*args, input="p\n").exit_code == 0
+    result = run(*args, input="p\n")
+    assert result.exit_code == 2
+    assert "user a already has mailbox 1 for a@gmail.com" in result.output
+
+
+def test_import_and_list_customers_and_leads(run, tmp_path):
+    path = tmp_path / "customers.csv"
+    path.write_text("id,name,email,domain,contacts\nC1,Acme,info@acme.lt,acme.lt,jonas@acme.lt\nC2,Bad,bad,,\n")
+    result = run("import", "customers", str(path))
+    assert result.exit_code == 1
+    assert "Customers: 1 added, 0 updated, 0 unchanged, 1 rejected." in result.output
+    assert "line 3: 'bad' is not an email address" in result.output
+
+    result = run("import", "customers", str(path), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["unchanged"] == 1 and summary["rejected"] == [{"line": 3, "error": "'bad' is not an email address"}]
+
+    customers = json.loads(run("customers", "--json").output)
+    assert customers == [{"id": "C1", "name": "Acme", "email": "info@acme.lt", "domain": "acme.lt",
+                          "contacts": [{"email": "jonas@acme.lt", "name": None}]}]
+
+    result = run("import", "leads", "-", "--format", "json", input='[{"id": "L1", "email": "l@lead.lt"}]')
+    assert result.exit_code == 0, result.output
+    leads = json.loads(run("leads", "--json").output)
+    assert leads == [{"id": "L1", "name": None, "email": "l@lead.lt", "contacts": []}]

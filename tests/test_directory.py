@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hanna_sync.addresses import is_listed, normalise_domain, normalise_email, registrable_domain
+from hanna_sync.directory import import_entities
+from hanna_sync.errors import InputError
+from hanna_sync.store import Contact, Store
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("  Jonas@Acme.LT ", "jonas@acme.lt"),
+    ("<ona@acme.lt>", "ona@acme.lt"),
+    ("info@žalgiris.lt", "info@xn--algiris-cxb.lt"),
+    ("first.last+crm@Gmail.com", "first.last+crm@gmail.com"),
+    ("acme.lt", None),
+    ("a b@acme.lt", None),
+    ("jonas@", None),
+    ("jonas@localhost", None),
+    ("", None),
+])
+def test_normalise_email(raw, expected):
+    assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Acme.LT.", "acme.lt"), ("ŽALGIRIS.lt", "xn--algiris-cxb.lt"), ("nodot", None), ("a@b.lt", None),
+])
+def test_normalise_domain(raw, expected):
+    assert normalise_domain(raw) == expected
+
+
+@pytest.mark.parametrize("domain, expected", [
+    ("mail.acme.co.uk", "acme.co.uk"), ("acme.lt", "acme.lt"), ("a.b.acme.lt", "acme.lt"),
+    ("x.gov.lt", "x.gov.lt"),
+])
+def test_registrable_domain(domain, expected):
+    assert registrable_domain(domain) == expected
+
+
+def test_is_listed_with_globs_and_subdomains():
+    assert is_listed("gmx.de", ("gmx.*",))
+    assert is_listed("eu.gmx.net", ("gmx.*",))
+    assert is_listed("mail.acme.lt", ("acme.lt",))
+    assert not is_listed("notacme.lt", ("acme.lt",))
+
+
+CSV = """id,name,email,domain,contacts,crm_owner
+C1,Acme,Info@Acme.lt,acme.lt,"Jonas Jonaitis <jonas@acme.lt>; ona@acme.lt",x
+C2,Beta,not-an-email,,,
+,No id,a@b.lt,,,
+C3,Gamma,sales@gamma.lt,@Gamma.LT,,
+C4,Bad contact,d@delta.lt,,"fine@delta.lt; nonsense",
+C1,Dup,dup@acme.lt,,,
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "a.db")
+
+
+def test_csv_import_reports_bad_rows_by_line_and_imports_the_rest(store, tmp_path):
+    path = tmp_path / "customers.csv"
+    path.write_text(CSV, encoding="utf-8")
+    result = import_entities(store, "customer", path)
+    assert (result.added, result.updated, result.unchanged) == (2, 0, 0)
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (3, "'not-an-email' is not an email address"),
+        (4, "'id' is missing (the CRM's id of the record is required)"),
+        (6, "contact 'nonsense' is not an email address (use 'Name <email>' or 'email')"),
+        (7, "id C1 already given on line 2"),
+    ]
+    assert result.ignored_columns == ["crm_owner"]
+    acme = store.entity("customer", "C1")
+    assert acme.email == "info@acme.lt"
+    assert acme.domain == "acme.lt"
+    assert acme.contacts == [Contact("jonas@acme.lt", "Jonas Jonaitis"), Contact("ona@acme.lt", None)]
+    assert store.entity("customer", "C3").domain == "gamma.lt"
+
+
+def test_reimport_counts_updates_and_unchanged(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email\nC1,Acme,a@acme.lt\nC2,Beta,b@beta.lt\n")
+    import_entities(store, "customer", path)
+    path.write_text("id,name,email\nC1,Acme UAB,a@acme.lt\nC2,Beta,b@beta.lt\nC3,New,n@new.lt\n")
+    result = import_entities(store, "customer", path)
+    assert (result.added, result.updated, result.unchanged) == (1, 1, 1)
+
+
+def test_file_without_contacts_column_keeps_stored_contacts(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,email,contacts\nC1,a@acme.lt,x@acme.lt\n")
+    import_entities(store, "customer", path)
+    path.write_text("id,email\nC1,new@acme.lt\n")
+    import_entities(store, "customer", path)
+    assert store.entity("customer", "C1").contacts == [Contact("x@acme.lt")]
+
+
+def test_semicolon_csv_from_a_european_excel(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_bytes("\ufeffid;name;email;contacts\nC1;Ąžuolas;a@acme.lt;\"x@acme.lt;y@acme.lt\"\n".encode())
+    result = import_entities(store, "customer", path)
+    assert result.added == 1 and not result.rejected
+    assert store.entity("customer", "C1").name == "Ąžuolas"
+    assert len(store.entity("customer", "C1").contacts) == 2
+
+
+def test_json_leads_with_contact_lists(store, tmp_path):
+    path = tmp_path / "leads.json"
+    path.write_text(json.dumps([
+        {"id": 7, "name": "Lead", "email": "l@lead.lt", "contacts": ["Petras <p@lead.lt>", "q@lead.lt"]},
+        {"id": "8", "email": ["not", "text"]},
+        "not an object",
+    ]))
+    result = import_entities(store, "lead", path)
+    assert result.added == 1
+    assert [(e.line, e.message) for e in result.rejected] == [(2, "'email' must be text, not list"), (3, "not an object")]
+    lead = store.entity("lead", "7")
+    assert lead.contacts == [Contact("p@lead.lt", "Petras"), Contact("q@lead.lt")]
+
+
+def test_conflicting_addresses_and_domains_are_reported(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,email,domain,contacts\nC1,a@acme.lt,acme.lt,shared@x.lt\nC2,b@acme2.lt,acme.lt,shared@x.lt\n")
+    result = import_entities(store, "customer", path)
+    assert result.conflicts == [
+        "shared@x.lt belongs to customers C1, C2",
+        "domain acme.lt is claimed by customers C1, C2: it links to neither",
+    ]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"id,name\n\xff\xfe\xfa,x\n", r"is not UTF-8 \(line 2\)"),
+])
+def test_unreadable_files_are_one_clear_error(store, tmp_path, content, message):
+    path = tmp_path / "c.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        import_entities(store, "customer", path)
+    assert store.db["customers"].count == 0
+
+
+def test_bad_json_and_unknown_format(store, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("[{]")
+    with pytest.raises(InputError, match="not valid JSON"):
+        import_entities(store, "customer", path)
+    with pytest.raises(InputError, match="--format"):
+        import_entities(store, "customer", tmp_path / "c.txt")

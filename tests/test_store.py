@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import sqlite3
+import stat
+
+import pytest
+import sqlite_utils
+
+from hanna_sync.errors import InputError, NotFound
+from hanna_sync.store import DatabaseError, Entity, Mailbox, Store, migrations
+
+ALL_TABLES = {
+    "users", "mailboxes", "customers", "customer_contacts", "leads", "lead_contacts", "folder_states",
+    "letters", "letter_sources", "letter_locations", "links", "scan_runs",
+}
+
+
+def test_fresh_database_has_every_table_and_is_private(tmp_path):
+    path = tmp_path / "sub" / "a.db"
+    store = Store(path)
+    assert ALL_TABLES <= set(store.db.table_names())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.db.journal_mode == "wal"
+    assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    assert [m.name for m in migrations.applied(store.db)] == [m.name for m in migrations._migrations]
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrations.apply(old, stop_before="m002_archive")
+    old["customers"].insert({"id": "C1", "name": "Acme", "email": "a@acme.lt", "updated_at": "2025-01-01"})
+    old.close()
+    assert "letters" not in sqlite_utils.Database(path).table_names()
+
+    store = Store(path)
+    assert ALL_TABLES <= set(store.db.table_names())
+    assert store.entity("customer", "C1") == Entity(id="C1", name="Acme", email="a@acme.lt")
+    Store(path)  # opening again applies nothing twice
+    assert len(migrations.applied(store.db)) == len(migrations._migrations)
+
+
+def test_a_newer_database_is_refused_with_a_clear_message(tmp_path):
+    path = tmp_path / "new.db"
+    store = Store(path)
+    store.db["_sqlite_migrations"].insert(
+        {"migration_set": "hanna_sync", "name": "m999_future", "applied_at": "2030-01-01"}
+    )
+    store.close()
+    with pytest.raises(DatabaseError, match="newer hanna-sync"):
+        Store(path)
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not sqlite " * 100)
+    with pytest.raises(DatabaseError, match="not a usable hanna-sync database"):
+        Store(path)
+
+
+def mailbox(**kw) -> Mailbox:
+    base = dict(user="jonas", email="jonas@acme.lt", provider="custom", imap_host="h", imap_port=993,
+                imap_security="ssl", folders=["INBOX", "Išsiųsti"], secret_ref="ref-" + kw.get("email", "1"))
+    base.update(kw)
+    return Mailbox(**base)
+
+
+def test_mailbox_round_trip_and_uniqueness(tmp_path):
+    store = Store(tmp_path / "a.db")
+    first = mailbox(main=True)
+    store.add_mailbox(first)
+    assert store.mailbox(first.id) == first
+    with pytest.raises(InputError, match="already has mailbox"):
+        store.add_mailbox(mailbox(secret_ref="other"))
+    # Another user may have the same address (a shared mailbox).
+    store.add_mailbox(mailbox(user="ona", secret_ref="other"))
+    assert [m.user for m in store.mailboxes()] == ["jonas", "ona"]
+    assert [m.user for m in store.mailboxes("ona")] == ["ona"]
+
+
+def test_only_one_main_mailbox_per_user(tmp_path):
+    store = Store(tmp_path / "a.db")
+    first = mailbox(main=True)
+    store.add_mailbox(first)
+    second = mailbox(email="j2@acme.lt", main=True)
+    assert store.add_mailbox(second) == first.id
+    assert [m.main for m in store.mailboxes()] == [False, True]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.db.execute("UPDATE mailboxes SET is_main = 1")
+
+
+def test_removing_a_mailbox_keeps_letters(tmp_path):
+    store = Store(tmp_path / "a.db")
+    box = mailbox()
+    store.add_mailbox(box)
+    letter_id = store.db["letters"].insert(
+        {"identity": "mid:x", "size": 1, "archived_at": "2025-01-01"}
+    ).last_pk
+    store.db["letter_locations"].insert(
+        {"letter_id": letter_id, "mailbox_id": box.id, "folder": "INBOX", "uidvalidity": 1, "uid": 1, "seen_at": "t"}
+    )
+    store.remove_mailbox(box.id)
+    assert store.db["letters"].count == 1
+    assert store.db["letter_locations"].count == 0
+    with pytest.raises(NotFound):
+        store.mailbox(box.id)
+
+
+def test_mailbox_ids_are_never_reused(tmp_path):
+    store = Store(tmp_path / "a.db")
+    box = mailbox()
+    store.add_mailbox(box)
+    store.remove_mailbox(box.id)
+    again = mailbox()
+    store.add_mailbox(again)
+    assert again.id != box.id
