@@ -1,0 +1,126 @@
+"""Which Customers and Leads a letter concerns: the five linking rules, as pure functions.
+
+Rules, strongest first: the customer's main email, a customer contact's email, the lead's main email,
+a lead contact's email, and the customer's email domain. An exact address always beats a domain: the
+domain rule only looks at addresses no customer claims exactly, on domains no exact match already
+explained, and never at free-mail domains (gmail.com says nothing about a company), the company's
+own domains, or a domain two customers claim (that would be a guess).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hanna_sync.addresses import FREE_MAIL_DOMAINS, domain_of, is_listed, normalise_email, registrable_domain
+from hanna_sync.store import Entity
+
+# Rule names as stored in links.rule; the order is their strength.
+RULES = ("customer_email", "customer_contact", "lead_email", "lead_contact", "customer_domain")
+
+
+@dataclass(frozen=True)
+class Link:
+    entity_type: str  # "customer" or "lead"
+    entity_id: str
+    rule: str
+    address: str  # the normalised address that matched
+
+
+@dataclass
+class Directory:
+    """The CRM's Customers and Leads indexed for matching, plus who counts as staff."""
+
+    by_address: dict[str, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
+    customers_by_domain: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    staff_addresses: frozenset[str] = frozenset()
+    own_domains: tuple[str, ...] = ()
+    free_mail_domains: tuple[str, ...] = FREE_MAIL_DOMAINS
+
+    @classmethod
+    def build(
+        cls,
+        customers: Iterable[Entity],
+        leads: Iterable[Entity],
+        staff_addresses: Iterable[str] = (),
+        own_domains: Iterable[str] = (),
+        free_mail_domains: Iterable[str] = (),
+    ) -> Directory:
+        directory = cls(
+            staff_addresses=frozenset(a for a in (normalise_email(s) for s in staff_addresses) if a),
+            own_domains=tuple(own_domains),
+            free_mail_domains=FREE_MAIL_DOMAINS + tuple(free_mail_domains),
+        )
+        for entity_type, entities in (("customer", customers), ("lead", leads)):
+            for entity in entities:
+                if entity.email:
+                    directory.by_address[entity.email].append((entity_type, entity.id, f"{entity_type}_email"))
+                for contact in entity.contacts:
+                    directory.by_address[contact.email].append((entity_type, entity.id, f"{entity_type}_contact"))
+                if entity_type == "customer":
+                    for domain in directory.customer_domains(entity):
+                        directory.customers_by_domain[domain].add(entity.id)
+        return directory
+
+    def customer_domains(self, customer: Entity) -> set[str]:
+        """The customer's domain column, and the domain of its main email unless that is free mail."""
+        domains = set()
+        if customer.domain:
+            domains.add(registrable_domain(customer.domain))
+        if customer.email:
+            domains.add(registrable_domain(domain_of(customer.email)))
+        return {d for d in domains if self.domain_may_link(d)}
+
+    def domain_may_link(self, domain: str) -> bool:
+        return not is_listed(domain, self.free_mail_domains) and not is_listed(domain, self.own_domains)
+
+    def ambiguous_domains(self) -> dict[str, set[str]]:
+        """Domains claimed by more than one customer: they link to neither."""
+        return {d: ids for d, ids in self.customers_by_domain.items() if len(ids) > 1}
+
+
+def match(
+    addresses: Iterable[str], directory: Directory, sync_customers: bool = True, sync_leads: bool = True
+) -> list[Link]:
+    """The links a letter with these participant addresses gets, one per entity, strongest rule kept."""
+    allowed = {"customer"} if sync_customers else set()
+    if sync_leads:
+        allowed.add("lead")
+    best: dict[tuple[str, str], Link] = {}
+
+    def offer(link: Link) -> None:
+        key = (link.entity_type, link.entity_id)
+        current = best.get(key)
+        if current is None or RULES.index(link.rule) < RULES.index(current.rule):
+            best[key] = link
+
+    candidates: list[str] = []
+    for raw in addresses:
+        address = normalise_email(raw)
+        if address is None or address in directory.staff_addresses:
+            continue
+        if is_listed(domain_of(address), directory.own_domains):
+            continue
+        candidates.append(address)
+
+    exact_domains: set[str] = set()
+    for address in candidates:
+        for entity_type, entity_id, rule in directory.by_address.get(address, ()):
+            if entity_type in allowed:
+                offer(Link(entity_type, entity_id, rule, address))
+                if entity_type == "customer":
+                    exact_domains.add(registrable_domain(domain_of(address)))
+
+    if "customer" in allowed:
+        for address in candidates:
+            if any(t == "customer" for t, _, _ in directory.by_address.get(address, ())):
+                continue
+            domain = registrable_domain(domain_of(address))
+            if domain in exact_domains or not directory.domain_may_link(domain):
+                continue
+            owners = directory.customers_by_domain.get(domain, set())
+            if len(owners) == 1:
+                offer(Link("customer", next(iter(owners)), "customer_domain", address))
+
+    return sorted(best.values(), key=lambda link: (RULES.index(link.rule), link.entity_type, link.entity_id))
