@@ -85,7 +85,7 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
     try:
         client.login(mailbox.login_name, password)
     except LoginError as exc:
-        text = str(exc).strip() or "authentication failed"
+        text = server_text(exc) or "authentication failed"
         hint = "check the password"
         if mailbox.username is None:
             hint += ", and --username if the login name differs from the email"
@@ -94,9 +94,20 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
                 f"; with 2-step verification on, {APP_PASSWORD_PROVIDERS[mailbox.provider]}"
                 " needs an app password instead of the account password"
             )
-        raise ConnectError(f"{mailbox.imap_host} refused the login for {mailbox.login_name}: {text}; {hint}") from None
+        raise ConnectError(f"{mailbox.imap_host} refused the login for {mailbox.login_name} ({text}); {hint}") from None
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(f"connection to {mailbox.imap_host} lost during login: {exc}") from None
+
+
+def server_text(exc: BaseException) -> str:
+    """What the server said, as text: imapclient passes the raw bytes of the reply along."""
+    arg = exc.args[0] if exc.args else ""
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace").strip()
+    text = str(arg).strip()
+    if text.startswith(("b'", 'b"')) and text.endswith(text[1]):
+        return text[2:-1]
+    return text
 
 
 @contextmanager

@@ -15,11 +15,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from hanna_sync.errors import HannaError, InputError, NotFound
+
+if TYPE_CHECKING:
+    from hanna_sync.match import Link
+    from hanna_sync.message import ParsedLetter
 
 migrations = sqlite_utils.Migrations("hanna_sync")
 
@@ -242,6 +246,20 @@ class Entity:
 ENTITY_TYPES = ("customer", "lead")
 
 
+@dataclass
+class FolderState:
+    """How far a folder has been scanned. Advanced in the same transaction as the letters it covers."""
+
+    mailbox_id: int
+    folder: str
+    uidvalidity: int | None = None
+    last_uid: int = 0  # every UID up to this one has been looked at
+    highestmodseq: int | None = None
+    uidnext: int | None = None  # UIDNEXT when the folder was last scanned to the end
+    messages: int | None = None
+    checked_at: str | None = None
+
+
 class DatabaseError(HannaError):
     """The database file cannot be opened or is newer than this program."""
 
@@ -418,3 +436,169 @@ class Store:
                 {f"{entity_type}_id": entity.id, "email": c.email, "name": c.name} for c in entity.contacts
             )
         return "added" if before is None else "updated"
+
+    # -- scan state and the archive -------------------------------------------------------------
+
+    def folder_state(self, mailbox_id: int, folder: str) -> FolderState:
+        row = self.db.execute(
+            "SELECT uidvalidity, last_uid, highestmodseq, uidnext, messages, checked_at FROM folder_states"
+            " WHERE mailbox_id = ? AND folder = ?",
+            [mailbox_id, folder],
+        ).fetchone()
+        if row is None:
+            return FolderState(mailbox_id, folder)
+        return FolderState(mailbox_id, folder, *row)
+
+    def save_folder_state(self, state: FolderState) -> None:
+        state.checked_at = utcnow()
+        self.db["folder_states"].upsert(asdict(state), pk=("mailbox_id", "folder"))
+
+    def mark_locations_gone(self, mailbox_id: int, folder: str, uidvalidity: int) -> int:
+        """Locations under a UIDVALIDITY the server has dropped: their UIDs no longer mean anything."""
+        cursor = self.db.execute(
+            "UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+            " AND gone_at IS NULL",
+            [utcnow(), mailbox_id, folder, uidvalidity],
+        )
+        return cursor.rowcount
+
+    def letter_ids(self, identities: list[str]) -> dict[str, int]:
+        """Which of these letters are archived already (by identity), with their ids."""
+        found: dict[str, int] = {}
+        for start in range(0, len(identities), 500):
+            chunk = identities[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for identity, letter_id in self.db.execute(
+                f"SELECT identity, id FROM letters WHERE identity IN ({marks})", chunk
+            ).fetchall():
+                found[identity] = letter_id
+        return found
+
+    def archive_letter(self, identity: str, letter: ParsedLetter, raw: bytes, size: int) -> int:
+        """Store a letter once (by identity) with its original bytes; returns its id either way."""
+        existing = self.letter_ids([identity])
+        if existing:
+            return existing[identity]
+        first = letter.from_[0] if letter.from_ else None
+        row = {
+            "identity": identity,
+            "message_id": letter.message_id,
+            "date_utc": letter.date_utc.isoformat() if letter.date_utc else None,
+            "from_addr": first.email.lower() if first else None,
+            "from_name": first.name if first else None,
+            "to_addrs": json.dumps([a.email.lower() for a in letter.to if a.email], ensure_ascii=False),
+            "cc_addrs": json.dumps([a.email.lower() for a in letter.cc if a.email], ensure_ascii=False),
+            "subject": letter.subject,
+            "body_text": letter.body_text,
+            "attachments": json.dumps([asdict(a) for a in letter.attachments], ensure_ascii=False),
+            "in_reply_to": letter.in_reply_to,
+            "references": json.dumps(letter.references),
+            "size": size,
+            "body_skipped": int(letter.body_skipped),
+            "archived_at": utcnow(),
+        }
+        letter_id = int(self.db["letters"].insert(row).last_pk)
+        self.db["letter_sources"].insert({"letter_id": letter_id, "raw": raw})
+        return letter_id
+
+    def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, uid: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO letter_locations (letter_id, mailbox_id, folder, uidvalidity, uid, seen_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [letter_id, mailbox_id, folder, uidvalidity, uid, utcnow()],
+        )
+
+    def add_links(self, letter_id: int, links: list[Link]) -> int:
+        """Links a letter does not have yet (a link made earlier, e.g. from another mailbox, stays)."""
+        added = 0
+        for link in links:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO links (letter_id, entity_type, entity_id, rule, address) VALUES (?, ?, ?, ?, ?)",
+                [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
+            )
+            added += cursor.rowcount
+        return added
+
+    def record_outcome(self, mailbox_id: int, error: str | None) -> None:
+        """The mailbox's last pass: success time, or the error and when it happened."""
+        if error is None:
+            self.db.execute(
+                "UPDATE mailboxes SET last_success_at = ?, last_error = NULL, last_error_at = NULL WHERE id = ?",
+                [utcnow(), mailbox_id],
+            )
+        else:
+            self.db.execute(
+                "UPDATE mailboxes SET last_error = ?, last_error_at = ? WHERE id = ?", [error, utcnow(), mailbox_id]
+            )
+
+    def start_run(self) -> int:
+        return int(self.db["scan_runs"].insert({"started_at": utcnow()}).last_pk)
+
+    def finish_run(self, run_id: int, outcome: str, summary: list[dict[str, Any]]) -> None:
+        self.db["scan_runs"].update(
+            run_id, {"finished_at": utcnow(), "outcome": outcome, "summary": json.dumps(summary, ensure_ascii=False)}
+        )
+
+    # -- reading the archive ----------------------------------------------------------------------
+
+    def letters(
+        self,
+        customer: str | None = None,
+        lead: str | None = None,
+        mailbox_id: int | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Archived letters, newest first, each with its links ("rule" is the link to the entity asked for)."""
+        where, args = ["1"], []
+        for entity_type, entity_id in (("customer", customer), ("lead", lead)):
+            if entity_id is not None:
+                where.append(
+                    "EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id AND k.entity_type = ? AND k.entity_id = ?)"
+                )
+                args += [entity_type, entity_id]
+        if mailbox_id is not None:
+            where.append("EXISTS (SELECT 1 FROM letter_locations p WHERE p.letter_id = l.id AND p.mailbox_id = ?)")
+            args.append(mailbox_id)
+        if since is not None:
+            where.append("l.date_utc >= ?")
+            args.append(since)
+        sql = (
+            "SELECT l.id, l.date_utc, l.from_addr, l.from_name, l.subject, l.message_id, l.size, l.body_skipped"
+            f" FROM letters l WHERE {' AND '.join(where)} ORDER BY l.date_utc DESC, l.id DESC"
+        )
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = list(self.db.query(sql, args))
+        for row in rows:
+            row["body_skipped"] = bool(row["body_skipped"])
+            row["links"] = self.links_of(row["id"])
+        return rows
+
+    def links_of(self, letter_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT entity_type, entity_id, rule, address FROM links WHERE letter_id = ? ORDER BY entity_type, entity_id",
+            [letter_id],
+        ))
+
+    def letter(self, letter_id: int) -> dict[str, Any]:
+        """One letter with everything known about it: fields, links and locations."""
+        rows = list(self.db.query("SELECT * FROM letters WHERE id = ?", [letter_id]))
+        if not rows:
+            raise NotFound(f"no letter {letter_id}; 'hanna-sync letters' lists them")
+        letter = rows[0]
+        for name in ("to_addrs", "cc_addrs", "attachments", "references"):
+            letter[name] = json.loads(letter[name])
+        letter["body_skipped"] = bool(letter["body_skipped"])
+        letter["links"] = self.links_of(letter_id)
+        letter["locations"] = list(self.db.query(
+            "SELECT mailbox_id, folder, uidvalidity, uid, seen_at, gone_at FROM letter_locations WHERE letter_id = ?"
+            " ORDER BY mailbox_id, folder, uid",
+            [letter_id],
+        ))
+        return letter
+
+    def letter_source(self, letter_id: int) -> bytes:
+        """The original bytes exactly as the server gave them."""
+        self.letter(letter_id)
+        return bytes(self.db.execute("SELECT raw FROM letter_sources WHERE letter_id = ?", [letter_id]).fetchone()[0])

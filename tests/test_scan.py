@@ -1,0 +1,380 @@
+"""The scan pass against a real Dovecot: what is archived, linked, skipped, and what is never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+from hanna_sync import mailboxes, sample
+from hanna_sync.config import Config, ScanConfig, SecretsConfig
+from hanna_sync.credentials import open_secret_store
+from hanna_sync.directory import import_entities
+from hanna_sync.scan import run_pass
+from hanna_sync.store import Store
+
+
+class Env:
+    """A database, a secrets store and a config in tmp_path, and helpers to add sandbox mailboxes."""
+
+    def __init__(self, tmp_path: Path, **scan: int) -> None:
+        self.tmp = tmp_path
+        self.config = Config(
+            database=tmp_path / "hs.db",
+            own_domains=sample.OWN_DOMAINS,
+            secrets=SecretsConfig(file=tmp_path / "secrets.enc", key_file=tmp_path / "secrets.key"),
+            scan=replace(ScanConfig(), **scan),
+        )
+        self.store = Store(self.config.database)
+        self.secrets = open_secret_store("file", self.config.secrets_file, self.config.secrets_key_file, 5)
+        for entity in sample.CUSTOMERS:
+            self.store.save_entity("customer", entity, replace_contacts=True)
+        for entity in sample.LEADS:
+            self.store.save_entity("lead", entity, replace_contacts=True)
+
+    def add(self, user, folders=("INBOX", "Išsiųsti"), email=None, **settings):
+        dc = user.dovecot
+        box = mailboxes.new_mailbox("staff", email or user.login, "custom", {
+            "username": user.login, "imap_host": dc.host, "imap_port": dc.imaps_port, "imap_security": "ssl",
+            "ca_file": str(dc.ca_file), "folders": list(folders), **settings,
+        })
+        for folder in folders:
+            dc.create_folder(user.login, folder)
+        return mailboxes.add(self.store, self.secrets, box, user.password, verify_first=True, timeout=10).mailbox
+
+    def run(self, **kw):
+        return run_pass(self.store, self.secrets, self.config, **kw)
+
+    def snapshot(self):
+        """Everything a pass writes about letters, comparable across runs (ids differ, so keyed by identity)."""
+        q = self.store.db.execute
+        letters = sorted(q("SELECT identity, subject, size, length(body_text) FROM letters").fetchall())
+        sources = sorted(q("SELECT l.identity, s.raw FROM letters l JOIN letter_sources s ON s.letter_id = l.id"))
+        locations = sorted(q(
+            "SELECT l.identity, p.mailbox_id, p.folder, p.uid, p.gone_at IS NULL FROM letter_locations p"
+            " JOIN letters l ON l.id = p.letter_id").fetchall())
+        links = sorted(q(
+            "SELECT l.identity, k.entity_type, k.entity_id, k.rule, k.address FROM links k"
+            " JOIN letters l ON l.id = k.letter_id").fetchall())
+        states = sorted(q("SELECT mailbox_id, folder, last_uid, uidnext, messages FROM folder_states").fetchall())
+        return letters, sources, locations, links, states
+
+
+def deliver_sample(user) -> list[bytes]:
+    raws = []
+    for folder, raw, flags in sample.mailbox_letters():
+        user.dovecot.deliver(user.login, folder, raw, flags)
+        raws.append(raw)
+    return raws
+
+
+def server_flags(user, folders=("INBOX", "Išsiųsti")) -> dict:
+    dc = user.dovecot
+    import ssl
+
+    with IMAPClient(dc.host, dc.imaps_port, ssl_context=ssl.create_default_context(cafile=str(dc.ca_file))) as c:
+        c.login(user.login, user.password)
+        out = {}
+        for folder in folders:
+            c.select_folder(folder, readonly=True)
+            for uid, data in c.fetch(c.search(), ["FLAGS"]).items():
+                out[(folder, uid)] = sorted(f for f in data[b"FLAGS"] if f != b"\\Recent")
+        return out
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+def test_first_pass_archives_exactly_the_letters_that_concern_the_directory(env, imap_user):
+    raws = deliver_sample(imap_user)
+    box = env.add(imap_user)
+    flags_before = server_flags(imap_user)
+
+    result = env.run()
+
+    assert result.ok, result.mailboxes[0].errors
+    (m,) = result.mailboxes
+    assert (m.folders_checked, m.new, m.archived, m.linked, m.skipped) == (2, 11, 8, 8, 3)
+    links = {(r[0], r[1], r[2], r[3]) for r in env.store.db.execute(
+        "SELECT l.message_id, k.entity_type, k.entity_id, k.rule FROM links k JOIN letters l ON l.id = k.letter_id")}
+    assert links == {
+        ("order-17@azuolas.lt", "customer", "C-1001", "customer_contact"),
+        ("invoice-3@azuolas.lt", "customer", "C-1001", "customer_email"),
+        ("cargo@azuolas.lt", "customer", "C-1001", "customer_domain"),
+        ("ok@gmail.com", "customer", "C-1001", "customer_contact"),
+        ("sched@partners.eu", "customer", "C-1002", "customer_contact"),
+        ("meet@naujas.lt", "lead", "L-2001", "lead_contact"),
+        ("reply-17@imone.lt", "customer", "C-1001", "customer_contact"),
+        ("contract@imone.lt", "customer", "C-1003", "customer_email"),
+    }
+    # Private mail, newsletters and colleagues' mail is not archived at all.
+    subjects = {s for (s,) in env.store.db.execute("SELECT subject FROM letters")}
+    assert not subjects & {"Akcija!", "Šeštadienį?", "Pietūs"}
+    # Originals are kept byte for byte.
+    stored = {bytes(r) for (r,) in env.store.db.execute("SELECT raw FROM letter_sources")}
+    assert stored <= set(raws) and len(stored) == 8
+    # Read-only: every flag on the server is exactly as before, \Seen included.
+    assert server_flags(imap_user) == flags_before
+    assert env.store.mailbox(box.id).last_success_at is not None
+
+
+def test_second_pass_adds_nothing_and_new_mail_is_picked_up(env, imap_user):
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    env.run()
+    before = env.snapshot()
+
+    again = env.run().mailboxes[0]
+    assert (again.new, again.archived, again.linked) == (0, 0, 0)
+    assert env.snapshot() == before
+
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "ruta@azuolas.lt", sample.STAFF, "Dar vienas", "Ačiū!", message_id="<one-more@azuolas.lt>"))
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "spam@spam.example", sample.STAFF, "Spam", "x", message_id="<spam@spam.example>"))
+    third = env.run().mailboxes[0]
+    assert (third.new, third.archived, third.skipped) == (2, 1, 1)
+    assert env.store.db["letters"].count == 9
+
+
+def test_letters_query_gives_the_customer_card(env, imap_user):
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    env.run()
+    card = env.store.letters(customer="C-1001")
+    assert [r["subject"] for r in card] == [
+        "Re: kaina", "Krovinys išvyko", "Sąskaita faktūra 2025-03", "Re: Užsakymas Nr. 17: ąžuolinės lentos",
+        "Užsakymas Nr. 17: ąžuolinės lentos",
+    ]
+    invoice = env.store.letter(card[2]["id"])
+    assert invoice["attachments"][0]["filename"] == "sąskaita.pdf"
+    assert invoice["locations"][0]["folder"] == "INBOX"
+
+
+def test_same_letter_in_two_mailboxes_is_stored_once_with_two_locations(env, imap_user, dovecot):
+    import secrets as pysecrets
+
+    other = dovecot.add_user(f"second-{pysecrets.token_hex(4)}@example.test", pysecrets.token_urlsafe(10))
+    raw = sample.letter("info@azuolas.lt", [imap_user.login, other.login], "Bendras laiškas", "Abiem.",
+                        message_id="<shared@azuolas.lt>")
+    no_id = sample.letter("ruta@azuolas.lt", [imap_user.login, other.login], "Be Message-ID", "x")
+    for user in (imap_user, other):
+        dovecot.deliver(user.login, "INBOX", raw)
+        dovecot.deliver(user.login, "INBOX", no_id)
+        env.add(user, folders=("INBOX",))
+    result = env.run()
+    assert [m.archived for m in result.mailboxes] == [2, 0]
+    assert [m.linked for m in result.mailboxes] == [2, 2]
+    assert env.store.db["letters"].count == 2
+    assert env.store.db["letter_locations"].count == 4
+
+
+def test_uidvalidity_reset_remaps_without_duplicates_or_downloads(env, imap_user):
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    env.run()
+    letters_before = env.store.db["letters"].count
+    imap_user.dovecot.reset_uidvalidity(imap_user.login, "INBOX")
+
+    m = env.run().mailboxes[0]
+    assert m.ok, m.errors
+    assert (m.archived, m.remapped) == (0, 6)
+    assert env.store.db["letters"].count == letters_before
+    live = env.store.db.execute(
+        "SELECT count(*) FROM letter_locations WHERE folder = 'INBOX' AND gone_at IS NULL").fetchone()[0]
+    gone = env.store.db.execute(
+        "SELECT count(*) FROM letter_locations WHERE folder = 'INBOX' AND gone_at IS NOT NULL").fetchone()[0]
+    assert (live, gone) == (6, 6)
+    assert env.run().mailboxes[0].new == 0
+
+
+def test_a_mailbox_with_a_wrong_password_fails_alone(env, imap_user, dovecot):
+    import secrets as pysecrets
+
+    good = dovecot.add_user(f"good-{pysecrets.token_hex(4)}@example.test", pysecrets.token_urlsafe(10))
+    deliver_sample(good)
+    bad_box = env.add(imap_user)
+    env.secrets.set(bad_box.secret_ref, "wrong password")
+    good_box = env.add(good)
+
+    result = env.run()
+    bad, ok = result.mailboxes
+    assert not result.ok
+    assert "refused the login" in bad.errors[0]
+    assert ok.ok and ok.archived == 8
+    assert env.store.mailbox(bad_box.id).last_error.startswith(f"{dovecot.host} refused the login")
+    assert env.store.mailbox(good_box.id).last_error is None
+
+
+def test_sync_leads_off_gives_no_lead_links(env, imap_user):
+    deliver_sample(imap_user)
+    env.add(imap_user, sync_leads=False)
+    env.run()
+    types = {t for (t,) in env.store.db.execute("SELECT DISTINCT entity_type FROM links")}
+    assert types == {"customer"}
+
+
+def test_missing_folder_is_reported_and_other_folders_still_scanned(env, imap_user):
+    deliver_sample(imap_user)
+    box = env.add(imap_user)
+    imap_user.dovecot.delete_folder(imap_user.login, "Išsiųsti")
+    m = env.run().mailboxes[0]
+    assert not m.ok
+    assert "folder 'Išsiųsti' cannot be read" in m.errors[0]
+    assert m.archived == 6
+    assert env.store.mailbox(box.id).last_error.startswith("folder 'Išsiųsti'")
+
+
+def test_large_letters_keep_headers_and_a_marker(tmp_path, imap_user):
+    env = Env(tmp_path)
+    env.config = replace(env.config, scan=replace(env.config.scan, max_letter_size_mb=0.01))
+    big = sample.letter("info@azuolas.lt", imap_user.login, "Didelis", "x" * 20_000, message_id="<big@azuolas.lt>")
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", big)
+    env.add(imap_user, folders=("INBOX",))
+    m = env.run().mailboxes[0]
+    assert m.archived == 1
+    (letter,) = env.store.letters()
+    full = env.store.letter(letter["id"])
+    assert full["body_skipped"] is True and full["subject"] == "Didelis" and full["size"] == len(big)
+    assert len(env.store.letter_source(letter["id"])) < 2000
+
+
+def test_dry_run_writes_nothing(env, imap_user):
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    result = env.run(dry_run=True)
+    m = result.mailboxes[0]
+    assert len(m.would_archive) == 8 and m.archived == 0
+    assert env.store.db["letters"].count == 0
+    assert env.store.db["folder_states"].count == 0
+    assert env.store.db["scan_runs"].count == 0
+
+
+def test_killed_pass_then_rerun_equals_an_uninterrupted_pass(tmp_path, imap_user, dovecot):
+    """SIGKILL a `hanna-sync run` subprocess mid-pass; the re-run must end with the clean run's archive."""
+    import secrets as pysecrets
+
+    clean_user = dovecot.add_user(f"clean-{pysecrets.token_hex(4)}@example.test", imap_user.password)
+    for i in range(400):
+        raw = sample.letter(f"Rūta <ruta@azuolas.lt>", sample.STAFF, f"Laiškas {i}", f"Tekstas {i} " * 50,
+                            message_id=None if i % 10 == 0 else f"<m{i}@azuolas.lt>")
+        skip = sample.letter("x@spam.example", sample.STAFF, f"Spam {i}", "x", message_id=f"<s{i}@spam.example>")
+        for user in (imap_user, clean_user):
+            dovecot.deliver(user.login, "INBOX", raw)
+            dovecot.deliver(user.login, "INBOX", skip)
+
+    def prepared(user, name):
+        env = Env(tmp_path / name, batch_size=7)
+        env.add(user, folders=("INBOX",), email=sample.STAFF)
+        config = tmp_path / name / "config.toml"
+        config.write_text(
+            f'database = "{env.config.database}"\nown_domains = ["imone.lt"]\n'
+            f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
+            f'[scan]\nbatch_size = 7\n'
+        )
+        return env, config
+
+    def hanna(config, *args):
+        return subprocess.Popen([sys.executable, "-m", "hanna_sync", "--config", str(config), "run", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    clean_env, clean_config = prepared(clean_user, "clean")
+    assert hanna(clean_config).wait(120) == 0
+
+    env, config = prepared(imap_user, "killed")
+    kills = 0
+    for threshold in (30, 150, 290):
+        proc = hanna(config)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            count = sqlite3.connect(env.config.database).execute("SELECT count(*) FROM letters").fetchone()[0]
+            if count >= threshold:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        proc.wait(60)
+    assert kills >= 2, "the pass finished before it could be killed: make the mailbox bigger"
+    assert hanna(config).wait(120) == 0
+
+    def normalised(snapshot):
+        letters, sources, locations, links, states = snapshot
+        return letters, sources, [l[:1] + l[2:] for l in locations], links, [s[1:] for s in states]
+
+    assert normalised(Env.snapshot(env)) == normalised(Env.snapshot(clean_env))
+    assert env.store.db["letters"].count == 400
+
+
+def test_cli_run_letters_show_export(tmp_path, imap_user):
+    """The commands a sysadmin uses, through click: run, letters --customer, show, export."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hanna_sync.cli import cli
+
+    raws = deliver_sample(imap_user)
+    env = Env(tmp_path)
+    box = env.add(imap_user)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'database = "{env.config.database}"\nown_domains = ["imone.lt"]\n'
+        f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
+    )
+
+    def hanna(*args):
+        return CliRunner().invoke(cli, ["--config", str(config), *args])
+
+    result = hanna("run", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ok"] is True
+    assert summary["mailboxes"][0]["id"] == box.id and summary["mailboxes"][0]["archived"] == 8
+
+    card = json.loads(hanna("letters", "--customer", "C-1001", "--json").stdout)
+    assert len(card) == 5 and all("id" in row for row in card)
+    assert json.loads(hanna("letters", "--customer", "C-1001", "--since", "2025-03-05", "--json").stdout)[0][
+        "subject"] == "Re: kaina"
+    assert hanna("letters", "--since", "yesterday").exit_code == 2
+
+    table = hanna("letters", "--customer", "C-1001")
+    assert "customer_domain" in table.output and "Krovinys išvyko" in table.output
+
+    letter_id = card[0]["id"]
+    shown = hanna("show", str(letter_id))
+    assert "Linked:     customer C-1001 by customer_contact (mindaugas.k@gmail.com)" in shown.output
+    assert "Tinka, tvirtinu." in shown.output
+
+    out = tmp_path / "letter.eml"
+    assert hanna("export", str(letter_id), "-o", str(out)).exit_code == 0
+    assert out.read_bytes() in raws
+    assert hanna("export", "999").exit_code == 1
+
+
+def test_cli_run_exit_code_is_1_when_a_mailbox_fails(tmp_path, imap_user):
+    from click.testing import CliRunner
+
+    from hanna_sync.cli import cli
+
+    env = Env(tmp_path)
+    box = env.add(imap_user)
+    env.secrets.set(box.secret_ref, "wrong")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'database = "{env.config.database}"\n'
+        f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
+    )
+    result = CliRunner().invoke(cli, ["--config", str(config), "run"])
+    assert result.exit_code == 1
+    assert "refused the login" in result.output
+    assert "wrong" not in result.output.replace("wrong port", "")
