@@ -53,6 +53,16 @@ class Env:
     def run(self, **kw):
         return run_pass(self.store, self.secrets, self.config, **kw)
 
+    def config_file(self) -> Path:
+        """The same settings as a TOML file, for the CLI and subprocesses."""
+        path = self.tmp / "config.toml"
+        path.write_text(
+            f'database = "{self.config.database}"\nown_domains = {list(self.config.own_domains)!r}\n'.replace("'", '"')
+            + f'[secrets]\nfile = "{self.config.secrets_file}"\nkey_file = "{self.config.secrets_key_file}"\n'
+            + f"[scan]\nbatch_size = {self.config.scan.batch_size}\n"
+        )
+        return path
+
     def snapshot(self):
         """Everything a pass writes about letters, comparable across runs (ids differ, so keyed by identity)."""
         q = self.store.db.execute
@@ -286,13 +296,7 @@ def test_killed_pass_then_rerun_equals_an_uninterrupted_pass(tmp_path, imap_user
     def prepared(user, name):
         env = Env(tmp_path / name, batch_size=7)
         env.add(user, folders=("INBOX",), email=sample.STAFF)
-        config = tmp_path / name / "config.toml"
-        config.write_text(
-            f'database = "{env.config.database}"\nown_domains = ["imone.lt"]\n'
-            f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
-            f'[scan]\nbatch_size = 7\n'
-        )
-        return env, config
+        return env, env.config_file()
 
     def hanna(config, *args):
         return subprocess.Popen([sys.executable, "-m", "hanna_sync", "--config", str(config), "run", *args],
@@ -336,11 +340,7 @@ def test_cli_run_letters_show_export(tmp_path, imap_user):
     raws = deliver_sample(imap_user)
     env = Env(tmp_path)
     box = env.add(imap_user)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'database = "{env.config.database}"\nown_domains = ["imone.lt"]\n'
-        f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
-    )
+    config = env.config_file()
 
     def hanna(*args):
         return CliRunner().invoke(cli, ["--config", str(config), *args])
@@ -379,11 +379,7 @@ def test_cli_run_exit_code_is_1_when_a_mailbox_fails(tmp_path, imap_user):
     env = Env(tmp_path)
     box = env.add(imap_user)
     env.secrets.set(box.secret_ref, "wrong")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'database = "{env.config.database}"\n'
-        f'[secrets]\nfile = "{env.config.secrets_file}"\nkey_file = "{env.config.secrets_key_file}"\n'
-    )
+    config = env.config_file()
     result = CliRunner().invoke(cli, ["--config", str(config), "run"])
     assert result.exit_code == 1
     assert "refused the login" in result.output
