@@ -49,3 +49,7 @@ class SecretsError(HannaError):
 
 class ConnectError(HannaError):
     """A mail server could not be reached, refused the login or lacks a folder."""
+
+
+class AuthError(ConnectError):
+    """The server refused the credentials: retrying soon only risks locking the account."""

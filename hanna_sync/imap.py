@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from hanna_sync.errors import ConnectError
+from hanna_sync.errors import AuthError, ConnectError
 from hanna_sync.store import Mailbox
 
 APP_PASSWORD_PROVIDERS = {"gmail": "Google", "yahoo": "Yahoo"}
@@ -94,7 +94,7 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
                 f"; with 2-step verification on, {APP_PASSWORD_PROVIDERS[mailbox.provider]}"
                 " needs an app password instead of the account password"
             )
-        raise ConnectError(f"{mailbox.imap_host} refused the login for {mailbox.login_name} ({text}); {hint}") from None
+        raise AuthError(f"{mailbox.imap_host} refused the login for {mailbox.login_name} ({text}); {hint}") from None
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(f"connection to {mailbox.imap_host} lost during login: {exc}") from None
 

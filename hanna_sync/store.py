@@ -274,7 +274,12 @@ class Store:
             # Created 0600 before SQLite opens it: letters and the directory are private. SQLite gives
             # the -wal and -shm files the same permissions as the database file.
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+            # isolation_level=None: no implicit transactions. A statement outside `transaction()` commits
+            # at once, and `transaction()` is the only place a transaction starts, so nothing written can
+            # be left waiting for a commit that never comes.
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+            )
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open database {path}: {getattr(exc, 'strerror', None) or exc}") from None
         self.db = sqlite_utils.Database(conn, execute_plugins=False)

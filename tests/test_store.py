@@ -115,3 +115,14 @@ def test_mailbox_ids_are_never_reused(tmp_path):
     again = mailbox()
     store.add_mailbox(again)
     assert again.id != box.id
+
+
+def test_writes_outside_a_transaction_are_committed_at_once(tmp_path):
+    """A bare UPDATE must not open an implicit transaction that later batches would nest into."""
+    store = Store(tmp_path / "a.db")
+    box = mailbox()
+    store.add_mailbox(box)
+    store.record_outcome(box.id, "boom")
+    assert not store.db.conn.in_transaction
+    other = sqlite3.connect(tmp_path / "a.db")
+    assert other.execute("SELECT last_error FROM mailboxes").fetchone() == ("boom",)
