@@ -57,6 +57,9 @@ class ScanConfig:
     concurrency: int = 4
     batch_size: int = 200
     max_letter_size_mb: float = 25.0
+    time_budget_minutes: float = 8.0
+    gap_check_hours: float = 24.0
+    auth_backoff_minutes: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ _SCHEMA: dict[str, Any] = {
         "concurrency": (int, "a whole number >= 1"),
         "batch_size": (int, "a whole number >= 1"),
         "max_letter_size_mb": ((int, float), "a number of megabytes > 0"),
+        "time_budget_minutes": ((int, float), "a number of minutes > 0"),
+        "gap_check_hours": ((int, float), "a number of hours >= 0"),
+        "auth_backoff_minutes": ((int, float), "a number of minutes >= 0"),
     },
     "network": {
         "timeout": ((int, float), "a number of seconds > 0"),
@@ -168,8 +174,11 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ("network.timeout", network.get("timeout", 1)),
     ):
         _positive(value, name, where)
+    _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
     for name, value in (("scan.concurrency", scan.get("concurrency", 1)), ("scan.batch_size", scan.get("batch_size", 1))):
         _positive(value, name, where, minimum=1, strict=False)
+    for name in ("gap_check_hours", "auth_backoff_minutes"):
+        _positive(scan.get(name, 0), f"scan.{name}", where, strict=False)
 
     defaults = Config()
     return Config(
@@ -187,6 +196,9 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             concurrency=scan.get("concurrency", ScanConfig.concurrency),
             batch_size=scan.get("batch_size", ScanConfig.batch_size),
             max_letter_size_mb=float(scan.get("max_letter_size_mb", ScanConfig.max_letter_size_mb)),
+            time_budget_minutes=float(scan.get("time_budget_minutes", ScanConfig.time_budget_minutes)),
+            gap_check_hours=float(scan.get("gap_check_hours", ScanConfig.gap_check_hours)),
+            auth_backoff_minutes=float(scan.get("auth_backoff_minutes", ScanConfig.auth_backoff_minutes)),
         ),
         network=NetworkConfig(timeout=float(network.get("timeout", NetworkConfig.timeout))),
         source=where,

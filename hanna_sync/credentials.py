@@ -716,14 +716,28 @@ class SecretStore:
 
     service = SERVICE
 
-    def __init__(self, backend: keyring.backend.KeyringBackend, timeout: float) -> None:
-        """Wrap `backend`; `timeout` (seconds, > 0) bounds each get/set/delete."""
+    def __init__(
+        self,
+        backend: keyring.backend.KeyringBackend | Callable[[], keyring.backend.KeyringBackend],
+        timeout: float,
+    ) -> None:
+        """Wrap `backend` (or a function making it on first use); `timeout` (seconds, > 0) bounds each
+        get/set/delete. A factory keeps opening free: a command that fails before it needs a secret
+        leaves no key file behind."""
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
-        self.backend = backend
+        self._backend = backend
         self.timeout = timeout
         self._stuck: threading.Thread | None = None  # a call that timed out and still runs
         self._lock = threading.Lock()
+        self._backend_lock = threading.Lock()
+
+    @property
+    def backend(self) -> keyring.backend.KeyringBackend:
+        with self._backend_lock:
+            if not isinstance(self._backend, keyring.backend.KeyringBackend):
+                self._backend = self._backend()
+            return self._backend
 
     def __repr__(self) -> str:
         return f"SecretStore({self.backend!r}, timeout={self.timeout!r})"
@@ -797,14 +811,18 @@ def _is_null_backend(backend: keyring.backend.KeyringBackend) -> bool:
 def open_secret_store(store: str, file: Path, key_file: Path, timeout: float) -> SecretStore:
     """Build the `SecretStore` the config asks for.
 
-    ``"file"``: `EncryptedFileKeyring` at `file` with the key from `load_key(key_file)`;
+    ``"file"``: `EncryptedFileKeyring` at `file` with the key from `load_key(key_file)`, made on
+    first use (so the key file is created by the first command that stores a secret);
     ``"system"``: the user's usual keyring (``keyring.get_keyring()``), refused when keyring only
     has its fail/null stand-in (a server without a keyring). Opening reads or writes nothing in
     the store; for ``"system"`` the key file is not touched at all.
     """
     if store == "file":
-        key, source = _load_key_with_source(Path(key_file), DEFAULT_CREDENTIAL_NAME)
-        return SecretStore(EncryptedFileKeyring(Path(file), key, key_source=source), timeout)
+        def backend() -> EncryptedFileKeyring:
+            key, source = _load_key_with_source(Path(key_file), DEFAULT_CREDENTIAL_NAME)
+            return EncryptedFileKeyring(Path(file), key, key_source=source)
+
+        return SecretStore(backend, timeout)
     if store == "system":
         # Backend detection talks to D-Bus and may itself hang under systemd: bound it too.
         backend = _call_with_timeout(keyring.get_keyring, timeout, "find the system keyring", None)

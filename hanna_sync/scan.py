@@ -4,18 +4,27 @@ Per folder: STATUS first (one round trip; an unchanged folder costs nothing more
 (read-only), then new UIDs in windows, their headers in batches, matched locally against the CRM
 directory, and full bodies fetched with BODY.PEEK only for the letters that matched and are not
 archived yet. Each batch's letters, locations, links and the folder's advanced state are committed in
-one transaction, so a kill at any moment loses nothing and duplicates nothing. A mailbox that fails
-is recorded on that mailbox and the pass goes on with the next.
+one transaction, so a kill at any moment loses nothing and duplicates nothing.
+
+Unattended operation: one pass at a time (an flock that dies with its process), mailboxes scanned in
+parallel threads (one IMAP connection each, one writer to SQLite), a time budget after which no new
+batch starts, and a mailbox that refuses its login backed off instead of retried every 10 minutes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
@@ -23,10 +32,11 @@ from imapclient.exceptions import IMAPClientError
 
 from hanna_sync import imap
 from hanna_sync.config import Config
-from hanna_sync.errors import HannaError
+from hanna_sync.errors import AuthError, ExitCode, HannaError, SecretsError
 from hanna_sync.match import Directory, Link, match
 from hanna_sync.message import ParsedLetter, fingerprint, parse_headers_only, parse_letter
-from hanna_sync.store import FolderState, Mailbox, Store
+from hanna_sync.store import FolderState, Mailbox, Store, utcnow
+from hanna_sync.uidset import UidSet
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -39,8 +49,35 @@ HEADER_FIELDS = (
 )
 HEADERS_ITEM = f"BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]"
 SEARCH_WINDOW = 20_000  # UIDs per SEARCH: keeps a response line far below imaplib's 1 MB cap
+MAX_BACKOFF = timedelta(days=1)
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
+
+
+class PassBusy(HannaError):
+    """Another pass holds the lock: not an error, just not now."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+@contextmanager
+def pass_lock(path: Path) -> Iterator[None]:
+    """Hold the one-pass-at-a-time lock. An flock belongs to the open file, so it can never go stale:
+    it is released when the process ends, however it ends (crash, kill, suspend and resume)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise PassBusy(f"another pass is running (pid {holder}, lock {path}); this one exits, try again later") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -55,7 +92,11 @@ class MailboxResult:
     linked: int = 0  # letters that got at least one link (new or already archived elsewhere)
     skipped: int = 0  # letters concerning no customer or lead: counted, not stored
     remapped: int = 0  # letters found again under a new UIDVALIDITY
+    gaps: int = 0  # letters the gap check found never looked at (and then read)
     errors: list[str] = field(default_factory=list)
+    failure_kind: str | None = None
+    budget_exhausted: bool = False  # stopped early; the next pass goes on from here
+    backing_off_until: str | None = None  # not tried: its login was refused recently
     seconds: float = 0.0
     would_archive: list[dict[str, Any]] = field(default_factory=list)  # --dry-run only
 
@@ -63,11 +104,17 @@ class MailboxResult:
     def ok(self) -> bool:
         return not self.errors
 
+    def fail(self, kind: str, message: str) -> None:
+        self.failure_kind = self.failure_kind or kind
+        self.errors.append(message)
+
     def as_dict(self) -> dict[str, Any]:
         data = {
             "id": self.mailbox_id, "email": self.email, "ok": self.ok, "folders_checked": self.folders_checked,
             "new": self.new, "archived": self.archived, "linked": self.linked, "skipped": self.skipped,
-            "remapped": self.remapped, "errors": self.errors, "seconds": round(self.seconds, 3),
+            "remapped": self.remapped, "gaps": self.gaps, "errors": self.errors,
+            "budget_exhausted": self.budget_exhausted, "backing_off_until": self.backing_off_until,
+            "seconds": round(self.seconds, 3),
         }
         if self.would_archive:
             data["would_archive"] = self.would_archive
@@ -78,18 +125,47 @@ class MailboxResult:
 class PassResult:
     mailboxes: list[MailboxResult]
     dry_run: bool = False
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return all(m.ok for m in self.mailboxes)
 
+    @property
+    def budget_exhausted(self) -> bool:
+        return any(m.budget_exhausted for m in self.mailboxes)
+
+    def summary_line(self) -> str:
+        """One line per pass that a monitoring system can grep."""
+        def total(name: str) -> int:
+            return sum(getattr(m, name) for m in self.mailboxes)
+
+        failed = sum(1 for m in self.mailboxes if not m.ok and not m.backing_off_until)
+        backing_off = sum(1 for m in self.mailboxes if m.backing_off_until)
+        ok = len(self.mailboxes) - failed - backing_off
+        return (
+            f"pass {'ok' if self.ok else 'failed'}: mailboxes {ok} ok, {failed} failed, {backing_off} backing off;"
+            f" letters {total('new')} new, {total('archived')} archived, {total('linked')} linked,"
+            f" {total('skipped')} skipped, {total('gaps')} gaps;"
+            f" {'time budget spent, continuing next pass' if self.budget_exhausted else 'complete'};"
+            f" {self.seconds:.1f} s"
+        )
+
 
 def build_directory(store: Store, config: Config) -> Directory:
     """The directory as it is now, with every mailbox address counted as staff."""
-    staff = [m.email for m in store.mailboxes()] + [m.username for m in store.mailboxes() if m.username]
+    boxes = store.mailboxes()
+    staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
     return Directory.build(
         store.entities("customer"), store.entities("lead"), staff, config.own_domains, config.free_mail_domains
     )
+
+
+def backoff_until(mailbox: Mailbox, now: datetime) -> str | None:
+    """Until when a mailbox whose login was refused is left alone, or None when it may be tried."""
+    if mailbox.failure_kind != "auth" or not mailbox.retry_after:
+        return None
+    return mailbox.retry_after if datetime.fromisoformat(mailbox.retry_after) > now else None
 
 
 def run_pass(
@@ -100,25 +176,70 @@ def run_pass(
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> PassResult:
-    """Scan every mailbox with scan active (or those named); one failing never stops the others."""
+    """Scan every mailbox with scan active (or those named); one failing never stops the others.
+
+    Raises PassBusy when another pass is running. A dry run takes no lock: it writes nothing.
+    """
+    with nullcontext() if dry_run else pass_lock(config.database.parent / "hanna-sync.lock"):
+        return _run_pass(store, secrets, config, mailbox_ids, dry_run, progress)
+
+
+def _run_pass(
+    store: Store, secrets: SecretStore, config: Config, mailbox_ids: list[int] | None, dry_run: bool,
+    progress: Progress | None,
+) -> PassResult:
+    started = time.monotonic()
+    now = datetime.now(timezone.utc)
     if mailbox_ids:
-        boxes = [store.mailbox(i) for i in mailbox_ids]
+        boxes = [store.mailbox(i) for i in mailbox_ids]  # named on the command line: tried even in back-off
+        waiting: list[MailboxResult] = []
     else:
-        boxes = [m for m in store.mailboxes() if m.scan_active]
+        active = [m for m in store.mailboxes() if m.scan_active]
+        boxes = [m for m in active if backoff_until(m, now) is None]
+        waiting = [_backing_off(m, now) for m in active if backoff_until(m, now) is not None]
     directory = build_directory(store, config)
     for domain, owners in sorted(directory.ambiguous_domains().items()):
         log.warning("domain %s is claimed by customers %s: it links to neither", domain, ", ".join(sorted(owners)))
     run_id = None if dry_run else store.start_run()
-    results = []
-    for mailbox in boxes:
-        result = scan_mailbox(store, secrets, config, mailbox, directory, dry_run, progress)
+    deadline = started + config.scan.time_budget_minutes * 60
+
+    def one(mailbox: Mailbox) -> MailboxResult:
+        result = scan_mailbox(store, secrets, config, mailbox, directory, dry_run, progress, deadline)
         if not dry_run:
-            store.record_outcome(mailbox.id, "; ".join(result.errors) if result.errors else None)
-        results.append(result)
-    outcome = PassResult(results, dry_run)
+            assert mailbox.id is not None
+            with store.transaction():
+                store.record_outcome(mailbox.id, "; ".join(result.errors) or None, result.failure_kind,
+                                     _retry_after(mailbox, result, config))
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(config.scan.concurrency, len(boxes)))) as pool:
+        results = list(pool.map(one, boxes))
+    outcome = PassResult(sorted(results + waiting, key=lambda r: r.mailbox_id), dry_run, time.monotonic() - started)
     if run_id is not None:
-        store.finish_run(run_id, "ok" if outcome.ok else "failed", [r.as_dict() for r in results])
+        store.finish_run(run_id, "ok" if outcome.ok else "failed", [r.as_dict() for r in outcome.mailboxes],
+                         outcome.budget_exhausted)
+    log.log(logging.INFO if outcome.ok else logging.WARNING, "%s", outcome.summary_line())
     return outcome
+
+
+def _backing_off(mailbox: Mailbox, now: datetime) -> MailboxResult:
+    assert mailbox.id is not None
+    until = backoff_until(mailbox, now)
+    result = MailboxResult(mailbox.id, mailbox.email, backing_off_until=until, failure_kind="auth")
+    result.errors.append(
+        f"login refused {mailbox.consecutive_failures} time(s); not tried again before {until}:"
+        f" fix the password with 'hanna-sync set-password {mailbox.id}' (or try now with 'run --mailbox {mailbox.id}')"
+    )
+    return result
+
+
+def _retry_after(mailbox: Mailbox, result: MailboxResult, config: Config) -> str | None:
+    """Back-off for refused logins: auth_backoff_minutes, doubling with each refusal, at most a day."""
+    if result.failure_kind != "auth" or config.scan.auth_backoff_minutes <= 0:
+        return None
+    streak = mailbox.consecutive_failures if mailbox.failure_kind == "auth" else 0
+    delay = min(timedelta(minutes=config.scan.auth_backoff_minutes) * 2 ** min(streak, 10), MAX_BACKOFF)
+    return (datetime.now(timezone.utc) + delay).isoformat(timespec="seconds")
 
 
 def scan_mailbox(
@@ -129,6 +250,7 @@ def scan_mailbox(
     directory: Directory,
     dry_run: bool = False,
     progress: Progress | None = None,
+    deadline: float = float("inf"),
 ) -> MailboxResult:
     assert mailbox.id is not None
     result = MailboxResult(mailbox.id, mailbox.email)
@@ -136,19 +258,27 @@ def scan_mailbox(
     try:
         password = secrets.get(mailbox.secret_ref)
         if password is None:
-            raise HannaError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
+            raise SecretsError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
         with imap.session(mailbox, password, config.network.timeout) as client:
-            scanner = FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress)
+            scanner = FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
             for folder in mailbox.folders:
+                if time.monotonic() > deadline:
+                    result.budget_exhausted = True
+                    break
                 scanner.scan(folder)
+    except AuthError as exc:
+        result.fail("auth", str(exc))
+    except SecretsError as exc:
+        result.fail("secrets", str(exc))
     except HannaError as exc:
-        result.errors.append(str(exc))
+        result.fail("connect", str(exc))
     except (OSError, ssl.SSLError, IMAPClientError, socket.timeout) as exc:
-        result.errors.append(f"connection to {mailbox.imap_host} failed: {exc or type(exc).__name__}")
+        result.fail("connect", f"connection to {mailbox.imap_host} failed: {exc or type(exc).__name__}")
     result.seconds = time.monotonic() - started
     level = logging.INFO if result.ok else logging.ERROR
-    log.log(level, "mailbox %s (%s): %d new, %d archived, %d linked, %d skipped%s", mailbox.id, mailbox.email,
+    log.log(level, "mailbox %s (%s): %d new, %d archived, %d linked, %d skipped%s%s", mailbox.id, mailbox.email,
             result.new, result.archived, result.linked, result.skipped,
+            "; time budget spent" if result.budget_exhausted else "",
             f"; errors: {'; '.join(result.errors)}" if result.errors else "")
     return result
 
@@ -165,32 +295,38 @@ class Candidate:
 
 
 class FolderScanner:
-    """Scans folders of one logged-in mailbox."""
+    """Scans folders of one logged-in mailbox. All its database access goes through transactions,
+    which the store serialises between scanner threads."""
 
     def __init__(
         self, store: Store, config: Config, mailbox: Mailbox, directory: Directory, client: IMAPClient,
-        result: MailboxResult, dry_run: bool, progress: Progress | None,
+        result: MailboxResult, dry_run: bool, progress: Progress | None, deadline: float,
     ) -> None:
         self.store, self.config, self.mailbox, self.directory = store, config, mailbox, directory
         self.client, self.result, self.dry_run, self.progress = client, result, dry_run, progress
+        self.deadline = deadline
         self.condstore = b"CONDSTORE" in client.capabilities()
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
 
     def scan(self, folder: str) -> None:
+        assert self.mailbox.id is not None
         try:
             status = self.client.folder_status(folder, self._status_items())
         except IMAPClientError as exc:
-            self.result.errors.append(
-                f"folder '{folder}' cannot be read ({exc}): renamed or deleted? 'hanna-sync folders"
-                f" {self.mailbox.id}' lists the folders, 'edit-mailbox {self.mailbox.id} --folder ...' changes them"
+            self.result.fail(
+                "folder",
+                f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
+                f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
+                f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
             )
             return
         self.result.folders_checked += 1
-        assert self.mailbox.id is not None
-        state = self.store.folder_state(self.mailbox.id, folder)
+        with self.store.transaction():
+            state = self.store.folder_state(self.mailbox.id, folder)
         uidvalidity = int(status[b"UIDVALIDITY"])
         uidnext = int(status[b"UIDNEXT"])
-        if state.uidvalidity == uidvalidity and state.uidnext == uidnext:
+        gap_check_due = self._gap_check_due(state)
+        if state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due:
             log.debug("%s: unchanged", folder)
             return
         self.remapping = state.uidvalidity is not None and state.uidvalidity != uidvalidity
@@ -202,63 +338,94 @@ class FolderScanner:
                     self.store.mark_locations_gone(self.mailbox.id, folder, state.uidvalidity)
             state = FolderState(self.mailbox.id, folder)
         state.uidvalidity = uidvalidity
+        state.server_uidnext = uidnext
+        state.server_messages = int(status[b"MESSAGES"])
         remapped_before = self.result.remapped
+        seen = UidSet.parse(state.seen_uids)
         self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
-        uids = self._new_uids(state.last_uid, uidnext - 1)
-        done = 0
-        batch_size = self.config.scan.batch_size
-        for start in range(0, len(uids), batch_size):
-            batch = uids[start : start + batch_size]
-            self._batch(folder, state, batch)
-            done += len(batch)
-            if self.progress:
-                self.progress(f"{self.mailbox.email} {folder}", done, len(uids))
+
+        if gap_check_due and state.last_uid > 0:
+            missing = seen.missing(self._uids_between(1, state.last_uid))
+            if missing:
+                log.warning("%s: %d letters below UID %d were never looked at: reading them now", folder,
+                            len(missing), state.last_uid)
+            if not self._process(folder, state, seen, missing, moves_high_water=False):
+                return
+            state.gap_found = len(missing)
+            state.gap_checked_at = utcnow()
+            self.result.gaps += len(missing)
+
+        uids = self._uids_between(state.last_uid + 1, uidnext - 1)
+        if not self._process(folder, state, seen, uids, moves_high_water=True):
+            return
         # The folder is done to UIDNEXT: only now may a later pass skip it as unchanged.
         state.last_uid = max(state.last_uid, uidnext - 1)
         state.uidnext = uidnext
-        state.messages = int(status[b"MESSAGES"])
+        state.messages = state.server_messages
         state.highestmodseq = int(status[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in status else None
+        if state.gap_checked_at is None:
+            state.gap_checked_at = utcnow()  # everything up to here was just looked at
         if not self.dry_run:
             with self.store.transaction():
                 self.store.save_folder_state(state)
         if self.remapping:
-            log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder, self.result.remapped - remapped_before)
+            log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
+                        self.result.remapped - remapped_before)
+
+    def _gap_check_due(self, state: FolderState) -> bool:
+        hours = self.config.scan.gap_check_hours
+        if hours <= 0 or state.last_uid == 0 or state.gap_checked_at is None:
+            return False
+        return datetime.fromisoformat(state.gap_checked_at) < datetime.now(timezone.utc) - timedelta(hours=hours)
+
+    def _process(self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool) -> bool:
+        """Run the UIDs through batches; False when the time budget ran out first."""
+        batch_size = self.config.scan.batch_size
+        for start in range(0, len(uids), batch_size):
+            if time.monotonic() > self.deadline:
+                self.result.budget_exhausted = True
+                return False
+            batch = uids[start : start + batch_size]
+            self._batch(folder, state, seen, batch, moves_high_water)
+            if self.progress:
+                self.progress(f"{self.mailbox.email} {folder}", start + len(batch), len(uids))
+        return True
 
     def _status_items(self) -> list[bytes]:
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
         return items + [b"HIGHESTMODSEQ"] if self.condstore else items
 
-    def _new_uids(self, last_uid: int, top: int) -> list[int]:
-        """UIDs above last_uid, found by SEARCH in windows (never one huge SEARCH ALL)."""
+    def _uids_between(self, low: int, high: int) -> list[int]:
+        """UIDs in [low, high] on the server, found by SEARCH in windows (never one huge SEARCH ALL)."""
         uids: list[int] = []
-        low = last_uid + 1
-        while low <= top:
-            high = min(low + SEARCH_WINDOW - 1, top)
-            found = self.client.search(["UID", f"{low}:{high}"])
-            # `n:*`-style ranges can return a message below n; never go back over what is done.
-            uids.extend(u for u in found if last_uid < u <= high)
-            low = high + 1
+        while low <= high:
+            top = min(low + SEARCH_WINDOW - 1, high)
+            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the window.
+            uids.extend(u for u in self.client.search(["UID", f"{low}:{top}"]) if low <= u <= top)
+            low = top + 1
         return sorted(set(uids))
 
-    def _batch(self, folder: str, state: FolderState, uids: list[int]) -> None:
+    def _batch(self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool) -> None:
         charset = self.mailbox.imap_charset
         fetched = self.client.fetch(uids, [HEADERS_ITEM, "RFC822.SIZE"])
         candidates: list[Candidate] = []
-        for uid in sorted(fetched):
-            if uid not in uids:
-                continue
+        wanted = set(uids)
+        looked_at = [uid for uid in sorted(fetched) if uid in wanted]
+        skipped = 0
+        for uid in looked_at:
             data = fetched[uid]
             raw_headers = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), b"") or b""
             headers = parse_headers_only(raw_headers, charset)
-            self.result.new += 1
             links = match(
                 participants(headers), self.directory, self.mailbox.sync_customers, self.mailbox.sync_leads
             )
             if not links:
-                self.result.skipped += 1
+                skipped += 1
                 continue
             identity = f"mid:{headers.message_id}" if headers.message_id else None
             candidates.append(Candidate(uid, headers, links, int(data.get(b"RFC822.SIZE", 0)), identity))
+        self.result.new += len(looked_at)
+        self.result.skipped += skipped
 
         if self.dry_run:
             for c in candidates:
@@ -269,12 +436,12 @@ class FolderScanner:
                 })
             return
 
-        known = self.store.letter_ids([c.identity for c in candidates if c.identity])
+        with self.store.transaction():
+            known = self.store.letter_ids([c.identity for c in candidates if c.identity])
         need = [c for c in candidates if c.identity not in known]
         bodies = self._fetch_bodies(need)
         # Letters expunged between the two FETCHes are left out: nothing is known of them but headers.
         candidates = [c for c in candidates if c.identity in known or c.uid in bodies]
-        known.update(self.store.letter_ids([c.identity for c in need if c.uid in bodies]))
 
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
@@ -283,15 +450,20 @@ class FolderScanner:
                 letter_id = known.get(c.identity)
                 if letter_id is None:
                     parsed, raw = bodies[c.uid]
-                    letter_id = self.store.archive_letter(c.identity, parsed, raw, c.size or len(raw))
+                    letter_id, created = self.store.archive_letter(c.identity, parsed, raw, c.size or len(raw))
                     known[c.identity] = letter_id
-                    self.result.archived += 1
+                    self.result.archived += int(created)
                 elif self.remapping:
                     self.result.remapped += 1
                 self.store.add_location(letter_id, self.mailbox.id, folder, state.uidvalidity, c.uid)
                 self.store.add_links(letter_id, c.links)
                 self.result.linked += 1
-            state.last_uid = max(uids)
+            # A UID the server did not return stays out of `seen`: the gap check finds it if it still exists.
+            seen.add(looked_at)
+            state.seen_uids = str(seen)
+            state.skipped += skipped
+            if moves_high_water:
+                state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
     def _fetch_bodies(self, candidates: list[Candidate]) -> dict[int, tuple[ParsedLetter, bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -165,6 +166,27 @@ def m002_archive(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m003_unattended(db: sqlite_utils.Database) -> None:
+    """Failure streaks and back-off per mailbox; what the server last said and what was seen, per folder."""
+    db.executescript(
+        """
+        ALTER TABLE mailboxes ADD COLUMN failure_kind TEXT;
+        ALTER TABLE mailboxes ADD COLUMN failing_since TEXT;
+        ALTER TABLE mailboxes ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE mailboxes ADD COLUMN retry_after TEXT;
+        ALTER TABLE folder_states ADD COLUMN server_uidnext INTEGER;
+        ALTER TABLE folder_states ADD COLUMN server_messages INTEGER;
+        ALTER TABLE folder_states ADD COLUMN seen_uids TEXT NOT NULL DEFAULT '';
+        ALTER TABLE folder_states ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE folder_states ADD COLUMN gap_checked_at TEXT;
+        ALTER TABLE folder_states ADD COLUMN gap_found INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE scan_runs ADD COLUMN budget_exhausted INTEGER NOT NULL DEFAULT 0;
+        UPDATE folder_states SET seen_uids = '1:' || last_uid WHERE last_uid > 0;
+        """
+    )
+
+
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC text: sortable, and readable in any SQLite tool."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -195,9 +217,14 @@ class Mailbox:
     ca_file: str | None = None
     secret_ref: str = ""
     id: int | None = None
+    # Outcome of the last passes, written by the scan only (never by add/edit):
     last_success_at: str | None = None
     last_error: str | None = None
     last_error_at: str | None = None
+    failure_kind: str | None = None  # "auth", "connect", "folder", "secrets", "other"
+    failing_since: str | None = None  # first failure of the current streak
+    consecutive_failures: int = 0
+    retry_after: str | None = None  # auth back-off: not tried again before this time
 
     @property
     def login_name(self) -> str:
@@ -212,6 +239,10 @@ class Mailbox:
 
 
 _BOOL_COLUMNS = ("scan_active", "sync_customers", "sync_leads")
+OUTCOME_FIELDS = (
+    "last_success_at", "last_error", "last_error_at", "failure_kind", "failing_since", "consecutive_failures",
+    "retry_after",
+)
 
 
 def _mailbox_from_row(row: dict[str, Any]) -> Mailbox:
@@ -258,6 +289,12 @@ class FolderState:
     uidnext: int | None = None  # UIDNEXT when the folder was last scanned to the end
     messages: int | None = None
     checked_at: str | None = None
+    server_uidnext: int | None = None  # what the last STATUS said, finished or not: backfill progress
+    server_messages: int | None = None
+    seen_uids: str = ""  # UidSet of every UID looked at, for the gap check
+    skipped: int = 0  # letters that concerned nobody, counted over all passes
+    gap_checked_at: str | None = None
+    gap_found: int = 0  # letters the last gap check found never looked at (and then read)
 
 
 class DatabaseError(HannaError):
@@ -283,6 +320,7 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open database {path}: {getattr(exc, 'strerror', None) or exc}") from None
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        self.lock = threading.RLock()
         try:
             self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -307,8 +345,12 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Everything inside commits together or not at all (nests as a savepoint)."""
-        with self.db.atomic():
+        """Everything inside commits together or not at all (nests as a savepoint).
+
+        Scanner threads share this connection; the lock makes each transaction theirs alone, so the
+        database has one writer at a time whatever the scan concurrency.
+        """
+        with self.lock, self.db.atomic():
             yield
 
     # -- users and mailboxes ------------------------------------------------------------------
@@ -321,7 +363,7 @@ class Store:
 
     def _mailbox_row(self, mailbox: Mailbox) -> dict[str, Any]:
         row = asdict(mailbox)
-        for name in ("user", "id", "main", "last_success_at", "last_error", "last_error_at"):
+        for name in ("user", "id", "main", *OUTCOME_FIELDS):
             row.pop(name)
         row["folders"] = json.dumps(mailbox.folders, ensure_ascii=False)
         row["is_main"] = int(mailbox.main)
@@ -445,14 +487,15 @@ class Store:
     # -- scan state and the archive -------------------------------------------------------------
 
     def folder_state(self, mailbox_id: int, folder: str) -> FolderState:
-        row = self.db.execute(
-            "SELECT uidvalidity, last_uid, highestmodseq, uidnext, messages, checked_at FROM folder_states"
-            " WHERE mailbox_id = ? AND folder = ?",
-            [mailbox_id, folder],
-        ).fetchone()
-        if row is None:
-            return FolderState(mailbox_id, folder)
-        return FolderState(mailbox_id, folder, *row)
+        rows = list(self.db.query(
+            "SELECT * FROM folder_states WHERE mailbox_id = ? AND folder = ?", [mailbox_id, folder]
+        ))
+        return FolderState(**rows[0]) if rows else FolderState(mailbox_id, folder)
+
+    def folder_states(self, mailbox_id: int) -> list[FolderState]:
+        return [FolderState(**row) for row in self.db.query(
+            "SELECT * FROM folder_states WHERE mailbox_id = ? ORDER BY folder", [mailbox_id]
+        )]
 
     def save_folder_state(self, state: FolderState) -> None:
         state.checked_at = utcnow()
@@ -479,11 +522,11 @@ class Store:
                 found[identity] = letter_id
         return found
 
-    def archive_letter(self, identity: str, letter: ParsedLetter, raw: bytes, size: int) -> int:
-        """Store a letter once (by identity) with its original bytes; returns its id either way."""
+    def archive_letter(self, identity: str, letter: ParsedLetter, raw: bytes, size: int) -> tuple[int, bool]:
+        """Store a letter once (by identity) with its original bytes; returns its id and whether it is new."""
         existing = self.letter_ids([identity])
         if existing:
-            return existing[identity]
+            return existing[identity], False
         first = letter.from_[0] if letter.from_ else None
         row = {
             "identity": identity,
@@ -504,7 +547,7 @@ class Store:
         }
         letter_id = int(self.db["letters"].insert(row).last_pk)
         self.db["letter_sources"].insert({"letter_id": letter_id, "raw": raw})
-        return letter_id
+        return letter_id, True
 
     def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, uid: int) -> None:
         self.db.execute(
@@ -524,25 +567,51 @@ class Store:
             added += cursor.rowcount
         return added
 
-    def record_outcome(self, mailbox_id: int, error: str | None) -> None:
-        """The mailbox's last pass: success time, or the error and when it happened."""
+    def record_outcome(
+        self, mailbox_id: int, error: str | None, kind: str | None = None, retry_after: str | None = None
+    ) -> None:
+        """The mailbox's last pass: success clears the failure streak; a failure extends it."""
+        now = utcnow()
         if error is None:
             self.db.execute(
-                "UPDATE mailboxes SET last_success_at = ?, last_error = NULL, last_error_at = NULL WHERE id = ?",
-                [utcnow(), mailbox_id],
+                "UPDATE mailboxes SET last_success_at = ?, last_error = NULL, last_error_at = NULL,"
+                " failure_kind = NULL, failing_since = NULL, consecutive_failures = 0, retry_after = NULL"
+                " WHERE id = ?",
+                [now, mailbox_id],
             )
         else:
             self.db.execute(
-                "UPDATE mailboxes SET last_error = ?, last_error_at = ? WHERE id = ?", [error, utcnow(), mailbox_id]
+                "UPDATE mailboxes SET last_error = ?, last_error_at = ?, failure_kind = ?,"
+                " failing_since = COALESCE(failing_since, ?), consecutive_failures = consecutive_failures + 1,"
+                " retry_after = ? WHERE id = ?",
+                [error, now, kind, now, retry_after, mailbox_id],
             )
+
+    def clear_backoff(self, mailbox_id: int) -> None:
+        """A new password deserves a try at the next pass."""
+        self.db.execute("UPDATE mailboxes SET retry_after = NULL WHERE id = ?", [mailbox_id])
+
+    def mailbox_counts(self, mailbox_id: int, since: str) -> dict[str, int]:
+        """Letters seen in this mailbox that are archived (all of them are linked): in total and since a time."""
+        total, recent = self.db.execute(
+            "SELECT count(DISTINCT letter_id), count(DISTINCT CASE WHEN seen_at >= ? THEN letter_id END)"
+            " FROM letter_locations WHERE mailbox_id = ?",
+            [since, mailbox_id],
+        ).fetchone()
+        return {"total": total, "since": recent}
 
     def start_run(self) -> int:
         return int(self.db["scan_runs"].insert({"started_at": utcnow()}).last_pk)
 
-    def finish_run(self, run_id: int, outcome: str, summary: list[dict[str, Any]]) -> None:
-        self.db["scan_runs"].update(
-            run_id, {"finished_at": utcnow(), "outcome": outcome, "summary": json.dumps(summary, ensure_ascii=False)}
-        )
+    def finish_run(self, run_id: int, outcome: str, summary: list[dict[str, Any]], budget_exhausted: bool) -> None:
+        self.db["scan_runs"].update(run_id, {
+            "finished_at": utcnow(), "outcome": outcome, "summary": json.dumps(summary, ensure_ascii=False),
+            "budget_exhausted": int(budget_exhausted),
+        })
+
+    def last_run(self) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM scan_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"))
+        return rows[0] if rows else None
 
     # -- reading the archive ----------------------------------------------------------------------
 

@@ -35,14 +35,14 @@ def test_add_list_and_remove_without_verification(run, tmp_path):
     result = run("add-mailbox", "--user", "jonas", "--email", "Jonas@Gmail.com", "--no-verify",
                  "--password-stdin", "--json", input="s3cret-pass\n")
     assert result.exit_code == 0, result.output
-    added = json.loads(result.output)
+    added = json.loads(result.stdout)
     assert added["email"] == "jonas@gmail.com"
     assert (added["provider"], added["imap_host"], added["imap_port"], added["imap_security"]) == (
         "gmail", "imap.gmail.com", 993, "ssl")
     assert (added["smtp_host"], added["smtp_port"]) == ("smtp.gmail.com", 465)
     assert added["folders"] == ["INBOX", "[Gmail]/Sent Mail"]
 
-    listed = json.loads(run("list-mailboxes", "--json").output)
+    listed = json.loads(run("list-mailboxes", "--json").stdout)
     assert [m["id"] for m in listed] == [added["id"]]
     assert "secret_ref" not in listed[0]
     # The password is nowhere in the database or in the output.
@@ -53,13 +53,13 @@ def test_add_list_and_remove_without_verification(run, tmp_path):
     result = run("remove-mailbox", str(added["id"]))
     assert result.exit_code == 2 and "--yes" in result.output
     assert run("remove-mailbox", str(added["id"]), "--yes").exit_code == 0
-    assert json.loads(run("list-mailboxes", "--json").output) == []
+    assert json.loads(run("list-mailboxes", "--json").stdout) == []
 
 
 def test_outlook_preset_and_starttls_port_default(run):
     result = run("add-mailbox", "--user", "a", "--email", "a@hotmail.com", "--no-verify", "--password-stdin",
                  "--json", input="pw\n")
-    box = json.loads(result.output)
+    box = json.loads(result.stdout)
     assert (box["provider"], box["smtp_host"], box["smtp_port"], box["smtp_security"]) == (
         "outlook", "smtp.office365.com", 587, "starttls")
     assert box["folders"] == ["INBOX", "Sent Items"]
@@ -71,7 +71,7 @@ def test_edit_mailbox_changes_only_what_is_given(run):
     result = run("edit-mailbox", "1", "--imap-security", "starttls", "--folder", "INBOX", "--folder", "Išsiųsti",
                  "--no-sync-leads", "--no-verify", "--json")
     assert result.exit_code == 0, result.output
-    box = json.loads(result.output)
+    box = json.loads(result.stdout)
     assert (box["imap_host"], box["imap_port"], box["imap_security"]) == ("mail.firma.lt", 143, "starttls")
     assert box["folders"] == ["INBOX", "Išsiųsti"]
     assert box["sync_leads"] is False and box["sync_customers"] is True
@@ -83,7 +83,7 @@ def test_main_moves_between_a_users_mailboxes(run):
     result = run("add-mailbox", "--user", "a", "--email", "a2@gmail.com", "--main", "--no-verify",
                  "--password-stdin", input="p\n")
     assert "Mailbox 1 is no longer a's main mailbox." in result.output
-    assert [m["main"] for m in json.loads(run("list-mailboxes", "--json").output)] == [False, True]
+    assert [m["main"] for m in json.loads(run("list-mailboxes", "--json").stdout)] == [False, True]
 
 
 @pytest.mark.parametrize("args, input, message", [
@@ -111,7 +111,7 @@ def test_bad_input_is_one_line_and_no_state(run, args, input, message):
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: ") and message in lines[0], result.output
     assert "Traceback" not in result.output
-    assert json.loads(run("list-mailboxes", "--json").output) == []
+    assert json.loads(run("list-mailboxes", "--json").stdout) == []
 
 
 def test_usage_errors_exit_2_and_failures_exit_1(run):
@@ -151,11 +151,11 @@ def test_import_and_list_customers_and_leads(run, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["unchanged"] == 1 and summary["rejected"] == [{"line": 3, "error": "'bad' is not an email address"}]
 
-    customers = json.loads(run("customers", "--json").output)
+    customers = json.loads(run("customers", "--json").stdout)
     assert customers == [{"id": "C1", "name": "Acme", "email": "info@acme.lt", "domain": "acme.lt",
                           "contacts": [{"email": "jonas@acme.lt", "name": None}]}]
 
     result = run("import", "leads", "-", "--format", "json", input='[{"id": "L1", "email": "l@lead.lt"}]')
     assert result.exit_code == 0, result.output
-    leads = json.loads(run("leads", "--json").output)
+    leads = json.loads(run("leads", "--json").stdout)
     assert leads == [{"id": "L1", "name": None, "email": "l@lead.lt", "contacts": []}]

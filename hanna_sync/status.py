@@ -1,0 +1,122 @@
+"""`hanna-sync status`: what an admin (or a monitoring check) needs to know about each mailbox.
+
+The peers' worst failure is "status: healthy" while mail silently stopped arriving, so every state
+here is derived from evidence: when the last pass succeeded, how long the current failure streak
+has lasted, how far each folder's UID high-water mark is behind what the server last reported, and
+whether the gap check found letters that were never looked at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hanna_sync.store import FolderState, Mailbox, Store
+
+STATES = ("ok", "new", "backfilling", "failing", "auth failed", "stale", "paused")
+
+
+@dataclass
+class FolderHealth:
+    folder: str
+    last_uid: int
+    server_uidnext: int | None
+    behind: int  # UIDs between the high-water mark and what the server last reported
+    skipped: int
+    gap_found: int
+    gap_checked_at: str | None
+
+
+@dataclass
+class MailboxHealth:
+    id: int
+    user: str
+    email: str
+    state: str  # one of STATES
+    detail: str
+    alert: bool  # failing (or stale) for longer than the threshold: what makes `status` exit 1
+    last_success_at: str | None
+    last_success_minutes_ago: float | None
+    last_error: str | None
+    failing_since: str | None
+    retry_after: str | None
+    archived_today: int
+    archived_total: int
+    skipped_total: int
+    folders_behind: int
+    backfill_percent: float | None
+    folders: list[FolderHealth] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _minutes_since(stamp: str | None, now: datetime) -> float | None:
+    if not stamp:
+        return None
+    return round((now - datetime.fromisoformat(stamp)).total_seconds() / 60, 1)
+
+
+def _folder_health(state: FolderState) -> FolderHealth:
+    behind = max(0, (state.server_uidnext or 1) - 1 - state.last_uid)
+    return FolderHealth(state.folder, state.last_uid, state.server_uidnext, behind, state.skipped,
+                        state.gap_found, state.gap_checked_at)
+
+
+def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: datetime | None = None) -> MailboxHealth:
+    """One mailbox's state, judged against `fail_after` (how long a failure may last before it alerts)."""
+    assert mailbox.id is not None
+    now = now or datetime.now(timezone.utc)
+    states = {s.folder: s for s in store.folder_states(mailbox.id)}
+    folders = [_folder_health(states[f]) if f in states else FolderHealth(f, 0, None, 0, 0, 0, None)
+               for f in mailbox.folders]
+    unscanned = [f for f in mailbox.folders if f not in states or states[f].uidnext is None]
+    behind = [f for f in folders if f.behind > 0 or f.folder in unscanned]
+    total_uids = sum(max((f.server_uidnext or 1) - 1, f.last_uid) for f in folders)
+    done_uids = sum(min(f.last_uid, (f.server_uidnext or 1) - 1) for f in folders)
+    percent = round(100 * done_uids / total_uids, 1) if behind and total_uids else None
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).isoformat(timespec="seconds")
+    counts = store.mailbox_counts(mailbox.id, midnight)
+    failing_minutes = _minutes_since(mailbox.failing_since, now)
+    success_minutes = _minutes_since(mailbox.last_success_at, now)
+    threshold = fail_after.total_seconds() / 60
+
+    if not mailbox.scan_active:
+        state, detail, alert = "paused", "scan is not active (edit-mailbox --scan-active)", False
+    elif mailbox.failure_kind == "auth":
+        state = "auth failed"
+        detail = f"login refused {mailbox.consecutive_failures} time(s)"
+        if mailbox.retry_after:
+            detail += f"; backing off until {mailbox.retry_after}"
+        detail += f"; fix with 'hanna-sync set-password {mailbox.id}'"
+        alert = failing_minutes is not None and failing_minutes >= threshold
+    elif mailbox.last_error:
+        state, detail = "failing", mailbox.last_error
+        alert = failing_minutes is not None and failing_minutes >= threshold
+    elif mailbox.last_success_at is None:
+        state, detail, alert = "new", "not scanned yet", False
+    elif success_minutes is not None and success_minutes >= threshold:
+        state, alert = "stale", True
+        detail = f"no pass for {success_minutes:.0f} minutes: is the timer running? (systemctl list-timers hanna-sync)"
+    elif behind:
+        state, alert = "backfilling", False
+        detail = f"{percent if percent is not None else 0:g}% done; {len(behind)} folder(s) behind, continuing each pass"
+    else:
+        state, detail, alert = "ok", "up to date", False
+    if state in ("ok", "backfilling") and any(f.gap_found for f in folders):
+        detail += f"; the last gap check found {sum(f.gap_found for f in folders)} letter(s) never looked at (now read)"
+
+    return MailboxHealth(
+        id=mailbox.id, user=mailbox.user, email=mailbox.email, state=state, detail=detail, alert=alert,
+        last_success_at=mailbox.last_success_at, last_success_minutes_ago=success_minutes,
+        last_error=mailbox.last_error, failing_since=mailbox.failing_since, retry_after=mailbox.retry_after,
+        archived_today=counts["since"], archived_total=counts["total"],
+        skipped_total=sum(f.skipped for f in folders), folders_behind=len(behind), backfill_percent=percent,
+        folders=folders,
+    )
+
+
+def health(store: Store, fail_after: timedelta, user: str | None = None) -> list[MailboxHealth]:
+    now = datetime.now(timezone.utc)
+    return [mailbox_health(store, m, fail_after, now) for m in store.mailboxes(user)]

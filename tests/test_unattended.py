@@ -1,0 +1,337 @@
+"""Unattended operation: the lock, the time budget, parallel mailboxes, hung servers, status, back-off,
+the gap check, journald logging and the systemd units."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as pysecrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hanna_sync import sample, scan
+from hanna_sync.cli import JournalFormatter, cli
+from hanna_sync.scan import PassBusy, pass_lock
+from tests.helpers import Env, deliver_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fill(user, letters: int) -> None:
+    for i in range(letters):
+        user.dovecot.deliver(user.login, "INBOX", sample.letter(
+            "Rūta <ruta@azuolas.lt>", sample.STAFF, f"Laiškas {i}", f"Tekstas {i}", message_id=f"<f{i}@azuolas.lt>"))
+
+
+def test_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
+    lock = tmp_path / "hanna-sync.lock"
+    with pass_lock(lock):
+        with pytest.raises(PassBusy, match=rf"another pass is running \(pid {os.getpid()}"):
+            with pass_lock(lock):
+                pass
+    # A holder killed with SIGKILL leaves no stale lock.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from hanna_sync.scan import pass_lock\n"
+        f"with pass_lock(Path({str(lock)!r})):\n print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(PassBusy):
+        with pass_lock(lock):
+            pass
+    holder.kill()
+    holder.wait()
+    with pass_lock(lock):
+        pass
+
+
+def test_a_second_run_exits_75_while_one_runs_and_nothing_is_duplicated(tmp_path, imap_user):
+    fill(imap_user, 600)
+    env = Env(tmp_path, batch_size=5)
+    env.add(imap_user, folders=("INBOX",), email=sample.STAFF)
+    config = env.config_file()
+    command = [sys.executable, "-m", "hanna_sync", "--config", str(config), "run"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    lock = env.config.database.parent / "hanna-sync.lock"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.01)
+    second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert first.wait(120) == 0
+    assert second.returncode == 75, second.stderr
+    assert second.stderr.strip().splitlines()[-1].startswith("Error: another pass is running (pid ")
+    assert env.store.db["letters"].count == 600
+    assert env.store.db.execute("SELECT count(*) FROM letter_locations").fetchone()[0] == 600
+
+
+class SteppingClock:
+    """time.monotonic for the scan module that moves one second per look: a budget of N seconds
+    runs out after a fixed number of steps, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self.lock:
+            self.now += 1
+            return self.now
+
+
+def test_time_budget_stops_mid_backfill_and_the_next_pass_completes(tmp_path, imap_user, dovecot, monkeypatch):
+    fill(imap_user, 300)
+    twin = dovecot.add_user(f"twin-{pysecrets.token_hex(4)}@example.test", imap_user.password)
+    fill(twin, 300)
+    reference = Env(tmp_path / "reference", batch_size=10)
+    reference.add(twin, folders=("INBOX",))
+    reference.run()
+
+    env = Env(tmp_path / "budget", batch_size=10)
+    env.add(imap_user, folders=("INBOX",))
+    env.config = replace(env.config, scan=replace(env.config.scan, time_budget_minutes=0.2))  # 12 clock steps
+    monkeypatch.setattr(scan, "time", SteppingClock())
+    passes = []
+    while not passes or passes[-1].budget_exhausted:
+        passes.append(env.run())
+        assert len(passes) < 20, "no progress"
+    assert passes[0].budget_exhausted and 0 < passes[0].mailboxes[0].archived < 300
+    assert passes[0].ok, "running out of time is not a failure"
+    assert sum(p.mailboxes[0].archived for p in passes) == 300
+    assert "time budget spent, continuing next pass" in passes[0].summary_line()
+
+    def archive(e):
+        return sorted(e.store.db.execute(
+            "SELECT l.identity, p.uid, k.rule FROM letters l JOIN letter_locations p ON p.letter_id = l.id"
+            " JOIN links k ON k.letter_id = l.id").fetchall())
+
+    assert archive(env) == archive(reference)
+
+
+def test_parallel_pass_over_20_mailboxes_equals_the_serial_pass(tmp_path, dovecot):
+    users = []
+    for i in range(20):
+        user = dovecot.add_user(f"par{i}-{pysecrets.token_hex(3)}@example.test", pysecrets.token_urlsafe(8))
+        deliver_sample(user)
+        dovecot.deliver(user.login, "INBOX", sample.letter(
+            "info@azuolas.lt", user.login, f"Asmeninis {i}", "x", message_id=f"<own-{i}-{user.login}>"))
+        users.append(user)
+    serial, parallel = Env(tmp_path / "serial", concurrency=1), Env(tmp_path / "parallel", concurrency=4)
+    for env in (serial, parallel):
+        for user in users:
+            env.add(user)
+    serial_result, parallel_result = serial.run(), parallel.run()
+    assert serial_result.ok and parallel_result.ok
+    for part, (a, b) in enumerate(zip(serial.snapshot(), parallel.snapshot())):
+        assert a == b, f"part {part}: {set(a) ^ set(b)}"
+    assert sum(m.archived for m in parallel_result.mailboxes) == 8 + 20
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never says a word (a hung or firewalled server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_hung_servers_do_not_hold_up_the_others_beyond_their_timeout(tmp_path, imap_user, silent_server):
+    deliver_sample(imap_user)
+    env = Env(tmp_path, concurrency=3)
+    env.config = replace(env.config, network=replace(env.config.network, timeout=2.0))
+    for n in range(2):
+        hung = env.add(imap_user, email=f"hung{n}@imone.lt", verify=False)
+        env.store.update_mailbox(replace(hung, imap_port=silent_server))
+    env.add(imap_user)
+    started = time.monotonic()
+    result = env.run()
+    elapsed = time.monotonic() - started
+    hung1, hung2, good = result.mailboxes
+    assert good.ok and good.archived == 8
+    assert not hung1.ok and "did not answer within 2 s" in hung1.errors[0]
+    assert not hung2.ok
+    assert elapsed < 3.8, f"{elapsed:.1f} s: the hung servers were waited for one after the other"
+
+
+def hanna(env, *args):
+    return CliRunner().invoke(cli, ["--config", str(env.config_file()), *args])
+
+
+def test_status_states_and_auth_back_off(tmp_path, imap_user, dovecot):
+    good_user = dovecot.add_user(f"ok-{pysecrets.token_hex(4)}@example.test", pysecrets.token_urlsafe(8))
+    deliver_sample(good_user)
+    env = Env(tmp_path)
+    good = env.add(good_user)
+    bad = env.add(imap_user, folders=("INBOX",))
+    env.secrets.set(bad.secret_ref, "wrong")
+    paused = env.add(good_user, email="paused@imone.lt", scan_active=False)
+
+    report = json.loads(hanna(env, "status", "--json").stdout)
+    assert [m["state"] for m in report["mailboxes"]] == ["new", "new", "paused"]
+    assert report["last_pass"] is None
+
+    first = env.run()
+    assert not first.ok
+    report = json.loads(hanna(env, "status", "--json").stdout)
+    states = {m["id"]: m for m in report["mailboxes"]}
+    assert states[good.id]["state"] == "ok"
+    assert states[good.id]["archived_today"] == 8 and states[good.id]["skipped_total"] == 3
+    assert states[bad.id]["state"] == "auth failed"
+    assert states[bad.id]["retry_after"] is not None and "set-password" in states[bad.id]["detail"]
+    assert states[paused.id]["state"] == "paused"
+    assert report["alert"] is False  # failing for less than --fail-after
+    assert report["last_pass"]["outcome"] == "failed"
+
+    # Backed off: the next timer pass does not try the login again...
+    second = env.run()
+    (backing_off,) = [m for m in second.mailboxes if m.mailbox_id == bad.id]
+    assert backing_off.backing_off_until is not None
+    assert env.store.mailbox(bad.id).consecutive_failures == 1
+    # ...but naming it does, and a longer streak doubles the wait.
+    env.run(mailbox_ids=[bad.id])
+    again = env.store.mailbox(bad.id)
+    assert again.consecutive_failures == 2 and again.retry_after > env.store.mailbox(bad.id).last_error_at
+
+    # Failing long enough makes status an alert (exit 1), a monitoring check.
+    env.store.db.execute("UPDATE mailboxes SET failing_since = '2020-01-01T00:00:00+00:00' WHERE id = ?", [bad.id])
+    result = hanna(env, "status", "--fail-after", "60")
+    assert result.exit_code == 1
+    assert f"Error: mailbox {bad.id} ({imap_user.login}) auth failed: login refused 2 time(s)" in result.output
+
+    # A new password ends the back-off, and the next pass logs in.
+    env.secrets.set(bad.secret_ref, imap_user.password)
+    env.store.clear_backoff(bad.id)
+    assert env.run().ok
+    report = json.loads(hanna(env, "status", "--json").stdout)
+    assert {m["state"] for m in report["mailboxes"]} == {"ok", "paused"}
+    assert hanna(env, "status").exit_code == 0
+
+
+def test_status_shows_backfill_progress_and_staleness(tmp_path, imap_user, monkeypatch):
+    fill(imap_user, 100)
+    env = Env(tmp_path, batch_size=10)
+    box = env.add(imap_user, folders=("INBOX",))
+    env.config = replace(env.config, scan=replace(env.config.scan, time_budget_minutes=0.15))
+    monkeypatch.setattr(scan, "time", SteppingClock())
+    assert env.run().budget_exhausted
+    report = json.loads(hanna(env, "status", "--json").stdout)
+    (mailbox,) = report["mailboxes"]
+    assert mailbox["state"] == "backfilling" and 0 < mailbox["backfill_percent"] < 100
+    assert report["last_pass"]["budget_exhausted"] is True
+
+    env.store.db.execute("UPDATE mailboxes SET last_success_at = '2020-01-01T00:00:00+00:00' WHERE id = ?", [box.id])
+    result = hanna(env, "status", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["mailboxes"][0]["state"] == "stale"
+
+
+def test_gap_check_finds_and_reads_letters_never_looked_at(tmp_path, imap_user):
+    deliver_sample(imap_user)
+    env = Env(tmp_path)
+    box = env.add(imap_user, folders=("INBOX",))
+    env.run()
+    total = env.store.db["letters"].count
+    # Forget two letters as if a FETCH had silently left them out, and make the check due.
+    state = env.store.folder_state(box.id, "INBOX")
+    victims = env.store.db.execute(
+        "SELECT letter_id FROM letter_locations WHERE mailbox_id = ? ORDER BY uid LIMIT 2", [box.id]).fetchall()
+    uids = [u for (u,) in env.store.db.execute("SELECT uid FROM letter_locations ORDER BY uid LIMIT 2")]
+    for (letter_id,) in victims:
+        env.store.db.execute("DELETE FROM letters WHERE id = ?", [letter_id])
+    from hanna_sync.uidset import UidSet
+
+    seen = UidSet.parse(state.seen_uids)
+    remaining = UidSet()
+    remaining.add(u for u in range(1, state.last_uid + 1) if u in seen and u not in uids)
+    env.store.save_folder_state(replace(state, seen_uids=str(remaining), gap_checked_at="2020-01-01T00:00:00+00:00"))
+
+    result = env.run().mailboxes[0]
+    assert result.gaps == 2 and result.archived == 2
+    assert env.store.db["letters"].count == total
+    assert env.store.folder_state(box.id, "INBOX").gap_found == 2
+    assert "gap check found 2 letter(s)" in json.loads(hanna(env, "status", "--json").stdout)["mailboxes"][0]["detail"]
+    # Checked: the next pass costs one STATUS again.
+    assert env.run().mailboxes[0].new == 0
+
+
+def test_journald_lines_carry_syslog_priorities():
+    import logging
+
+    formatter = JournalFormatter("%(message)s")
+    record = logging.LogRecord("hanna_sync", logging.ERROR, __file__, 1, "mailbox %s failed", (3,), None)
+    assert formatter.format(record) == "<3>mailbox 3 failed"
+    record.levelno = logging.INFO
+    assert formatter.format(record).startswith("<6>")
+
+
+def test_run_under_journald_logs_one_summary_line(tmp_path, imap_user):
+    """JOURNAL_STREAM naming stderr switches to priority-prefixed lines and no table on stdout."""
+    deliver_sample(imap_user)
+    env = Env(tmp_path)
+    env.add(imap_user)
+    log_path = tmp_path / "journal.txt"
+    with open(log_path, "wb") as log:
+        st = os.fstat(log.fileno())
+        proc = subprocess.run(
+            [sys.executable, "-m", "hanna_sync", "--config", str(env.config_file()), "run"],
+            stdout=log, stderr=log, cwd=ROOT, timeout=60,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        )
+    assert proc.returncode == 0
+    lines = log_path.read_text().splitlines()
+    assert lines[-1].startswith("<6>pass ok: mailboxes 1 ok, 0 failed, 0 backing off; letters 11 new, 8 archived")
+    assert all(line.startswith("<") for line in lines), lines
+
+
+def _verify(units: list[Path], user: bool) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if user:
+        runtime = units[0].parent / "runtime"
+        runtime.mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    return subprocess.run(["systemd-analyze", "verify", "--man=no", *(["--user"] if user else []), *map(str, units)],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
+                    reason="systemd-analyze not installed (CI installs systemd)")
+@pytest.mark.parametrize("folder, user", [("systemd", False), ("systemd/user", True)])
+def test_units_pass_systemd_analyze_verify(tmp_path, folder, user):
+    """The shipped units, with ExecStart pointed at this checkout's hanna-sync so verify finds it."""
+    executable = Path(sys.executable).parent / "hanna-sync"
+    units = []
+    for name in ("hanna-sync.service", "hanna-sync.timer"):
+        text = (ROOT / folder / name).read_text()
+        text = text.replace("/usr/local/bin/hanna-sync", str(executable)).replace("%h/.local/bin/hanna-sync",
+                                                                                   str(executable))
+        (tmp_path / name).write_text(text)
+        units.append(tmp_path / name)
+    result = _verify(units, user)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # unknown keys are only warnings: allow none
