@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import traceback
+from contextlib import nullcontext
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -27,15 +28,19 @@ log = logging.getLogger("hanna_sync")
 class App:
     """What every command needs, opened on first use so `--help` and usage errors stay instant."""
 
-    def __init__(self, config_path: str | None, verbose: int) -> None:
+    def __init__(self, config_path: str | None, verbose: int, quiet: bool) -> None:
         self.config_path = config_path
         self.verbose = verbose
+        self.quiet = quiet
 
     @cached_property
     def config(self):  # type: ignore[no-untyped-def]
         from hanna_sync.config import load_config
 
-        return load_config(self.config_path)
+        config = load_config(self.config_path)
+        if not self.verbose and not self.quiet:
+            logging.getLogger("hanna_sync").setLevel(config.log_level.upper())
+        return config
 
     @cached_property
     def store(self):  # type: ignore[no-untyped-def]
@@ -81,6 +86,45 @@ class HannaGroup(click.Group):
             ctx.exit(ExitCode.FAILURE)
 
 
+def under_journal(stream: Any) -> bool:
+    """Whether this stream is connected to journald (systemd sets JOURNAL_STREAM to its device:inode)."""
+    import os
+
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return os.environ.get("JOURNAL_STREAM", "") == f"{st.st_dev}:{st.st_ino}"
+
+
+class JournalFormatter(logging.Formatter):
+    """`<3>message`: journald reads the syslog priority from the prefix, so levels survive."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(level: int) -> None:
+    """journald gets priority-prefixed lines, a terminal gets rich, anything else plain timestamped lines."""
+    handler: logging.Handler
+    if under_journal(sys.stderr):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    elif sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console_err(), show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    logging.getLogger("hanna_sync").setLevel(level)
+    root.setLevel(logging.WARNING)  # other libraries' chatter only when it matters
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -111,10 +155,11 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     "--config", "config_path", metavar="PATH", envvar="HANNA_SYNC_CONFIG",
     help="Config file (default: $HANNA_SYNC_CONFIG, ~/.config/hanna-sync/config.toml, /etc/hanna-sync/config.toml).",
 )
-@click.option("-v", "--verbose", count=True, help="More detail; shows tracebacks of errors.")
+@click.option("-v", "--verbose", count=True, help="More detail (debug log); shows tracebacks of errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (for cron: silent when all is well).")
 @click.version_option(__version__, prog_name="hanna-sync")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
     """Archive a company's email into its CRM, linked to Customers and Leads.
 
     \b
@@ -126,14 +171,14 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     Exit codes: 0 ok, 1 failure, 2 usage or config error. Passwords are kept in the secrets store
     (see [secrets] in config.example.toml), never in the config or the database.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    ctx.obj = App(config_path, verbose)
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    ctx.obj = App(config_path, verbose, quiet)
 
 
 # -- mailboxes --------------------------------------------------------------------------------
 
 def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The settings add-mailbox and edit-mailbox share (and `test` will)."""
+    """The settings add-mailbox, edit-mailbox and test share."""
     security = click.Choice(["ssl", "starttls", "none"])
     options = [
         click.option("--username", help="Login name, only when it differs from the email."),
@@ -160,10 +205,34 @@ def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--provider, shared by add-mailbox and test (a mailbox can be tried before it is saved)."""
+    return click.option(
+        "--provider", type=click.Choice(["gmail", "yahoo", "outlook", "serveriai", "custom"]),
+        help="Preset of servers and ports; guessed from the email's domain when not given.",
+    )(f)
+
+
 def settings_from(options: dict[str, Any]) -> dict[str, Any]:
     from hanna_sync.mailboxes import SETTINGS
 
     return {key: options[key] for key in SETTINGS if key in options}
+
+
+def mailbox_from_options(user: str | None, email: str | None, provider: str | None, options: dict[str, Any]) -> Any:
+    """A new, unsaved mailbox from add-mailbox's options, asking for the email and server on a terminal."""
+    from hanna_sync import mailboxes
+
+    if not email:
+        if not interactive():
+            raise InputError("--email is required")
+        email = click.prompt("Email")
+    preset = mailboxes.provider_for(email, provider)
+    if preset.host_required and not options["imap_host"]:
+        if not interactive():
+            raise InputError(f"the {preset.label} preset needs the server name: give --imap-host")
+        options["imap_host"] = click.prompt("IMAP server")
+    return mailboxes.new_mailbox(user or getpass.getuser(), email, provider, settings_from(options))
 
 
 def read_password(from_stdin: bool, prompt: str = "Password") -> str:
@@ -193,8 +262,7 @@ def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
 @cli.command("add-mailbox")
 @click.option("--user", help="Staff member's login the mailbox belongs to (default: your login name).")
 @click.option("--email", help="The mailbox's email address (asked for on a terminal).")
-@click.option("--provider", type=click.Choice(["gmail", "yahoo", "outlook", "serveriai", "custom"]),
-              help="Preset of servers and ports; guessed from the email's domain when not given.")
+@provider_option
 @click.option("--kind", type=click.Choice(["imap"]), default="imap", show_default=True,
               help="Mailbox kind (Office 365 kinds come later).")
 @mailbox_settings_options
@@ -218,16 +286,7 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
     """
     from hanna_sync import mailboxes
 
-    if not email:
-        if not interactive():
-            raise InputError("--email is required")
-        email = click.prompt("Email")
-    preset = mailboxes.provider_for(email, provider)
-    if preset.host_required and not options["imap_host"]:
-        if not interactive():
-            raise InputError(f"the {preset.label} preset needs the server name: give --imap-host")
-        options["imap_host"] = click.prompt("IMAP server")
-    mailbox = mailboxes.new_mailbox(user or getpass.getuser(), email, provider, settings_from(options))
+    mailbox = mailbox_from_options(user, email, provider, options)
     mailbox.kind = kind
     app.store.check_unique(mailbox)
     password = read_password(password_stdin, f"Password for {mailbox.login_name}")
@@ -482,9 +541,7 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     """
     from hanna_sync.scan import run_pass
 
-    if not app.verbose:
-        logging.getLogger("hanna_sync").setLevel(app.config.log_level.upper())
-    bar, report = _progress_reporter(sys.stderr.isatty() and not as_json)
+    bar, report = _progress_reporter(sys.stderr.isatty() and not as_json and not app.quiet)
     if bar is not None:
         from rich.logging import RichHandler
 
@@ -494,7 +551,10 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     else:
         result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
     if as_json:
-        emit_json({"ok": result.ok, "dry_run": dry_run, "mailboxes": [m.as_dict() for m in result.mailboxes]})
+        emit_json({"ok": result.ok, "dry_run": dry_run, "budget_exhausted": result.budget_exhausted,
+                   "summary": result.summary_line(), "mailboxes": [m.as_dict() for m in result.mailboxes]})
+    elif app.quiet or under_journal(sys.stdout):
+        pass  # the log's summary line says it all; cron mails nothing when all is well
     elif not result.mailboxes:
         click.echo("No mailbox to scan: add one with 'hanna-sync add-mailbox' (or turn --scan-active on).")
     else:
@@ -512,6 +572,66 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
                     click.echo(f"  {m.email} {item['folder']} UID {item['uid']}: {item['subject']!r} -> "
                                f"{', '.join(item['links'])}")
     if not result.ok:
+        sys.exit(ExitCode.FAILURE)
+
+
+@cli.command("status")
+@click.option("--user", help="Only this staff member's mailboxes.")
+@click.option("--fail-after", type=click.IntRange(1), default=60, show_default=True, metavar="MINUTES",
+              help="Alert (exit 1) when a mailbox has been failing, or not scanned, for this long.")
+@click.option("--folders", "show_folders", is_flag=True, help="Also list every folder's progress.")
+@json_option
+@click.pass_obj
+def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
+    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, stale or paused.
+
+    Also the last successful pass and its age, the current error and since when, letters archived
+    (today and in total), letters skipped as unrelated, and folders still behind the server.
+
+    \b
+    Exit codes: 0 healthy, 1 a mailbox failing (or without a pass) for --fail-after minutes or
+    more. Use it as a monitoring check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
+      hanna-sync status --fail-after 60 -q || notify-admin
+    """
+    from datetime import timedelta
+
+    from hanna_sync.status import health
+
+    rows = health(app.store, timedelta(minutes=fail_after), user)
+    last = app.store.last_run()
+    if as_json:
+        emit_json({
+            "alert": any(r.alert for r in rows),
+            "last_pass": None if last is None else {
+                "started_at": last["started_at"], "finished_at": last["finished_at"], "outcome": last["outcome"],
+                "budget_exhausted": bool(last["budget_exhausted"]),
+            },
+            "mailboxes": [r.as_dict() for r in rows],
+        })
+    elif not app.quiet:
+        if last:
+            note = "; time budget spent, continuing next pass" if last["budget_exhausted"] else ""
+            click.echo(f"Last pass: {last['finished_at']} ({last['outcome']}{note})")
+        else:
+            click.echo("No pass has run yet: 'hanna-sync run' (or the systemd timer) runs one.")
+
+        def ago(minutes: float | None) -> str:
+            if minutes is None:
+                return "never"
+            return f"{minutes:.0f} min ago" if minutes < 120 else f"{minutes / 60:.1f} h ago"
+
+        table(None, ["ID", "Email", "State", "Last success", "Archived today/total", "Skipped", "Behind", "Detail"],
+              [[r.id, r.email, r.state + (" (!)" if r.alert else ""), ago(r.last_success_minutes_ago),
+                f"{r.archived_today}/{r.archived_total}", r.skipped_total, r.folders_behind, r.detail] for r in rows])
+        if show_folders:
+            table(None, ["Mailbox", "Folder", "Last UID", "Server UIDNEXT", "Behind", "Skipped", "Gap check"],
+                  [[r.id, f.folder, f.last_uid, f.server_uidnext, f.behind, f.skipped,
+                    f"{f.gap_found} found {f.gap_checked_at}" if f.gap_checked_at else "-"]
+                   for r in rows for f in r.folders])
+    if any(r.alert for r in rows):
+        for r in rows:
+            if r.alert:
+                click.echo(f"Error: mailbox {r.id} ({r.email}) {r.state}: {r.detail}", err=True)
         sys.exit(ExitCode.FAILURE)
 
 
@@ -614,6 +734,132 @@ def export(app: App, letter_id: int, output: str | None) -> None:
         stdout.flush()
 
 
+# -- diagnostics --------------------------------------------------------------------------------
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def stage_line(stage: Any) -> str:
+    """One plain line per stage (for logs and pipes), the fix indented below a failure."""
+    verdict = "skipped" if stage.skipped else "ok" if stage.ok else "FAILED"
+    seconds = "" if stage.skipped else f"{stage.seconds:.2f}s"
+    head = f"{stage.protocol.upper():<5}{stage.stage:<13}{verdict:<8}{seconds:>6}  "
+    line = head + stage.detail
+    if stage.hint:
+        line += f"\n{'':<{len(head)}}{'note' if stage.ok else 'fix'}: {stage.hint}"
+    return line
+
+
+def stage_table(report: Any):  # type: ignore[no-untyped-def]
+    """The terminal view: a rich table, the fix under each failure (server texts never read as markup)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=Text(f"hanna-sync test: {report.mailbox.email}"))
+    for column in ("", "Stage", "Result", "Time"):
+        t.add_column(column, no_wrap=True, justify="right" if column == "Time" else "left")
+    t.add_column("Detail", overflow="fold")
+    for s in report.stages:
+        verdict = (Text("skipped", style="dim") if s.skipped else Text("ok", style="green") if s.ok
+                   else Text("FAILED", style="bold red"))
+        detail = Text(s.detail)
+        if s.hint:
+            detail.append("\nFix: " if not s.ok else "\nNote: ", style="bold")
+            detail.append(s.hint, style="yellow")
+        t.add_row(s.protocol.upper(), s.stage, verdict, "" if s.skipped else f"{s.seconds:.2f}s", detail)
+    return t
+
+
+@cli.command("test")
+@click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
+@click.option("--email", help="Try a mailbox before saving it: its address, with the options add-mailbox takes.")
+@provider_option
+@mailbox_settings_options
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Give up on a silent server after this long (default: network.timeout).")
+@click.option("--insecure", is_flag=True,
+              help="Go on past an untrusted certificate, for this test only; the tls stage still fails.")
+@click.option("--send-to", metavar="ADDRESS", help="Also send a real test message to ADDRESS (never done otherwise).")
+@click.option("--trace", is_flag=True, help="Show the protocol exchange on stderr, passwords and tokens masked.")
+@json_option
+@click.pass_obj
+def test_command(app: App, mailbox_id: int | None, email: str | None, provider: str | None, no_verify: bool,
+                 password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None, trace: bool,
+                 as_json: bool, **options: Any) -> None:
+    """Test a mailbox's IMAP and SMTP servers stage by stage: why it fails, and what to do.
+
+    MAILBOX is a saved mailbox's ID: its stored password is used (--password-stdin tries another),
+    and settings given here override its own for this test only. Without MAILBOX, give --email and
+    the options add-mailbox takes, to try a mailbox before saving it. Nothing is saved either way.
+
+    Stages, in order; a protocol stops at its first failure. IMAP: charset, dns, tcp, tls, greeting,
+    capabilities, auth, folders, and folder for each one (opened read-only with EXAMINE). SMTP:
+    charset, dns, tcp, tls, greeting, ehlo, auth, send (only with --send-to). With starttls the tls
+    stage comes after the greeting. SMTP is skipped when the mailbox has no SMTP server.
+
+    \b
+    Exit codes, by the first failed stage (IMAP before SMTP):
+      0 all passed    10 dns, tcp    12 tls    14 greeting, capabilities, ehlo
+      16 auth    18 folders    20 send    22 charset    2 usage error
+    Examples:
+      hanna-sync test 3
+      hanna-sync test 3 --imap-security starttls --imap-port 143 --trace
+      echo "$PASSWORD" | hanna-sync test --email ona@imone.lt --provider serveriai \\
+          --imap-host imone.serveriai.lt --password-stdin --json
+      hanna-sync test 3 --send-to me@example.com      # also sends a real test message
+    """
+    from hanna_sync import diagnose, mailboxes
+    from hanna_sync.addresses import normalise_email
+
+    if no_verify:
+        raise InputError("--no-verify does not go with test: testing is all it does")
+    if send_to and normalise_email(send_to) is None:
+        raise InputError(f"--send-to '{send_to}' is not an email address")
+    if mailbox_id is None:
+        mailbox = mailbox_from_options(None, email, provider, options)
+        password = read_password(password_stdin, f"Password for {mailbox.login_name}")
+    else:
+        if email or provider:
+            raise InputError("--email and --provider are for a mailbox not saved yet: leave out MAILBOX to try one")
+        saved = app.store.mailbox(mailbox_id)
+        mailbox = mailboxes.changed_mailbox(saved, settings_from(options))
+        password = read_password(True) if password_stdin else app.secrets.get(saved.secret_ref)
+        if password is None:
+            raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password"
+                             f" {mailbox_id}', or give one with --password-stdin")
+    if not password:
+        raise InputError("the password is empty")
+    if send_to and not mailbox.smtp_host:
+        raise InputError("--send-to needs an SMTP server: give --smtp-host")
+
+    terminal = stdout_is_terminal() and not as_json
+    # On a terminal a spinner shows progress while a silent server is waited for, and the table comes
+    # at the end; elsewhere each stage is a line as soon as it is done.
+    spinner = console_err().status("Testing...") if terminal and not trace else None
+
+    def show(stage: Any) -> None:
+        if spinner is not None:
+            spinner.update(f"Testing {mailbox.email}: {stage.protocol.upper()} {stage.stage}"
+                           f" {'ok' if stage.ok else 'FAILED'}, going on...")
+        elif not terminal and not as_json:
+            click.echo(stage_line(stage))
+
+    settings = diagnose.Options(timeout=timeout or app.timeout, insecure=insecure, send_to=send_to,
+                                trace=(lambda line: click.echo(line, err=True)) if trace else None, on_stage=show)
+    with spinner or nullcontext():
+        report = diagnose.check(mailbox, password, settings)
+    if as_json:
+        emit_json(report.as_dict())
+    elif terminal:
+        console().print(stage_table(report))
+        click.echo(report.summary())
+    else:
+        click.echo(report.summary())
+    if report.exit_code:
+        sys.exit(report.exit_code)
+
+
 @cli.command("demo")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Keep the demo's files here (default: a new temp dir).")
 def demo(workdir: str | None) -> None:
@@ -646,6 +892,35 @@ The archive stays in {result.workdir}. Try:
   {hs} customers""")
     if not result.scan.ok:
         sys.exit(ExitCode.FAILURE)
+
+
+def _late_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """`hanna-sync run -q` works as well as `hanna-sync -q run`: cron lines are written both ways."""
+    app = ctx.find_object(App)
+    if not value or app is None:
+        return
+    if param.name == "quiet":
+        app.quiet = True
+        logging.getLogger("hanna_sync").setLevel(logging.WARNING)
+    else:
+        app.verbose += value
+        logging.getLogger("hanna_sync").setLevel(logging.DEBUG)
+
+
+def _add_verbosity_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_verbosity_options(command)
+            continue
+        command.params += [
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_late_verbosity,
+                         help="More detail (debug log); shows tracebacks of errors."),
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_late_verbosity,
+                         help="Only warnings and errors."),
+        ]
+
+
+_add_verbosity_options(cli)
 
 
 def main() -> None:

@@ -17,6 +17,15 @@ class ExitCode(IntEnum):
     FAILURE = 1
     USAGE = 2
     TEMPFAIL = 75  # EX_TEMPFAIL: another pass holds the lock, try again later
+    # `hanna-sync test`: the family of the first failed stage, so a script knows what kind of fix is due
+    # (spaced like imapsync's 10 connect, 12 TLS, 16 auth).
+    CONNECT = 10  # DNS or TCP: the name does not resolve, the port refuses or stays silent
+    TLS = 12  # handshake, certificate, STARTTLS, or port and --*-security disagree (implicit TLS vs plaintext)
+    SERVER = 14  # greeting, capabilities or EHLO: not the expected server, session refused, no password login
+    AUTH = 16  # the login was refused
+    FOLDER = 18  # a chosen folder is missing or cannot be opened read-only
+    SEND = 20  # --send-to: the test message was refused
+    CHARSET = 22  # the IMAP or SMTP charset is not a usable text charset
 
 
 class HannaError(Exception):

@@ -7,9 +7,11 @@ digs deeper, stage by stage.
 
 from __future__ import annotations
 
+import imaplib
+import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -159,3 +161,65 @@ def message_counts(client: IMAPClient, names: list[str]) -> dict[str, int]:
         status = client.folder_status(name, [b"MESSAGES"])
         counts[name] = int(status[b"MESSAGES"])
     return counts
+
+
+# -- a session on a socket connected beforehand (`hanna-sync test`, add-mailbox's verification) ---
+
+Trace = Callable[[str, str], None]
+"""Gets each protocol line as ("C", what was sent) or ("S", what came back), the password masked."""
+
+_LOGIN_COMMAND = re.compile(r'^(\S+ LOGIN )("(?:[^"\\]|\\.)*"|\S+) .*', re.IGNORECASE | re.DOTALL)
+
+
+class _IMAP4OnSocket(imaplib.IMAP4):
+    """imaplib speaking on a socket the caller connected (and, for ssl, wrapped in TLS) already.
+
+    `hanna-sync test` resolves, connects and shakes hands itself, so that each of those stages is timed
+    and explained on its own; from the greeting on, imaplib does the talking as it does in a scan.
+    """
+
+    def __init__(self, sock: socket.socket, host: str, port: int, trace: Trace | None) -> None:
+        self._connected = sock
+        self._trace = trace
+        super().__init__(host, port)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return self._connected
+
+    def send(self, data: bytes) -> None:
+        if self._trace:
+            line = data.decode("utf-8", "replace").rstrip("\r\n")
+            self._trace("C", _LOGIN_COMMAND.sub(r"\1\2 ***", line))
+        super().send(data)
+
+    def readline(self) -> bytes:
+        line = super().readline()
+        if self._trace:
+            self._trace("S", line.decode("utf-8", "replace").rstrip("\r\n"))
+        return line
+
+    def read(self, size: int) -> bytes:
+        data = super().read(size)
+        if self._trace:
+            self._trace("S", data.decode("utf-8", "replace"))
+        return data
+
+
+class _ClientOnSocket(IMAPClient):
+    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None) -> None:
+        self._given = sock, trace
+        super().__init__(host, port=port, ssl=isinstance(sock, ssl.SSLSocket), timeout=timeout)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        sock, trace = self._given
+        return _IMAP4OnSocket(sock, self.host, self.port, trace)
+
+
+def client_on_socket(
+    sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None = None
+) -> IMAPClient:
+    """A client on a connected socket: it reads the greeting and asks CAPABILITY, as `connect` does.
+
+    Raises what imapclient raises (`IMAPClientError`, `OSError`); `hanna-sync test` explains each.
+    """
+    return _ClientOnSocket(sock, host, port, timeout, trace)

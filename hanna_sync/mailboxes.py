@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hanna_sync import imap
 from hanna_sync.addresses import normalise_email
-from hanna_sync.errors import ConnectError, InputError
+from hanna_sync.errors import InputError
 from hanna_sync.providers import IMAP_PORTS, PROVIDERS, SECURITY_MODES, SMTP_PORTS, Provider, guess_provider
 from hanna_sync.store import Mailbox, Store
 
@@ -118,18 +118,18 @@ class Verified:
 
 
 def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
-    """Log in and check the chosen folders exist; picks INBOX and Sent when none were chosen."""
-    with imap.session(mailbox, password, timeout) as client:
-        folders = imap.list_folders(client)
-    names = {f.name for f in folders if f.selectable}
-    chosen = list(mailbox.folders) or default_folders(mailbox, folders)
-    missing = [name for name in chosen if name not in names and name.upper() != "INBOX"]
-    if missing:
-        raise ConnectError(
-            f"{mailbox.imap_host} has no folder {', '.join(repr(m) for m in missing)};"
-            f" 'hanna-sync folders' lists them (the server has: {', '.join(sorted(names)[:12])})"
-        )
-    return Verified(folders=chosen)
+    """Log in and check the chosen folders exist; picks INBOX and Sent when none were chosen.
+
+    These are the IMAP stages of `hanna-sync test`, so a mailbox is refused with the same cause and fix
+    that command shows: its first failed stage becomes the error.
+    """
+    # Imported here, not at the top: diagnose builds on this module (default_folders).
+    from hanna_sync import diagnose
+
+    report = diagnose.check_imap(mailbox, password, diagnose.Options(timeout=timeout))
+    if report.failure is not None:
+        raise report.failure.error()
+    return Verified(folders=report.folders)
 
 
 def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
@@ -187,6 +187,7 @@ def set_password(store: Store, secrets: SecretStore, mailbox_id: int, password: 
         with imap.session(mailbox, password, timeout):
             pass
     secrets.set(mailbox.secret_ref, password)
+    store.clear_backoff(mailbox_id)
     return mailbox
 
 

@@ -352,6 +352,15 @@ def _codec_for(label: str | None) -> str | None:
     return None
 
 
+def text_codec(label: str | None) -> str | None:
+    """The codec a configured charset decodes with, or None when parsing would ignore it.
+
+    `hanna-sync test` asks this rather than `codecs.lookup`: "base64" or "idna" are codecs, but
+    never used for text here, so such a mailbox charset would silently do nothing.
+    """
+    return _codec_for(label)
+
+
 @functools.lru_cache(maxsize=512)
 def _codec_chain(declared: str | None, fallback: str | None) -> tuple[str, ...]:
     """The order in which decodings are tried (see the module docstring for why)."""

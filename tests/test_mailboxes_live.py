@@ -73,7 +73,8 @@ def test_implicit_tls_on_the_plain_port_says_use_starttls(hanna, imap_user):
     args[args.index("--imap-port") + 1] = str(imap_user.dovecot.imap_port)
     result = hanna(*args, input=imap_user.password + "\n")
     assert result.exit_code == 1
-    assert "does not speak implicit TLS: use --imap-security starttls" in result.output
+    assert "does not speak implicit TLS: it answered in plaintext" in result.output
+    assert "use --imap-security starttls with this port (usually 143; the server offers STARTTLS)" in result.output
 
 
 def test_folders_lists_decoded_names_with_counts(hanna, imap_user):
