@@ -76,6 +76,10 @@ class HannaGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # `hanna-sync letters | head`: the reader has gone; nothing left to say, and nobody to say it to.
+            sys.stderr.close()
+            ctx.exit(ExitCode.FAILURE)
         except Exception as exc:
             if ctx.obj and ctx.obj.verbose:
                 traceback.print_exc()

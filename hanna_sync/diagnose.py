@@ -573,7 +573,7 @@ class _Run:
                 _explain(text, self) or "try again later; the server's log says why (maintenance, a blocked address)")
 
     def not_ascii(self) -> _StageFailed:
-        """imaplib's LOGIN and smtplib's AUTH send ASCII only: a password with ą or š cannot get through."""
+        """smtplib's AUTH sends ASCII only: a password with ą or š cannot get through (IMAP uses AUTHENTICATE PLAIN)."""
         assert self.server is not None
         what = "login name" if not self.mailbox.login_name.isascii() else "password"
         return _StageFailed(
@@ -695,9 +695,7 @@ class _ImapRun(_Run):
         assert self.server is not None
         login = self.mailbox.login_name
         try:
-            reply = client.login(login, self.password)
-        except UnicodeEncodeError:
-            raise self.not_ascii() from None
+            reply = imap.authenticate(client, login, self.password)
         except IMAPClientError as exc:  # LoginError, or BAD
             text = self.said(imap.server_text(exc)) or "no reason given"
             raise _StageFailed(f"{self.server.host} refused the login for {login} ({text})", self.auth_hint(text)) from None

@@ -83,9 +83,19 @@ def connect(mailbox: Mailbox, timeout: float) -> IMAPClient:
         raise ConnectError(f"{mailbox.imap_host}:{mailbox.imap_port}: {exc}") from None
 
 
+def authenticate(client: IMAPClient, login_name: str, password: str) -> bytes:
+    """LOGIN, or AUTHENTICATE PLAIN (UTF-8) for a name or password beyond ASCII, which LOGIN cannot carry.
+
+    Returns the server's reply; raises imapclient's LoginError when refused.
+    """
+    if (login_name + password).isascii():
+        return client.login(login_name, password)
+    return client.plain_login(login_name, password)
+
+
 def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
     try:
-        client.login(mailbox.login_name, password)
+        authenticate(client, mailbox.login_name, password)
     except LoginError as exc:
         text = server_text(exc) or "authentication failed"
         hint = "check the password"

@@ -309,3 +309,13 @@ def test_malformed_letters_are_archived_byte_identical_without_a_crash(env, imap
     # Every stored letter is exactly what the server serves (Dovecot itself rewrites NULs and bare LFs).
     assert stored <= set(server_bodies(imap_user, "INBOX"))
     assert env.store.db.execute("SELECT count(*) FROM letter_locations").fetchone()[0] == len(raws)
+
+
+def test_a_password_beyond_ascii_logs_in(env, dovecot):
+    """IMAP LOGIN carries ASCII only; such a password goes through AUTHENTICATE PLAIN in UTF-8."""
+    import secrets as pysecrets
+
+    user = dovecot.add_user(f"utf8-{pysecrets.token_hex(4)}@example.test", "Ąžuolas-ėglė-" + pysecrets.token_hex(4))
+    deliver_sample(user)
+    env.add(user)
+    assert env.run().mailboxes[0].archived == 8
