@@ -94,3 +94,19 @@ def test_mailbox_sync_flags_limit_entity_types(customers, leads, expected_types)
 
 def test_ambiguous_domains_are_reported():
     assert DIRECTORY.ambiguous_domains() == {"shared.lt": {"C4", "C5"}}
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: =?utf-8?q?R=C5=ABta?= <ruta@azuolas.lt>\r\nTo: a@b.lt, \"Doe, John\" <john@doe.lt>\r\n",
+    b"To: undisclosed-recipients:;\r\nCc: group: one@x.lt, two@y.lt;\r\nBcc: (comment) plain@z.lt\r\n",
+    b"From: \"info@acme.lt via LinkedIn\" <noreply@linkedin.com>\r\nReply-To: x@y.lt\r\n",
+    b"To: first@a.lt,\r\n second@b.lt,\r\n\tthird@c.lt\r\nSubject: not@an-address.lt\r\n",
+    b"FROM: UPPER@CASE.LT\r\nsender: s@s.lt\r\n",
+])
+def test_address_tokens_are_a_superset_of_the_parsed_addresses(raw):
+    from hanna_sync.message import address_tokens, parse_headers_only
+    from hanna_sync.scan import participants
+
+    tokens = {t.lower() for t in address_tokens(raw)}
+    assert {a.lower() for a in participants(parse_headers_only(raw))} <= tokens
+    assert "not@an-address.lt" not in tokens  # only address fields are looked at
