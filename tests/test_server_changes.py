@@ -1,0 +1,173 @@
+"""The server changes under the archive: letters expunged, folders renamed or deleted in the middle of a
+pass, thousands of letters arriving while one runs. (A UIDVALIDITY reset is in test_scan.py.)"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from dataclasses import replace
+
+from imapclient import DELETED, IMAPClient
+
+from hanna_sync import mailboxes, sample
+from tests.faults import Fault, ImapProxy, check_consistent
+from tests.helpers import Env, deliver_sample
+
+OLD = "2020-01-01T00:00:00+00:00"
+
+
+def expunge(user, folder: str, uids: list[int]) -> None:
+    """What a staff member's mail program does on delete: flag \\Deleted and EXPUNGE (hanna-sync never does)."""
+    dc = user.dovecot
+    with IMAPClient(dc.host, dc.imaps_port, ssl_context=ssl.create_default_context(cafile=str(dc.ca_file))) as c:
+        c.login(user.login, user.password)
+        c.select_folder(folder)
+        c.add_flags(uids, [DELETED])
+        c.uid_expunge(uids)
+
+
+def live_and_gone(env, box_id: int, folder: str = "INBOX") -> tuple[set[int], set[int]]:
+    rows = env.store.db.execute("SELECT uid, gone_at IS NULL FROM letter_locations WHERE mailbox_id = ? AND folder = ?",
+                                [box_id, folder]).fetchall()
+    return {uid for uid, live in rows if live}, {uid for uid, live in rows if not live}
+
+
+def test_expunged_letters_stay_archived_and_their_locations_are_marked_gone(tmp_path, imap_user):
+    deliver_sample(imap_user)
+    env = Env(tmp_path)
+    with ImapProxy(imap_user.dovecot) as proxy:
+        box = env.add(imap_user)
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        assert env.run().ok
+        letters = env.store.db["letters"].count
+        live, _ = live_and_gone(env, box.id)
+        first, second, third, fourth = sorted(live)[:4]
+        skipped = next(uid for uid in range(1, 10) if uid not in live)
+
+        # Deleted on the server (one unrelated letter too): MESSAGES drops, so the pass looks which.
+        expunge(imap_user, "INBOX", [first, second, skipped])
+        proxy.reset()
+        assert env.run().ok
+        assert "UID SEARCH" in proxy.commands
+        assert live_and_gone(env, box.id) == (live - {first, second}, {first, second})
+        assert env.store.db["letters"].count == letters  # the archive keeps them
+        gone_letter = env.store.letter(env.store.db.execute(
+            "SELECT letter_id FROM letter_locations WHERE uid = ? AND folder = 'INBOX'", [first]).fetchone()[0])
+        assert gone_letter["locations"][0]["gone_at"] is not None
+
+        # Nothing changed: one STATUS per folder and nothing else, not even EXAMINE.
+        proxy.reset()
+        assert env.run().ok
+        assert set(proxy.commands) - {"CAPABILITY", "LOGIN", "LOGOUT"} == {"STATUS"}, proxy.commands
+
+        # One deleted and one arrived: MESSAGES is what it was, but below what it should be.
+        expunge(imap_user, "INBOX", [third])
+        imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+            "ruta@azuolas.lt", sample.STAFF, "Naujas", "x", message_id="<after-expunge@azuolas.lt>"))
+        m = env.run().mailboxes[0]
+        assert (m.ok, m.archived) == (True, 1)
+        assert third in live_and_gone(env, box.id)[1]
+
+        # Without the count to go by (state from an older version), the daily gap check finds it.
+        state = env.store.folder_state(box.id, "INBOX")
+        env.store.save_folder_state(replace(state, messages=None, gap_checked_at=OLD))
+        expunge(imap_user, "INBOX", [fourth])
+        assert env.run().ok
+        assert fourth in live_and_gone(env, box.id)[1]
+        assert env.store.db["letters"].count == letters + 1
+        check_consistent(env.store)
+
+
+def archive_folder(user, count: int) -> None:
+    for i in range(count):
+        user.dovecot.deliver(user.login, "Archyvas", sample.letter(
+            "Rūta <ruta@azuolas.lt>", sample.STAFF, f"Senas {i}", f"Tekstas {i}",
+            message_id=None if i % 5 == 0 else f"<old-{i}@azuolas.lt>"))
+
+
+def test_a_folder_renamed_mid_pass_is_reported_and_its_letters_are_not_stored_twice(tmp_path, imap_user):
+    deliver_sample(imap_user)
+    archive_folder(imap_user, 20)
+    env = Env(tmp_path, batch_size=5)
+    dc = imap_user.dovecot
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("INBOX", "Archyvas"))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        # INBOX's 9 header and 6 body FETCHes first; the 20th FETCH is in Archyvas.
+        proxy.reset(Fault("call", at=20, kind="fetch",
+                          call=lambda: dc.rename_folder(imap_user.login, "Archyvas", "Archyvas-2024")))
+        first = env.run().mailboxes[0]
+        assert not first.ok and first.archived >= 6, first.errors
+        kept = env.store.db["letters"].count
+        check_consistent(env.store)
+
+        second = env.run().mailboxes[0]
+        assert not second.ok and second.archived == 0
+        (error,) = second.errors
+        assert error.startswith("folder 'Archyvas' cannot be read (") and "Mailbox doesn't exist" in error
+        assert f"'hanna-sync folders {box.id}' lists the folders" in error
+        assert env.store.db["letters"].count == kept
+
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, False, 10)
+        third = env.run().mailboxes[0]
+        assert third.ok, third.errors
+        assert third.archived == 6 + 20 - kept  # only what was never stored
+        assert env.store.db["letters"].count == 6 + 20
+        live, _ = live_and_gone(env, box.id, "Archyvas-2024")
+        assert len(live) == 20
+        check_consistent(env.store)
+
+
+def test_a_folder_deleted_mid_pass_keeps_what_was_archived(tmp_path, imap_user):
+    archive_folder(imap_user, 20)
+    env = Env(tmp_path, batch_size=5)
+    dc = imap_user.dovecot
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("INBOX", "Archyvas"))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        proxy.reset(Fault("call", at=12, kind="fetch", call=lambda: dc.delete_folder(imap_user.login, "Archyvas")))
+        first = env.run().mailboxes[0]
+        assert not first.ok and 0 < first.archived < 20, (first.archived, first.errors)
+        kept = env.store.db["letters"].count
+        second = env.run().mailboxes[0]
+        assert "folder 'Archyvas' cannot be read" in second.errors[0]
+        assert env.store.db["letters"].count == kept
+        check_consistent(env.store)
+
+
+def test_thousands_of_letters_arriving_during_a_pass_are_all_archived_once(tmp_path, imap_user):
+    dc = imap_user.dovecot
+
+    def deliver(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            if i % 4 == 0:
+                raw = sample.letter("Rūta <ruta@azuolas.lt>", sample.STAFF, f"Nr. {i}", "x", message_id=f"<n{i}@azuolas.lt>")
+            else:
+                raw = sample.letter("x@spam.example", sample.STAFF, f"Spam {i}", "x", message_id=f"<s{i}@spam.example>")
+            dc.deliver(imap_user.login, "INBOX", raw)
+
+    deliver(0, 200)
+    env = Env(tmp_path, batch_size=50)
+    box = env.add(imap_user, folders=("INBOX",))
+    arrivals = threading.Thread(target=deliver, args=(200, 2000))
+
+    def progress(label: str, done: int, total: int) -> None:
+        if not arrivals.is_alive() and arrivals.ident is None:
+            arrivals.start()  # the moment the first batch is in
+
+    first = env.run(progress=progress)
+    arrivals.join()
+    assert first.ok and 50 <= first.mailboxes[0].archived < 2200 // 4  # the rest arrived after its STATUS
+    check_consistent(env.store)
+
+    second = env.run()
+    assert second.ok
+    assert first.mailboxes[0].archived + second.mailboxes[0].archived == 2200 // 4
+    assert env.store.db["letters"].count == 2200 // 4
+    assert env.store.db["letter_locations"].count == 2200 // 4
+    state = env.store.folder_state(box.id, "INBOX")
+    assert (state.last_uid, state.uidnext, state.skipped) == (2200, 2201, 2200 - 2200 // 4)
+    # Nothing was jumped over: the gap check, made due, finds no letter never looked at.
+    env.store.save_folder_state(replace(state, gap_checked_at=OLD))
+    assert env.run().mailboxes[0].gaps == 0
+    check_consistent(env.store)
