@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import sqlite3
 import sys
 import traceback
 from contextlib import nullcontext
@@ -55,6 +56,12 @@ class App:
         c = self.config
         return open_secret_store(c.secrets.store, c.secrets_file, c.secrets_key_file, c.secrets.timeout)
 
+    @cached_property
+    def sign_in(self):  # type: ignore[no-untyped-def]
+        from hanna_sync.oauth import MicrosoftSignIn
+
+        return MicrosoftSignIn.for_config(self.config, self.secrets)
+
     @property
     def timeout(self) -> float:
         return self.config.network.timeout
@@ -69,10 +76,7 @@ class HannaGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except HannaError as exc:
-            if ctx.obj and ctx.obj.verbose:
-                traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            self.fail(ctx, exc)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
@@ -81,6 +85,13 @@ class HannaGroup(click.Group):
             sys.stderr.close()
             ctx.exit(ExitCode.FAILURE)
         except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and ctx.obj is not None:
+                # Another writer, a full disk, a damaged file: conditions with a fix, not bugs.
+                from hanna_sync.store import database_error
+
+                explained = database_error(exc, ctx.obj.config.database)
+                if explained is not None:
+                    self.fail(ctx, explained)
             if ctx.obj and ctx.obj.verbose:
                 traceback.print_exc()
             click.echo(
@@ -88,6 +99,13 @@ class HannaGroup(click.Group):
                 err=True,
             )
             ctx.exit(ExitCode.FAILURE)
+
+    @staticmethod
+    def fail(ctx: click.Context, exc: HannaError) -> None:
+        if ctx.obj and ctx.obj.verbose:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
 
 
 def under_journal(stream: Any) -> bool:
@@ -141,12 +159,14 @@ def console():  # type: ignore[no-untyped-def]
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, show_lines=False)
     for column in columns:
         t.add_column(column, overflow="fold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not str: a subject like "[/bold]" or "[link=...]" is what the sender wrote, not rich markup.
+        t.add_row(*(Text("" if v is None else str(v)) for v in row))
     console().print(t)
 
 
@@ -172,8 +192,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
       hanna-sync add-mailbox --user jonas --email jonas@example.lt --provider gmail
       hanna-sync list-mailboxes
 
-    Exit codes: 0 ok, 1 failure, 2 usage or config error. Passwords are kept in the secrets store
-    (see [secrets] in config.example.toml), never in the config or the database.
+    Exit codes: 0 ok, 1 failure, 2 usage or config error, 74 the database cannot be used (damaged,
+    disk full), 75 busy (another pass, or another program writing): try later. Passwords are kept in
+    the secrets store (see [secrets] in config.example.toml), never in the config or the database.
     """
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     ctx.obj = App(config_path, verbose, quiet)
@@ -201,6 +222,8 @@ def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sync-leads/--no-sync-leads", default=None, help="Link letters to Leads (default on)."),
         click.option("--main/--no-main", default=None, help="The user's main mailbox (at most one per user)."),
         click.option("--ca-file", type=click.Path(dir_okay=False), help="Trust this CA (PEM) for the mailbox's servers."),
+        click.option("--allow-plaintext/--no-allow-plaintext", default=None,
+                     help="Let security none send the password unencrypted (refused otherwise; trusted networks only)."),
         click.option("--no-verify", is_flag=True, help="Save without logging in first."),
         click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin."),
     ]
@@ -252,13 +275,19 @@ def interactive() -> bool:
     return sys.stdin.isatty()
 
 
+def server_of(m: Any) -> str:
+    """Where a mailbox is read: its IMAP server (with XOAUTH2 for o365-client), or Microsoft Graph."""
+    if m.kind == "o365-scan":
+        return "Microsoft Graph"
+    return f"{m.imap_host}:{m.imap_port} {m.imap_security}" + (" XOAUTH2" if m.kind == "o365-client" else "")
+
+
 def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
     if as_json:
         emit_json(saved.mailbox.public())
         return
     m = saved.mailbox
-    click.echo(f"{verb} mailbox {m.id}: {m.email} for {m.user} ({m.imap_host}:{m.imap_port} {m.imap_security}),"
-               f" folders: {', '.join(m.folders)}")
+    click.echo(f"{verb} mailbox {m.id}: {m.email} for {m.user} ({server_of(m)}), folders: {', '.join(m.folders)}")
     if saved.previous_main:
         click.echo(f"Mailbox {saved.previous_main} is no longer {m.user}'s main mailbox.")
 
@@ -267,8 +296,9 @@ def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
 @click.option("--user", help="Staff member's login the mailbox belongs to (default: your login name).")
 @click.option("--email", help="The mailbox's email address (asked for on a terminal).")
 @provider_option
-@click.option("--kind", type=click.Choice(["imap"]), default="imap", show_default=True,
-              help="Mailbox kind (Office 365 kinds come later).")
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client"]), default="imap", show_default=True,
+              help="imap (a password), o365-scan (Microsoft Graph) or o365-client (IMAP and SMTP with XOAUTH2);"
+                   " Office 365 kinds sign in with Microsoft: see 'hanna-sync setup-guide o365'.")
 @mailbox_settings_options
 @json_option
 @click.pass_obj
@@ -287,9 +317,13 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
           --email ona@imone.lt --provider serveriai --imap-host imone.serveriai.lt --password-stdin
       hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
           --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
+      hanna-sync add-mailbox --kind o365-scan --user jonas --email jonas@imone.lt   # signs in with a code
     """
     from hanna_sync import mailboxes
 
+    if kind != "imap":
+        add_o365_mailbox(app, user, email, provider, kind, no_verify, password_stdin, as_json, options)
+        return
     mailbox = mailbox_from_options(user, email, provider, options)
     mailbox.kind = kind
     app.store.check_unique(mailbox)
@@ -318,7 +352,8 @@ def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: boo
 
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
-    saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), not no_verify, app.timeout)
+    saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), not no_verify, app.timeout,
+                           app.sign_in)
     print_mailbox_saved("Updated", saved, as_json)
 
 
@@ -338,6 +373,7 @@ def set_password(app: App, mailbox_id: int, password_stdin: bool, no_verify: boo
     from hanna_sync import mailboxes
 
     mailbox = app.store.mailbox(mailbox_id)
+    mailboxes.check_has_password(mailbox)
     password = read_password(password_stdin, f"New password for {mailbox.login_name}")
     mailboxes.set_password(app.store, app.secrets, mailbox_id, password, not no_verify, app.timeout)
     click.echo(f"Password of mailbox {mailbox_id} ({mailbox.email}) updated.")
@@ -379,7 +415,7 @@ def list_mailboxes(app: App, user: str | None, as_json: bool) -> None:
         return " ".join(name for name, on in marks if on) or "-"
 
     table(None, ["ID", "User", "Email", "IMAP", "Folders", "Flags", "Last error"], [
-        [m.id, m.user, m.email, f"{m.imap_host}:{m.imap_port} {m.imap_security}", ", ".join(m.folders), flags(m),
+        [m.id, m.user, m.email, server_of(m), ", ".join(m.folders), flags(m),
          m.last_error]
         for m in boxes
     ])
@@ -396,7 +432,7 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
     """
     from hanna_sync import mailboxes
 
-    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, app.timeout)
+    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, app.timeout, app.sign_in)
     if as_json:
         emit_json([{"id": r.name, **asdict(r)} for r in rows])
         return
@@ -426,10 +462,10 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
     from hanna_sync.directory import import_entities
 
     path = None if file == "-" else Path(file)
-    stdin_text = sys.stdin.read() if path is None else None
     if path is None and not fmt:
         raise InputError("reading standard input: give --format csv or --format json")
-    result = import_entities(app.store, entity_type, path, fmt, stdin_text)
+    stdin_data = sys.stdin.buffer.read() if path is None else None
+    result = import_entities(app.store, entity_type, path, fmt, stdin_data)
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -539,7 +575,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     A failing mailbox is recorded (see list-mailboxes) and the others are still scanned.
 
     \b
-    Exit codes: 0 every mailbox scanned, 1 a mailbox failed, 2 usage or config error.
+    Exit codes: 0 every mailbox scanned, 1 a mailbox failed, 2 usage or config error, 74 the
+    database cannot be written (disk full, damaged: what was saved stays), 75 another pass is running
+    or another program holds the database's lock.
     Example (what the systemd timer runs every 10 minutes):
       hanna-sync run
     """
@@ -573,7 +611,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         if dry_run:
             for m in result.mailboxes:
                 for item in m.would_archive:
-                    click.echo(f"  {m.email} {item['folder']} UID {item['uid']}: {item['subject']!r} -> "
+                    where = f"Graph id {item['graph_id']}" if item.get("graph_id") else f"UID {item['uid']}"
+                    click.echo(f"  {m.email} {item['folder']} {where}: {item['subject']!r} -> "
                                f"{', '.join(item['links'])}")
     if not result.ok:
         sys.exit(ExitCode.FAILURE)
@@ -587,7 +626,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 @json_option
 @click.pass_obj
 def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
-    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, stale or paused.
+    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, needs re-authorisation,
+    stale or paused.
 
     Also the last successful pass and its age, the current error and since when, letters archived
     (today and in total), letters skipped as unrelated, and folders still behind the server.
@@ -637,6 +677,59 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
             if r.alert:
                 click.echo(f"Error: mailbox {r.id} ({r.email}) {r.state}: {r.detail}", err=True)
         sys.exit(ExitCode.FAILURE)
+
+
+@cli.command("backup")
+@click.argument("file", metavar="FILE", type=click.Path(path_type=Path))
+@click.pass_obj
+def backup(app: App, file: Path) -> None:
+    """Copy the database to FILE: consistent, checked, and safe to run while a pass runs.
+
+    SQLite's online backup API takes one consistent snapshot (a running pass goes on meanwhile). The
+    copy is checked (quick_check), written with mode 0600 to a temp file beside FILE and renamed into
+    place, so FILE is always a whole backup, the new one or the one before. The secrets key and the
+    encrypted passwords are separate files: back them up too (see Secrets in the README).
+
+    \b
+    Exit codes: 0 written, 2 FILE is a directory or its directory is missing, 74 the copy could not be
+    written (disk full, ...) or fails its check, 75 the database is locked by another program.
+    Example (a nightly cron line):
+      hanna-sync -q backup /var/backups/hanna-sync/hanna-sync.db
+    """
+    done = app.store.backup(file)
+    if not app.quiet:
+        click.echo(f"Backed up {app.config.database} to {done.path}: {done.letters} letters,"
+                   f" {done.size / 1_000_000:.1f} MB, in {done.seconds:.1f} s.")
+
+
+@cli.command("doctor")
+@json_option
+@click.pass_obj
+def doctor(app: App, as_json: bool) -> None:
+    """Check the database's integrity and that its files and the secrets are private.
+
+    SQLite's quick_check reads every page of the database. The state directory must be 0700, the
+    database and the secrets files 0600 and usable by this user; the secrets key must be there
+    when passwords are stored. Each problem comes with its fix.
+
+    \b
+    Exit codes: 0 all well, 1 a permission or secrets problem, 74 the database is damaged or cannot
+    be opened (restore a backup).
+    """
+    from hanna_sync.doctor import examine
+
+    report = examine(app.config)
+    if as_json:
+        emit_json(report.as_dict())
+    elif not app.quiet or report.problems:
+        for check in report.checks:
+            click.echo(f"{'ok' if check.ok else 'FAILED':<7}{check.name:<17}{check.detail}")
+            if check.fix and not check.ok:
+                click.echo(f"{'':<24}fix: {check.fix}")
+    if report.problems:
+        first = report.problems[0]
+        click.echo(f"Error: {len(report.problems)} problem(s); first: {first.name}: {first.detail}", err=True)
+        sys.exit(report.exit_code)
 
 
 @cli.command("letters")
@@ -706,7 +799,8 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
         lines.append(f"Linked:     {link['entity_type']} {link['entity_id']} by {link['rule']} ({link['address']})")
     for loc in letter["locations"]:
         gone = f", gone since {loc['gone_at']}" if loc["gone_at"] else ""
-        lines.append(f"Seen in:    mailbox {loc['mailbox_id']} {loc['folder']} UID {loc['uid']}{gone}")
+        where = f"Graph id {loc['graph_id']}" if loc["graph_id"] else f"UID {loc['uid']}"
+        lines.append(f"Seen in:    mailbox {loc['mailbox_id']} {loc['folder']} {where}{gone}")
     for att in letter["attachments"]:
         lines.append(f"Attachment: {att['filename'] or '(no name)'} {att['content_type']} {att['size']} bytes")
     click.echo("\n".join(lines))
@@ -728,9 +822,19 @@ def export(app: App, letter_id: int, output: str | None) -> None:
     Example:
       hanna-sync export 42 -o letter-42.eml
     """
+    import os
+
     raw = app.store.letter_source(letter_id)
     if output:
-        Path(output).write_bytes(raw)
+        # A letter is private (0600), and FILE is the whole letter or untouched: a temp file renamed into place.
+        temp = Path(output).with_name(f".{Path(output).name}.{os.getpid()}.tmp")
+        try:
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+                file.write(raw)
+            os.replace(temp, output)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
         click.echo(f"Wrote {len(raw)} bytes to {output}.", err=True)
     else:
         stdout = click.get_binary_stream("stdout")
@@ -802,6 +906,11 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     charset, dns, tcp, tls, greeting, ehlo, auth, send (only with --send-to). With starttls the tls
     stage comes after the greeting. SMTP is skipped when the mailbox has no SMTP server.
 
+    Office 365 mailboxes (saved ones) start each protocol with token (got as a scan gets it: from the
+    token cache, renewed, or app-only) and claims (its audience, permissions and user, decoded here and
+    compared with what the mailbox needs); then o365-client goes on with IMAP and SMTP using XOAUTH2,
+    and o365-scan with Graph's folders and folder stages. token and claims failures exit 16.
+
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
       0 all passed    10 dns, tcp    12 tls    14 greeting, capabilities, ehlo
@@ -828,12 +937,20 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
             raise InputError("--email and --provider are for a mailbox not saved yet: leave out MAILBOX to try one")
         saved = app.store.mailbox(mailbox_id)
         mailbox = mailboxes.changed_mailbox(saved, settings_from(options))
-        password = read_password(True) if password_stdin else app.secrets.get(saved.secret_ref)
-        if password is None:
-            raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password"
-                             f" {mailbox_id}', or give one with --password-stdin")
-    if not password:
+        if saved.kind != "imap":
+            if password_stdin:
+                raise InputError(f"mailbox {mailbox_id} is an Office 365 mailbox: it has no password, its tokens"
+                                 " come from its Microsoft sign-in")
+            password = None
+        else:
+            password = read_password(True) if password_stdin else app.secrets.get(saved.secret_ref)
+            if password is None:
+                raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password"
+                                 f" {mailbox_id}', or give one with --password-stdin")
+    if password == "":
         raise InputError("the password is empty")
+    if send_to and mailbox.kind == "o365-scan":
+        raise InputError("--send-to needs SMTP: an o365-scan mailbox is only read, through Microsoft Graph")
     if send_to and not mailbox.smtp_host:
         raise InputError("--send-to needs an SMTP server: give --smtp-host")
 
@@ -852,7 +969,10 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     settings = diagnose.Options(timeout=timeout or app.timeout, insecure=insecure, send_to=send_to,
                                 trace=(lambda line: click.echo(line, err=True)) if trace else None, on_stage=show)
     with spinner or nullcontext():
-        report = diagnose.check(mailbox, password, settings)
+        if password is None:
+            report = diagnose.check_o365(mailbox, app.sign_in, settings)
+        else:
+            report = diagnose.check(mailbox, password, settings)
     if as_json:
         emit_json(report.as_dict())
     elif terminal:
@@ -862,6 +982,99 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
         click.echo(report.summary())
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+# -- Office 365 -------------------------------------------------------------------------------------
+
+def show_sign_in(message: str) -> None:
+    """MSAL's device-code instructions (the URL and the code), on stderr so that --json output stays clean."""
+    click.echo(message, err=True)
+    click.echo("Waiting for the sign-in...", err=True)
+
+
+def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
+                     no_verify: bool, password_stdin: bool, as_json: bool, options: dict[str, Any]) -> None:
+    """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
+    from hanna_sync import mailboxes
+
+    if password_stdin:
+        raise InputError(f"a {kind} mailbox has no password: it signs in with Microsoft")
+    if provider:
+        raise InputError(f"--provider is for IMAP mailboxes: a {kind} mailbox is on Exchange Online")
+    if not email:
+        if not interactive():
+            raise InputError("--email is required")
+        email = click.prompt("Email")
+    mailbox = mailboxes.new_o365_mailbox(user or getpass.getuser(), email, kind, settings_from(options))
+    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in)
+    print_mailbox_saved("Added", saved, as_json)
+    if no_verify and not app.sign_in.app_only:
+        click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)
+
+
+@cli.command("login")
+@click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
+@click.option("--client-secret", is_flag=True,
+              help='Store the app registration\'s client secret (auth = "app"), once it has got a token.')
+@click.option("--secret-stdin", is_flag=True, help="With --client-secret: read it from the first line of stdin.")
+@click.pass_obj
+def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: bool) -> None:
+    """Sign an Office 365 mailbox in to Microsoft, or store the app's client secret.
+
+    With [o365] auth = "delegated" (the default) MAILBOX signs in with a device code: open the URL
+    printed, enter the code and sign in as the mailbox's own user (MFA as usual). The tokens are kept,
+    encrypted, in the secrets store and renewed silently by every pass; run this again when status says
+    "needs re-authorisation". With auth = "app" it checks that the app gets the mailbox's tokens. Either
+    way the mailbox leaves its back-off, and the next pass scans it.
+
+    \b
+    Examples:
+      hanna-sync login 3
+      hanna-sync login --client-secret                   # asks with a hidden prompt
+      printf '%s\\n' "$SECRET" | hanna-sync login --client-secret --secret-stdin
+    """
+    from hanna_sync import mailboxes
+
+    if client_secret == (mailbox_id is not None):
+        raise InputError("give a MAILBOX to sign in, or --client-secret to store the app's client secret")
+    if secret_stdin and not client_secret:
+        raise InputError("--secret-stdin goes with --client-secret")
+    if client_secret:
+        if secret_stdin:
+            secret = read_password(True)
+        elif interactive():
+            secret = click.prompt("Client secret (its Value)", hide_input=True)
+        else:
+            raise InputError("no client secret given: pipe it with --secret-stdin, or run on a terminal to be asked")
+        app.sign_in.store_client_secret(secret)
+        click.echo("Client secret checked (it gets a token) and stored in the secrets store.")
+        return
+    assert mailbox_id is not None
+    mailbox = mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
+    click.echo(f"Mailbox {mailbox.id} ({mailbox.email}) is signed in; the next pass scans it.")
+
+
+@cli.command("setup-guide")
+@click.argument("topic", type=click.Choice(["o365"]))
+@click.pass_obj
+def setup_guide(app: App, topic: str) -> None:
+    """Print the steps that connect a kind of mailbox: o365 (Office 365).
+
+    The app registration, its API permissions and admin consent, "Allow public client flows" for the
+    device code, and the Exchange Online commands (Set-CASMailbox, New-ServicePrincipal,
+    Add-MailboxPermission), with the configured tenant and client ids filled in.
+
+    \b
+    Example:
+      hanna-sync setup-guide o365 | less
+    """
+    from hanna_sync import setup_guide as guides
+
+    try:
+        settings = app.config.o365
+    except HannaError:
+        settings = None  # a broken config must not hide the guide that helps to write it
+    click.echo(guides.office365(settings), nl=False)
 
 
 @cli.command("demo")

@@ -23,6 +23,7 @@ from hanna_sync.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_STORES = ("file", "system")
+O365_AUTH_MODES = ("delegated", "app")
 
 
 def _default_data_dir() -> Path:
@@ -68,6 +69,20 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class O365Config:
+    """The admin's own app registration for Office 365 mailboxes (hanna-sync ships no client id: borrowed
+    ones get disabled). The client secret, when used, is in the secrets store, never here."""
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+    auth: str = "delegated"  # "delegated" (each mailbox signs in) or "app" (client credentials, admin consent)
+    certificate_file: Path | None = None  # app-only with a certificate: PEM with the private key
+    certificate_thumbprint: str | None = None  # SHA-1 thumbprint of that certificate, as the portal shows it
+    authority: str = "https://login.microsoftonline.com"  # another cloud, or a test's fake identity platform
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+
+
+@dataclass(frozen=True)
 class Config:
     database: Path = field(default_factory=lambda: _default_data_dir() / "hanna-sync.db")
     log_level: str = "info"
@@ -76,6 +91,7 @@ class Config:
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    o365: O365Config = field(default_factory=O365Config)
     source: Path | None = None  # the file it came from, None for built-in defaults
 
     @property
@@ -113,6 +129,15 @@ _SCHEMA: dict[str, Any] = {
     },
     "network": {
         "timeout": ((int, float), "a number of seconds > 0"),
+    },
+    "o365": {
+        "tenant_id": (str, "the directory (tenant) ID or domain of the Microsoft 365 organisation"),
+        "client_id": (str, "the application (client) ID of your app registration"),
+        "auth": (str, "one of " + ", ".join(f'"{m}"' for m in O365_AUTH_MODES)),
+        "certificate_file": (str, "a path"),
+        "certificate_thumbprint": (str, "the certificate's thumbprint (hex)"),
+        "authority": (str, "an https:// URL"),
+        "graph_url": (str, "an https:// URL"),
     },
 }
 
@@ -168,6 +193,14 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         raise ConfigError(f"{where}: 'secrets.store' must be \"file\" or \"system\", not {secrets['store']!r}")
     scan = data.get("scan", {})
     network = data.get("network", {})
+    o365 = data.get("o365", {})
+    if o365.get("auth", "delegated") not in O365_AUTH_MODES:
+        raise ConfigError(f"{where}: 'o365.auth' must be \"delegated\" or \"app\", not {o365['auth']!r}")
+    for name in ("authority", "graph_url"):
+        if name in o365 and not o365[name].startswith("https://"):
+            raise ConfigError(f"{where}: 'o365.{name}' must be an https:// URL, not {o365[name]!r}")
+    if ("certificate_file" in o365) != ("certificate_thumbprint" in o365):
+        raise ConfigError(f"{where}: 'o365.certificate_file' and 'o365.certificate_thumbprint' go together")
     for name, value in (
         ("secrets.timeout", secrets.get("timeout", 1)),
         ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
@@ -201,6 +234,15 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             auth_backoff_minutes=float(scan.get("auth_backoff_minutes", ScanConfig.auth_backoff_minutes)),
         ),
         network=NetworkConfig(timeout=float(network.get("timeout", NetworkConfig.timeout))),
+        o365=O365Config(
+            tenant_id=o365.get("tenant_id"),
+            client_id=o365.get("client_id"),
+            auth=o365.get("auth", O365Config.auth),
+            certificate_file=path(o365.get("certificate_file")),
+            certificate_thumbprint=o365.get("certificate_thumbprint"),
+            authority=o365.get("authority", O365Config.authority).rstrip("/"),
+            graph_url=o365.get("graph_url", O365Config.graph_url).rstrip("/"),
+        ),
         source=where,
     )
 
@@ -214,7 +256,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     if named:
         candidate = Path(named).expanduser()
         if not candidate.is_file():
-            raise ConfigError(f"config file {candidate} does not exist (given by --config or $HANNA_SYNC_CONFIG)")
+            what = "is a directory, not a file" if candidate.is_dir() else "does not exist"
+            raise ConfigError(f"config file {candidate} {what} (given by --config or $HANNA_SYNC_CONFIG)")
     else:
         candidate = next((p for p in config_search_path() if p.is_file()), None)
         if candidate is None:
@@ -224,6 +267,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib reads bytes, and TOML is UTF-8 only
+        raise ConfigError(f"{candidate}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {candidate}: {exc.strerror}") from None
     return parse_config(data, candidate.resolve())

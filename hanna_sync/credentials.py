@@ -235,7 +235,7 @@ class EncryptedFileKeyring(keyring.backend.KeyringBackend):
                 "text (lone surrogates) and cannot be stored; enter it again"
             ) from None
         with self._locked():
-            data = self._read() or self._empty()
+            data = self._parse_file() or self._empty()  # fresh, never the cached copy: it is changed here
             self._check_key(data)
             data["entries"].setdefault(service, {})[username] = self._encrypt(
                 plaintext, self._ad(service, username)
@@ -245,7 +245,7 @@ class EncryptedFileKeyring(keyring.backend.KeyringBackend):
     def delete_password(self, service: str, username: str) -> None:
         """Remove the secret for (service, username); PasswordDeleteError if there is none."""
         with self._locked():
-            data = self._read()
+            data = self._parse_file()
             services = data["entries"] if data is not None else {}
             if username not in services.get(service, {}):
                 raise keyring.errors.PasswordDeleteError(
@@ -329,7 +329,27 @@ class EncryptedFileKeyring(keyring.backend.KeyringBackend):
         )
 
     def _read(self) -> dict[str, Any] | None:
-        """The parsed store, or None if the file does not exist yet (no secrets stored so far)."""
+        """The parsed store, or None if the file does not exist yet (no secrets stored so far).
+
+        Kept while the file is unchanged (a write replaces it: new inode): a pass over 1,000 mailboxes
+        would otherwise read and parse the whole store 1,000 times.
+        """
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            st = None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+        cached = getattr(self, "_cache", None)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]  # type: ignore[no-any-return]
+        data = self._parse_file()
+        if data is not None and stamp is not None:
+            self._cache = (stamp, data)
+        return data
+
+    def _parse_file(self) -> dict[str, Any] | None:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -34,15 +35,22 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from hanna_sync import imap, mailboxes, smtp
-from hanna_sync.errors import AuthError, ConnectError, ExitCode, HannaError, InputError
+from hanna_sync.errors import AuthError, ConfigError, ConnectError, ExitCode, HannaError, InputError, ReauthRequired
+from hanna_sync.graph import GraphClient, GraphError
 from hanna_sync.message import text_codec
+from hanna_sync.oauth import GRAPH, IMAP, SMTP, Resource, Token, TokenRefused, fix_for
 from hanna_sync.providers import IMAP_PORTS, PROVIDERS, SMTP_PORTS
 from hanna_sync.store import Mailbox
+
+if TYPE_CHECKING:
+    from hanna_sync.oauth import MicrosoftSignIn
 
 # The exit code of a failed stage, unless the failure names another family (e.g. a greeting that never
 # comes because the port waits for a TLS handshake is a TLS setting, 12).
 FAMILIES: dict[str, ExitCode] = {
     "charset": ExitCode.CHARSET,
+    "token": ExitCode.AUTH,  # Office 365: no token for the mailbox (sign-in gone, consent missing, app disabled)
+    "claims": ExitCode.AUTH,  # Office 365: a token for the wrong audience, user or without the permission
     "dns": ExitCode.CONNECT,
     "tcp": ExitCode.CONNECT,
     "tls": ExitCode.TLS,
@@ -60,7 +68,7 @@ FAMILIES: dict[str, ExitCode] = {
 # enough that the classic mistake is named at once rather than after the whole timeout.
 GREETING_PATIENCE = 2.0
 
-LABELS = {"imap": "IMAP", "smtp": "SMTP"}
+LABELS = {"graph": "Graph", "imap": "IMAP", "smtp": "SMTP"}
 
 
 @dataclass
@@ -137,7 +145,7 @@ class Report:
         return {
             "ok": self.exit_code == ExitCode.OK,
             "exit_code": int(self.exit_code),
-            "mailbox": {"id": m.id, "email": m.email, "login": m.login_name, "imap": server("imap"),
+            "mailbox": {"id": m.id, "email": m.email, "kind": m.kind, "login": m.login_name, "imap": server("imap"),
                         "smtp": server("smtp")},
             "stages": [s.as_dict() for s in self.stages],
         }
@@ -164,6 +172,20 @@ def check_imap(mailbox: Mailbox, password: str, options: Options) -> Report:
     """The IMAP stages alone: what add-mailbox's verification needs."""
     report = Report(mailbox)
     _ImapRun(mailbox, password, options, report).run()
+    return report
+
+
+def check_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, scanning_only: bool = False) -> Report:
+    """An Office 365 mailbox: per protocol a token, got as a scan gets it, and what it holds (decoded here, not
+    verified), then the protocol's own stages with it: Graph's folders (o365-scan), or IMAP and SMTP with
+    XOAUTH2 (o365-client). `scanning_only` leaves SMTP out: add-mailbox's verification."""
+    report = Report(mailbox)
+    if mailbox.kind == "o365-scan":
+        _GraphRun(mailbox, sign_in, options, report).run()
+    else:
+        _OAuthImapRun(mailbox, sign_in, options, report).run()
+        if not scanning_only:
+            _OAuthSmtpRun(mailbox, sign_in, options, report).run()
     return report
 
 
@@ -542,9 +564,13 @@ class _Run:
             return False
 
     def plaintext(self, offers_starttls: bool | None) -> _Passed:
-        """The TLS stage of security none: nothing to do, but worth a warning."""
+        """The TLS stage of security none: the password is not sent in clear unless the admin allowed it."""
         assert self.server is not None
         offers = " (it offers STARTTLS)" if offers_starttls else ""
+        if not self.mailbox.allow_plaintext:
+            raise _StageFailed("none: no TLS, so the password would cross the network unencrypted; not sent",
+                               f"use {self.server.option}-security starttls or ssl{offers}; or, only on a network"
+                               " you trust, allow it with --allow-plaintext")
         return _Passed("none: no TLS, so the password crosses the network unencrypted",
                        hint=f"use {self.server.option}-security starttls or ssl if the server offers them{offers}")
 
@@ -695,7 +721,7 @@ class _ImapRun(_Run):
         assert self.server is not None
         login = self.mailbox.login_name
         try:
-            reply = imap.authenticate(client, login, self.password)
+            reply = self.authenticate(client, login)
         except IMAPClientError as exc:  # LoginError, or BAD
             text = self.said(imap.server_text(exc)) or "no reason given"
             raise _StageFailed(f"{self.server.host} refused the login for {login} ({text})", self.auth_hint(text)) from None
@@ -703,6 +729,9 @@ class _ImapRun(_Run):
         capabilities = _capabilities(client)
         features = ", ".join(f"{name} {'yes' if name in capabilities else 'no'}" for name in ("IDLE", "CONDSTORE", "QRESYNC"))
         return _Passed(f"logged in as {login} ({self.banner(reply)}); {features}")
+
+    def authenticate(self, client: IMAPClient, login: str) -> bytes:
+        return imap.authenticate(client, login, self.password)
 
     def folders(self, client: IMAPClient) -> _Passed:
         assert self.server is not None
@@ -841,7 +870,7 @@ class _SmtpRun(_Run):
                 hint = "this port takes no login: ask the mail admin which port is for sending with a password (usually 587 or 465)"
             raise _StageFailed(f"{s.host} offers no login (no AUTH in its EHLO reply)", hint, exit_code=ExitCode.SERVER)
         try:
-            code, reply = session.login(login, self.password)
+            code, reply = self.authenticate(session, login)
         except UnicodeEncodeError:
             raise self.not_ascii() from None
         except smtplib.SMTPAuthenticationError as exc:
@@ -854,6 +883,9 @@ class _SmtpRun(_Run):
             raise _StageFailed(f"{s.host} offers no password login hanna-sync can use (AUTH {mechanisms})",
                                _OAUTH_ONLY, exit_code=ExitCode.SERVER) from None
         return _Passed(f"logged in as {login} ({code} {self.said(reply)})")
+
+    def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
+        return session.login(login, self.password)
 
     def send(self, session: smtplib.SMTP) -> _Passed:
         assert self.server is not None and self.options.send_to
@@ -894,11 +926,11 @@ _YAHOO_APP_PASSWORD = (
 )
 _OFFICE365_NO_PASSWORDS = (
     "Exchange Online no longer takes passwords for IMAP (basic authentication is off), even right ones:"
-    " the mailbox needs OAuth2 sign-in, which hanna-sync does not do yet"
+    " the mailbox needs OAuth2 sign-in: add it with --kind o365-client (IMAP with XOAUTH2) or o365-scan (Graph)"
 )
 _OAUTH_ONLY = (
     "the server takes only OAuth2 tokens (XOAUTH2/OAUTHBEARER), no password: as with Office 365 or a Google"
-    " Workspace with passwords off; hanna-sync does not do OAuth2 sign-in yet"
+    " Workspace with passwords off; for Office 365 add the mailbox with --kind o365-client or o365-scan"
 )
 _SECURITY_DEFAULTS = (
     "the tenant's security defaults block password logins from mail programs: an admin can turn them off"
@@ -949,8 +981,10 @@ def _explain(text: str, run: _Run) -> str | None:
             "Exchange Online has basic authentication (passwords) off for SMTP in this tenant: an admin may allow it"
             f" for this user where Microsoft still permits it (an authentication policy with AllowBasicAuthSmtp,"
             f" and SMTP AUTH on: Set-CASMailbox -Identity {login} -SmtpClientAuthenticationDisabled $false);"
-            " otherwise the mailbox needs OAuth2 sign-in, which hanna-sync does not do yet"
+            " otherwise the mailbox needs OAuth2 sign-in: --kind o365-client or o365-scan"
         )
+    if says(r"User is authenticated but not connected"):
+        return imap.APP_ONLY_HINT.format(login=login)
     if says(r"AUTHENTICATE failed"):
         return (
             "the OAuth2 token was refused (AUTHENTICATE XOAUTH2): the app registration needs the IMAP.AccessAsUser.All"
@@ -1068,3 +1102,155 @@ def _close(thing: Any) -> None:
     """Release a socket, IMAP or SMTP session however far it got (it may be gone already)."""
     with suppress(Exception):
         thing.shutdown() if isinstance(thing, IMAPClient) else thing.close()
+
+
+# -- Office 365 -----------------------------------------------------------------------------------
+
+class _TokenStages(_Run):
+    """The stages an Office 365 protocol starts with: a token, got as a scan gets it, then what it holds."""
+
+    resource: Resource
+    sign_in: MicrosoftSignIn
+
+    def token_stages(self) -> None:
+        token: Token = self.stage("token", self.token)
+        self.password = token.value  # masked in every detail and trace line from here on
+        self.stage("claims", lambda: self.claims(token))
+
+    def token(self) -> _Passed:
+        try:
+            token = self.sign_in.token(self.mailbox, self.resource)
+        except TokenRefused as exc:
+            raise _StageFailed(exc.said, exc.fix) from None
+        except ReauthRequired as exc:
+            raise _StageFailed(str(exc), fix_for(str(exc)) or f"sign in: hanna-sync login {self.mailbox.id}") from None
+        except ConfigError as exc:
+            raise _StageFailed(str(exc), exit_code=ExitCode.USAGE) from None
+        except AuthError as exc:
+            raise _StageFailed(str(exc)) from None
+        except HannaError as exc:  # the identity platform unreachable, the secrets store unreadable
+            raise _StageFailed(str(exc), exit_code=ExitCode.CONNECT) from None
+        kind = "app-only" if token.app_only else "delegated"
+        scope = self.resource.app_scope if token.app_only else self.resource.delegated_scope
+        source = "from the token cache" if token.source == "cache" else "new from the identity platform"
+        return _Passed(f"{kind} token for {self.resource.name} ({scope}), {source}", token)
+
+    def claims(self, token: Token) -> _Passed:
+        claims = token.claims
+        if claims is None:
+            return _Passed("the token is not a JWT: its audience and permissions cannot be read here",
+                           hint="personal Microsoft accounts get opaque tokens; work or school accounts are needed")
+        problems = claims.problems(self.resource, token.app_only, self.mailbox.login_name)
+        if problems:
+            what, fix = problems[0]
+            raise _StageFailed(f"{what}; the token holds: {claims.describe()}", fix)
+        return _Passed(f"{claims.describe()} (decoded here, not verified)")
+
+
+class _OAuthImapRun(_TokenStages, _ImapRun):
+    """IMAP as an o365-client scan uses it: AUTHENTICATE XOAUTH2 with a token for IMAP."""
+
+    resource = IMAP
+
+    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
+        super().__init__(mailbox, "", options, report)
+        self.sign_in = sign_in
+
+    def stages(self) -> None:
+        self.token_stages()
+        super().stages()
+
+    def capabilities(self, client: IMAPClient) -> _Passed:
+        assert self.server is not None
+        capabilities = _capabilities(client)
+        mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
+        if "XOAUTH2" not in mechanisms:
+            raise _StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
+                               "an o365-client mailbox logs in to Exchange Online (outlook.office365.com): check"
+                               " --imap-host")
+        return _Passed(f"AUTH {' '.join(mechanisms)}", capabilities)
+
+    def authenticate(self, client: IMAPClient, login: str) -> bytes:
+        lines = client.oauth2_login(login, self.password)  # the reply's lines
+        client.noop()  # an app-only token without rights on the mailbox is accepted, then every command is BAD
+        return b" ".join(lines)
+
+    def auth_hint(self, text: str) -> str:
+        return _explain(text, self) or imap.XOAUTH2_HINT.format(login=self.mailbox.login_name)
+
+
+class _OAuthSmtpRun(_TokenStages, _SmtpRun):
+    """SMTP as the CRM sends with an o365-client mailbox: AUTH XOAUTH2 with a fresh token for SMTP."""
+
+    resource = SMTP
+
+    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
+        super().__init__(mailbox, "", options, report)
+        self.sign_in = sign_in
+
+    def stages(self) -> None:
+        self.token_stages()
+        super().stages()
+
+    def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
+        assert self.server is not None
+        mechanisms = session.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in mechanisms:
+            raise _StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
+                               "an o365-client mailbox sends through Exchange Online (smtp.office365.com, port 587"
+                               " starttls): check --smtp-host", exit_code=ExitCode.SERVER)
+        return smtp.xoauth2(session, login, self.password)
+
+    def auth_hint(self, text: str) -> str:
+        login = self.mailbox.login_name
+        return _explain(text, self) or (
+            "the token was refused: it needs SMTP.Send (delegated) or SMTP.SendAsApp with the Exchange service"
+            f" principal (app-only), and Authenticated SMTP must be on: {_office365_smtp_auth(login)}"
+        )
+
+
+class _GraphRun(_TokenStages):
+    """Microsoft Graph as an o365-scan scan uses it: a token for Graph, the mailbox's folders, the chosen ones."""
+
+    protocol = "graph"
+    resource = GRAPH
+
+    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
+        self.mailbox, self.password, self.options, self.report = mailbox, "", options, report
+        self.sign_in = sign_in
+        host = urlsplit(sign_in.settings.graph_url).hostname or sign_in.settings.graph_url
+        self.server = _Server("graph", host, 443, "ssl", None, options.timeout)
+        self.addresses, self.address = [], None
+        self.resources = ExitStack()
+
+    def stages(self) -> None:
+        self.token_stages()
+        graph = self.sign_in.graph(self.mailbox)
+        self.resources.callback(graph.close)
+        chosen = self.stage("folders", lambda: self.folders(graph))
+        for path, total, unread in chosen:
+            self.stage("folder", lambda path=path, total=total, unread=unread: _Passed(
+                f"{path}: {total} message{'' if total == 1 else 's'}, {unread} unread"))
+        self.report.folders = [path for path, _, _ in chosen]
+
+    def folders(self, graph: GraphClient) -> _Passed:
+        try:
+            listing = graph.folders()
+            if self.mailbox.folders:
+                chosen, how = list(self.mailbox.folders), "chosen with --folder"
+            else:
+                chosen = [graph.well_known("inbox").path, graph.well_known("sentitems").path]
+                how = "by default: Inbox and Sent Items"
+        except GraphError as exc:
+            raise _StageFailed(str(exc), exit_code=ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT) from None
+        by_path = {f.path.casefold(): f for f in listing}
+        names = sorted(f.path for f in listing)
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        missing = [path for path in chosen if path.casefold() not in by_path]
+        if missing:
+            raise _StageFailed(f"the mailbox has no folder {', '.join(repr(m) for m in missing)}",
+                               f"choose folders it has with --folder, by their path as shown (it has: {shown});"
+                               " 'hanna-sync folders ID' lists them with counts")
+        found = [(path, by_path[path.casefold()].total, by_path[path.casefold()].unread) for path in chosen]
+        return _Passed(f"{len(listing)} folder{'' if len(listing) == 1 else 's'}; checking {', '.join(chosen)} ({how})",
+                       found)

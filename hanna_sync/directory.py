@@ -106,19 +106,24 @@ def parse_row(entity_type: str, data: dict[str, Any], line: int) -> ParsedRow:
     return ParsedRow(line=line, entity=entity, has_contacts="contacts" in data)
 
 
-def read_records(path: Path | None, fmt: str, stdin_text: str | None = None) -> list[tuple[int, Any]]:
-    """(line number, record) pairs from a CSV or JSON file; a file that cannot be read at all is an error."""
+def read_records(path: Path | None, fmt: str, stdin_data: bytes | None = None) -> list[tuple[int, Any]]:
+    """(line number, record) pairs from a CSV or JSON file; a file that cannot be read at all is an error.
+
+    Standard input comes as bytes, like a file, so that both are decoded (and refused) the same way.
+    """
     name = str(path) if path else "standard input"
     try:
-        text = stdin_text if path is None else path.read_bytes().decode("utf-8-sig")
+        data = stdin_data if path is None else path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{name} does not exist") from None
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror}") from None
+    assert data is not None
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1 if path else "?"
+        line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"{name} is not UTF-8 (line {line}); save it as UTF-8 (CSV UTF-8 in Excel)") from None
-    assert text is not None
     if fmt == "json":
         try:
             data = json.loads(text)
@@ -150,10 +155,10 @@ def detect_format(path: Path | None, fmt: str | None) -> str:
 
 
 def import_entities(
-    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, stdin_text: str | None = None
+    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, stdin_data: bytes | None = None
 ) -> ImportResult:
     """Upsert every good row on the CRM id; report bad rows and conflicts."""
-    records = read_records(path, detect_format(path, fmt), stdin_text)
+    records = read_records(path, detect_format(path, fmt), stdin_data)
     result = ImportResult()
     known = set(COLUMNS[entity_type])
     seen_ids: dict[str, int] = {}

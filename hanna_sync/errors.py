@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     FAILURE = 1
     USAGE = 2
     TEMPFAIL = 75  # EX_TEMPFAIL: another pass holds the lock, try again later
+    DATABASE = 74  # EX_IOERR: the database is damaged, the disk full, or it cannot be opened or written
     # `hanna-sync test`: the family of the first failed stage, so a script knows what kind of fix is due
     # (spaced like imapsync's 10 connect, 12 TLS, 16 auth).
     CONNECT = 10  # DNS or TCP: the name does not resolve, the port refuses or stays silent
@@ -62,3 +63,8 @@ class ConnectError(HannaError):
 
 class AuthError(ConnectError):
     """The server refused the credentials: retrying soon only risks locking the account."""
+
+
+class ReauthRequired(AuthError):
+    """A Microsoft sign-in is gone (refresh token expired or revoked, never signed in): only a person can
+    fix it, with `hanna-sync login MAILBOX`, so the scan backs off instead of retrying every pass."""

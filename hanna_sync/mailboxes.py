@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,13 +22,18 @@ from hanna_sync.store import Mailbox, Store
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
+    from hanna_sync.oauth import MicrosoftSignIn
 
 # Settings an admin may give on the command line, by their Mailbox field name.
 SETTINGS = (
     "username", "imap_host", "imap_port", "imap_security", "imap_charset", "smtp_host", "smtp_port",
     "smtp_security", "smtp_charset", "folders", "scan_active", "sync_customers", "sync_leads", "main", "ca_file",
+    "allow_plaintext",
 )
 CONNECTION_SETTINGS = ("username", "imap_host", "imap_port", "imap_security", "ca_file", "folders")
+# imap: a password over IMAP. o365-scan: Microsoft Graph. o365-client: IMAP and SMTP with XOAUTH2.
+O365_KINDS = ("o365-scan", "o365-client")
+SERVER_SETTINGS = tuple(name for name in SETTINGS if name.startswith(("imap_", "smtp_")) and name != "imap_charset")
 
 
 def provider_for(email: str, provider: str | None) -> Provider:
@@ -59,6 +65,20 @@ def new_mailbox(user: str, email: str, provider: str | None, settings: dict[str,
     return _completed(mailbox)
 
 
+def new_o365_mailbox(user: str, email: str, kind: str, settings: dict[str, Any]) -> Mailbox:
+    """An Office 365 mailbox: o365-client on Exchange Online's IMAP and SMTP (the outlook preset, which
+    --imap-host and the like may override), o365-scan on Microsoft Graph, which needs no server settings."""
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise InputError(f"'{email}' is not an email address")
+    mailbox = Mailbox(user=user, email=normalised, provider="outlook", kind=kind)
+    if kind == "o365-client":
+        preset = PROVIDERS["outlook"]
+        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
+        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
+    return _completed(_apply(mailbox, settings))
+
+
 def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
     """The mailbox with some settings changed; a port left at its default follows a security change."""
     changed = _apply(replace(mailbox, folders=list(mailbox.folders)), settings)
@@ -81,6 +101,12 @@ def _apply(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
 
 def _completed(mailbox: Mailbox) -> Mailbox:
     """Fill in default ports and check every setting, so a bad one never reaches the database."""
+    if mailbox.kind == "o365-scan":
+        given = [name for name in SERVER_SETTINGS + ("ca_file",) if getattr(mailbox, name) is not None]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} is for IMAP servers: an o365-scan mailbox is read"
+                             " through Microsoft Graph (--kind o365-client uses IMAP)")
+        return _checked_charset(mailbox)
     if not mailbox.imap_host:
         raise InputError(
             f"the {PROVIDERS[mailbox.provider].label} preset needs the server name: give --imap-host"
@@ -94,6 +120,17 @@ def _completed(mailbox: Mailbox) -> Mailbox:
             setattr(mailbox, f"{proto}_port", ports[security])
         elif not 0 < int(port) < 65536:
             raise InputError(f"--{proto}-port must be between 1 and 65535, not {port}")
+    if mailbox.ca_file:
+        path = Path(mailbox.ca_file).expanduser()
+        if not path.is_file():
+            raise InputError(f"--ca-file {mailbox.ca_file} does not exist")
+        mailbox.ca_file = str(path.resolve())
+    return _checked_charset(mailbox)
+
+
+def _checked_charset(mailbox: Mailbox) -> Mailbox:
+    """The settings every kind has: charsets that exist, and a username that is not blank."""
+    for proto in ("imap", "smtp"):
         charset = getattr(mailbox, f"{proto}_charset")
         if charset:
             try:
@@ -104,12 +141,19 @@ def _completed(mailbox: Mailbox) -> Mailbox:
                 ) from None
     if mailbox.username is not None and not mailbox.username.strip():
         mailbox.username = None
-    if mailbox.ca_file:
-        path = Path(mailbox.ca_file).expanduser()
-        if not path.is_file():
-            raise InputError(f"--ca-file {mailbox.ca_file} does not exist")
-        mailbox.ca_file = str(path.resolve())
     return mailbox
+
+
+def check_plaintext(mailbox: Mailbox) -> None:
+    """Security none sends the password in clear (and the letters): saved only when the admin allows it."""
+    if mailbox.allow_plaintext:
+        return
+    for proto in ("imap", "smtp"):
+        if getattr(mailbox, f"{proto}_security") == "none" and getattr(mailbox, f"{proto}_host"):
+            raise InputError(
+                f"--{proto}-security none would send the password unencrypted: use ssl or starttls, or give"
+                " --allow-plaintext (only on a network you trust)"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,6 +179,8 @@ def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
 def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
     """INBOX and the Sent folder: what a CRM needs to see both sides of a conversation."""
     preset = PROVIDERS[mailbox.provider].sent_folder
+    if mailbox.kind == "o365-scan":
+        return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
     sent = imap.sent_folder(folders, preset) if folders is not None else preset
     return ["INBOX"] + ([sent] if sent else [])
 
@@ -148,6 +194,7 @@ class Saved:
 def add(store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, verify_first: bool, timeout: float) -> Saved:
     """Verify (unless told not to), then save the mailbox and its password together."""
     store.check_unique(mailbox)
+    check_plaintext(mailbox)
     if not password:
         raise InputError("the password is empty")
     if verify_first:
@@ -165,13 +212,18 @@ def add(store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, ver
 
 
 def edit(
-    store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], verify_first: bool, timeout: float
+    store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], verify_first: bool, timeout: float,
+    sign_in: MicrosoftSignIn | None = None,
 ) -> Saved:
     """Change settings; verified again when anything that affects the connection changed."""
     old = store.mailbox(mailbox_id)
     mailbox = changed_mailbox(old, settings)
+    check_plaintext(mailbox)
     reconnects = any(getattr(old, name) != getattr(mailbox, name) for name in CONNECTION_SETTINGS)
-    if verify_first and reconnects:
+    if verify_first and reconnects and mailbox.kind in O365_KINDS:
+        assert sign_in is not None, "Office 365 mailboxes are verified with their Microsoft sign-in"
+        mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
+    elif verify_first and reconnects:
         password = secrets.get(mailbox.secret_ref)
         if password is None:
             raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
@@ -179,8 +231,16 @@ def edit(
     return Saved(mailbox, store.update_mailbox(mailbox))
 
 
+def check_has_password(mailbox: Mailbox) -> None:
+    """Office 365 mailboxes sign in with Microsoft; asking for their password would only mislead."""
+    if mailbox.kind in O365_KINDS:
+        raise InputError(f"mailbox {mailbox.id} is an Office 365 mailbox: it has no password, it signs in with"
+                         f" Microsoft ('hanna-sync login {mailbox.id}')")
+
+
 def set_password(store: Store, secrets: SecretStore, mailbox_id: int, password: str, verify_first: bool, timeout: float) -> Mailbox:
     mailbox = store.mailbox(mailbox_id)
+    check_has_password(mailbox)
     if not password:
         raise InputError("the password is empty")
     if verify_first:
@@ -207,13 +267,24 @@ class FolderRow:
     special: str | None  # \Sent, \Trash, ... as the server flags it
 
 
-def folders(store: Store, secrets: SecretStore, mailbox_id: int, timeout: float) -> list[FolderRow]:
+def folders(
+    store: Store, secrets: SecretStore, mailbox_id: int, timeout: float, sign_in: MicrosoftSignIn | None = None
+) -> list[FolderRow]:
     """The server's folders with message counts, marking those this mailbox scans."""
     mailbox = store.mailbox(mailbox_id)
-    password = secrets.get(mailbox.secret_ref)
-    if password is None:
-        raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
-    with imap.session(mailbox, password, timeout) as client:
+    if mailbox.kind in O365_KINDS:
+        assert sign_in is not None, "Office 365 mailboxes are read with their Microsoft sign-in"
+        if mailbox.kind == "o365-scan":
+            return _graph_folders(mailbox, sign_in)
+        from hanna_sync.oauth import IMAP
+
+        session = imap.oauth_session(mailbox, sign_in.token_source(mailbox, IMAP), timeout)
+    else:
+        password = secrets.get(mailbox.secret_ref)
+        if password is None:
+            raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
+        session = imap.session(mailbox, password, timeout)
+    with session as client:
         infos = imap.list_folders(client)
         counts = imap.message_counts(client, [f.name for f in infos if f.selectable])
     special_flags = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged")
@@ -226,3 +297,72 @@ def folders(store: Store, secrets: SecretStore, mailbox_id: int, timeout: float)
         )
         for info in infos
     ]
+
+
+def _graph_folders(mailbox: Mailbox, sign_in: MicrosoftSignIn) -> list[FolderRow]:
+    graph = sign_in.graph(mailbox)
+    try:
+        listing = graph.folders()
+    finally:
+        graph.close()
+    chosen = {name.casefold() for name in mailbox.folders}
+    return [FolderRow(f.path, f.total, f.path.casefold() in chosen, None) for f in listing]
+
+
+# -- Office 365 ---------------------------------------------------------------------------------------
+
+def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> Verified:
+    """A token, and the chosen folders there (INBOX and Sent by default): the scanning stages of `hanna-sync
+    test`, so a mailbox is refused with the cause and fix that command shows."""
+    from hanna_sync import diagnose
+
+    report = diagnose.check_o365(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True)
+    if report.failure is not None:
+        raise report.failure.error()
+    return Verified(folders=report.folders)
+
+
+def add_o365(
+    store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, verify_first: bool,
+    timeout: float, show: Callable[[str], None],
+) -> Saved:
+    """Sign in (delegated), check the token and the folders, then save; nothing is kept when a step fails.
+
+    Without verification a delegated mailbox is saved unsigned: `hanna-sync login ID` signs it in later.
+    """
+    store.check_unique(mailbox)
+    check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
+    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its MSAL token cache in the secrets store
+    signed_in = False
+    try:
+        if verify_first:
+            if not sign_in.app_only:
+                sign_in.sign_in(mailbox, show)
+                signed_in = True
+            mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
+        elif not mailbox.folders:
+            mailbox.folders = default_folders(mailbox)
+        previous_main = store.add_mailbox(mailbox)
+    except BaseException:
+        if signed_in:
+            secrets.delete(mailbox.secret_ref)
+        raise
+    return Saved(mailbox, previous_main)
+
+
+def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callable[[str], None]) -> Mailbox:
+    """Sign a mailbox in again (delegated), or check the app's tokens for it (app-only); either way a token for
+    everything the kind uses is got, and the mailbox leaves its back-off and is scanned at the next pass."""
+    from hanna_sync.oauth import RESOURCES
+
+    mailbox = store.mailbox(mailbox_id)
+    if mailbox.kind not in O365_KINDS:
+        raise InputError(f"mailbox {mailbox_id} is an IMAP mailbox: it logs in with its password"
+                         f" ('hanna-sync set-password {mailbox_id}')")
+    if not sign_in.app_only:
+        sign_in.sign_in(mailbox, show)
+    for resource in RESOURCES[mailbox.kind]:
+        sign_in.token(mailbox, resource)
+    with store.transaction():
+        store.clear_reauth(mailbox_id)
+    return mailbox

@@ -84,17 +84,8 @@ class Dovecot:
         self.imaps_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._last_usec = 0
-        self._certs = 0
-        self.ca_file = self.root / "certs" / "ca.pem"
-        self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hanna-sync sandbox CA")])
-        self._ca_cert = (
-            _cert_builder(ca_name, self._ca_key.public_key(), ca_name)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(key_cert_sign=True), critical=True)
-            .sign(self._ca_key, hashes.SHA256())
-        )
-        self.ca_file.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.ca = CertificateAuthority(self.root / "certs")
+        self.ca_file = self.ca.ca_file
         # Public on purpose: assign make_cert() results and restart() to serve another certificate.
         self.cert_file, self.key_file = self.make_cert(["localhost", "127.0.0.1"])
 
@@ -297,37 +288,7 @@ class Dovecot:
 
         Returns ``(cert_path, key_path)``; e.g. to serve a certificate for another host name.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
-        names = [
-            x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h)
-            for h in hostnames
-        ]
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-        cert = (
-            _cert_builder(subject, key.public_key(), self._ca_cert.subject)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
-                critical=False,
-            )
-            .sign(self._ca_key, hashes.SHA256())
-        )
-        self._certs += 1
-        cert_path = self.root / "certs" / f"server{self._certs}.pem"
-        key_path = cert_path.with_suffix(".key")
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return cert_path, key_path
+        return self.ca.issue(hostnames)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -427,6 +388,60 @@ service anvil {{
         self._mkdirs(path.parent)
         path.mkdir(mode=0o700 if path.parent != self.root else 0o755)
         os.chown(path, self.uid, self.gid)
+
+
+class CertificateAuthority:
+    """A throwaway CA (in `directory`, as ca.pem) and the server certificates it issues: what lets the tests'
+    servers (Dovecot, and the fakes of other services) speak verified TLS on 127.0.0.1."""
+
+    def __init__(self, directory: Path, name: str = "hanna-sync sandbox CA") -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca_file = directory / "ca.pem"
+        self._issued = 0
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._cert = (
+            _cert_builder(ca_name, self._key.public_key(), ca_name)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True), critical=True)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, hostnames: Sequence[str]) -> tuple[Path, Path]:
+        """A server certificate for DNS names and/or IP addresses: ``(cert_path, key_path)``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [
+            x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h)
+            for h in hostnames
+        ]
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+        cert = (
+            _cert_builder(subject, key.public_key(), self._cert.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self._issued += 1
+        cert_path = self.directory / f"server{self._issued}.pem"
+        key_path = cert_path.with_suffix(".key")
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return cert_path, key_path
 
 
 def _greeting(host: str, port: int, context: ssl.SSLContext | None) -> bytes:

@@ -14,10 +14,12 @@ batch starts, and a mailbox that refuses its login backed off instead of retried
 from __future__ import annotations
 
 import fcntl
+import imaplib
 import logging
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +27,19 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from hanna_sync import imap
 from hanna_sync.config import Config
-from hanna_sync.errors import AuthError, ExitCode, HannaError, SecretsError
+from hanna_sync.errors import AuthError, ExitCode, HannaError, ReauthRequired, SecretsError
+from hanna_sync.graph import (
+    MAX_IN_FLIGHT, DeltaExpired, DeltaPage, Envelope, GraphClient, GraphFolder, MessageGone, Mime,
+)
 from hanna_sync.match import Directory, Link, match
-from hanna_sync.message import ParsedLetter, fingerprint, parse_headers_only, parse_letter
+from hanna_sync.message import ParsedLetter, address_tokens, fingerprint, parse_headers_only, parse_letter
 from hanna_sync.store import FolderState, Mailbox, Store, utcnow
 from hanna_sync.uidset import UidSet
 
@@ -43,13 +48,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The header fields matching needs, fetched instead of whole letters (BODY.PEEK never sets \Seen).
-HEADER_FIELDS = (
-    "MESSAGE-ID IN-REPLY-TO REFERENCES DATE SUBJECT FROM SENDER REPLY-TO TO CC BCC AUTO-SUBMITTED LIST-ID PRECEDENCE"
-)
-HEADERS_ITEM = f"BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]"
+# The only header fields matching needs, fetched instead of whole letters (BODY.PEEK never sets \Seen):
+# the addresses, and the Message-ID that tells whether the letter is archived already. Everything else
+# comes from the whole letter, fetched for the matched ones only.
+MATCH_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC"
 SEARCH_WINDOW = 20_000  # UIDs per SEARCH: keeps a response line far below imaplib's 1 MB cap
 MAX_BACKOFF = timedelta(days=1)
+BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -161,9 +166,29 @@ def build_directory(store: Store, config: Config) -> Directory:
     )
 
 
+class LazyDirectory:
+    """The directory, built when the first folder with new letters needs it: a pass over unchanged
+    mailboxes never pays for reading the CRM tables and loading the Public Suffix List."""
+
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store, self.config = store, config
+        self._directory: Directory | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Directory:
+        with self._lock:
+            if self._directory is None:
+                with self.store.transaction():
+                    self._directory = build_directory(self.store, self.config)
+                for domain, owners in sorted(self._directory.ambiguous_domains().items()):
+                    log.warning("domain %s is claimed by customers %s: it links to neither", domain,
+                                ", ".join(sorted(owners)))
+            return self._directory
+
+
 def backoff_until(mailbox: Mailbox, now: datetime) -> str | None:
     """Until when a mailbox whose login was refused is left alone, or None when it may be tried."""
-    if mailbox.failure_kind != "auth" or not mailbox.retry_after:
+    if mailbox.failure_kind not in BACKED_OFF_KINDS or not mailbox.retry_after:
         return None
     return mailbox.retry_after if datetime.fromisoformat(mailbox.retry_after) > now else None
 
@@ -197,9 +222,7 @@ def _run_pass(
         active = [m for m in store.mailboxes() if m.scan_active]
         boxes = [m for m in active if backoff_until(m, now) is None]
         waiting = [_backing_off(m, now) for m in active if backoff_until(m, now) is not None]
-    directory = build_directory(store, config)
-    for domain, owners in sorted(directory.ambiguous_domains().items()):
-        log.warning("domain %s is claimed by customers %s: it links to neither", domain, ", ".join(sorted(owners)))
+    directory = LazyDirectory(store, config)
     run_id = None if dry_run else store.start_run()
     deadline = started + config.scan.time_budget_minutes * 60
 
@@ -225,21 +248,47 @@ def _run_pass(
 def _backing_off(mailbox: Mailbox, now: datetime) -> MailboxResult:
     assert mailbox.id is not None
     until = backoff_until(mailbox, now)
-    result = MailboxResult(mailbox.id, mailbox.email, backing_off_until=until, failure_kind="auth")
-    result.errors.append(
-        f"login refused {mailbox.consecutive_failures} time(s); not tried again before {until}:"
-        f" fix the password with 'hanna-sync set-password {mailbox.id}' (or try now with 'run --mailbox {mailbox.id}')"
-    )
+    result = MailboxResult(mailbox.id, mailbox.email, backing_off_until=until, failure_kind=mailbox.failure_kind)
+    if mailbox.failure_kind == "reauth":
+        result.errors.append(
+            f"needs re-authorisation ({mailbox.last_error}); not tried again before {until}: sign in with"
+            f" 'hanna-sync login {mailbox.id}' (or try now with 'run --mailbox {mailbox.id}')"
+        )
+    elif mailbox.kind != "imap":
+        result.errors.append(
+            f"refused {mailbox.consecutive_failures} time(s) ({mailbox.last_error}); not tried again before {until}:"
+            f" 'hanna-sync test {mailbox.id}' shows why (or try now with 'run --mailbox {mailbox.id}')"
+        )
+    else:
+        result.errors.append(
+            f"login refused {mailbox.consecutive_failures} time(s); not tried again before {until}: fix the password"
+            f" with 'hanna-sync set-password {mailbox.id}' (or try now with 'run --mailbox {mailbox.id}')"
+        )
     return result
 
 
 def _retry_after(mailbox: Mailbox, result: MailboxResult, config: Config) -> str | None:
-    """Back-off for refused logins: auth_backoff_minutes, doubling with each refusal, at most a day."""
-    if result.failure_kind != "auth" or config.scan.auth_backoff_minutes <= 0:
+    """Back-off for refused logins and lost sign-ins: auth_backoff_minutes, doubling each time, at most a day."""
+    if result.failure_kind not in BACKED_OFF_KINDS or config.scan.auth_backoff_minutes <= 0:
         return None
-    streak = mailbox.consecutive_failures if mailbox.failure_kind == "auth" else 0
+    streak = mailbox.consecutive_failures if mailbox.failure_kind == result.failure_kind else 0
     delay = min(timedelta(minutes=config.scan.auth_backoff_minutes) * 2 ** min(streak, 10), MAX_BACKOFF)
     return (datetime.now(timezone.utc) + delay).isoformat(timespec="seconds")
+
+
+def connection_failed(exc: BaseException, mailbox: Mailbox, timeout: float) -> str:
+    """One line for a session that broke mid-pass. Never what the server was sending (a cut-off line may
+    quote a letter), and saying what the admin wants to know: nothing saved is lost, the next pass goes on."""
+    where = f"{mailbox.imap_host}:{mailbox.imap_port}" if mailbox.imap_host else "the server"
+    text = imap.server_text(exc) if isinstance(exc, IMAPClientError) else str(exc)
+    if isinstance(exc, TimeoutError) or "timed out" in text:
+        what = f"no answer within {timeout:g} s"
+    else:
+        # imaplib says "command: UID => socket error: unterminated line: b'* 10 FETCH ...'": keep the reason only.
+        what = text.split(" => ", 1)[-1].split(": b'", 1)[0].split(': b"', 1)[0][:200] or type(exc).__name__
+    if isinstance(exc, IMAPClientError) and not isinstance(exc, imaplib.IMAP4.abort):
+        return f"{where} answered with an error ({what}); the letters saved so far stay, the next pass tries again"
+    return f"connection to {where} broke ({what}); the letters saved so far stay, the next pass goes on from there"
 
 
 def scan_mailbox(
@@ -247,7 +296,7 @@ def scan_mailbox(
     secrets: SecretStore,
     config: Config,
     mailbox: Mailbox,
-    directory: Directory,
+    directory: LazyDirectory,
     dry_run: bool = False,
     progress: Progress | None = None,
     deadline: float = float("inf"),
@@ -256,16 +305,14 @@ def scan_mailbox(
     result = MailboxResult(mailbox.id, mailbox.email)
     started = time.monotonic()
     try:
-        password = secrets.get(mailbox.secret_ref)
-        if password is None:
-            raise SecretsError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
-        with imap.session(mailbox, password, config.network.timeout) as client:
-            scanner = FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
+        with open_scanner(store, secrets, config, mailbox, directory, result, dry_run, progress, deadline) as scanner:
             for folder in mailbox.folders:
                 if time.monotonic() > deadline:
                     result.budget_exhausted = True
                     break
                 scanner.scan(folder)
+    except ReauthRequired as exc:
+        result.fail("reauth", str(exc))
     except AuthError as exc:
         result.fail("auth", str(exc))
     except SecretsError as exc:
@@ -273,7 +320,7 @@ def scan_mailbox(
     except HannaError as exc:
         result.fail("connect", str(exc))
     except (OSError, ssl.SSLError, IMAPClientError, socket.timeout) as exc:
-        result.fail("connect", f"connection to {mailbox.imap_host} failed: {exc or type(exc).__name__}")
+        result.fail("connect", connection_failed(exc, mailbox, config.network.timeout))
     result.seconds = time.monotonic() - started
     level = logging.INFO if result.ok else logging.ERROR
     log.log(level, "mailbox %s (%s): %d new, %d archived, %d linked, %d skipped%s%s", mailbox.id, mailbox.email,
@@ -299,7 +346,7 @@ class FolderScanner:
     which the store serialises between scanner threads."""
 
     def __init__(
-        self, store: Store, config: Config, mailbox: Mailbox, directory: Directory, client: IMAPClient,
+        self, store: Store, config: Config, mailbox: Mailbox, directory: LazyDirectory, client: IMAPClient,
         result: MailboxResult, dry_run: bool, progress: Progress | None, deadline: float,
     ) -> None:
         self.store, self.config, self.mailbox, self.directory = store, config, mailbox, directory
@@ -325,8 +372,10 @@ class FolderScanner:
             state = self.store.folder_state(self.mailbox.id, folder)
         uidvalidity = int(status[b"UIDVALIDITY"])
         uidnext = int(status[b"UIDNEXT"])
+        messages = int(status[b"MESSAGES"])
         gap_check_due = self._gap_check_due(state)
-        if state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due:
+        expunged = self._expunged(state, uidvalidity, uidnext, messages)
+        if state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due and not expunged:
             log.debug("%s: unchanged", folder)
             return
         self.remapping = state.uidvalidity is not None and state.uidvalidity != uidvalidity
@@ -339,13 +388,21 @@ class FolderScanner:
             state = FolderState(self.mailbox.id, folder)
         state.uidvalidity = uidvalidity
         state.server_uidnext = uidnext
-        state.server_messages = int(status[b"MESSAGES"])
+        state.server_messages = messages
         remapped_before = self.result.remapped
         seen = UidSet.parse(state.seen_uids)
         self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
 
+        if (gap_check_due or expunged) and state.last_uid > 0:
+            present = self._uids_between(1, state.last_uid)
+            if not self.dry_run:
+                with self.store.transaction():
+                    gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
+                if gone:
+                    log.info("%s: %d archived letters were expunged on the server: the archive keeps them,"
+                             " their locations are marked gone", folder, gone)
         if gap_check_due and state.last_uid > 0:
-            missing = seen.missing(self._uids_between(1, state.last_uid))
+            missing = seen.missing(present)
             if missing:
                 log.warning("%s: %d letters below UID %d were never looked at: reading them now", folder,
                             len(missing), state.last_uid)
@@ -371,6 +428,15 @@ class FolderScanner:
         if self.remapping:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
+
+    @staticmethod
+    def _expunged(state: FolderState, uidvalidity: int, uidnext: int, messages: int) -> bool:
+        """Whether letters left the folder since it was last scanned to the end: it holds fewer than it did
+        then plus every UID given out since. Numbers STATUS returns anyway, so the check is free; the
+        SEARCH that finds which letters left runs only when it says so (or at the gap check)."""
+        if state.uidvalidity != uidvalidity or state.messages is None or state.uidnext is None:
+            return False
+        return messages < state.messages + (uidnext - state.uidnext)
 
     def _gap_check_due(self, state: FolderState) -> bool:
         hours = self.config.scan.gap_check_hours
@@ -407,31 +473,32 @@ class FolderScanner:
 
     def _batch(self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool) -> None:
         charset = self.mailbox.imap_charset
-        fetched = self.client.fetch(uids, [HEADERS_ITEM, "RFC822.SIZE"])
-        candidates: list[Candidate] = []
+        directory = self.directory.get()
+        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        fetched = imap.fetch_header_fields(self.client, uids, MATCH_FIELDS)
         wanted = set(uids)
-        looked_at = [uid for uid in sorted(fetched) if uid in wanted]
-        skipped = 0
+        looked_at = sorted(uid for uid in fetched if uid in wanted)
+        candidates: list[Candidate] = []
         for uid in looked_at:
-            data = fetched[uid]
-            raw_headers = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), b"") or b""
-            headers = parse_headers_only(raw_headers, charset)
-            links = match(
-                participants(headers), self.directory, self.mailbox.sync_customers, self.mailbox.sync_leads
-            )
-            if not links:
-                skipped += 1
+            size, raw_headers = fetched[uid]
+            # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
+            if not match(address_tokens(raw_headers), directory, *flags):
                 continue
-            identity = f"mid:{headers.message_id}" if headers.message_id else None
-            candidates.append(Candidate(uid, headers, links, int(data.get(b"RFC822.SIZE", 0)), identity))
+            headers = parse_headers_only(raw_headers, charset)
+            links = match(participants(headers), directory, *flags)
+            if links:
+                identity = f"mid:{headers.message_id}" if headers.message_id else None
+                candidates.append(Candidate(uid, headers, links, size, identity))
+        skipped = len(looked_at) - len(candidates)
         self.result.new += len(looked_at)
         self.result.skipped += skipped
 
         if self.dry_run:
+            subjects = self._subjects([c.uid for c in candidates])
             for c in candidates:
                 self.result.linked += 1
                 self.result.would_archive.append({
-                    "folder": folder, "uid": c.uid, "subject": c.headers.subject,
+                    "folder": folder, "uid": c.uid, "subject": subjects.get(c.uid, ""),
                     "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
                 })
             return
@@ -466,6 +533,16 @@ class FolderScanner:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
+    def _subjects(self, uids: list[int]) -> dict[int, str]:
+        """Subjects for --dry-run's list (a real pass reads them from the whole letter)."""
+        if not uids:
+            return {}
+        fetched = self.client.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        return {
+            uid: parse_headers_only(next(iter(data.values()), b"") or b"", self.mailbox.imap_charset).subject
+            for uid, data in fetched.items()
+        }
+
     def _fetch_bodies(self, candidates: list[Candidate]) -> dict[int, tuple[ParsedLetter, bytes]]:
         """Whole letters for the matched ones; headers only for those over the size limit.
 
@@ -493,3 +570,200 @@ def participants(letter: ParsedLetter) -> list[str]:
     """Every address on the letter that may tie it to a customer or lead."""
     groups = (letter.from_, letter.sender, letter.reply_to, letter.to, letter.cc, letter.bcc)
     return [a.email for group in groups for a in group if a.email]
+
+
+# -- Office 365 ---------------------------------------------------------------------------------------
+
+@contextmanager
+def open_scanner(
+    store: Store, secrets: SecretStore, config: Config, mailbox: Mailbox, directory: LazyDirectory,
+    result: MailboxResult, dry_run: bool, progress: Progress | None, deadline: float,
+) -> Iterator[FolderScanner | GraphScanner]:
+    """The scanner for the mailbox's kind, connected: IMAP with its password, IMAP with XOAUTH2 (o365-client),
+    or Microsoft Graph (o365-scan). Each scans a folder with `scan(folder)`, into the same archive."""
+    if mailbox.kind == "imap":
+        password = secrets.get(mailbox.secret_ref)
+        if password is None:
+            raise SecretsError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
+        with imap.session(mailbox, password, config.network.timeout) as client:
+            yield FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
+        return
+    from hanna_sync.oauth import IMAP, MicrosoftSignIn
+
+    sign_in = MicrosoftSignIn.for_config(config, secrets)
+    if mailbox.kind == "o365-client":
+        with imap.oauth_session(mailbox, sign_in.token_source(mailbox, IMAP), config.network.timeout) as renewing:
+            client = cast(IMAPClient, renewing)  # passes every IMAPClient method through
+            yield FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
+        return
+    graph = sign_in.graph(mailbox)
+    try:
+        yield GraphScanner(store, config, mailbox, directory, graph, result, dry_run, progress, deadline)
+    finally:
+        graph.close()
+
+
+@dataclass
+class GraphCandidate:
+    """A message new to this folder that concerns the directory, waiting for its original."""
+
+    envelope: Envelope
+    links: list[Link]
+    identity: str | None  # None until the original is there, for letters without a Message-ID
+
+
+class GraphScanner:
+    """Scans folders of one Office 365 mailbox through Microsoft Graph, into the same letters, links and
+    locations as FolderScanner: a letter seen over IMAP and over Graph (same Message-ID) is one letter.
+
+    Per folder, a delta round returns the envelope of every message the first time, and afterwards what
+    changed since the last round (its deltaLink). Each page is a batch: matched letters' originals fetched
+    (`$value`, at most 4 requests at once), then their letters, locations and links, the messages that left
+    the folder, and the link to go on from, all in one transaction, so a kill loses nothing and doubles
+    nothing. A delta token Graph has forgotten (410) means reading the folder again; letters archived
+    already are recognised by Message-ID and locations by Graph's immutable id, so nothing is stored twice.
+    """
+
+    def __init__(
+        self, store: Store, config: Config, mailbox: Mailbox, directory: LazyDirectory, graph: GraphClient,
+        result: MailboxResult, dry_run: bool, progress: Progress | None, deadline: float,
+    ) -> None:
+        self.store, self.config, self.mailbox, self.directory = store, config, mailbox, directory
+        self.graph, self.result, self.dry_run, self.progress = graph, result, dry_run, progress
+        self.deadline = deadline
+        self._folders: dict[str, GraphFolder] | None = None
+
+    def scan(self, path: str) -> None:
+        assert self.mailbox.id is not None
+        if self._folders is None:
+            self._folders = {f.path.casefold(): f for f in self.graph.folders()}
+        folder = self._folders.get(path.casefold())
+        if folder is None:
+            self.result.fail(
+                "folder",
+                f"folder '{path}' is not in the mailbox: renamed or deleted? 'hanna-sync folders {self.mailbox.id}'"
+                f" lists the folders, 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
+            )
+            return
+        self.result.folders_checked += 1
+        with self.store.transaction():
+            state = self.store.folder_state(self.mailbox.id, path)
+        if state.graph_folder_id != folder.id:
+            if state.graph_folder_id is not None:
+                log.warning("%s: another folder has this name now: reading it from the start", path)
+            state = FolderState(self.mailbox.id, path, graph_folder_id=folder.id)
+        state.server_messages = folder.total
+        link = state.next_link or state.delta_link
+        resynced = False
+        while True:
+            if link is None:
+                state.messages = 0  # a round from the start: counts what it has looked at, for `status`
+            if time.monotonic() > self.deadline:
+                self.result.budget_exhausted = True
+                return
+            try:
+                page = self.graph.delta(folder.id, link, self.config.scan.batch_size)
+            except DeltaExpired as exc:
+                if resynced:
+                    raise
+                resynced = True
+                log.warning("%s: %s: reading the folder again; letters archived already are not stored twice",
+                            path, exc)
+                state.delta_link = state.next_link = link = None
+                continue
+            self._page(path, state, page)
+            if page.next_link is None:
+                return
+            link = page.next_link
+
+    def _page(self, path: str, state: FolderState, page: DeltaPage) -> None:
+        assert self.mailbox.id is not None
+        present = list({e.id: e for e in page.items if not e.removed}.values())
+        removed = [e.id for e in page.items if e.removed]
+        with self.store.transaction():
+            located = self.store.graph_located(self.mailbox.id, path, [e.id for e in present])
+        # A message archived from here before, and changed since (read, flagged), needs nothing more.
+        fresh = [e for e in present if e.id not in located]
+        candidates, skipped = self._match(fresh)
+        self.result.new += len(fresh)
+        self.result.skipped += skipped
+        state.messages = (state.messages or 0) + len(present)
+        state.next_link = page.next_link
+        if page.delta_link:
+            state.delta_link = page.delta_link
+        if self.progress:
+            self.progress(f"{self.mailbox.email} {path}", state.messages, max(state.messages, state.server_messages or 0))
+
+        if self.dry_run:
+            for c in candidates:
+                self.result.linked += 1
+                self.result.would_archive.append({
+                    "folder": path, "uid": None, "graph_id": c.envelope.id, "subject": c.envelope.subject,
+                    "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
+                })
+            return
+
+        with self.store.transaction():
+            known = self.store.letter_ids([c.identity for c in candidates if c.identity])
+        originals = self._originals([c for c in candidates if c.identity not in known])
+        # A message deleted between its delta page and the download is left out: the next round says so.
+        candidates = [c for c in candidates if c.identity in known or c.envelope.id in originals]
+        with self.store.transaction():
+            for c in candidates:
+                assert c.identity is not None
+                letter_id = known.get(c.identity)
+                if letter_id is None:
+                    parsed, mime = originals[c.envelope.id]
+                    letter_id, created = self.store.archive_letter(c.identity, parsed, mime.raw, mime.size)
+                    known[c.identity] = letter_id
+                    self.result.archived += int(created)
+                self.store.add_graph_location(letter_id, self.mailbox.id, path, c.envelope.id)
+                self.store.add_links(letter_id, c.links)
+                self.result.linked += 1
+            self.store.mark_graph_locations_gone(self.mailbox.id, path, removed)
+            state.skipped += skipped
+            self.store.save_folder_state(state)
+
+    def _match(self, envelopes: list[Envelope]) -> tuple[list[GraphCandidate], int]:
+        if not envelopes:
+            return [], 0
+        directory = self.directory.get()
+        candidates: list[GraphCandidate] = []
+        for e in envelopes:
+            links = match(e.addresses, directory, self.mailbox.sync_customers, self.mailbox.sync_leads)
+            if links:
+                message_id = _message_id(e.internet_message_id)
+                candidates.append(GraphCandidate(e, links, f"mid:{message_id}" if message_id else None))
+        return candidates, len(envelopes) - len(candidates)
+
+    def _originals(self, candidates: list[GraphCandidate]) -> dict[str, tuple[ParsedLetter, Mime]]:
+        """The original bytes of each letter (headers only over the size limit), up to 4 downloads at once.
+
+        Letters without a Message-ID get their identity here, from a fingerprint of their content, as over IMAP.
+        """
+        limit = self.config.max_letter_bytes
+        charset = self.mailbox.imap_charset
+
+        def download(c: GraphCandidate) -> tuple[GraphCandidate, ParsedLetter, Mime] | None:
+            try:
+                mime = self.graph.mime(c.envelope.id, limit)
+            except MessageGone:
+                return None
+            return c, (parse_headers_only if mime.truncated else parse_letter)(mime.raw, charset), mime
+
+        out: dict[str, tuple[ParsedLetter, Mime]] = {}
+        with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
+            for got in pool.map(download, candidates):
+                if got is not None:
+                    c, parsed, mime = got
+                    out[c.envelope.id] = (parsed, mime)
+                    if c.identity is None:
+                        c.identity = f"sha256:{fingerprint(mime.raw)}"
+        return out
+
+
+def _message_id(internet_message_id: str | None) -> str | None:
+    """Graph's internetMessageId read as IMAP's Message-ID header is, so both give the same identity."""
+    if not internet_message_id:
+        return None
+    return parse_headers_only(b"Message-ID: " + internet_message_id.encode("utf-8", "replace") + b"\r\n\r\n").message_id

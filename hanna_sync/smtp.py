@@ -74,6 +74,13 @@ def session_on_socket(
     return _SMTPOnSocket(sock, host, port, timeout, trace)
 
 
+def xoauth2(session: smtplib.SMTP, user: str, token: str) -> tuple[int, bytes]:
+    """AUTH XOAUTH2 with the SASL string as the initial response; an error challenge (334) gets an empty
+    reply, after which the server sends its refusal (`SMTPAuthenticationError`)."""
+    sasl = f"user={user}\x01auth=Bearer {token}\x01\x01"
+    return session.auth("XOAUTH2", lambda challenge=None: sasl if challenge is None else "", initial_response_ok=True)
+
+
 def diagnostic_message(sender: str, recipient: str, server: str, charset: str | None) -> EmailMessage:
     """What `hanna-sync test --send-to` sends: it says what it is, so the recipient need not wonder."""
     message = EmailMessage()

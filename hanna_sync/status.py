@@ -14,7 +14,7 @@ from typing import Any
 
 from hanna_sync.store import FolderState, Mailbox, Store
 
-STATES = ("ok", "new", "backfilling", "failing", "auth failed", "stale", "paused")
+STATES = ("ok", "new", "backfilling", "failing", "auth failed", "needs re-authorisation", "stale", "paused")
 
 
 @dataclass
@@ -59,9 +59,23 @@ def _minutes_since(stamp: str | None, now: datetime) -> float | None:
 
 
 def _folder_health(state: FolderState) -> FolderHealth:
+    if state.graph_folder_id is not None:
+        # Graph has no UIDs: "last UID" is the letters looked at in the current delta round, and the
+        # folder's item count stands for UIDNEXT until the round is complete.
+        looked_at = state.messages or 0
+        server = None if _scanned(state) else (state.server_messages or 0) + 1
+        behind = 0 if server is None else max(0, server - 1 - looked_at)
+        return FolderHealth(state.folder, looked_at, server, behind, state.skipped, 0, None)
     behind = max(0, (state.server_uidnext or 1) - 1 - state.last_uid)
     return FolderHealth(state.folder, state.last_uid, state.server_uidnext, behind, state.skipped,
                         state.gap_found, state.gap_checked_at)
+
+
+def _scanned(state: FolderState) -> bool:
+    """Scanned to the end once: IMAP up to UIDNEXT, Graph a delta round complete (its deltaLink kept)."""
+    if state.graph_folder_id is not None:
+        return state.delta_link is not None and state.next_link is None
+    return state.uidnext is not None
 
 
 def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: datetime | None = None) -> MailboxHealth:
@@ -71,7 +85,7 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
     states = {s.folder: s for s in store.folder_states(mailbox.id)}
     folders = [_folder_health(states[f]) if f in states else FolderHealth(f, 0, None, 0, 0, 0, None)
                for f in mailbox.folders]
-    unscanned = [f for f in mailbox.folders if f not in states or states[f].uidnext is None]
+    unscanned = [f for f in mailbox.folders if f not in states or not _scanned(states[f])]
     behind = [f for f in folders if f.behind > 0 or f.folder in unscanned]
     total_uids = sum(max((f.server_uidnext or 1) - 1, f.last_uid) for f in folders)
     done_uids = sum(min(f.last_uid, (f.server_uidnext or 1) - 1) for f in folders)
@@ -84,12 +98,20 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
 
     if not mailbox.scan_active:
         state, detail, alert = "paused", "scan is not active (edit-mailbox --scan-active)", False
+    elif mailbox.failure_kind == "reauth":
+        state = "needs re-authorisation"
+        detail = f"{mailbox.last_error}"
+        if mailbox.retry_after:
+            detail += f"; not tried again before {mailbox.retry_after}"
+        alert = failing_minutes is not None and failing_minutes >= threshold
     elif mailbox.failure_kind == "auth":
         state = "auth failed"
-        detail = f"login refused {mailbox.consecutive_failures} time(s)"
-        if mailbox.retry_after:
-            detail += f"; backing off until {mailbox.retry_after}"
-        detail += f"; fix with 'hanna-sync set-password {mailbox.id}'"
+        backing_off = f"; backing off until {mailbox.retry_after}" if mailbox.retry_after else ""
+        if mailbox.kind == "imap":
+            detail = (f"login refused {mailbox.consecutive_failures} time(s){backing_off};"
+                      f" fix with 'hanna-sync set-password {mailbox.id}'")
+        else:  # Office 365: the error names its own fix (a permission, a policy, the app)
+            detail = f"refused {mailbox.consecutive_failures} time(s): {mailbox.last_error}{backing_off}"
         alert = failing_minutes is not None and failing_minutes >= threshold
     elif mailbox.last_error:
         state, detail = "failing", mailbox.last_error

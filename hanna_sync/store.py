@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from hanna_sync.errors import HannaError, InputError, NotFound
+from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
 
 if TYPE_CHECKING:
     from hanna_sync.match import Link
@@ -187,6 +188,35 @@ def m003_unattended(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m004_office365(db: sqlite_utils.Database) -> None:
+    """Graph scanning: each folder's delta state, and locations named by Graph's immutable message id.
+
+    A Graph location has uidvalidity 0 (IMAP's is never 0) and a uid numbered by hanna-sync per folder,
+    since letter_locations' key is (mailbox, folder, uidvalidity, uid); `graph_id` is what finds it again.
+    """
+    db.executescript(
+        """
+        ALTER TABLE folder_states ADD COLUMN graph_folder_id TEXT;
+        ALTER TABLE folder_states ADD COLUMN delta_link TEXT;
+        ALTER TABLE folder_states ADD COLUMN next_link TEXT;
+        ALTER TABLE letter_locations ADD COLUMN graph_id TEXT;
+        CREATE UNIQUE INDEX letter_locations_graph ON letter_locations(mailbox_id, folder, graph_id)
+            WHERE graph_id IS NOT NULL;
+        """
+    )
+
+
+@migrations()
+def m005_allow_plaintext(db: sqlite_utils.Database) -> None:
+    """Whether a mailbox may send its password unencrypted (security none): off unless an admin says so.
+
+    Off for existing mailboxes too: one set to `none` before this migration fails its next pass with the
+    fix (use TLS, or `edit-mailbox ID --allow-plaintext`) instead of going on sending the password in clear.
+    """
+    db.execute("ALTER TABLE mailboxes ADD COLUMN allow_plaintext INTEGER NOT NULL DEFAULT 0")
+
+
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC text: sortable, and readable in any SQLite tool."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -215,6 +245,7 @@ class Mailbox:
     sync_leads: bool = True
     main: bool = False
     ca_file: str | None = None
+    allow_plaintext: bool = False  # security none may send the password unencrypted (never by default)
     secret_ref: str = ""
     id: int | None = None
     # Outcome of the last passes, written by the scan only (never by add/edit):
@@ -238,7 +269,7 @@ class Mailbox:
         return {"id": data.pop("id"), **data}
 
 
-_BOOL_COLUMNS = ("scan_active", "sync_customers", "sync_leads")
+_BOOL_COLUMNS = ("scan_active", "sync_customers", "sync_leads", "allow_plaintext")
 OUTCOME_FIELDS = (
     "last_success_at", "last_error", "last_error_at", "failure_kind", "failing_since", "consecutive_failures",
     "retry_after",
@@ -295,10 +326,74 @@ class FolderState:
     skipped: int = 0  # letters that concerned nobody, counted over all passes
     gap_checked_at: str | None = None
     gap_found: int = 0  # letters the last gap check found never looked at (and then read)
+    # Office 365 folders scanned through Graph (uidvalidity, UIDs and the gap check are IMAP's only):
+    graph_folder_id: str | None = None  # the folder's id when its delta round began: a new id means a new folder
+    delta_link: str | None = None  # the deltaLink of the last complete round: where the next round starts
+    next_link: str | None = None  # a round under way: the nextLink to go on from (the next pass, after a kill)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What `Store.backup` wrote: for the one line `hanna-sync backup` prints."""
+
+    path: Path
+    size: int  # bytes
+    letters: int
+    seconds: float
 
 
 class DatabaseError(HannaError):
-    """The database file cannot be opened or is newer than this program."""
+    """The database cannot be used: not openable, damaged, disk full, an I/O error, or newer than this program."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class DatabaseBusy(DatabaseError):
+    """Another program held the write lock for longer than the busy timeout: nothing was written, try later."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+# SQLite's result codes (Python 3.11+ names them on the exception; 3.10 only has the message) and what
+# each means for whoever runs hanna-sync. Constraint violations and SQL errors are bugs, so not here.
+_SQLITE_FAILURES = (
+    (("SQLITE_BUSY", "SQLITE_LOCKED"), ("database is locked", "database table is locked"), "busy"),
+    (("SQLITE_FULL",), ("database or disk is full",), "full"),
+    (("SQLITE_CORRUPT", "SQLITE_NOTADB"), ("malformed", "file is not a database"), "damaged"),
+    (("SQLITE_READONLY",), ("readonly database",), "readonly"),
+    (("SQLITE_IOERR",), ("disk i/o error",), "io"),
+    (("SQLITE_CANTOPEN", "SQLITE_PERM"), ("unable to open database file",), "cantopen"),
+)
+
+
+def database_error(exc: sqlite3.Error, path: Path) -> DatabaseError | None:
+    """The one-line explanation of a failed SQLite call, or None when it is a bug rather than a condition.
+
+    Why here: every command meets the same few conditions (another writer, a full disk, a damaged file),
+    and each deserves the same fix-it sentence, not a traceback.
+    """
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    kind = next((k for names, texts, k in _SQLITE_FAILURES
+                 if any(name.startswith(n) for n in names) or any(t in text for t in texts)), None)
+    if kind == "busy":
+        return DatabaseBusy(f"database {path} is locked by another program (a long write, or a stuck process);"
+                            " nothing was written: try again later")
+    if kind == "full":
+        return DatabaseError(f"database {path}: no space left ({exc}): free space on its file system;"
+                             " nothing was half-written, and the next pass goes on from its last saved batch")
+    if kind == "damaged":
+        return DatabaseError(f"database {path} is damaged ({exc}): stop the timer, keep a copy of the file and"
+                             " restore the last backup ('hanna-sync doctor' checks a database)")
+    if kind == "readonly":
+        return DatabaseError(f"database {path} cannot be written ({exc}): check the owner and permissions of it"
+                             " and of its directory (hanna-sync doctor)")
+    if kind == "io":
+        return DatabaseError(f"database {path}: disk I/O error ({exc}): check the disk (dmesg) and free space")
+    if kind == "cantopen":
+        return DatabaseError(f"cannot open database {path} ({exc}): check that its directory exists and is"
+                             " writable by the user hanna-sync runs as")
+    return None
 
 
 class Store:
@@ -307,7 +402,7 @@ class Store:
     def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the state dir: private, like its files
             # Created 0600 before SQLite opens it: letters and the directory are private. SQLite gives
             # the -wal and -shm files the same permissions as the database file.
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -329,7 +424,10 @@ class Store:
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise DatabaseError(f"{path} is not a usable hanna-sync database: {exc}") from None
+            explained = database_error(exc, path)
+            if explained is None or "not a database" in str(exc):  # e.g. --config naming another file
+                raise DatabaseError(f"{path} is not a usable hanna-sync database: {exc}") from None
+            raise explained from None
 
     def _migrate(self) -> None:
         applied = {m.name for m in migrations.applied(self.db)}
@@ -349,9 +447,28 @@ class Store:
 
         Scanner threads share this connection; the lock makes each transaction theirs alone, so the
         database has one writer at a time whatever the scan concurrency.
+
+        BEGIN IMMEDIATE, not SQLite's default deferred BEGIN: a deferred transaction that reads first and
+        writes later fails at once with "database is locked" when another process (an import, the CRM)
+        committed in between, busy timeout or not. IMMEDIATE waits for the write lock up front, for up to
+        the busy timeout, and then cannot be overtaken.
         """
-        with self.lock, self.db.atomic():
-            yield
+        with self.lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():  # nested: a savepoint
+                    yield
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.conn.rollback()
+                raise
 
     # -- users and mailboxes ------------------------------------------------------------------
 
@@ -484,6 +601,87 @@ class Store:
             )
         return "added" if before is None else "updated"
 
+    # -- maintenance ------------------------------------------------------------------------------
+
+    def quick_check(self) -> list[str]:
+        """What SQLite finds damaged ([] when sound), at most 20 lines.
+
+        quick_check rather than integrity_check: it still reads every page, but skips comparing each index
+        with its table, so it takes seconds, not minutes, on a large archive.
+        """
+        with self.lock:
+            found = [str(row[0]) for row in self.db.execute("PRAGMA quick_check(20)").fetchall()]
+        return [] if found == ["ok"] else found
+
+    def backup(self, target: Path) -> Backup:
+        """A consistent copy of the database at `target`, taken with SQLite's online backup API.
+
+        In one step, so it is one snapshot even while a pass (another process) writes: WAL readers do not
+        block the writer. The copy goes to a 0600 temp file beside `target`, is checked (quick_check),
+        made a self-contained rollback-journal file, fsynced and renamed into place, so `target` is
+        always the previous backup or the new one, never half of one.
+        """
+        started = time.monotonic()
+        target = target.expanduser()
+        if target.is_dir():
+            raise InputError(f"{target} is a directory: name the backup file, e.g. {target / 'hanna-sync.db'}")
+        if not target.parent.is_dir():
+            raise InputError(f"{target.parent} does not exist: create it first, or back up somewhere else")
+        if target.resolve() in {Path(f"{self.path.resolve()}{suffix}") for suffix in ("", "-wal", "-shm")}:
+            raise InputError(f"{target} is the database itself: back it up to another file")
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            copy = sqlite3.connect(temp, isolation_level=None)
+            try:
+                with self.lock:  # no transaction of this process's threads is half-way through
+                    self.db.conn.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")
+                damage = [str(row[0]) for row in copy.execute("PRAGMA quick_check(20)").fetchall()]
+                letters = int(copy.execute("SELECT count(*) FROM letters").fetchone()[0])
+            finally:
+                copy.close()
+            if damage != ["ok"]:
+                raise DatabaseError(f"the copy of {self.path} fails its check ({damage[0]}): the database itself"
+                                    " may be damaged; run 'hanna-sync doctor'")
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        except BaseException as exc:
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, sqlite3.Error)) and not isinstance(exc, sqlite3.ProgrammingError):
+                reason = getattr(exc, "strerror", None) or exc
+                raise DatabaseError(f"cannot write the backup {target}: {reason}") from None
+            raise
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+        return Backup(target, target.stat().st_size, letters, time.monotonic() - started)
+
+    def mark_expunged(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], up_to: int) -> int:
+        """Locations whose UID (at most `up_to`) the server no longer has: the letter was expunged there.
+
+        The letter stays in the archive; only this place is marked gone. Returns how many were marked.
+        """
+        on_server = set(present)
+        gone = [uid for (uid,) in self.db.execute(
+            "SELECT uid FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+            " AND uid <= ? AND gone_at IS NULL", [mailbox_id, folder, uidvalidity, up_to],
+        ).fetchall() if uid not in on_server]
+        now = utcnow()
+        for start in range(0, len(gone), 500):
+            chunk = gone[start : start + 500]
+            self.db.execute(
+                f"UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+                f" AND uid IN ({','.join('?' * len(chunk))})", [now, mailbox_id, folder, uidvalidity, *chunk],
+            )
+        return len(gone)
+
     # -- scan state and the archive -------------------------------------------------------------
 
     def folder_state(self, mailbox_id: int, folder: str) -> FolderState:
@@ -498,8 +696,16 @@ class Store:
         )]
 
     def save_folder_state(self, state: FolderState) -> None:
+        """Upsert the state's columns (only those: columns it does not know of keep their values)."""
         state.checked_at = utcnow()
-        self.db["folder_states"].upsert(asdict(state), pk=("mailbox_id", "folder"))
+        row = asdict(state)
+        names = ", ".join(f'"{n}"' for n in row)
+        updates = ", ".join(f'"{n}" = excluded."{n}"' for n in row if n not in ("mailbox_id", "folder"))
+        self.db.execute(
+            f"INSERT INTO folder_states ({names}) VALUES ({', '.join('?' * len(row))})"
+            f" ON CONFLICT (mailbox_id, folder) DO UPDATE SET {updates}",
+            list(row.values()),
+        )
 
     def mark_locations_gone(self, mailbox_id: int, folder: str, uidvalidity: int) -> int:
         """Locations under a UIDVALIDITY the server has dropped: their UIDs no longer mean anything."""
@@ -545,8 +751,14 @@ class Store:
             "body_skipped": int(letter.body_skipped),
             "archived_at": utcnow(),
         }
-        letter_id = int(self.db["letters"].insert(row).last_pk)
-        self.db["letter_sources"].insert({"letter_id": letter_id, "raw": raw})
+        # Plain INSERTs: this runs once per archived letter, and sqlite-utils' generic insert (schema
+        # look-ups, its own transaction) cost more than the write itself.
+        columns = ", ".join(f'"{name}"' for name in row)
+        cursor = self.db.execute(
+            f"INSERT INTO letters ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
+        letter_id = int(cursor.lastrowid)
+        self.db.execute("INSERT INTO letter_sources (letter_id, raw) VALUES (?, ?)", [letter_id, raw])
         return letter_id, True
 
     def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, uid: int) -> None:
@@ -666,7 +878,8 @@ class Store:
         letter["body_skipped"] = bool(letter["body_skipped"])
         letter["links"] = self.links_of(letter_id)
         letter["locations"] = list(self.db.query(
-            "SELECT mailbox_id, folder, uidvalidity, uid, seen_at, gone_at FROM letter_locations WHERE letter_id = ?"
+            "SELECT mailbox_id, folder, uidvalidity, uid, graph_id, seen_at, gone_at FROM letter_locations"
+            " WHERE letter_id = ?"
             " ORDER BY mailbox_id, folder, uid",
             [letter_id],
         ))
@@ -676,3 +889,54 @@ class Store:
         """The original bytes exactly as the server gave them."""
         self.letter(letter_id)
         return bytes(self.db.execute("SELECT raw FROM letter_sources WHERE letter_id = ?", [letter_id]).fetchone()[0])
+
+    # -- Office 365 ----------------------------------------------------------------------------------
+
+    GRAPH_UIDVALIDITY = 0  # marks a location found through Graph: IMAP's UIDVALIDITY is never 0
+
+    def graph_located(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> set[str]:
+        """Which of these Graph messages already have a live location in this folder (so need nothing)."""
+        found: set[str] = set()
+        for start in range(0, len(graph_ids), 500):
+            chunk = graph_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self.db.execute(
+                f"SELECT graph_id FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND gone_at IS NULL"
+                f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk]
+            ).fetchall())
+        return found
+
+    def add_graph_location(self, letter_id: int, mailbox_id: int, folder: str, graph_id: str) -> None:
+        """Where Graph showed the letter; a message that comes back (moved back, restored) is live again."""
+        cursor = self.db.execute(
+            "UPDATE letter_locations SET gone_at = NULL WHERE mailbox_id = ? AND folder = ? AND graph_id = ?",
+            [mailbox_id, folder, graph_id],
+        )
+        if cursor.rowcount:
+            return
+        self.db.execute(
+            "INSERT INTO letter_locations (letter_id, mailbox_id, folder, uidvalidity, uid, graph_id, seen_at)"
+            " SELECT ?, ?, ?, ?, COALESCE(MAX(uid), 0) + 1, ?, ? FROM letter_locations"
+            " WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?",
+            [letter_id, mailbox_id, folder, self.GRAPH_UIDVALIDITY, graph_id, utcnow(),
+             mailbox_id, folder, self.GRAPH_UIDVALIDITY],
+        )
+
+    def mark_graph_locations_gone(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> int:
+        """Messages Graph reports @removed from the folder (deleted or moved away): the letters stay."""
+        gone = 0
+        now = utcnow()
+        for graph_id in graph_ids:
+            gone += self.db.execute(
+                "UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND graph_id = ?"
+                " AND gone_at IS NULL", [now, mailbox_id, folder, graph_id],
+            ).rowcount
+        return gone
+
+    def clear_reauth(self, mailbox_id: int) -> None:
+        """A fresh sign-in: the mailbox is no longer waiting for one, and the next pass tries it."""
+        self.db.execute(
+            "UPDATE mailboxes SET failure_kind = NULL, last_error = NULL, last_error_at = NULL, failing_since = NULL,"
+            " consecutive_failures = 0, retry_after = NULL WHERE id = ? AND failure_kind IN ('reauth', 'auth')",
+            [mailbox_id],
+        )

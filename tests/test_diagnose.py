@@ -196,7 +196,10 @@ def box(imap_user):
 
     def make(provider: str = "custom", **settings):
         values = {"imap_host": dc.host, "imap_port": dc.imaps_port, "imap_security": "ssl",
-                  "ca_file": str(dc.ca_file), **settings}
+                  "ca_file": str(dc.ca_file),
+                  # the scripted servers speak plaintext: these tests are about what comes after TLS
+                  "allow_plaintext": "none" in (settings.get("imap_security"), settings.get("smtp_security")),
+                  **settings}
         return new_mailbox("staff", imap_user.login, provider, values)
 
     return make
@@ -549,7 +552,7 @@ def test_cli_json_shape_and_exit_code(hanna, imap_user, smtp):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == {"ok", "exit_code", "mailbox", "stages"} and data["ok"] is True and data["exit_code"] == 0
-    assert data["mailbox"] == {"id": None, "email": imap_user.login, "login": imap_user.login,
+    assert data["mailbox"] == {"id": None, "email": imap_user.login, "kind": "imap", "login": imap_user.login,
                                "imap": f"127.0.0.1:{imap_user.dovecot.imaps_port} ssl",
                                "smtp": f"127.0.0.1:{smtp.starttls.port} starttls"}
     assert all(set(s) == {"protocol", "stage", "ok", "skipped", "seconds", "detail", "hint"} for s in data["stages"])

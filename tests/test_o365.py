@@ -1,0 +1,493 @@
+"""Office 365: Microsoft sign-in (MSAL), Graph scanning, and IMAP/SMTP with XOAUTH2, against local fakes.
+
+The real msal and requests talk HTTPS to fakes of the identity platform and Graph on 127.0.0.1 (a CA made
+for the test, trusted through REQUESTS_CA_BUNDLE); IMAP goes through a fake of Exchange's XOAUTH2 front
+door to the sandbox Dovecot, SMTP to aiosmtpd. Nothing leaves loopback (tests/fakes_microsoft.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from hanna_sync import mailboxes, oauth, sample
+from hanna_sync.cli import cli
+from hanna_sync.config import O365Config, parse_config
+from hanna_sync.errors import AuthError, ConfigError, ExitCode
+from hanna_sync.graph import ENVELOPE_FIELDS, MAX_IN_FLIGHT, MAX_RETRIES
+from hanna_sync.oauth import CLIENT_SECRET_REF, MicrosoftSignIn, TokenRefused
+from hanna_sync.status import health
+from tests.fakes_microsoft import Microsoft, claims_of
+from tests.helpers import Env, deliver_sample, server_flags
+
+STAFF = sample.STAFF  # jonas@imone.lt
+SAMPLE_MATCHED = 8  # of the sample mailbox's 11 letters, 8 concern the directory (3 are skipped)
+
+
+@pytest.fixture
+def ms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Microsoft]:
+    fakes = Microsoft.start(tmp_path / "microsoft")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fakes.ca.ca_file))  # requests (and so msal) trust the fake CA
+    yield fakes
+    fakes.close()
+
+
+def o365_env(tmp_path: Path, ms: Microsoft, auth: str = "delegated", **scan: int) -> Env:
+    env = Env(tmp_path, **scan)
+    env.config = replace(env.config, o365=O365Config(
+        tenant_id=ms.identity.tenant, client_id=ms.identity.client_id, auth=auth,
+        authority=ms.identity.authority, graph_url=ms.graph.url))
+    return env
+
+
+def signer(env: Env) -> MicrosoftSignIn:
+    return MicrosoftSignIn.for_config(env.config, env.secrets)
+
+
+def graph_mailbox(ms: Microsoft, user: str = STAFF) -> dict[str, bytes]:
+    """The sample staff mailbox in Graph (INBOX -> Inbox, Išsiųsti -> Sent Items), plus an empty subfolder."""
+    ms.graph.mailbox(user, ("Inbox", "Inbox/Projektai", "Sent Items"))
+    raws = {}
+    for folder, raw, _ in sample.mailbox_letters():
+        message = ms.graph.deliver(user, "Inbox" if folder == "INBOX" else "Sent Items", raw)
+        raws[message.id] = raw
+    return raws
+
+
+def add_scan(env: Env, ms: Microsoft, folders: tuple[str, ...] = (), verify: bool = True):
+    ms.identity.approve_as = STAFF
+    shown: list[str] = []
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {"folders": list(folders)})
+    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify, 10, shown.append)
+    return saved.mailbox, shown
+
+
+def letter(sender: str, subject: str, mid: str) -> bytes:
+    return sample.letter(sender, STAFF, subject, f"{subject}.", message_id=mid)
+
+
+def count(env: Env, sql: str) -> int:
+    return env.store.db.execute(sql).fetchone()[0]
+
+
+# -- sign-in ----------------------------------------------------------------------------------------
+
+def test_device_code_sign_in_then_silent_renewal_with_the_cache_in_the_secrets_store(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120  # under 5 minutes: MSAL renews the access token at every pass
+    env = o365_env(tmp_path, ms)
+    box, shown = add_scan(env, ms)
+    assert re.search(r"open the page https://microsoft.com/devicelogin and enter the code H\d{7}", shown[0])
+    device = "urn:ietf:params:oauth:grant-type:device_code"
+    assert ms.identity.grants[:2] == [device, device]  # authorization_pending once, then the sign-in
+    assert box.folders == ["Inbox", "Sent Items"]  # the well-known folders' display names
+
+    cache = json.loads(env.secrets.get(box.secret_ref))
+    first_rt = next(iter(cache["RefreshToken"].values()))["secret"]
+    assert first_rt.encode() not in env.config.secrets_file.read_bytes()  # encrypted at rest
+    signed_in = len(ms.identity.grants)
+    assert env.run().ok
+    assert ms.identity.grants[signed_in:] == ["refresh_token"]  # silent: no device code, no person needed
+    assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
+    assert env.run().ok
+    assert ms.identity.grants[signed_in:] == ["refresh_token", "refresh_token"]
+    rotated = next(iter(json.loads(env.secrets.get(box.secret_ref))["RefreshToken"].values()))["secret"]
+    assert rotated != first_rt  # the renewed refresh token was saved (has_state_changed)
+
+
+def test_revoked_refresh_token_needs_reauthorisation_without_retries_until_login(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms)
+    ms.identity.revoke(STAFF)
+
+    failed = env.run().mailboxes[0]
+    assert failed.failure_kind == "reauth"
+    assert "AADSTS700082" in failed.errors[0] and f"'hanna-sync login {box.id}'" in failed.errors[0]
+    row = health(env.store, timedelta(minutes=60))[0]
+    assert row.state == "needs re-authorisation" and "hanna-sync login" in row.detail and row.retry_after
+
+    requests_before = len(ms.identity.grants)
+    waiting = env.run().mailboxes[0]
+    assert waiting.backing_off_until and "needs re-authorisation" in waiting.errors[0]
+    assert len(ms.identity.grants) == requests_before  # backed off: not even a token request
+
+    ms.identity.revoked.clear()
+    mailboxes.login(env.store, signer(env), box.id, lambda message: None)
+    assert health(env.store, timedelta(minutes=60))[0].state == "new"
+    assert env.run().ok
+
+
+def test_signing_in_as_another_account_is_refused_and_nothing_is_kept(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    ms.identity.approve_as = "boss@imone.lt"
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    with pytest.raises(AuthError, match="signed in as boss@imone.lt, but the mailbox is jonas@imone.lt"):
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    assert env.store.mailboxes() == [] and env.secrets.get(box.secret_ref) is None
+
+
+def test_token_renewals_of_two_processes_take_turns(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms)
+    sign_in = signer(env)
+    got: list[str] = []
+    with oauth._locked(sign_in.lock_path, 5):  # as another process renewing this very cache
+        worker = threading.Thread(target=lambda: got.append(sign_in.token(box, oauth.GRAPH).value))
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive() and not got  # waits for the lock rather than renew with the same refresh token
+    worker.join(10)
+    assert got and claims_of(got[0])["aud"] == "https://graph.microsoft.com"
+
+
+def test_app_only_with_a_client_secret_from_the_secrets_store(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms, auth="app")
+    sign_in = signer(env)
+    with pytest.raises(TokenRefused, match="AADSTS7000215") as refused:
+        sign_in.store_client_secret("not-the-secret")
+    assert "hanna-sync login --client-secret" in str(refused.value)
+    assert env.secrets.get(CLIENT_SECRET_REF) is None
+    sign_in.store_client_secret(ms.identity.client_secret)
+    assert env.secrets.get(CLIENT_SECRET_REF) == ms.identity.client_secret
+    assert ms.identity.client_secret.encode() not in env.config.secrets_file.read_bytes()
+
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    mailboxes.add_o365(env.store, env.secrets, sign_in, box, True, 10, lambda m: pytest.fail("no device code"))
+    assert env.run().ok
+    assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
+    assert set(ms.identity.grants) == {"client_credentials"}
+    assert all(path.startswith(f"/v1.0/users/{STAFF}/") for _, path, _ in ms.graph.requests)
+
+
+def test_app_only_with_a_certificate(tmp_path, ms):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hanna-sync")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = tmp_path / "o365-app.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()
+    ms.identity.certificate_thumbprint = base64.urlsafe_b64encode(bytes.fromhex(thumbprint)).decode()
+    env = o365_env(tmp_path, ms, auth="app")
+    env.config = replace(env.config, o365=replace(env.config.o365, certificate_file=pem,
+                                                  certificate_thumbprint=thumbprint))
+    token = signer(env).token(mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
+    assert token.app_only and claims_of(token.value)["roles"] == ["Mail.Read"]
+
+
+def test_the_o365_config_table_is_checked(tmp_path):
+    where = tmp_path / "config.toml"
+    config = parse_config({"o365": {"tenant_id": "t", "client_id": "c", "authority": "https://login.example/"}}, where)
+    assert config.o365.authority == "https://login.example" and config.o365.auth == "delegated"
+    for bad, message in (({"auth": "password"}, "o365.auth"), ({"authority": "http://x"}, "https:// URL"),
+                         ({"certificate_file": "a.pem"}, "go together"), ({"client_secret": "x"}, "unknown key")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config({"o365": bad}, where)
+    env = Env(tmp_path)
+    with pytest.raises(ConfigError, match=r"set tenant_id and client_id under \[o365\]"):
+        signer(env).token(mailboxes.new_o365_mailbox("u", STAFF, "o365-scan", {}), oauth.GRAPH)
+
+
+# -- Graph scanning ---------------------------------------------------------------------------------
+
+def test_graph_delta_pages_new_removed_and_changed_letters_across_passes(tmp_path, ms):
+    raws = graph_mailbox(ms)
+    env = o365_env(tmp_path, ms, batch_size=2)  # 2 per delta page: the paging is followed to the deltaLink
+    add_scan(env, ms, folders=("Inbox", "inbox/projektai", "Sent Items"))
+    first = env.run().mailboxes[0]
+    assert first.ok and (first.new, first.archived, first.skipped) == (11, SAMPLE_MATCHED, 3)
+    assert ms.graph.selects == [",".join(ENVELOPE_FIELDS)] * 3  # only the envelope, once per folder
+    delta = [prefer for _, path, prefer in ms.graph.requests if path.endswith("/messages/delta")]
+    assert len(delta) > 3 and all("odata.maxpagesize=2" in p and 'IdType="ImmutableId"' in p for p in delta)
+    assert len(ms.graph.value_requests) == SAMPLE_MATCHED  # originals only for matched letters
+    for message_id in ms.graph.value_requests:  # the archive holds the original bytes, as over IMAP
+        letter_id = env.store.db.execute("SELECT letter_id FROM letter_locations WHERE graph_id = ?",
+                                         [message_id]).fetchone()[0]
+        assert env.store.letter_source(letter_id) == raws[message_id]
+    locations = env.store.db.execute("SELECT DISTINCT uidvalidity FROM letter_locations").fetchall()
+    assert locations == [(0,)]
+
+    inbox = ms.graph.folder(STAFF, "Inbox")
+    gone_id = next(i for i in ms.graph.value_requests if i in inbox.messages)
+    read_id = next(i for i in ms.graph.value_requests if i in inbox.messages and i != gone_id)
+    ms.graph.remove(STAFF, "Inbox", gone_id)
+    ms.graph.touch(STAFF, "Inbox", read_id)  # e.g. read: Graph returns it again; nothing to do
+    ms.graph.deliver(STAFF, "Inbox/Projektai", letter("Rūta <ruta@azuolas.lt>", "Brėžiniai", "<plans@azuolas.lt>"))
+    fetched = len(ms.graph.value_requests)
+    second = env.run().mailboxes[0]
+    assert second.ok and (second.new, second.archived) == (1, 1)
+    assert len(ms.graph.value_requests) == fetched + 1
+    gone = env.store.db.execute("SELECT gone_at FROM letter_locations WHERE graph_id = ?", [gone_id]).fetchone()[0]
+    assert gone is not None
+    plans = next(r for r in env.store.letters(customer="C-1001") if r["subject"] == "Brėžiniai")
+    location = env.store.letter(plans["id"])["locations"][0]
+    assert location["folder"] == "inbox/projektai" and location["graph_id"] and location["uidvalidity"] == 0
+
+    third = env.run().mailboxes[0]
+    assert third.ok and (third.new, third.archived) == (0, 0)
+
+
+def test_an_expired_delta_token_reads_the_folder_again_without_duplicates(tmp_path, ms, caplog):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms, batch_size=3)
+    add_scan(env, ms)
+    assert env.run().ok
+    before = (count(env, "SELECT count(*) FROM letters"), count(env, "SELECT count(*) FROM letter_locations"))
+    ms.graph.expire_delta(STAFF, "Inbox")
+    ms.graph.deliver(STAFF, "Inbox", letter("Anna <anna@partners.eu>", "New schedule", "<sched2@partners.eu>"))
+    with caplog.at_level(logging.WARNING, "hanna_sync"):
+        result = env.run().mailboxes[0]
+    assert result.ok and result.archived == 1
+    assert "Graph no longer knows this folder's delta state (410 syncStateNotFound" in caplog.text
+    assert (count(env, "SELECT count(*) FROM letters"), count(env, "SELECT count(*) FROM letter_locations")) == (
+        before[0] + 1, before[1] + 1)
+    assert count(env, "SELECT count(*) FROM (SELECT graph_id FROM letter_locations GROUP BY graph_id HAVING count(*) > 1)") == 0
+    assert env.run().mailboxes[0].new == 0  # the new round's deltaLink was kept
+
+
+def test_throttling_waits_as_told_and_gives_up_after_bounded_retries(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms)
+    ms.graph.throttle_next, ms.graph.retry_after = 1, "1"
+    started = len(ms.graph.requests)
+    assert env.run().ok
+    (throttled, _, _), (retried, _, _) = ms.graph.requests[started : started + 2]
+    assert retried - throttled >= 0.95  # Retry-After: 1 honoured
+
+    ms.graph.throttle_next, ms.graph.retry_after = 1000, "0"
+    started = len(ms.graph.requests)
+    failed = env.run().mailboxes[0]
+    assert not failed.ok and failed.failure_kind == "connect"  # the next pass tries again: no back-off
+    assert "throttling this mailbox (429 ApplicationThrottled" in failed.errors[0]
+    assert f"after {MAX_RETRIES} retries" in failed.errors[0]
+    assert len(ms.graph.requests) - started == MAX_RETRIES + 1
+
+
+def test_at_most_four_requests_in_flight_per_mailbox(tmp_path, ms):
+    ms.graph.mailbox(STAFF)
+    for i in range(24):
+        ms.graph.deliver(STAFF, "Inbox", letter("Rūta <ruta@azuolas.lt>", f"Laiškas {i}", f"<l{i}@azuolas.lt>"))
+    ms.graph.value_delay = 0.05
+    env = o365_env(tmp_path, ms, batch_size=24)
+    add_scan(env, ms)
+    assert env.run().mailboxes[0].archived == 24
+    assert 1 < ms.graph.max_in_flight <= MAX_IN_FLIGHT
+
+
+def test_a_letter_in_an_imap_and_a_graph_mailbox_is_archived_once(tmp_path, ms, imap_user):
+    deliver_sample(imap_user)
+    env = o365_env(tmp_path, ms)
+    env.add(imap_user, email=STAFF)
+    ms.graph.mailbox("ona@imone.lt")
+    for folder, raw, _ in sample.mailbox_letters():
+        ms.graph.deliver("ona@imone.lt", "Inbox" if folder == "INBOX" else "Sent Items", raw)
+    ms.identity.approve_as = "ona@imone.lt"
+    box = mailboxes.new_o365_mailbox("staff", "ona@imone.lt", "o365-scan", {})
+    mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    assert env.run().ok
+    assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
+    assert count(env, "SELECT count(*) FROM letter_locations") == 2 * SAMPLE_MATCHED
+    assert count(env, "SELECT count(*) FROM letters WHERE identity NOT LIKE 'mid:%'") == 0
+
+
+# -- o365-client: IMAP and SMTP with XOAUTH2 -----------------------------------------------------------
+
+def client_settings(ms: Microsoft) -> dict:
+    return {"imap_host": "127.0.0.1", "imap_port": ms.imap.port, "ca_file": str(ms.ca.ca_file),
+            "smtp_host": "127.0.0.1", "smtp_port": ms.smtp.port, "folders": ["INBOX", "Išsiųsti"]}
+
+
+def add_client(env: Env, ms: Microsoft, imap_user) -> object:
+    imap_user.dovecot.create_folder(imap_user.login, "Išsiųsti")
+    ms.imap.accounts[STAFF] = imap_user
+    ms.identity.approve_as = STAFF
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
+    return mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None).mailbox
+
+
+def test_o365_client_scans_over_imap_with_xoauth2_and_reconnects_when_the_token_expires(tmp_path, ms, imap_user):
+    deliver_sample(imap_user)
+    flags = server_flags(imap_user)
+    env = o365_env(tmp_path, ms, batch_size=3)
+    box = add_client(env, ms, imap_user)
+    user, token = re.fullmatch(rb"user=(.+)\x01auth=Bearer (.+)\x01\x01", ms.imap.sasl[-1]).groups()
+    claims = claims_of(token.decode())
+    assert user.decode() == STAFF and claims["aud"] == "https://outlook.office.com"
+    assert claims["scp"].split() == ["IMAP.AccessAsUser.All", "SMTP.Send"]
+
+    logins, refreshes = ms.imap.logins, ms.identity.grants.count("refresh_token")
+    ms.imap.expire_after = 6  # Exchange ends the session mid-pass: * BYE ... AccessTokenExpired
+    result = env.run().mailboxes[0]
+    assert result.ok, result.errors
+    assert (result.new, result.archived) == (11, SAMPLE_MATCHED)
+    assert ms.imap.logins == logins + 2  # the first login, and one more with a fresh token
+    assert ms.identity.grants.count("refresh_token") == refreshes + 1
+    assert count(env, "SELECT count(*) FROM letter_locations") == SAMPLE_MATCHED
+    assert server_flags(imap_user) == flags  # read-only, as over a password login
+    assert env.store.mailbox(box.id).kind == "o365-client"
+
+
+def run_cli(env: Env, ms: Microsoft, *args: str, input: str | None = None):
+    config = env.config_file()
+    config.write_text(config.read_text() + (
+        f'[o365]\ntenant_id = "{ms.identity.tenant}"\nclient_id = "{ms.identity.client_id}"\n'
+        f'authority = "{ms.identity.authority}"\ngraph_url = "{ms.graph.url}"\n'))
+    return CliRunner().invoke(cli, ["--config", str(config), *args], input=input)
+
+
+def test_test_command_checks_token_claims_and_xoauth2_imap_and_smtp(tmp_path, ms, imap_user):
+    env = o365_env(tmp_path, ms)
+    box = add_client(env, ms, imap_user)
+    result = run_cli(env, ms, "test", str(box.id), "--json", "--send-to", "ona@imone.lt")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mailbox"]["kind"] == "o365-client"
+    stages = [(s["protocol"], s["stage"]) for s in report["stages"]]
+    assert stages[:3] == [("imap", "token"), ("imap", "claims"), ("imap", "charset")]
+    assert ("imap", "auth") in stages and ("smtp", "token") in stages and stages[-1] == ("smtp", "send")
+    claims = next(s for s in report["stages"] if s["stage"] == "claims")
+    assert "audience https://outlook.office.com, scopes IMAP.AccessAsUser.All SMTP.Send, user jonas@imone.lt" in claims["detail"]
+    assert re.fullmatch(rb"user=jonas@imone\.lt\x01auth=Bearer [\w.-]+\x01\x01", ms.smtp.sasl[-1])
+    assert len(ms.smtp.messages) == 1
+
+    traced = run_cli(env, ms, "test", str(box.id), "--trace")
+    assert traced.exit_code == 0
+    secrets_in_trace = [t for t in ms.identity.issued if t in traced.stderr or base64.b64encode(t.encode()).decode()[:40] in traced.stderr]
+    assert "IMAP C: ***" in traced.stderr and "SMTP C: AUTH XOAUTH2 ***" in traced.stderr and not secrets_in_trace
+
+
+def test_test_command_explains_office365_refusals(tmp_path, ms, imap_user):
+    ms.identity.lifetime = 120  # tokens are renewed at every test, so the identity platform is asked
+    env = o365_env(tmp_path, ms)
+    box = add_client(env, ms, imap_user)
+
+    def failure(*expected: str) -> dict:
+        result = run_cli(env, ms, "test", str(box.id), "--json")
+        failed = next(s for s in json.loads(result.stdout)["stages"] if not s["ok"])
+        assert result.exit_code == ExitCode.AUTH, failed
+        for text in expected:
+            assert text in f"{failed['detail']} {failed['hint']}", failed
+        return failed
+
+    ms.imap.imap_disabled.add(STAFF)
+    assert failure("AUTHENTICATE failed", "Set-CASMailbox -Identity jonas@imone.lt -ImapEnabled $true")["stage"] == "auth"
+    ms.imap.imap_disabled.clear()
+    ms.smtp.refusal = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
+    smtp = failure("SmtpClientAuthenticationDisabled $false")
+    assert (smtp["protocol"], smtp["stage"]) == ("smtp", "auth")
+    ms.smtp.refusal = None
+    ms.identity.disabled = True
+    assert failure("AADSTS7000112", "register your own app")["stage"] == "token"
+    ms.identity.disabled = False
+    ms.identity.revoke(STAFF)
+    assert failure("AADSTS700082", f"hanna-sync login {box.id}")["stage"] == "token"
+    ms.identity.revoked.clear()
+    ms.identity.granted = {"IMAP.AccessAsUser.All"}  # admin consent for SMTP.Send missing
+    mailboxes.login(env.store, signer(env), box.id, lambda m: None)
+    smtp = failure("lacks the delegated permission SMTP.Send", "grant admin consent")
+    assert (smtp["protocol"], smtp["stage"]) == ("smtp", "claims")
+
+
+def test_app_only_imap_without_the_exchange_service_principal_says_so(tmp_path, ms, imap_user):
+    deliver_sample(imap_user)
+    env = o365_env(tmp_path, ms, auth="app")
+    signer(env).store_client_secret(ms.identity.client_secret)
+    ms.imap.accounts[STAFF] = imap_user
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
+    with pytest.raises(AuthError, match="User is authenticated but not connected.*New-ServicePrincipal"):
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    ms.imap.app_mailboxes.add(STAFF)  # New-ServicePrincipal + Add-MailboxPermission done
+    mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    assert env.run().mailboxes[0].archived == SAMPLE_MATCHED
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+def test_cli_add_mailbox_login_status_and_setup_guide(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120  # every pass renews: a revoked sign-in shows at once
+    env = o365_env(tmp_path, ms)
+    ms.identity.approve_as = STAFF
+    added = run_cli(env, ms, "add-mailbox", "--kind", "o365-scan", "--user", "jonas", "--email", STAFF)
+    assert added.exit_code == 0, added.output
+    assert "https://microsoft.com/devicelogin" in added.stderr and "Waiting for the sign-in" in added.stderr
+    assert added.stdout.strip() == "Added mailbox 1: jonas@imone.lt for jonas (Microsoft Graph), folders: Inbox, Sent Items"
+
+    unsigned = run_cli(env, ms, "add-mailbox", "--kind", "o365-client", "--email", "ona@imone.lt", "--no-verify")
+    assert unsigned.exit_code == 0 and "Not signed in yet: run 'hanna-sync login 2'" in unsigned.stderr
+    assert "outlook.office365.com:993 ssl XOAUTH2" in unsigned.stdout
+    requests_before = len(ms.identity.grants)
+    assert run_cli(env, ms, "run", "--mailbox", "2").exit_code == ExitCode.FAILURE
+    never = json.loads(run_cli(env, ms, "status", "--json").stdout)["mailboxes"][1]
+    assert never["state"] == "needs re-authorisation" and "is not signed in to Microsoft 365" in never["detail"]
+    assert len(ms.identity.grants) == requests_before  # nothing to renew: no request, and no IMAP connection
+    for args, message in ((["add-mailbox", "--kind", "o365-scan", "--email", "x@imone.lt", "--imap-host", "h"],
+                           "--imap-host is for IMAP servers"),
+                          (["set-password", "1"], "it signs in with Microsoft ('hanna-sync login 1')"),
+                          (["login"], "give a MAILBOX to sign in, or --client-secret")):
+        refused = run_cli(env, ms, *args, input="x\n")
+        assert refused.exit_code == ExitCode.USAGE and message in refused.stderr, refused.output
+
+    listed = json.loads(run_cli(env, ms, "folders", "1", "--json").stdout)
+    assert [(f["name"], f["messages"], f["selected"]) for f in listed] == [
+        ("Inbox", 9, True), ("Sent Items", 2, True), ("Inbox/Projektai", 0, False)]
+    edited = run_cli(env, ms, "edit-mailbox", "1", "--folder", "Inbox", "--folder", "Inbox/Projektai")
+    assert edited.exit_code == 0 and "folders: Inbox, Inbox/Projektai" in edited.stdout
+    missing = run_cli(env, ms, "edit-mailbox", "1", "--folder", "Archyvas")
+    assert missing.exit_code == ExitCode.FAILURE and "the mailbox has no folder 'Archyvas'" in missing.stderr
+    assert "Inbox/Projektai" in missing.stderr  # what it has, to choose from
+    assert run_cli(env, ms, "edit-mailbox", "1", "--folder", "Inbox", "--folder", "Sent Items").exit_code == 0
+
+    assert run_cli(env, ms, "run", "--mailbox", "1").exit_code == 0
+    letter_id = env.store.letters(customer="C-1001")[0]["id"]
+    assert "Seen in:    mailbox 1 Inbox Graph id AAMkImmutable" in run_cli(env, ms, "show", str(letter_id)).stdout
+    ms.identity.revoke(STAFF)
+    assert run_cli(env, ms, "run", "--mailbox", "1").exit_code == ExitCode.FAILURE
+    status = json.loads(run_cli(env, ms, "status", "--json").stdout)["mailboxes"][0]
+    assert status["state"] == "needs re-authorisation" and "AADSTS700082" in status["detail"]
+    ms.identity.revoked.clear()
+    again = run_cli(env, ms, "login", "1")
+    assert again.exit_code == 0 and "enter the code" in again.stderr
+    assert "Mailbox 1 (jonas@imone.lt) is signed in" in again.stdout
+    assert json.loads(run_cli(env, ms, "status", "--json").stdout)["mailboxes"][0]["state"] == "ok"
+
+    guide = run_cli(env, ms, "setup-guide", "o365").stdout
+    for text in ("Allow public client flows: Yes", "Grant admin consent", "IMAP.AccessAsUser.All", "SMTP.Send",
+                 "Set-CASMailbox -Identity jonas@example.com -ImapEnabled $true", "New-ServicePrincipal -AppId hanna-app-id",
+                 "Add-MailboxPermission", f'tenant_id = "{ms.identity.tenant}"'):
+        assert text in guide
+    assert run_cli(env, ms, "login", "--client-secret", "--secret-stdin", input="x\n").exit_code == ExitCode.FAILURE
+
+
+def test_the_o365_modules_keep_to_the_house_rules():
+    """No click in the core; Graph HTTP only in graph.py; MSAL only in oauth.py."""
+    root = Path(__file__).resolve().parent.parent / "hanna_sync"
+    for module in ("oauth.py", "graph.py", "scan.py", "mailboxes.py", "diagnose.py", "setup_guide.py"):
+        text = (root / module).read_text()
+        assert "import click" not in text
+        assert ("import msal" in text) == (module == "oauth.py"), module
+        assert ("import requests" in text) == (module in ("graph.py", "oauth.py")), module
