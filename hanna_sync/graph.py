@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from hanna_sync.errors import AuthError, ConnectError
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class GraphClient:
         self._token_source = token
         self._token: str | None = None
         self.timeout = timeout
+        import requests  # here, not at the top: a pass without Office 365 mailboxes never needs it
+
         self.session = requests.Session()
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self._token_lock = threading.Lock()
@@ -179,6 +182,8 @@ class GraphClient:
 
     def _get(self, url: str, headers: dict[str, str], read: Callable[[requests.Response], T]) -> T:
         """GET with a slot of the 4, throttling honoured (bounded), one fresh token on 401; `read` runs in the slot."""
+        import requests
+
         renewed = False
         attempt = 0
         while True:
