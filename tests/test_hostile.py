@@ -96,7 +96,7 @@ def entity(draw: st.DrawFn, scale: int, depth: int = 0) -> bytes:
     if draw(st.booleans()):
         headers.append(b"Content-Transfer-Encoding: " + draw(st.sampled_from(CTES)))
     if draw(st.booleans()):
-        name = draw(st.sampled_from([b"../../etc/passwd", b"/root/.ssh/authorized_keys", b"a\x00b.sh", b"=?utf-8?q?",
+        name = draw(st.sampled_from([b"../../etc/passwd", b"/home/victim/.ssh/authorized_keys", b"a\x00b.sh", b"=?utf-8?q?",
                                      b"C:\\Windows\\x.dll", b"..", b"\xc4\x85.pdf"]))
         headers.append(b"Content-Disposition: attachment; filename" + draw(st.sampled_from([b"=", b"*=utf-8''",
                                                                                             b"*0*="])) + name)
@@ -286,7 +286,7 @@ def test_escaped_markup_is_text_like_any_text_part() -> None:
 # -- attachment names ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, expected", [
-    ("../../etc/passwd", "passwd"), ("/root/.ssh/authorized_keys", "authorized_keys"),
+    ("../../etc/passwd", "passwd"), ("/home/victim/.ssh/authorized_keys", "authorized_keys"),
     ("C:\\Windows\\system32\\evil.dll", "evil.dll"), ("report.pdf\x00.sh", "report.pdf_.sh"),
     ("..", "attachment"), ("...", "attachment"), ("", "attachment"), (None, "attachment"), ("/", "attachment"),
     (".bashrc", "bashrc"), ("CON.txt", "_CON.txt"), ("nul", "_nul"), ("a\nb\tc.txt", "a_b_c.txt"),
