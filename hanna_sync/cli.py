@@ -1137,6 +1137,32 @@ def _add_verbosity_options(group: click.Group) -> None:
         ]
 
 
+# One line each in `hanna-sync --help`, whole on an 80-column terminal; each command's --help says more.
+SHORT_HELP = {
+    "add-mailbox": "Connect a staff member's mailbox.",
+    "backup": "Copy the database safely, even during a pass.",
+    "customers": "List the customers and their contacts.",
+    "demo": "Run everything on built-in sample data.",
+    "doctor": "Check the database and file permissions.",
+    "edit-mailbox": "Change a mailbox's settings.",
+    "export": "Write a letter's original .eml.",
+    "folders": "List a mailbox's server folders with counts.",
+    "import": "Load customers or leads from CSV or JSON.",
+    "leads": "List the leads and their contacts.",
+    "letters": "List archived letters (a customer's card).",
+    "list-mailboxes": "List mailboxes and their last outcome.",
+    "login": "Sign an Office 365 mailbox in again.",
+    "remove-mailbox": "Remove a mailbox (its letters stay).",
+    "run": "Run one scan pass (what the timer runs).",
+    "set-password": "Replace a mailbox's password.",
+    "setup-guide": "Print the steps to connect Office 365.",
+    "show": "Show one archived letter.",
+    "status": "Show each mailbox's health (for monitoring).",
+    "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",
+}
+for _name, _text in SHORT_HELP.items():
+    if _name in cli.commands:
+        cli.commands[_name].short_help = _text
 _add_verbosity_options(cli)
 
 

@@ -26,6 +26,8 @@ def run(tmp_path, monkeypatch):
 def test_every_command_has_help_with_a_summary(run):
     result = run("--help")
     assert result.exit_code == 0
+    commands = result.output.split("Commands:", 1)[1]
+    assert "..." not in commands, "a command's one-line help is cut off: give it a SHORT_HELP entry"
     for name, command in cli.commands.items():
         assert command.help, f"{name} has no help"
         assert run(name, "--help").exit_code == 0
