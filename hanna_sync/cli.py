@@ -748,16 +748,8 @@ def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | 
     Example (a customer's profile card):
       hanna-sync letters --customer C-1001 --since 2025-01-01
     """
-    from datetime import date
-
-    if since:
-        try:
-            since = date.fromisoformat(since).isoformat()
-        except ValueError:
-            raise InputError(f"--since '{since}' is not a date: use YYYY-MM-DD") from None
-    for entity_type, entity_id in (("customer", customer), ("lead", lead)):
-        if entity_id is not None and app.store.entity(entity_type, entity_id) is None:
-            raise InputError(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+    since = _since_date(since)
+    _check_entities(app, customer, lead)
     rows = app.store.letters(customer, lead, mailbox_id, since, limit)
     if as_json:
         emit_json(rows)
@@ -772,8 +764,30 @@ def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | 
         return ", ".join(f"{l['entity_type']} {l['entity_id']}: {l['rule']}" for l in wanted)
 
     table(None, ["ID", "Date (UTC)", "From", "Subject", "Linked by"],
-          [[r["id"], (r["date_utc"] or "")[:16].replace("T", " "), r["from_addr"], r["subject"], rule_of(r)]
-           for r in rows])
+          [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"], rule_of(r)] for r in rows])
+
+
+def _since_date(since: str | None) -> str | None:
+    """--since as the ISO date the archive compares date_utc with."""
+    from datetime import date
+
+    if not since:
+        return None
+    try:
+        return date.fromisoformat(since).isoformat()
+    except ValueError:
+        raise InputError(f"--since '{since}' is not a date: use YYYY-MM-DD") from None
+
+
+def _check_entities(app: App, customer: str | None, lead: str | None) -> None:
+    """A mistyped --customer or --lead is an error, not an empty list that looks like "no letters"."""
+    for entity_type, entity_id in (("customer", customer), ("lead", lead)):
+        if entity_id is not None and app.store.entity(entity_type, entity_id) is None:
+            raise InputError(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+
+
+def _short_date(date_utc: str | None) -> str:
+    return (date_utc or "")[:16].replace("T", " ")
 
 
 @cli.command("show")
@@ -809,6 +823,59 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
         click.echo("[body not archived: the letter is larger than scan.max_letter_size_mb]")
     else:
         click.echo(letter["body_text"])
+
+
+@cli.command("search")
+@click.argument("query", metavar="QUERY")
+@click.option("--customer", metavar="ID", help="Only letters linked to this customer.")
+@click.option("--lead", metavar="ID", help="Only letters linked to this lead.")
+@click.option("--since", metavar="DATE", help="Only letters dated on or after DATE (YYYY-MM-DD).")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many, best first.")
+@json_option
+@click.pass_obj
+def search(app: App, query: str, customer: str | None, lead: str | None, since: str | None, limit: int,
+           as_json: bool) -> None:
+    """Find letters by words in the subject, text, addresses or attachment names, best match first.
+
+    Every word must occur; "..." is a phrase; a trailing * matches a beginning (sąsk*). Accents
+    do not matter: saskaita finds sąskaita.
+
+    \b
+    Examples:
+      hanna-sync search 'sąskaita 2025-03'
+      hanna-sync search '"ąžuolinės lentos"' --customer C-1001
+    """
+    since = _since_date(since)
+    _check_entities(app, customer, lead)
+    rows = app.store.search(query, customer, lead, since, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("No letters match.")
+        return
+    table(None, ["ID", "Date (UTC)", "From", "Subject", "Found"],
+          [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"], r["snippet"]] for r in rows])
+
+
+@cli.command("thread")
+@click.argument("letter_id", metavar="LETTER", type=int)
+@json_option
+@click.pass_obj
+def thread(app: App, letter_id: int, as_json: bool) -> None:
+    """Show the conversation a letter belongs to, oldest first, from every mailbox.
+
+    Letters belong together when their Message-ID, In-Reply-To and References headers connect them.
+    """
+    rows = app.store.thread(letter_id)
+    if as_json:
+        emit_json(rows)
+        return
+    table(f"Conversation of letter {letter_id}: {len(rows)} letter(s)",
+          ["ID", "Date (UTC)", "From", "Subject", "Seen in", "Linked to"],
+          [[f"{r['id']}*" if r["id"] == letter_id else r["id"], _short_date(r["date_utc"]), r["from_addr"],
+            r["subject"], ", ".join(r["mailboxes"]),
+            ", ".join(f"{l['entity_type']} {l['entity_id']}" for l in r["links"])] for r in rows])
 
 
 @cli.command("export")
@@ -1154,11 +1221,13 @@ SHORT_HELP = {
     "login": "Sign an Office 365 mailbox in again.",
     "remove-mailbox": "Remove a mailbox (its letters stay).",
     "run": "Run one scan pass (what the timer runs).",
+    "search": "Search the archive's letters by words.",
     "set-password": "Replace a mailbox's password.",
     "setup-guide": "Print the steps to connect Office 365.",
     "show": "Show one archived letter.",
     "status": "Show each mailbox's health (for monitoring).",
     "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",
+    "thread": "Show a letter's whole conversation.",
 }
 for _name, _text in SHORT_HELP.items():
     if _name in cli.commands:

@@ -37,6 +37,7 @@ def letter(
     message_id: str | None = None,
     date: datetime | None = None,
     in_reply_to: str | None = None,
+    references: list[str] | None = None,
     html: str | None = None,
     attachment: tuple[str, bytes] | None = None,
 ) -> bytes:
@@ -52,7 +53,9 @@ def letter(
         msg["Message-ID"] = message_id
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
+    chain = references or ([in_reply_to] if in_reply_to else [])  # the whole chain, or just the parent
+    if chain:
+        msg["References"] = " ".join(chain)
     msg.set_content(body)
     if html:
         msg.add_alternative(html, subtype="html")

@@ -217,6 +217,111 @@ def m005_allow_plaintext(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE mailboxes ADD COLUMN allow_plaintext INTEGER NOT NULL DEFAULT 0")
 
 
+# What the search index covers, per letter. FTS5 reads an external-content row back (for snippet() and
+# to delete it from the index) with virtual tables forbidden, so json_each is out: the addresses are the
+# JSON lists with their brackets and quotes blanked (so a snippet reads as a list) and the attachment names are
+# collected from the JSON with json_extract in a recursive CTE.
+_INDEXED_COLUMNS = "subject, body, addresses, attachment_names"  # letters_fts's columns, in the view
+_SEARCH_VIEW = """
+    CREATE VIEW letters_search AS SELECT
+        id,
+        subject,
+        body_text AS body,
+        coalesce(from_name, '') || ' ' || coalesce(from_addr, '') || ' '
+            || replace(replace(replace(replace(to_addrs || cc_addrs, '[', ''), ']', ' '), '"', ''), ',', ' ')
+            AS addresses,
+        (WITH RECURSIVE n(i, names) AS (
+            SELECT 0, ''
+            UNION ALL
+            SELECT i + 1, names || ' ' || coalesce(json_extract(attachments, '$[' || i || '].filename'), '')
+            FROM n WHERE i < json_array_length(attachments)
+        ) SELECT names FROM n ORDER BY i DESC LIMIT 1) AS attachment_names
+    FROM letters
+"""
+_SEARCHED_COLUMNS = "subject, body_text, from_name, from_addr, to_addrs, cc_addrs, attachments"
+_THREAD_IDS_OF_NEW = """
+    INSERT OR IGNORE INTO letter_thread_ids (letter_id, message_id)
+        SELECT new.id, new.message_id WHERE new.message_id IS NOT NULL
+        UNION SELECT new.id, new.in_reply_to WHERE new.in_reply_to IS NOT NULL
+        UNION SELECT new.id, value FROM json_each(new."references");
+"""
+
+
+@migrations()
+def m006_search_and_threads(db: sqlite_utils.Database) -> None:
+    """Full-text search (`letters_fts`) and conversation look-ups (`letter_thread_ids`), kept by triggers.
+
+    Triggers rather than code in archive_letter, so every writer (a pass, a CRM deleting a letter) keeps
+    both in step. The index has external content (the `letters_search` view): letter text is stored once.
+    remove_diacritics 2 makes "sąskaita" and "saskaita" the same word. `letter_thread_ids` holds every
+    Message-ID a letter names (its own, In-Reply-To, References), indexed both ways, so a conversation
+    is a walk over shared ids instead of a scan of every letter's References.
+    """
+    fts_insert = (f"INSERT INTO letters_fts (rowid, {_INDEXED_COLUMNS})"
+                  f" SELECT id, {_INDEXED_COLUMNS} FROM letters_search WHERE id = new.id;")
+    fts_delete = (f"INSERT INTO letters_fts (letters_fts, rowid, {_INDEXED_COLUMNS})"
+                  f" SELECT 'delete', id, {_INDEXED_COLUMNS} FROM letters_search WHERE id = old.id;")
+    db.executescript(
+        f"""
+        {_SEARCH_VIEW};
+        CREATE VIRTUAL TABLE letters_fts USING fts5(
+            {_INDEXED_COLUMNS},
+            content = 'letters_search', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER letters_fts_insert AFTER INSERT ON letters BEGIN {fts_insert} END;
+        CREATE TRIGGER letters_fts_delete BEFORE DELETE ON letters BEGIN {fts_delete} END;
+        CREATE TRIGGER letters_fts_update_old BEFORE UPDATE OF {_SEARCHED_COLUMNS} ON letters BEGIN {fts_delete} END;
+        CREATE TRIGGER letters_fts_update_new AFTER UPDATE OF {_SEARCHED_COLUMNS} ON letters BEGIN {fts_insert} END;
+        INSERT INTO letters_fts (letters_fts) VALUES ('rebuild');
+
+        CREATE TABLE letter_thread_ids (
+            letter_id INTEGER NOT NULL,
+            message_id TEXT NOT NULL,
+            PRIMARY KEY (letter_id, message_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX letter_thread_ids_message ON letter_thread_ids(message_id, letter_id);
+        CREATE TRIGGER letter_thread_ids_insert AFTER INSERT ON letters BEGIN {_THREAD_IDS_OF_NEW} END;
+        CREATE TRIGGER letter_thread_ids_delete AFTER DELETE ON letters BEGIN
+            DELETE FROM letter_thread_ids WHERE letter_id = old.id;
+        END;
+        CREATE TRIGGER letter_thread_ids_update AFTER UPDATE OF message_id, in_reply_to, "references" ON letters BEGIN
+            DELETE FROM letter_thread_ids WHERE letter_id = old.id;
+            {_THREAD_IDS_OF_NEW}
+        END;
+        INSERT OR IGNORE INTO letter_thread_ids (letter_id, message_id)
+            SELECT id, message_id FROM letters WHERE message_id IS NOT NULL
+            UNION SELECT id, in_reply_to FROM letters WHERE in_reply_to IS NOT NULL
+            UNION SELECT l.id, r.value FROM letters l, json_each(l."references") r;
+        """
+    )
+
+
+def fts_query(text: str) -> str:
+    """A search as people type it, made a safe FTS5 query: every word must occur, "..." is a phrase.
+
+    Each word is quoted, so FTS5's operators (AND, OR, NOT, NEAR, column:, -, parentheses) and an address
+    such as ruta@azuolas.lt are just text, never a syntax error; a trailing * keeps its meaning as a prefix
+    search. Raises InputError for an unclosed quote and for a search with no words.
+    """
+    if text.count('"') % 2:
+        raise InputError(
+            'the search has an unclosed quote: put a phrase between two quotes, e.g. \'"ąžuolinės lentos" kaina\''
+        )
+    terms = []
+    for n, part in enumerate(text.split('"')):
+        if n % 2:  # between quotes: one phrase
+            if part.strip():
+                terms.append(f'"{part}"')
+            continue
+        for word in part.split():
+            stem = word.rstrip("*")
+            if stem:
+                terms.append(f'"{stem}"' + ("*" if stem != word else ""))
+    if not terms:
+        raise InputError("nothing to search for: give one or more words, e.g. 'sąskaita faktūra'")
+    return " ".join(terms)
+
+
 def utcnow() -> str:
     """Timestamps are stored as ISO 8601 UTC text: sortable, and readable in any SQLite tool."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -884,6 +989,73 @@ class Store:
             [letter_id],
         ))
         return letter
+
+    def search(
+        self,
+        query: str,
+        customer: str | None = None,
+        lead: str | None = None,
+        since: str | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Letters matching every word of `query` (see fts_query), best first, each with a snippet and its links.
+
+        rank is FTS5's bm25 (lower is better), with a subject hit worth more than a body hit: a subject
+        names what the letter is about. The snippet marks each matched word as **word**.
+        """
+        where, args = ["letters_fts MATCH ?"], [fts_query(query)]
+        for entity_type, entity_id in (("customer", customer), ("lead", lead)):
+            if entity_id is not None:
+                where.append(
+                    "EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id AND k.entity_type = ? AND k.entity_id = ?)"
+                )
+                args += [entity_type, entity_id]
+        if since is not None:
+            where.append("l.date_utc >= ?")
+            args.append(since)
+        rows = list(self.db.query(
+            "SELECT l.id, l.date_utc, l.from_addr, l.subject,"
+            " snippet(letters_fts, -1, '**', '**', '…', 12) AS snippet, bm25(letters_fts, 4.0, 1.0, 2.0, 2.0) AS rank"
+            f" FROM letters_fts JOIN letters l ON l.id = letters_fts.rowid WHERE {' AND '.join(where)}"
+            f" ORDER BY rank, l.date_utc DESC LIMIT {int(limit)}",
+            args,
+        ))
+        for row in rows:
+            row["snippet"] = " ".join(row["snippet"].split())  # a one-line preview: the letter's line breaks go
+            row["links"] = self.links_of(row["id"])
+        return rows
+
+    def thread(self, letter_id: int) -> list[dict[str, Any]]:
+        """The conversation a letter belongs to, oldest first, from every mailbox.
+
+        Letters are in one conversation when they are connected through the Message-IDs they name (their
+        own, In-Reply-To, References): a reply joins the letters it answers, and two replies that quote
+        the same letter join each other even when that letter itself was never archived.
+        """
+        if self.db.execute("SELECT 1 FROM letters WHERE id = ?", [letter_id]).fetchone() is None:
+            raise NotFound(f"no letter {letter_id}; 'hanna-sync letters' lists them")
+        rows = list(self.db.query(
+            """
+            WITH RECURSIVE ids(message_id) AS (
+                SELECT message_id FROM letter_thread_ids WHERE letter_id = :id
+                UNION
+                SELECT b.message_id FROM ids
+                JOIN letter_thread_ids a ON a.message_id = ids.message_id
+                JOIN letter_thread_ids b ON b.letter_id = a.letter_id
+            )
+            SELECT l.id, l.date_utc, l.from_addr, l.from_name, l.subject, l.message_id FROM letters l
+            WHERE l.id = :id OR l.id IN (SELECT letter_id FROM letter_thread_ids WHERE message_id IN ids)
+            ORDER BY l.date_utc, l.id
+            """,
+            {"id": letter_id},
+        ))
+        for row in rows:
+            row["mailboxes"] = [email for (email,) in self.db.execute(
+                "SELECT DISTINCT m.email FROM letter_locations p JOIN mailboxes m ON m.id = p.mailbox_id"
+                " WHERE p.letter_id = ? ORDER BY m.email", [row["id"]],
+            ).fetchall()]
+            row["links"] = self.links_of(row["id"])
+        return rows
 
     def letter_source(self, letter_id: int) -> bytes:
         """The original bytes exactly as the server gave them."""

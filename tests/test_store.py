@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 
@@ -11,7 +12,7 @@ from hanna_sync.store import DatabaseError, Entity, Mailbox, Store, migrations
 
 ALL_TABLES = {
     "users", "mailboxes", "customers", "customer_contacts", "leads", "lead_contacts", "folder_states",
-    "letters", "letter_sources", "letter_locations", "links", "scan_runs",
+    "letters", "letter_sources", "letter_locations", "links", "scan_runs", "letters_fts", "letter_thread_ids",
 }
 
 
@@ -39,6 +40,23 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path):
     assert store.entity("customer", "C1") == Entity(id="C1", name="Acme", email="a@acme.lt")
     Store(path)  # opening again applies nothing twice
     assert len(migrations.applied(store.db)) == len(migrations._migrations)
+
+
+def test_upgrade_indexes_letters_archived_before_search_and_threads(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrations.apply(old, stop_before="m006_search_and_threads")
+    for n, (message_id, references) in enumerate([("a@x.lt", []), ("b@x.lt", ["a@x.lt"])], start=1):
+        old["letters"].insert({
+            "id": n, "identity": f"mid:{message_id}", "message_id": message_id, "subject": f"Sąskaita {n}",
+            "body_text": "", "attachments": '[{"filename": "sutartis.pdf", "content_type": "x", "size": 1}]',
+            "references": json.dumps(references), "size": 1, "archived_at": "2025-01-01",
+        })
+    old.close()
+
+    store = Store(path)
+    assert sorted(r["id"] for r in store.search("saskaita sutartis")) == [1, 2]
+    assert [r["id"] for r in store.thread(1)] == [1, 2]
 
 
 def test_a_newer_database_is_refused_with_a_clear_message(tmp_path):
