@@ -447,6 +447,27 @@ class Backup:
     seconds: float
 
 
+def _letter_filters(
+    customer: str | None, lead: str | None, since: str | None, mailbox_id: int | None = None
+) -> tuple[list[str], list[Any]]:
+    """WHERE terms (over `letters l`) and their arguments shared by `letters` and `search`."""
+    where: list[str] = ["1"]
+    args: list[Any] = []
+    for entity_type, entity_id in (("customer", customer), ("lead", lead)):
+        if entity_id is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id AND k.entity_type = ? AND k.entity_id = ?)"
+            )
+            args += [entity_type, entity_id]
+    if mailbox_id is not None:
+        where.append("EXISTS (SELECT 1 FROM letter_locations p WHERE p.letter_id = l.id AND p.mailbox_id = ?)")
+        args.append(mailbox_id)
+    if since is not None:
+        where.append("l.date_utc >= ?")
+        args.append(since)
+    return where, args
+
+
 class DatabaseError(HannaError):
     """The database cannot be used: not openable, damaged, disk full, an I/O error, or newer than this program."""
 
@@ -941,19 +962,7 @@ class Store:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Archived letters, newest first, each with its links ("rule" is the link to the entity asked for)."""
-        where, args = ["1"], []
-        for entity_type, entity_id in (("customer", customer), ("lead", lead)):
-            if entity_id is not None:
-                where.append(
-                    "EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id AND k.entity_type = ? AND k.entity_id = ?)"
-                )
-                args += [entity_type, entity_id]
-        if mailbox_id is not None:
-            where.append("EXISTS (SELECT 1 FROM letter_locations p WHERE p.letter_id = l.id AND p.mailbox_id = ?)")
-            args.append(mailbox_id)
-        if since is not None:
-            where.append("l.date_utc >= ?")
-            args.append(since)
+        where, args = _letter_filters(customer, lead, since, mailbox_id)
         sql = (
             "SELECT l.id, l.date_utc, l.from_addr, l.from_name, l.subject, l.message_id, l.size, l.body_skipped"
             f" FROM letters l WHERE {' AND '.join(where)} ORDER BY l.date_utc DESC, l.id DESC"
@@ -1003,16 +1012,9 @@ class Store:
         rank is FTS5's bm25 (lower is better), with a subject hit worth more than a body hit: a subject
         names what the letter is about. The snippet marks each matched word as **word**.
         """
-        where, args = ["letters_fts MATCH ?"], [fts_query(query)]
-        for entity_type, entity_id in (("customer", customer), ("lead", lead)):
-            if entity_id is not None:
-                where.append(
-                    "EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id AND k.entity_type = ? AND k.entity_id = ?)"
-                )
-                args += [entity_type, entity_id]
-        if since is not None:
-            where.append("l.date_utc >= ?")
-            args.append(since)
+        where, args = _letter_filters(customer, lead, since)
+        where.insert(0, "letters_fts MATCH ?")
+        args.insert(0, fts_query(query))
         rows = list(self.db.query(
             "SELECT l.id, l.date_utc, l.from_addr, l.subject,"
             " snippet(letters_fts, -1, '**', '**', '…', 12) AS snippet, bm25(letters_fts, 4.0, 1.0, 2.0, 2.0) AS rank"
