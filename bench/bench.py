@@ -406,6 +406,8 @@ def main() -> None:
             raise SystemExit(f"{tool} not found: run bench/run.sh, which installs it")
     if args.profile and not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} not found: .venv/bin/pip install py-spy")
+    if args.workdir and not args.workdir.is_dir():
+        raise SystemExit(f"--workdir {args.workdir} is not a directory: create it first (it should be on tmpfs)")
 
     results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "seed": args.seed, "transport": "IMAPS (implicit TLS) on 127.0.0.1",

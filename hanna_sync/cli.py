@@ -466,11 +466,20 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
         raise InputError("reading standard input: give --format csv or --format json")
     stdin_data = sys.stdin.buffer.read() if path is None else None
     result = import_entities(app.store, entity_type, path, fmt, stdin_data)
+    relinked = None
+    if result.added or result.updated:
+        from hanna_sync.relink import relink_or_defer
+
+        relinked = relink_or_defer(app.store, app.config, app.secrets)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json({**result.as_dict(), "relink": relinked.as_dict() if relinked else None})
     else:
         click.echo(f"{entity_type.capitalize()}s: {result.added} added, {result.updated} updated,"
                    f" {result.unchanged} unchanged, {len(result.rejected)} rejected.")
+        if relinked:
+            click.echo(relink_line(relinked))
+        elif result.added or result.updated:
+            click.echo("Relink: a pass is running; it relinks the archive at its end.")
         for error in result.rejected:
             click.echo(f"  line {error.line}: {error.message}", err=True)
         for conflict in result.conflicts:
@@ -495,6 +504,39 @@ def import_command(entity_type: str) -> Callable[..., Any]:
 
 import_group.command("customers")(import_command("customer"))
 import_group.command("leads")(import_command("lead"))
+
+
+def relink_line(result: Any) -> str:
+    return (f"Relinked {result.letters} letters: {result.links_added} links added, {result.links_removed} removed,"
+            f" {result.links_changed} changed, {result.unlinked} letters left unlinked;"
+            f" {result.backfill_wanted} skipped letters will be fetched by the next pass.")
+
+
+@cli.command("relink")
+@json_option
+@click.pass_obj
+def relink_command(app: App, as_json: bool) -> None:
+    """Re-evaluate every archived letter's links against the directory, and mark for the next pass
+    the letters it skipped that the directory now concerns.
+
+    Imports run this by themselves. Run it after changing own_domains, free_mail_domains or
+    [linking] in the config. Letters that lose their last link stay archived (retention decides).
+    Exit code 75 while a pass is running (that pass relinks at its end).
+
+    \b
+    Example:
+      hanna-sync relink && hanna-sync run
+    """
+    from hanna_sync.relink import relink_or_defer
+    from hanna_sync.scan import PassBusy
+
+    result = relink_or_defer(app.store, app.config, app.secrets)
+    if result is None:
+        raise PassBusy("a pass is running; it relinks the archive at its end")
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        click.echo(relink_line(result))
 
 
 def list_entities(app: App, entity_type: str, as_json: bool) -> None:
@@ -594,7 +636,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
     if as_json:
         emit_json({"ok": result.ok, "dry_run": dry_run, "budget_exhausted": result.budget_exhausted,
-                   "summary": result.summary_line(), "mailboxes": [m.as_dict() for m in result.mailboxes]})
+                   "summary": result.summary_line(), "mailboxes": [m.as_dict() for m in result.mailboxes],
+                   "purged_by_retention": result.purged_by_retention})
     elif app.quiet or under_journal(sys.stdout):
         pass  # the log's summary line says it all; cron mails nothing when all is well
     elif not result.mailboxes:
@@ -879,34 +922,103 @@ def thread(app: App, letter_id: int, as_json: bool) -> None:
 
 
 @cli.command("export")
-@click.argument("letter_id", metavar="LETTER", type=int)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to this file (default: stdout).")
+@click.argument("letter_ids", metavar="[LETTER]...", type=int, nargs=-1)
+@click.option("--customer", metavar="ID", help="Every letter linked to this customer.")
+@click.option("--lead", metavar="ID", help="Every letter linked to this lead.")
+@click.option("--search", "query", metavar="QUERY",
+              help="Every letter 'hanna-sync search QUERY' finds (with --customer/--lead: only theirs).")
+@click.option("--since", metavar="DATE", help="With --customer, --lead or --search: dated on or after DATE (YYYY-MM-DD).")
+@click.option("--format", "fmt", type=click.Choice(["eml", "mbox"]), default="eml", show_default=True,
+              help="eml: one file per letter; mbox: one mboxrd file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="PATH",
+              help="eml: the file for one LETTER, else a directory (created 0700); mbox: the file."
+                   " Default: stdout (one LETTER, or mbox).")
+@click.option("--attachments", "attachments_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also extract the letters' attachments, to DIR/<letter id>/<name>.")
+@json_option
 @click.pass_obj
-def export(app: App, letter_id: int, output: str | None) -> None:
-    """Write the original letter (.eml), byte for byte as the server had it.
+def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, query: str | None,
+           since: str | None, fmt: str, output: Path | None, attachments_dir: Path | None, as_json: bool) -> None:
+    """Write archived letters byte for byte as the server had them: .eml files or one mbox.
+
+    One LETTER goes to -o FILE or to stdout. Several LETTERs, or a customer's, a lead's or a
+    search's letters, go to a directory (-o DIR), one <id>-<date>-<subject>.eml each, or with
+    --format mbox into one mboxrd file: lines starting with ">*From " get one more ">", so
+    unquoting gives back each original exactly. Every file is 0600 and written whole or not at all;
+    attachments never leave DIR/<letter id>/ and never overwrite a file (" (2)" is added).
 
     \b
-    Example:
+    Examples:
       hanna-sync export 42 -o letter-42.eml
+      hanna-sync export --customer C-1001 -o c-1001/ --attachments c-1001/attachments
+      hanna-sync export --search 'sąskaita' --since 2025-01-01 --format mbox -o invoices.mbox
     """
-    import os
+    from hanna_sync import export as exporting
 
-    raw = app.store.letter_source(letter_id)
-    if output:
-        # A letter is private (0600), and FILE is the whole letter or untouched: a temp file renamed into place.
-        temp = Path(output).with_name(f".{Path(output).name}.{os.getpid()}.tmp")
-        try:
-            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-                file.write(raw)
-            os.replace(temp, output)
-        except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
-        click.echo(f"Wrote {len(raw)} bytes to {output}.", err=True)
-    else:
-        stdout = click.get_binary_stream("stdout")
-        stdout.write(raw)
-        stdout.flush()
+    since = _since_date(since)
+    _check_entities(app, customer, lead)
+    if as_json and output is None:
+        raise InputError("--json prints the summary on stdout: write the letters elsewhere with -o PATH")
+    ids = exporting.select(app.store, list(letter_ids), customer, lead, query, since)
+    bar, report = _progress_reporter(sys.stderr.isatty() and not as_json and not app.quiet and len(ids) > 1)
+    with bar or nullcontext():
+        result = exporting.export_letters(
+            app.store, ids, fmt, output, attachments_dir, one_file=len(letter_ids) == 1, progress=report,
+            stdout=None if output else sys.stdout.buffer,
+        )
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    if output and not app.quiet:
+        what = f"{result.bytes} bytes" if len(ids) == 1 else f"{len(ids)} letters ({result.bytes} bytes)"
+        click.echo(f"Wrote {what} to {output}.", err=True)
+    if result.attachments and not app.quiet:
+        click.echo(f"Extracted {len(result.attachments)} attachment(s) to {attachments_dir}.", err=True)
+    if result.headers_only:
+        click.echo(f"Note: letter(s) {', '.join(map(str, result.headers_only))} were archived with their headers"
+                   " only (larger than scan.max_letter_size_mb): their bodies are not in the export.", err=True)
+
+
+@cli.command("purge")
+@click.argument("letter_ids", metavar="[LETTER]...", type=int, nargs=-1)
+@click.option("--customer", metavar="ID", help="Also every letter linked to this customer.")
+@click.option("--lead", metavar="ID", help="Also every letter linked to this lead.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-vacuum", is_flag=True, help="Do not VACUUM afterwards, even when a quarter of the file is free.")
+@json_option
+@click.pass_obj
+def purge(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, yes: bool,
+          no_vacuum: bool, as_json: bool) -> None:
+    """Delete letters for good, for a privacy request: the named LETTERs and/or a customer's or lead's.
+
+    Each letter's row, original bytes, links, locations, search index entries and thread ids go,
+    the freed bytes are overwritten with zeros, and a hash of the letter's identity stays behind so
+    that no later pass archives it again. Asks first on a terminal; elsewhere give --yes. Refused
+    while a scan pass runs (exit 75). When a quarter of the database file is then free, it is
+    VACUUMed (the file shrinks; --no-vacuum skips it).
+
+    \b
+    Examples:
+      hanna-sync purge 42 43
+      hanna-sync purge --lead L-2001 --yes --json
+    """
+    from hanna_sync import retention
+
+    # No _check_entities: a customer already deleted from the CRM may still have letters to purge.
+    ids = retention.purge_selection(app.store, list(letter_ids), customer, lead)
+    if not yes:
+        if not interactive():
+            raise InputError("give --yes to purge without a terminal to confirm on")
+        rows = [app.store.letter(letter_id) for letter_id in ids[:10]]
+        table(f"{len(ids)} letter(s) to delete for good" + (" (the first 10)" if len(ids) > 10 else ""),
+              ["ID", "Date (UTC)", "From", "Subject"],
+              [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"]] for r in rows])
+        click.confirm(f"Delete these {len(ids)} letter(s) and all trace of them? This cannot be undone", abort=True)
+    removal = retention.purge(app.store, app.config, ids, vacuum=not no_vacuum)
+    if as_json:
+        emit_json(removal.as_dict())
+    elif not app.quiet:
+        click.echo(f"Purged {len(removal.letters)} letter(s){'; the database was VACUUMed' if removal.vacuumed else ''}.")
 
 
 # -- diagnostics --------------------------------------------------------------------------------
@@ -919,7 +1031,7 @@ def stage_line(stage: Any) -> str:
     """One plain line per stage (for logs and pipes), the fix indented below a failure."""
     verdict = "skipped" if stage.skipped else "ok" if stage.ok else "FAILED"
     seconds = "" if stage.skipped else f"{stage.seconds:.2f}s"
-    head = f"{stage.protocol.upper():<5}{stage.stage:<13}{verdict:<8}{seconds:>6}  "
+    head = f"{stage.protocol.upper():<4} {stage.stage:<12} {verdict:<8}{seconds:>6}  "
     line = head + stage.detail
     if stage.hint:
         line += f"\n{'':<{len(head)}}{'note' if stage.ok else 'fix'}: {stage.hint}"
@@ -950,6 +1062,8 @@ def stage_table(report: Any):  # type: ignore[no-untyped-def]
 @click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
 @click.option("--email", help="Try a mailbox before saving it: its address, with the options add-mailbox takes.")
 @provider_option
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client"]),
+              help="With --email: the kind of mailbox to try (default imap); Office 365 kinds sign in first.")
 @mailbox_settings_options
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Give up on a silent server after this long (default: network.timeout).")
@@ -959,9 +1073,9 @@ def stage_table(report: Any):  # type: ignore[no-untyped-def]
 @click.option("--trace", is_flag=True, help="Show the protocol exchange on stderr, passwords and tokens masked.")
 @json_option
 @click.pass_obj
-def test_command(app: App, mailbox_id: int | None, email: str | None, provider: str | None, no_verify: bool,
-                 password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None, trace: bool,
-                 as_json: bool, **options: Any) -> None:
+def test_command(app: App, mailbox_id: int | None, email: str | None, provider: str | None, kind: str | None,
+                 no_verify: bool, password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None,
+                 trace: bool, as_json: bool, **options: Any) -> None:
     """Test a mailbox's IMAP and SMTP servers stage by stage: why it fails, and what to do.
 
     MAILBOX is a saved mailbox's ID: its stored password is used (--password-stdin tries another),
@@ -973,10 +1087,12 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     charset, dns, tcp, tls, greeting, ehlo, auth, send (only with --send-to). With starttls the tls
     stage comes after the greeting. SMTP is skipped when the mailbox has no SMTP server.
 
-    Office 365 mailboxes (saved ones) start each protocol with token (got as a scan gets it: from the
-    token cache, renewed, or app-only) and claims (its audience, permissions and user, decoded here and
-    compared with what the mailbox needs); then o365-client goes on with IMAP and SMTP using XOAUTH2,
-    and o365-scan with Graph's folders and folder stages. token and claims failures exit 16.
+    Office 365 mailboxes start each protocol with token (got as a scan gets it: from the token cache,
+    renewed, or app-only) and claims (its audience, permissions and user, decoded here and compared
+    with what the mailbox needs); then o365-client goes on with IMAP and SMTP using XOAUTH2, and
+    o365-scan with Graph's folders and folder stages. token and claims failures exit 16. To try one
+    before saving it, give --kind o365-scan or o365-client with --email: with delegated sign-in it
+    shows a code to sign in with first, and keeps the tokens in memory only.
 
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
@@ -988,6 +1104,7 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
       echo "$PASSWORD" | hanna-sync test --email ona@imone.lt --provider serveriai \\
           --imap-host imone.serveriai.lt --password-stdin --json
       hanna-sync test 3 --send-to me@example.com      # also sends a real test message
+      hanna-sync test --kind o365-client --email jonas@imone.lt   # Office 365, not saved yet
     """
     from hanna_sync import diagnose, mailboxes
     from hanna_sync.addresses import normalise_email
@@ -996,15 +1113,24 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
         raise InputError("--no-verify does not go with test: testing is all it does")
     if send_to and normalise_email(send_to) is None:
         raise InputError(f"--send-to '{send_to}' is not an email address")
-    if mailbox_id is None:
+    sign_in = None
+    if mailbox_id is None and kind not in (None, "imap"):
+        mailbox = o365_mailbox_from_options(None, email, provider, kind, password_stdin, options)
+        sign_in = app.sign_in.unsaved()  # its tokens are kept in memory only: testing saves nothing
+        password = None
+    elif mailbox_id is None:
         mailbox = mailbox_from_options(None, email, provider, options)
         password = read_password(password_stdin, f"Password for {mailbox.login_name}")
     else:
         if email or provider:
             raise InputError("--email and --provider are for a mailbox not saved yet: leave out MAILBOX to try one")
+        if kind:
+            raise InputError(f"--kind is for a mailbox not saved yet: mailbox {mailbox_id} keeps its own kind;"
+                             " leave out MAILBOX to try another")
         saved = app.store.mailbox(mailbox_id)
         mailbox = mailboxes.changed_mailbox(saved, settings_from(options))
         if saved.kind != "imap":
+            sign_in = app.sign_in
             if password_stdin:
                 raise InputError(f"mailbox {mailbox_id} is an Office 365 mailbox: it has no password, its tokens"
                                  " come from its Microsoft sign-in")
@@ -1020,6 +1146,14 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
         raise InputError("--send-to needs SMTP: an o365-scan mailbox is only read, through Microsoft Graph")
     if send_to and not mailbox.smtp_host:
         raise InputError("--send-to needs an SMTP server: give --smtp-host")
+    if mailbox_id is None and sign_in is not None and not sign_in.app_only:
+        from hanna_sync.errors import AuthError
+
+        try:
+            sign_in.sign_in(mailbox, show_sign_in)  # delegated: a token reads the mailbox of whoever signs in
+        except AuthError as exc:
+            exc.exit_code = ExitCode.AUTH  # test's code for a refused sign-in, as for a failed token stage
+            raise
 
     terminal = stdout_is_terminal() and not as_json
     # On a terminal a spinner shows progress while a silent server is waited for, and the table comes
@@ -1036,8 +1170,8 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     settings = diagnose.Options(timeout=timeout or app.timeout, insecure=insecure, send_to=send_to,
                                 trace=(lambda line: click.echo(line, err=True)) if trace else None, on_stage=show)
     with spinner or nullcontext():
-        if password is None:
-            report = diagnose.check_o365(mailbox, app.sign_in, settings)
+        if sign_in is not None:
+            report = diagnose.check_o365(mailbox, sign_in, settings)
         else:
             report = diagnose.check(mailbox, password, settings)
     if as_json:
@@ -1059,9 +1193,9 @@ def show_sign_in(message: str) -> None:
     click.echo("Waiting for the sign-in...", err=True)
 
 
-def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
-                     no_verify: bool, password_stdin: bool, as_json: bool, options: dict[str, Any]) -> None:
-    """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
+def o365_mailbox_from_options(user: str | None, email: str | None, provider: str | None, kind: str,
+                              password_stdin: bool, options: dict[str, Any]) -> Any:
+    """A new, unsaved Office 365 mailbox from add-mailbox's (or test's) options: no password, no provider."""
     from hanna_sync import mailboxes
 
     if password_stdin:
@@ -1072,7 +1206,15 @@ def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: st
         if not interactive():
             raise InputError("--email is required")
         email = click.prompt("Email")
-    mailbox = mailboxes.new_o365_mailbox(user or getpass.getuser(), email, kind, settings_from(options))
+    return mailboxes.new_o365_mailbox(user or getpass.getuser(), email, kind, settings_from(options))
+
+
+def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
+                     no_verify: bool, password_stdin: bool, as_json: bool, options: dict[str, Any]) -> None:
+    """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
+    from hanna_sync import mailboxes
+
+    mailbox = o365_mailbox_from_options(user, email, provider, kind, password_stdin, options)
     saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in)
     print_mailbox_saved("Added", saved, as_json)
     if no_verify and not app.sign_in.app_only:
@@ -1118,7 +1260,8 @@ def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: b
         return
     assert mailbox_id is not None
     mailbox = mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
-    click.echo(f"Mailbox {mailbox.id} ({mailbox.email}) is signed in; the next pass scans it.")
+    how = ": the app gets its tokens (app-only)" if app.sign_in.app_only else " is signed in"
+    click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
 
 
 @cli.command("setup-guide")
@@ -1153,15 +1296,24 @@ def demo(workdir: str | None) -> None:
     directory, and its Dovecot listens on 127.0.0.1 only and is gone when the demo ends. Needs
     Dovecot installed (apt-get install dovecot-imapd) and root, or a user Dovecot can run as.
     """
+    from hanna_sync import sample
     from hanna_sync.demo import run_demo
 
     result = run_demo(Path(workdir) if workdir else None)
     for name, imported in result.imported.items():
-        click.echo(f"Imported {name}: {imported.added} added ({result.workdir / (name + '.csv')}).")
+        if name in ("customers", "leads"):
+            click.echo(f"Imported {name}: {imported.added} added ({result.workdir / (name + '.csv')}).")
     table("Scan pass over the sample mailbox",
           ["Mailbox", "Email", "Folders", "New", "Archived", "Linked", "Skipped", "Errors"],
           [[m.mailbox_id, m.email, m.folders_checked, m.new, m.archived, m.linked, m.skipped,
             "; ".join(m.errors) or "-"] for m in result.scan.mailboxes])
+    if result.backfill is not None:
+        late = sample.LATE_CUSTOMER
+        click.echo(f"Then customer {late.id} ({late.name}, domain {late.domain}) was imported: "
+                   + (relink_line(result.relinked) if result.relinked else "relink left to the next pass."))
+        backfilled = sum(m.backfilled for m in result.backfill.mailboxes)
+        click.echo(f"The next pass fetched {backfilled} older letter(s) for it, and nothing else:"
+                   f" letters --customer {late.id} lists them.")
     rows = result.store.letters(customer="C-1001")
     table("Letters linked to customer C-1001 (UAB Ąžuolas)", ["ID", "Date (UTC)", "From", "Subject", "Linked by"],
           [[r["id"], r["date_utc"][:16].replace("T", " "), r["from_addr"], r["subject"],
@@ -1173,8 +1325,11 @@ The archive stays in {result.workdir}. Try:
   {hs} letters --lead L-2001
   {hs} show {rows[0]["id"] if rows else 1}
   {hs} export {rows[0]["id"] if rows else 1} -o letter.eml
+  {hs} letters --customer {sample.LATE_CUSTOMER.id}
+  {hs} search "lentų"
+  {hs} thread {rows[-1]["id"] if rows else 1}
   {hs} customers""")
-    if not result.scan.ok:
+    if not result.scan.ok or (result.backfill is not None and not result.backfill.ok):
         sys.exit(ExitCode.FAILURE)
 
 
@@ -1212,13 +1367,15 @@ SHORT_HELP = {
     "demo": "Run everything on built-in sample data.",
     "doctor": "Check the database and file permissions.",
     "edit-mailbox": "Change a mailbox's settings.",
-    "export": "Write a letter's original .eml.",
+    "export": "Write letters' originals as .eml files or an mbox.",
     "folders": "List a mailbox's server folders with counts.",
     "import": "Load customers or leads from CSV or JSON.",
     "leads": "List the leads and their contacts.",
     "letters": "List archived letters (a customer's card).",
     "list-mailboxes": "List mailboxes and their last outcome.",
     "login": "Sign an Office 365 mailbox in again.",
+    "purge": "Delete letters for good (privacy requests).",
+    "relink": "Redo links after a directory change; backfill.",
     "remove-mailbox": "Remove a mailbox (its letters stay).",
     "run": "Run one scan pass (what the timer runs).",
     "search": "Search the archive's letters by words.",

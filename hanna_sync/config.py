@@ -64,8 +64,23 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
+class LinkingConfig:
+    """Links beyond the five address rules, and letters kept out of them."""
+
+    thread_replies: bool = True  # a reply in a conversation linked to a customer is linked too (rule "thread")
+    automatic: bool = False  # link auto-replies, bulk and mailing-list letters (Auto-Submitted, Precedence, List-Id)
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long letters are kept. None keeps them forever: deleting mail is a decision for the admin."""
+
+    years: float | None = None  # letters dated more than this long ago are deleted by the next pass
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,9 @@ class Config:
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    linking: LinkingConfig = field(default_factory=LinkingConfig)
     o365: O365Config = field(default_factory=O365Config)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path | None = None  # the file it came from, None for built-in defaults
 
     @property
@@ -130,6 +147,10 @@ _SCHEMA: dict[str, Any] = {
     "network": {
         "timeout": ((int, float), "a number of seconds > 0"),
     },
+    "linking": {
+        "thread_replies": (bool, "true or false"),
+        "automatic": (bool, "true or false"),
+    },
     "o365": {
         "tenant_id": (str, "the directory (tenant) ID or domain of the Microsoft 365 organisation"),
         "client_id": (str, "the application (client) ID of your app registration"),
@@ -138,6 +159,9 @@ _SCHEMA: dict[str, Any] = {
         "certificate_thumbprint": (str, "the certificate's thumbprint (hex)"),
         "authority": (str, "an https:// URL"),
         "graph_url": (str, "an https:// URL"),
+    },
+    "retention": {
+        "years": ((int, float), "a number of years > 0"),
     },
 }
 
@@ -157,7 +181,7 @@ def _check(data: dict[str, Any], schema: dict[str, Any], where: Path, prefix: st
             continue
         types, description = expected
         # bool is an int in Python; a `concurrency = true` is still a mistake.
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) != (types is bool) or not isinstance(value, types):
             raise ConfigError(f"{where}: '{name}' must be {description}, not {value!r}")
 
 
@@ -193,7 +217,9 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         raise ConfigError(f"{where}: 'secrets.store' must be \"file\" or \"system\", not {secrets['store']!r}")
     scan = data.get("scan", {})
     network = data.get("network", {})
+    linking = data.get("linking", {})
     o365 = data.get("o365", {})
+    retention = data.get("retention", {})
     if o365.get("auth", "delegated") not in O365_AUTH_MODES:
         raise ConfigError(f"{where}: 'o365.auth' must be \"delegated\" or \"app\", not {o365['auth']!r}")
     for name in ("authority", "graph_url"):
@@ -205,6 +231,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ("secrets.timeout", secrets.get("timeout", 1)),
         ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
         ("network.timeout", network.get("timeout", 1)),
+        ("retention.years", retention.get("years", 1)),
     ):
         _positive(value, name, where)
     _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
@@ -234,6 +261,10 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             auth_backoff_minutes=float(scan.get("auth_backoff_minutes", ScanConfig.auth_backoff_minutes)),
         ),
         network=NetworkConfig(timeout=float(network.get("timeout", NetworkConfig.timeout))),
+        linking=LinkingConfig(
+            thread_replies=linking.get("thread_replies", LinkingConfig.thread_replies),
+            automatic=linking.get("automatic", LinkingConfig.automatic),
+        ),
         o365=O365Config(
             tenant_id=o365.get("tenant_id"),
             client_id=o365.get("client_id"),
@@ -243,6 +274,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             authority=o365.get("authority", O365Config.authority).rstrip("/"),
             graph_url=o365.get("graph_url", O365Config.graph_url).rstrip("/"),
         ),
+        retention=RetentionConfig(years=float(retention["years"]) if "years" in retention else None),
         source=where,
     )
 

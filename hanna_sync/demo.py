@@ -3,7 +3,9 @@
 A throwaway Dovecot on 127.0.0.1 gets a staff mailbox full of sample mail; a fresh database and
 secrets store in a new directory get the sample customers and leads (through the real CSV import) and
 the mailbox (through the real add-mailbox path, verified against the server); then one real pass runs.
-The database stays afterwards, so `letters`, `show` and `export` can be tried on it.
+Then a customer is added, as a CRM import would add one today: the import relinks and the next pass
+fetches that customer's older letter, skipped by the first pass. The database stays afterwards, so
+`letters`, `show`, `search`, `thread` and `export` can be tried on it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hanna_sync import mailboxes, sample
 from hanna_sync.config import load_config
 from hanna_sync.credentials import open_secret_store
 from hanna_sync.directory import ImportResult, import_entities
+from hanna_sync.relink import RelinkResult, relink_or_defer
 from hanna_sync.scan import PassResult, run_pass
 from hanna_sync.store import Entity, Store
 
@@ -29,6 +32,8 @@ class DemoResult:
     imported: dict[str, ImportResult]
     scan: PassResult
     store: Store
+    relinked: RelinkResult | None = None  # after the late customer's import
+    backfill: PassResult | None = None  # the pass that fetched its older letters
 
 
 def _write_csv(path: Path, entities: list[Entity], with_domain: bool) -> None:
@@ -73,6 +78,11 @@ def run_demo(workdir: Path | None = None) -> DemoResult:
         })
         mailboxes.add(store, secret_store, box, user.password, verify_first=True, timeout=config.network.timeout)
         result = run_pass(store, secret_store, config)
+        # A customer the CRM adds today: the import relinks, and the next pass fetches its older letter.
+        _write_csv(workdir / "late-customer.csv", [sample.LATE_CUSTOMER], with_domain=True)
+        imported["late customer"] = import_entities(store, "customer", workdir / "late-customer.csv")
+        relinked = relink_or_defer(store, config, secret_store)
+        backfill = run_pass(store, secret_store, config)
         # The sandbox server goes away with the demo; keep the mailbox from failing in later passes.
         store.update_mailbox(mailboxes.changed_mailbox(store.mailbox(box.id), {"scan_active": False}))
-    return DemoResult(workdir, config_path, imported, result, store)
+    return DemoResult(workdir, config_path, imported, result, store, relinked, backfill)

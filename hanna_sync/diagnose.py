@@ -35,10 +35,10 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from hanna_sync import imap, mailboxes, smtp
-from hanna_sync.errors import AuthError, ConfigError, ConnectError, ExitCode, HannaError, InputError, ReauthRequired
-from hanna_sync.graph import GraphClient, GraphError
+from hanna_sync.errors import AuthError, ConfigError, ConnectError, ExitCode, HannaError, InputError
+from hanna_sync.graph import GraphClient
 from hanna_sync.message import text_codec
-from hanna_sync.oauth import GRAPH, IMAP, SMTP, Resource, Token, TokenRefused, fix_for
+from hanna_sync.oauth import GRAPH, IMAP, SMTP, Resource, SignInLost, Token, TokenRefused
 from hanna_sync.providers import IMAP_PORTS, PROVIDERS, SMTP_PORTS
 from hanna_sync.store import Mailbox
 
@@ -1120,10 +1120,8 @@ class _TokenStages(_Run):
     def token(self) -> _Passed:
         try:
             token = self.sign_in.token(self.mailbox, self.resource)
-        except TokenRefused as exc:
+        except (TokenRefused, SignInLost) as exc:
             raise _StageFailed(exc.said, exc.fix) from None
-        except ReauthRequired as exc:
-            raise _StageFailed(str(exc), fix_for(str(exc)) or f"sign in: hanna-sync login {self.mailbox.id}") from None
         except ConfigError as exc:
             raise _StageFailed(str(exc), exit_code=ExitCode.USAGE) from None
         except AuthError as exc:
@@ -1145,6 +1143,17 @@ class _TokenStages(_Run):
             what, fix = problems[0]
             raise _StageFailed(f"{what}; the token holds: {claims.describe()}", fix)
         return _Passed(f"{claims.describe()} (decoded here, not verified)")
+
+    def lost_sign_in(self) -> str | None:
+        """Why the server refused a token that looked right, when it is a sign-in gone since (revoked: Exchange
+        refuses such a token at once, with the words it uses for a missing permission): a renewal says so."""
+        try:
+            self.sign_in.token(self.mailbox, self.resource, fresh=True)
+        except (SignInLost, TokenRefused) as exc:
+            return f"the token is no longer honoured: renewing it fails ({exc.said})" + (f"; {exc.fix}" if exc.fix else "")
+        except HannaError:
+            pass  # the identity platform unreachable: nothing learnt, the server's own words stand
+        return None
 
 
 class _OAuthImapRun(_TokenStages, _ImapRun):
@@ -1176,7 +1185,7 @@ class _OAuthImapRun(_TokenStages, _ImapRun):
         return b" ".join(lines)
 
     def auth_hint(self, text: str) -> str:
-        return _explain(text, self) or imap.XOAUTH2_HINT.format(login=self.mailbox.login_name)
+        return self.lost_sign_in() or _explain(text, self) or imap.XOAUTH2_HINT.format(login=self.mailbox.login_name)
 
 
 class _OAuthSmtpRun(_TokenStages, _SmtpRun):
@@ -1203,7 +1212,7 @@ class _OAuthSmtpRun(_TokenStages, _SmtpRun):
 
     def auth_hint(self, text: str) -> str:
         login = self.mailbox.login_name
-        return _explain(text, self) or (
+        return self.lost_sign_in() or _explain(text, self) or (
             "the token was refused: it needs SMTP.Send (delegated) or SMTP.SendAsApp with the Exchange service"
             f" principal (app-only), and Authenticated SMTP must be on: {_office365_smtp_auth(login)}"
         )
@@ -1241,7 +1250,7 @@ class _GraphRun(_TokenStages):
             else:
                 chosen = [graph.well_known("inbox").path, graph.well_known("sentitems").path]
                 how = "by default: Inbox and Sent Items"
-        except GraphError as exc:
+        except HannaError as exc:  # Graph's answer, or the renewed token a 401 asked for
             raise _StageFailed(str(exc), exit_code=ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT) from None
         by_path = {f.path.casefold(): f for f in listing}
         names = sorted(f.path for f in listing)

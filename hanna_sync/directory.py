@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from hanna_sync.addresses import normalise_domain, normalise_email
+from hanna_sync.config import Config
 from hanna_sync.errors import InputError
+from hanna_sync.match import Directory
 from hanna_sync.store import Contact, Entity, Store
 
 FORMATS = ("csv", "json")
@@ -210,3 +212,12 @@ def find_conflicts(store: Store) -> list[str]:
             if len(ids) > 1:
                 conflicts.append(f"domain {domain} is claimed by customers {', '.join(sorted(ids))}: it links to neither")
     return conflicts
+
+
+def build_directory(store: Store, config: Config) -> Directory:
+    """The directory as it is now, with every mailbox address counted as staff."""
+    boxes = store.mailboxes()
+    staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
+    return Directory.build(
+        store.entities("customer"), store.entities("lead"), staff, config.own_domains, config.free_mail_domains
+    )

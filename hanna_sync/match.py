@@ -10,14 +10,15 @@ own domains, or a domain two customers claim (that would be a guess).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hanna_sync.addresses import FREE_MAIL_DOMAINS, domain_of, is_listed, normalise_email, registrable_domain
 from hanna_sync.store import Entity
 
-# Rule names as stored in links.rule; the order is their strength.
-RULES = ("customer_email", "customer_contact", "lead_email", "lead_contact", "customer_domain")
+# Rule names as stored in links.rule; the order is their strength. "thread" is a link inherited from
+# the letters a reply answers (its address is the Message-ID it came through), never from an address.
+RULES = ("customer_email", "customer_contact", "lead_email", "lead_contact", "customer_domain", "thread")
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,24 @@ def match(
                 offer(Link("customer", next(iter(owners)), "customer_domain", address))
 
     return sorted(best.values(), key=lambda link: (RULES.index(link.rule), link.entity_type, link.entity_id))
+
+
+def inherited_links(
+    answers: Iterable[str],
+    linked: Mapping[str, Iterable[tuple[str, str]]],
+    own: Iterable[Link] = (),
+    sync_customers: bool = True,
+    sync_leads: bool = True,
+) -> list[Link]:
+    """The links a reply inherits from the letters it answers (`answers`: its In-Reply-To and
+    References; `linked`: Message-ID -> (entity type, entity id) of archived letters), for entities
+    its own addresses do not link it to already. A colleague's "Re: offer" to a colleague belongs on
+    the customer's card as much as the offer did."""
+    allowed = {t for t, on in (("customer", sync_customers), ("lead", sync_leads)) if on}
+    have = {(link.entity_type, link.entity_id) for link in own}
+    out: dict[tuple[str, str], Link] = {}
+    for message_id in answers:
+        for entity in linked.get(message_id, ()):
+            if entity[0] in allowed and entity not in have and entity not in out:
+                out[entity] = Link(entity[0], entity[1], "thread", message_id)
+    return sorted(out.values(), key=lambda link: (link.entity_type, link.entity_id))

@@ -65,6 +65,7 @@ __all__ = [
     "ParsedLetter",
     "parse_letter",
     "parse_headers_only",
+    "attachment_contents",
     "fingerprint",
     "MAX_MIME_DEPTH",
     "MAX_PARTS",
@@ -206,6 +207,51 @@ def address_tokens(raw_headers: bytes) -> list[str]:
         for token in _ADDRESS_TOKEN_RE.findall(field_match.group(1)):
             out.append(token.decode("utf-8", "replace"))
     return out
+
+
+_THREAD_FIELD_RE = re.compile(rb"(?im)^(?:in-reply-to|references)[ \t]*:((?:.*)(?:\r?\n[ \t].*)*)")
+_THREAD_ID_RE = re.compile(rb"<([^<>\s]{1,995})>")
+
+
+def thread_tokens(raw_headers: bytes) -> list[str]:
+    """The Message-IDs a letter answers (In-Reply-To and References), as `ParsedLetter` spells them.
+
+    The scan's cheap look at whether a letter continues an archived conversation, for every letter
+    looked at, without parsing it; ids written without brackets (rare robots) are not found here.
+    """
+    out: list[str] = []
+    for field_match in _THREAD_FIELD_RE.finditer(raw_headers[:MAX_HEADER_TEXT_BYTES * 8]):
+        for token in _THREAD_ID_RE.findall(field_match.group(1))[:MAX_REFERENCES]:
+            cleaned = _clean_id(token.decode("utf-8", "replace"))
+            if cleaned:
+                out.append(cleaned)
+    return out
+
+
+def is_automatic(letter: ParsedLetter) -> bool:
+    """Whether a program sent the letter rather than a person: an auto-reply or auto-generated
+    notice (Auto-Submitted other than "no", RFC 3834), bulk mail (Precedence bulk/list/junk), or a
+    mailing-list letter (List-Id, RFC 2919). Such letters are not correspondence with a customer."""
+    auto = (letter.auto_submitted or "").split(";")[0].strip()
+    return bool(auto and auto != "no") or letter.precedence in ("bulk", "list", "junk") or bool(letter.list_id)
+
+
+def attachment_contents(raw: bytes, fallback_charset: str | None = None) -> list[tuple[Attachment, bytes]]:
+    """Each attachment of a letter with its decoded bytes, in the order `parse_letter` lists them.
+
+    For `hanna-sync export --attachments`: the same MIME walk as `parse_letter` (same caps, never
+    raises), so the files written are exactly the attachments `show` lists. Base64 attachments (nearly
+    every file) come out byte for byte; like the body text, a 7bit/8bit part is read with LF line ends.
+    """
+    try:
+        data = _normalize_newlines(_to_bytes(raw))
+        headers, body_start = _parse_header_block(data, 0, len(data))
+        root = _build_tree(data, headers, body_start)
+        body_ids = {id(n) for n in _guard([], _choose_body, data, root, fallback_charset)}
+        return [(att, _guard(b"", _decode_transfer, data[node.start:node.end], node.cte))
+                for node, att in _attachment_nodes(data, root, fallback_charset, body_ids)]
+    except Exception:  # pragma: no cover - defence in depth, as in parse_letter
+        return []
 
 
 def fingerprint(raw: bytes) -> str:
@@ -1011,20 +1057,26 @@ def _body_and_attachments(
             texts.append(t)
             used += len(t) + 1
     body_text = "\n".join(texts)[:MAX_BODY_TEXT_CHARS]
+    return body_text, [att for _, att in _attachment_nodes(data, root, fallback, chosen_ids)]
 
-    attachments: list[Attachment] = []
+
+def _attachment_nodes(
+    data: bytes, root: _Node, fallback: str | None, body_ids: set[int]
+) -> list[tuple[_Node, Attachment]]:
+    """The leaves that are attachments (not part of the body text), in document order."""
+    out: list[tuple[_Node, Attachment]] = []
     stack = [root]
     while stack:
         node = stack.pop()
         if node.maintype == "multipart":
             stack.extend(reversed(node.children))
             continue
-        if id(node) in chosen_ids:
+        if id(node) in body_ids:
             continue
         att = _guard(None, _attachment, data, node, fallback)
         if att is not None:
-            attachments.append(att)
-    return body_text, attachments
+            out.append((node, att))
+    return out
 
 
 def _attachment(data: bytes, node: _Node, fallback: str | None) -> Attachment | None:

@@ -28,11 +28,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hanna_sync.errors import AuthError, ConfigError, ConnectError, InputError, ReauthRequired, SecretsError
 from hanna_sync.graph import network_reason
@@ -41,11 +41,13 @@ if TYPE_CHECKING:
     import msal
 
     from hanna_sync.config import Config, O365Config
-    from hanna_sync.credentials import SecretStore
     from hanna_sync.graph import GraphClient
     from hanna_sync.store import Mailbox
 
 log = logging.getLogger(__name__)
+# MSAL's HTTP session retries a failed connection once, and urllib3 logs a multi-line warning about it; the
+# one line `_talking` raises afterwards says what failed and where.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 CLIENT_SECRET_REF = "o365-client-secret"  # the app registration's secret, for auth = "app"
 APP_CACHE_REF = "o365-app-token-cache"  # MSAL's cache of app-only tokens, shared by every mailbox
@@ -88,6 +90,7 @@ _AADSTS_FIXES = {
         " admin center -> Enterprise applications -> the app -> Properties -> Enabled for users to sign-in"
     ),
     "700082": "the refresh token expired (unused for 90 days, or revoked): sign in again with 'hanna-sync login ID'",
+    "70008": "the refresh token expired (unused for too long): sign in again with 'hanna-sync login ID'",
     "65001": (
         "consent is missing: Microsoft Entra admin center -> App registrations -> the app -> API permissions"
         " -> Grant admin consent (the permissions 'hanna-sync setup-guide o365' lists)"
@@ -127,6 +130,15 @@ class TokenRefused(AuthError):
 
     def __init__(self, said: str, fix: str | None) -> None:
         super().__init__(f"{said}; {fix}" if fix else said)
+        self.said, self.fix = said, fix
+
+
+class SignInLost(ReauthRequired):
+    """The mailbox's sign-in no longer gets tokens; `fix` is what a person does (sign in again, or first
+    grant the consent the identity platform says is missing), kept apart for `hanna-sync test`'s fix line."""
+
+    def __init__(self, said: str, fix: str) -> None:
+        super().__init__(f"{said}; {fix}")
         self.said, self.fix = said, fix
 
 
@@ -249,15 +261,48 @@ def _locked(path: Path, timeout: float) -> Iterator[None]:
         os.close(fd)
 
 
-class MicrosoftSignIn:
-    """Tokens for Office 365 mailboxes: silent (from the cache, renewed when due), app-only, or a new sign-in."""
+class Secrets(Protocol):
+    """Where token caches and the client secret are kept: the secrets store (credentials.SecretStore)."""
 
-    def __init__(self, settings: O365Config, secrets: SecretStore, lock_path: Path, timeout: float) -> None:
+    def get(self, ref: str) -> str | None: ...
+
+    def set(self, ref: str, secret: str) -> None: ...
+
+
+class _KeptInMemory:
+    """Token caches of a mailbox that is not saved (`hanna-sync test --kind o365-...`): kept in memory and gone
+    when the command ends, so trying a mailbox leaves nothing behind. The app's client secret is read from
+    the real store."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self._secrets = secrets
+        self._kept: dict[str, str] = {}
+
+    def get(self, ref: str) -> str | None:
+        if ref in self._kept:
+            return self._kept[ref]
+        return self._secrets.get(ref) if ref == CLIENT_SECRET_REF else None
+
+    def set(self, ref: str, secret: str) -> None:
+        self._kept[ref] = secret
+
+
+class MicrosoftSignIn:
+    """Tokens for Office 365 mailboxes: silent (from the cache, renewed when due), app-only, or a new sign-in.
+
+    `lock_path` is None only for caches nobody else can see (`unsaved`): there is nothing to take turns on.
+    """
+
+    def __init__(self, settings: O365Config, secrets: Secrets, lock_path: Path | None, timeout: float) -> None:
         self.settings, self.secrets, self.lock_path, self.timeout = settings, secrets, lock_path, timeout
 
     @classmethod
-    def for_config(cls, config: Config, secrets: SecretStore) -> MicrosoftSignIn:
+    def for_config(cls, config: Config, secrets: Secrets) -> MicrosoftSignIn:
         return cls(config.o365, secrets, config.database.parent / LOCK_NAME, config.network.timeout)
+
+    def unsaved(self) -> MicrosoftSignIn:
+        """The same app registration, with token caches kept in memory: for a mailbox tried before it is saved."""
+        return MicrosoftSignIn(self.settings, _KeptInMemory(self.secrets), None, self.timeout)
 
     @property
     def app_only(self) -> bool:
@@ -301,23 +346,28 @@ class MicrosoftSignIn:
                            self.token_source(mailbox, GRAPH), self.timeout)
 
     def _user_token(self, mailbox: Mailbox, resource: Resource, fresh: bool) -> Token:
-        login_hint = f"'hanna-sync login {mailbox.id}'"
+        login = f"'hanna-sync login {mailbox.id if mailbox.id is not None else 'ID'}'"
+        sign_in_again = f"sign in again with {login}"
         with self._cache(mailbox.secret_ref) as cache:
             if not list(cache.search(cache.CredentialType.ACCOUNT)):  # known without asking the network
-                raise ReauthRequired(f"{mailbox.email} is not signed in to Microsoft 365: sign in with {login_hint}")
+                raise SignInLost(f"{mailbox.email} is not signed in to Microsoft 365", f"sign in with {login}")
             app = self._public_app(cache)
             accounts = app.get_accounts(username=mailbox.login_name) or app.get_accounts()
             result = app.acquire_token_silent_with_error([resource.delegated_scope], account=accounts[0],
                                                          force_refresh=fresh)
-        if result is None:
-            raise ReauthRequired(f"the Microsoft sign-in of {mailbox.email} has no refresh token left:"
-                                 f" sign in again with {login_hint}")
+        if result is None:  # e.g. signed in through another app registration (client_id changed since)
+            raise SignInLost(f"the Microsoft sign-in of {mailbox.email} holds no refresh token for {resource.name}"
+                             " (it was signed in with another client_id)", sign_in_again)
         if "access_token" in result:
             return Token(result["access_token"], resource, False, str(result.get("token_source", "cache")))
         text = _reply_text(result)
         if result.get("error") in _REAUTH_ERRORS:
-            raise ReauthRequired(f"the Microsoft sign-in of {mailbox.email} has expired or was revoked ({text});"
-                                 f" sign in again with {login_hint}")
+            # AADSTS65001 (consent withdrawn) comes as invalid_grant too: a sign-in alone would fail again.
+            fix = fix_for(text) or sign_in_again
+            if "hanna-sync login" not in fix:
+                fix += f"; then {sign_in_again}"
+            raise SignInLost(f"the Microsoft sign-in of {mailbox.email} no longer gets tokens ({text})",
+                             fix.replace("'hanna-sync login ID'", login))
         raise self._refused(text)
 
     def _app_token(self, resource: Resource, fresh: bool) -> Token:
@@ -364,7 +414,7 @@ class MicrosoftSignIn:
                 f"signed in as {user or 'an unknown account'}, but the mailbox is {mailbox.login_name}: sign in as"
                 f" {mailbox.login_name} (if {user} is this mailbox's sign-in name, give it with --username)"
             )
-        with _locked(self.lock_path, self._lock_timeout):
+        with self._lock():
             self.secrets.set(mailbox.secret_ref, cache.serialize())
         log.info("%s signed in to Microsoft 365", user)
         return user
@@ -385,16 +435,17 @@ class MicrosoftSignIn:
 
     # -- MSAL ---------------------------------------------------------------------------------------
 
-    @property
-    def _lock_timeout(self) -> float:
-        return 4 * self.timeout + 10  # a renewal takes one request; four scanner threads may queue
+    def _lock(self) -> AbstractContextManager[None]:
+        if self.lock_path is None:
+            return nullcontext()
+        return _locked(self.lock_path, 4 * self.timeout + 10)  # a renewal takes one request; 4 scanner threads may queue
 
     @contextmanager
     def _cache(self, ref: str, load: bool = True) -> Iterator[msal.SerializableTokenCache]:
         """MSAL's cache for `ref`, from the secrets store, saved back when MSAL changed it, all under the lock."""
         import msal
 
-        with _locked(self.lock_path, self._lock_timeout):
+        with self._lock():
             cache = msal.SerializableTokenCache()
             stored = self.secrets.get(ref) if load else None
             if stored:
@@ -414,6 +465,10 @@ class MicrosoftSignIn:
             raise ConnectError(f"cannot reach the Microsoft identity platform at {self.settings.authority}:"
                                f" {network_reason(exc)}") from None
         except ValueError as exc:  # MSAL: an authority that is not https://host/tenant, a bad openid configuration
+            if str(exc).startswith("Unable to get authority configuration"):  # its openid-configuration is not there
+                raise ConfigError(f"the identity platform at {self.settings.authority} does not know the tenant"
+                                  f" '{self.settings.tenant_id}': check [o365] tenant_id (the Directory (tenant) ID"
+                                  " on the app registration's Overview page)") from None
             raise ConfigError(f"[o365] authority {self.authority} is not usable: {exc}") from None
 
     def _public_app(self, cache: msal.SerializableTokenCache) -> msal.PublicClientApplication:

@@ -22,6 +22,9 @@ CUSTOMERS = [
     Entity("C-1002", "Baltic Freight Ltd", "office@balticfreight.co.uk", None, [Contact("anna@partners.eu", "Anna")]),
     Entity("C-1003", "Šviesa, MB", "sviesa@inbox.lt", None, []),
 ]
+# Imported by the demo after its first pass: the shop's "Akcija!" letter, skipped then, is fetched by
+# the next pass (a customer added today finds last month's letters).
+LATE_CUSTOMER = Entity("C-1004", "Parduotuvė, UAB", None, "shop.example", [])
 LEADS = [
     Entity("L-2001", "Naujas Klientas", "pirkimai@naujas.lt", None, [Contact("vadovas@naujas.lt", "Vadovas")]),
 ]

@@ -18,6 +18,7 @@ import imaplib
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -38,9 +39,15 @@ from hanna_sync.errors import AuthError, ExitCode, HannaError, ReauthRequired, S
 from hanna_sync.graph import (
     MAX_IN_FLIGHT, DeltaExpired, DeltaPage, Envelope, GraphClient, GraphFolder, MessageGone, Mime,
 )
-from hanna_sync.match import Directory, Link, match
-from hanna_sync.message import ParsedLetter, address_tokens, fingerprint, parse_headers_only, parse_letter
-from hanna_sync.store import FolderState, Mailbox, Store, utcnow
+from hanna_sync.backfill import SkipIndex, load_skip_index
+from hanna_sync.relink import after_pass
+from hanna_sync.directory import build_directory
+from hanna_sync.match import Directory, Link, inherited_links, match
+from hanna_sync.message import (
+    ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
+)
+from hanna_sync.retention import apply_retention, refused
+from hanna_sync.store import FolderState, Mailbox, Store, participants_of, utcnow
 from hanna_sync.uidset import UidSet
 
 if TYPE_CHECKING:
@@ -48,10 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The only header fields matching needs, fetched instead of whole letters (BODY.PEEK never sets \Seen):
-# the addresses, and the Message-ID that tells whether the letter is archived already. Everything else
-# comes from the whole letter, fetched for the matched ones only.
-MATCH_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC"
+# The only header fields a pass reads of every letter, instead of whole letters (BODY.PEEK never sets
+# \Seen): the addresses matching needs, the Message-ID that tells whether the letter is archived already,
+# the ids of the letters it answers (thread links), and what marks it as sent by a program. Everything
+# else comes from the whole letter, fetched for the matched ones only.
+HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
 SEARCH_WINDOW = 20_000  # UIDs per SEARCH: keeps a response line far below imaplib's 1 MB cap
 MAX_BACKOFF = timedelta(days=1)
 BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
@@ -98,6 +106,7 @@ class MailboxResult:
     skipped: int = 0  # letters concerning no customer or lead: counted, not stored
     remapped: int = 0  # letters found again under a new UIDVALIDITY
     gaps: int = 0  # letters the gap check found never looked at (and then read)
+    backfilled: int = 0  # letters skipped earlier, archived now that the directory concerns them
     errors: list[str] = field(default_factory=list)
     failure_kind: str | None = None
     budget_exhausted: bool = False  # stopped early; the next pass goes on from here
@@ -117,7 +126,7 @@ class MailboxResult:
         data = {
             "id": self.mailbox_id, "email": self.email, "ok": self.ok, "folders_checked": self.folders_checked,
             "new": self.new, "archived": self.archived, "linked": self.linked, "skipped": self.skipped,
-            "remapped": self.remapped, "gaps": self.gaps, "errors": self.errors,
+            "remapped": self.remapped, "gaps": self.gaps, "backfilled": self.backfilled, "errors": self.errors,
             "budget_exhausted": self.budget_exhausted, "backing_off_until": self.backing_off_until,
             "seconds": round(self.seconds, 3),
         }
@@ -131,6 +140,7 @@ class PassResult:
     mailboxes: list[MailboxResult]
     dry_run: bool = False
     seconds: float = 0.0
+    purged_by_retention: int = 0  # letters older than retention.years deleted at the end of the pass
 
     @property
     def ok(self) -> bool:
@@ -151,29 +161,37 @@ class PassResult:
         return (
             f"pass {'ok' if self.ok else 'failed'}: mailboxes {ok} ok, {failed} failed, {backing_off} backing off;"
             f" letters {total('new')} new, {total('archived')} archived, {total('linked')} linked,"
-            f" {total('skipped')} skipped, {total('gaps')} gaps;"
+            f" {total('skipped')} skipped, {total('gaps')} gaps, {total('backfilled')} backfilled;"
+            + (f" {self.purged_by_retention} deleted by retention;" if self.purged_by_retention else "") +
             f" {'time budget spent, continuing next pass' if self.budget_exhausted else 'complete'};"
             f" {self.seconds:.1f} s"
         )
 
 
-def build_directory(store: Store, config: Config) -> Directory:
-    """The directory as it is now, with every mailbox address counted as staff."""
-    boxes = store.mailboxes()
-    staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
-    return Directory.build(
-        store.entities("customer"), store.entities("lead"), staff, config.own_domains, config.free_mail_domains
-    )
-
-
 class LazyDirectory:
     """The directory, built when the first folder with new letters needs it: a pass over unchanged
-    mailboxes never pays for reading the CRM tables and loading the Public Suffix List."""
+    mailboxes never pays for reading the CRM tables and loading the Public Suffix List. With it, the
+    skip index that records the letters it did not match (see backfill.py)."""
 
-    def __init__(self, store: Store, config: Config) -> None:
-        self.store, self.config = store, config
+    def __init__(self, store: Store, config: Config, secrets: SecretStore | None = None) -> None:
+        self.store, self.config, self.secrets = store, config, secrets
         self._directory: Directory | None = None
+        self._index: SkipIndex | None = None
+        self._index_failed = False
         self._lock = threading.Lock()
+
+    def skip_index(self) -> SkipIndex | None:
+        """None when the secrets store cannot give its key: skipped letters then go unrecorded (said once)."""
+        directory = self.get()
+        with self._lock:
+            if self._index is None and not self._index_failed and self.secrets is not None:
+                try:
+                    self._index = load_skip_index(self.secrets, directory)
+                except SecretsError as exc:
+                    self._index_failed = True
+                    log.warning("skipped letters are not recorded this pass (%s): a customer added later will"
+                                " not find them", exc)
+            return self._index
 
     def get(self) -> Directory:
         with self._lock:
@@ -222,7 +240,7 @@ def _run_pass(
         active = [m for m in store.mailboxes() if m.scan_active]
         boxes = [m for m in active if backoff_until(m, now) is None]
         waiting = [_backing_off(m, now) for m in active if backoff_until(m, now) is not None]
-    directory = LazyDirectory(store, config)
+    directory = LazyDirectory(store, config, None if dry_run else secrets)
     run_id = None if dry_run else store.start_run()
     deadline = started + config.scan.time_budget_minutes * 60
 
@@ -237,7 +255,14 @@ def _run_pass(
 
     with ThreadPoolExecutor(max_workers=max(1, min(config.scan.concurrency, len(boxes)))) as pool:
         results = list(pool.map(one, boxes))
+    if not dry_run:
+        try:
+            after_pass(store, config, secrets, directory.get, directory.skip_index)
+        except (HannaError, sqlite3.Error) as exc:  # bookkeeping for the next pass: never fails this one
+            log.warning("backfill bookkeeping failed (%s); the next pass tries again", exc)
     outcome = PassResult(sorted(results + waiting, key=lambda r: r.mailbox_id), dry_run, time.monotonic() - started)
+    if not dry_run:  # never fails the pass: see apply_retention
+        outcome.purged_by_retention = len(apply_retention(store, config).letters)
     if run_id is not None:
         store.finish_run(run_id, "ok" if outcome.ok else "failed", [r.as_dict() for r in outcome.mailboxes],
                          outcome.budget_exhausted)
@@ -354,6 +379,10 @@ class FolderScanner:
         self.deadline = deadline
         self.condstore = b"CONDSTORE" in client.capabilities()
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
+        assert mailbox.id is not None
+        with store.transaction():
+            # Skipped letters a directory change made worth a look (see backfill.py): folder -> UIDVALIDITY -> UIDs.
+            self.wanted = store.wanted_skipped(mailbox.id)
 
     def scan(self, folder: str) -> None:
         assert self.mailbox.id is not None
@@ -375,7 +404,9 @@ class FolderScanner:
         messages = int(status[b"MESSAGES"])
         gap_check_due = self._gap_check_due(state)
         expunged = self._expunged(state, uidvalidity, uidnext, messages)
-        if state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due and not expunged:
+        wanted = self.wanted.get(folder, {}).get(uidvalidity, [])
+        if (state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due and not expunged
+                and not wanted):
             log.debug("%s: unchanged", folder)
             return
         self.remapping = state.uidvalidity is not None and state.uidvalidity != uidvalidity
@@ -385,6 +416,7 @@ class FolderScanner:
             if not self.dry_run:
                 with self.store.transaction():
                     self.store.mark_locations_gone(self.mailbox.id, folder, state.uidvalidity)
+                    self.store.forget_skipped_folder(self.mailbox.id, folder, keep_uidvalidity=uidvalidity)
             state = FolderState(self.mailbox.id, folder)
         state.uidvalidity = uidvalidity
         state.server_uidnext = uidnext
@@ -398,6 +430,7 @@ class FolderScanner:
             if not self.dry_run:
                 with self.store.transaction():
                     gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
+                    self.store.prune_skipped(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
                 if gone:
                     log.info("%s: %d archived letters were expunged on the server: the archive keeps them,"
                              " their locations are marked gone", folder, gone)
@@ -425,6 +458,10 @@ class FolderScanner:
         if not self.dry_run:
             with self.store.transaction():
                 self.store.save_folder_state(state)
+        if wanted and not self.remapping:
+            log.info("%s: looking again at %d skipped letters the directory now concerns", folder, len(wanted))
+            if not self._process(folder, state, seen, wanted, moves_high_water=False, backfill=True):
+                return
         if self.remapping:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
@@ -444,7 +481,10 @@ class FolderScanner:
             return False
         return datetime.fromisoformat(state.gap_checked_at) < datetime.now(timezone.utc) - timedelta(hours=hours)
 
-    def _process(self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool) -> bool:
+    def _process(
+        self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool,
+        backfill: bool = False,
+    ) -> bool:
         """Run the UIDs through batches; False when the time budget ran out first."""
         batch_size = self.config.scan.batch_size
         for start in range(0, len(uids), batch_size):
@@ -452,7 +492,7 @@ class FolderScanner:
                 self.result.budget_exhausted = True
                 return False
             batch = uids[start : start + batch_size]
-            self._batch(folder, state, seen, batch, moves_high_water)
+            self._batch(folder, state, seen, batch, moves_high_water, backfill)
             if self.progress:
                 self.progress(f"{self.mailbox.email} {folder}", start + len(batch), len(uids))
         return True
@@ -471,27 +511,24 @@ class FolderScanner:
             low = top + 1
         return sorted(set(uids))
 
-    def _batch(self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool) -> None:
-        charset = self.mailbox.imap_charset
-        directory = self.directory.get()
-        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
-        fetched = imap.fetch_header_fields(self.client, uids, MATCH_FIELDS)
+    def _batch(
+        self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool, backfill: bool,
+    ) -> None:
+        """One batch: headers, matching, bodies of the matched, and one transaction.
+
+        A backfill batch looks again at letters skipped earlier that a directory change made worth it:
+        the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
+        those the server no longer has leave it too.
+        """
+        fetched = imap.fetch_header_fields(self.client, uids, HEADER_FIELDS)
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
-        candidates: list[Candidate] = []
-        for uid in looked_at:
-            size, raw_headers = fetched[uid]
-            # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
-            if not match(address_tokens(raw_headers), directory, *flags):
-                continue
-            headers = parse_headers_only(raw_headers, charset)
-            links = match(participants(headers), directory, *flags)
-            if links:
-                identity = f"mid:{headers.message_id}" if headers.message_id else None
-                candidates.append(Candidate(uid, headers, links, size, identity))
-        skipped = len(looked_at) - len(candidates)
-        self.result.new += len(looked_at)
-        self.result.skipped += skipped
+        candidates = self._candidates({uid: fetched[uid] for uid in looked_at})
+        matched = {c.uid for c in candidates}
+        skipped = [uid for uid in looked_at if uid not in matched]
+        if not backfill:
+            self.result.new += len(looked_at)
+            self.result.skipped += len(skipped)
 
         if self.dry_run:
             subjects = self._subjects([c.uid for c in candidates])
@@ -509,6 +546,8 @@ class FolderScanner:
         bodies = self._fetch_bodies(need)
         # Letters expunged between the two FETCHes are left out: nothing is known of them but headers.
         candidates = [c for c in candidates if c.identity in known or c.uid in bodies]
+        index = self.directory.skip_index()
+        skipped_keys = {uid: index.letter_keys(fetched[uid][1]) for uid in skipped} if index else {}
 
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
@@ -517,6 +556,10 @@ class FolderScanner:
                 letter_id = known.get(c.identity)
                 if letter_id is None:
                     parsed, raw = bodies[c.uid]
+                    if refused(self.store, self.config, c.identity, parsed):  # purged, or older than retention
+                        self.result.skipped += 1
+                        state.skipped += 1
+                        continue
                     letter_id, created = self.store.archive_letter(c.identity, parsed, raw, c.size or len(raw))
                     known[c.identity] = letter_id
                     self.result.archived += int(created)
@@ -525,13 +568,72 @@ class FolderScanner:
                 self.store.add_location(letter_id, self.mailbox.id, folder, state.uidvalidity, c.uid)
                 self.store.add_links(letter_id, c.links)
                 self.result.linked += 1
+                self.result.backfilled += int(backfill)
+            self.store.record_skipped(self.mailbox.id, folder, state.uidvalidity, skipped_keys)
+            if backfill:
+                done = [c.uid for c in candidates] + [uid for uid in uids if uid not in skipped_keys]
+                self.store.forget_skipped(self.mailbox.id, folder, state.uidvalidity, done)
+            else:
+                state.skipped += len(skipped)
             # A UID the server did not return stays out of `seen`: the gap check finds it if it still exists.
             seen.add(looked_at)
             state.seen_uids = str(seen)
-            state.skipped += skipped
             if moves_high_water:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
+
+    def _candidates(self, fetched: dict[int, tuple[int, bytes]]) -> list[Candidate]:
+        """The letters of a batch that concern the directory, with their links: by their own addresses,
+        and (linking.thread_replies) inherited from the linked letters they answer, archived already or
+        in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
+        charset = self.mailbox.imap_charset
+        directory = self.directory.get()
+        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        parsed: dict[int, ParsedLetter] = {}
+
+        def headers(uid: int) -> ParsedLetter:
+            if uid not in parsed:
+                parsed[uid] = parse_headers_only(fetched[uid][1], charset)
+            return parsed[uid]
+
+        def may_link(uid: int) -> bool:
+            return self.config.linking.automatic or not is_automatic(headers(uid))
+
+        links: dict[int, list[Link]] = {}
+        for uid, (_, raw_headers) in fetched.items():
+            # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
+            if match(address_tokens(raw_headers), directory, *flags):
+                found = match(participants_of(headers(uid)), directory, *flags)
+                if found and may_link(uid):
+                    links[uid] = found
+
+        answers = {uid: ids for uid, (_, raw) in fetched.items() if (ids := thread_tokens(raw))}
+        if self.config.linking.thread_replies and answers:
+            with self.store.transaction():
+                linked = self.store.thread_links([i for ids in answers.values() for i in ids])
+
+            def publish(uid: int) -> None:  # a letter of this batch that others in it may answer
+                message_id = headers(uid).message_id
+                if message_id:
+                    linked.setdefault(message_id, []).extend((l.entity_type, l.entity_id) for l in links[uid])
+
+            for uid in list(links):
+                publish(uid)
+            grew = True
+            while grew:  # until no reply inherits more: a chain of replies within one batch
+                grew = False
+                for uid, ids in answers.items():
+                    extra = inherited_links(ids, linked, links.get(uid, ()), *flags)
+                    if extra and (uid in links or may_link(uid)):
+                        links[uid] = links.get(uid, []) + extra
+                        publish(uid)
+                        grew = True
+
+        candidates = []
+        for uid in sorted(links):
+            identity = f"mid:{headers(uid).message_id}" if headers(uid).message_id else None
+            candidates.append(Candidate(uid, headers(uid), links[uid], fetched[uid][0], identity))
+        return candidates
 
     def _subjects(self, uids: list[int]) -> dict[int, str]:
         """Subjects for --dry-run's list (a real pass reads them from the whole letter)."""
@@ -566,12 +668,6 @@ class FolderScanner:
         return out
 
 
-def participants(letter: ParsedLetter) -> list[str]:
-    """Every address on the letter that may tie it to a customer or lead."""
-    groups = (letter.from_, letter.sender, letter.reply_to, letter.to, letter.cc, letter.bcc)
-    return [a.email for group in groups for a in group if a.email]
-
-
 # -- Office 365 ---------------------------------------------------------------------------------------
 
 @contextmanager
@@ -588,13 +684,26 @@ def open_scanner(
         with imap.session(mailbox, password, config.network.timeout) as client:
             yield FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
         return
-    from hanna_sync.oauth import IMAP, MicrosoftSignIn
+    from hanna_sync.oauth import IMAP, MicrosoftSignIn, TokenRefused
 
     sign_in = MicrosoftSignIn.for_config(config, secrets)
     if mailbox.kind == "o365-client":
-        with imap.oauth_session(mailbox, sign_in.token_source(mailbox, IMAP), config.network.timeout) as renewing:
+        token = sign_in.token_source(mailbox, IMAP)
+        try:
+            renewing = imap.TokenRenewingClient(mailbox, token, config.network.timeout)
+        except (ReauthRequired, TokenRefused):
+            raise
+        except AuthError:
+            # Exchange refuses a token it no longer honours (the sign-in revoked: continuous access evaluation
+            # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission.
+            # Renewing tells them apart: a lost sign-in says so (needs re-authorisation), a permission fails again.
+            sign_in.token(mailbox, IMAP, fresh=True)
+            renewing = imap.TokenRenewingClient(mailbox, token, config.network.timeout)
+        try:
             client = cast(IMAPClient, renewing)  # passes every IMAPClient method through
             yield FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
+        finally:
+            renewing.end()
         return
     graph = sign_in.graph(mailbox)
     try:
@@ -622,7 +731,15 @@ class GraphScanner:
     the folder, and the link to go on from, all in one transaction, so a kill loses nothing and doubles
     nothing. A delta token Graph has forgotten (410) means reading the folder again; letters archived
     already are recognised by Message-ID and locations by Graph's immutable id, so nothing is stored twice.
+
+    A round read from the start reports what is in the folder, never what left it: so it remembers, with its
+    pages, which of the folder's locations it returned (their uids, in the folder state's `seen_uids`, which
+    IMAP alone uses otherwise; the uid 0, never a location's, says such a round is under way), and when it
+    reaches its deltaLink the live locations it did not return are marked gone. That is how the @removed of
+    a window whose delta token was lost (410) still arrive; a kill mid-round keeps the set with its pages.
     """
+
+    FROM_START = "0"  # `seen_uids` of a round that began from the start and has returned no location yet
 
     def __init__(
         self, store: Store, config: Config, mailbox: Mailbox, directory: LazyDirectory, graph: GraphClient,
@@ -658,6 +775,7 @@ class GraphScanner:
         while True:
             if link is None:
                 state.messages = 0  # a round from the start: counts what it has looked at, for `status`
+                state.seen_uids = self.FROM_START
             if time.monotonic() > self.deadline:
                 self.result.budget_exhausted = True
                 return
@@ -714,6 +832,10 @@ class GraphScanner:
                 letter_id = known.get(c.identity)
                 if letter_id is None:
                     parsed, mime = originals[c.envelope.id]
+                    if refused(self.store, self.config, c.identity, parsed):  # purged, or older than retention
+                        self.result.skipped += 1
+                        state.skipped += 1
+                        continue
                     letter_id, created = self.store.archive_letter(c.identity, parsed, mime.raw, mime.size)
                     known[c.identity] = letter_id
                     self.result.archived += int(created)
@@ -721,6 +843,17 @@ class GraphScanner:
                 self.store.add_links(letter_id, c.links)
                 self.result.linked += 1
             self.store.mark_graph_locations_gone(self.mailbox.id, path, removed)
+            returned = UidSet.parse(state.seen_uids)
+            if 0 in returned:  # a round from the start: its @removed are missing, so what it returned counts
+                returned.add(self.store.graph_location_uids(self.mailbox.id, path, [e.id for e in present]))
+                if page.delta_link:
+                    gone = returned.missing(self.store.graph_location_uids(self.mailbox.id, path))
+                    self.store.mark_graph_uids_gone(self.mailbox.id, path, gone)
+                    if gone:
+                        log.warning("%s: %d archived letters are no longer in the folder (the full read did not"
+                                    " return them): their locations are marked gone", path, len(gone))
+                    returned = UidSet()
+                state.seen_uids = str(returned)
             state.skipped += skipped
             self.store.save_folder_state(state)
 

@@ -46,6 +46,7 @@ class MailboxHealth:
     skipped_total: int
     folders_behind: int
     backfill_percent: float | None
+    wanted: int = 0  # skipped letters a directory change made worth fetching: the next pass reads them
     folders: list[FolderHealth] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,6 +129,9 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         state, detail, alert = "ok", "up to date", False
     if state in ("ok", "backfilling") and any(f.gap_found for f in folders):
         detail += f"; the last gap check found {sum(f.gap_found for f in folders)} letter(s) never looked at (now read)"
+    wanted = sum(len(uids) for by_validity in store.wanted_skipped(mailbox.id).values() for uids in by_validity.values())
+    if wanted:
+        detail += f"; {wanted} older letter(s) the directory now concerns are fetched by the next pass"
 
     return MailboxHealth(
         id=mailbox.id, user=mailbox.user, email=mailbox.email, state=state, detail=detail, alert=alert,
@@ -135,7 +139,7 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         last_error=mailbox.last_error, failing_since=mailbox.failing_since, retry_after=mailbox.retry_after,
         archived_today=counts["since"], archived_total=counts["total"],
         skipped_total=sum(f.skipped for f in folders), folders_behind=len(behind), backfill_percent=percent,
-        folders=folders,
+        wanted=wanted, folders=folders,
     )
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 
 from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
+from hanna_sync.message import is_automatic
 
 if TYPE_CHECKING:
     from hanna_sync.match import Link
@@ -245,6 +246,10 @@ _THREAD_IDS_OF_NEW = """
         UNION SELECT new.id, new.in_reply_to WHERE new.in_reply_to IS NOT NULL
         UNION SELECT new.id, value FROM json_each(new."references");
 """
+# From m008 on, also Graph's conversation (a name no Message-ID can have: it has no "@").
+_THREAD_IDS_WITH_CONVERSATION = _THREAD_IDS_OF_NEW.rstrip().rstrip(";") + """
+        UNION SELECT new.id, 'conversation:' || new.conversation_id WHERE new.conversation_id IS NOT NULL;
+"""
 
 
 @migrations()
@@ -294,6 +299,94 @@ def m006_search_and_threads(db: sqlite_utils.Database) -> None:
             UNION SELECT l.id, r.value FROM letters l, json_each(l."references") r;
         """
     )
+
+
+@migrations()
+def m007_purged(db: sqlite_utils.Database) -> None:
+    """Tombstones of purged letters, so that no later pass archives them again (see Store.purged).
+
+    Only a hash of the letter's identity is kept, never its Message-ID or anything else of it: the table
+    can tell whether a letter one already holds was purged, not what was purged.
+    """
+    db.execute(
+        "CREATE TABLE purged_letters (identity_hash TEXT PRIMARY KEY, purged_at TEXT NOT NULL) WITHOUT ROWID"
+    )
+
+
+@migrations()
+def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
+    """What relinking and backfilling need.
+
+    `letters.participants` (every address on the letter, Bcc and Reply-To too) and `letters.automatic`
+    let `relink` re-evaluate links without reading the original bytes again. `skipped_letters` is where
+    letters that concerned nobody are on the server; `skipped_keys` holds, per skipped letter, keyed
+    hashes (never the addresses themselves) of its addresses, their domains and the Message-IDs it
+    answers, so a customer added later finds its older letters without re-reading any mailbox.
+    `backfill_keys` is the directory the skipped letters were last checked against; `archive_state`
+    holds small named values (e.g. how far thread backfill has looked). `letters.conversation_id` is
+    Graph's conversationId: letters of one Outlook conversation join one thread even without
+    In-Reply-To or References (it enters `letter_thread_ids` as "conversation:<id>").
+    """
+    from hanna_sync.message import parse_headers_only
+
+    db.executescript(
+        f"""
+        ALTER TABLE letters ADD COLUMN participants TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE letters ADD COLUMN automatic INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE letters ADD COLUMN conversation_id TEXT;
+        CREATE INDEX letters_conversation ON letters(conversation_id) WHERE conversation_id IS NOT NULL;
+        DROP TRIGGER letter_thread_ids_insert;
+        CREATE TRIGGER letter_thread_ids_insert AFTER INSERT ON letters BEGIN {_THREAD_IDS_WITH_CONVERSATION} END;
+        DROP TRIGGER letter_thread_ids_update;
+        CREATE TRIGGER letter_thread_ids_update
+            AFTER UPDATE OF message_id, in_reply_to, "references", conversation_id ON letters BEGIN
+            DELETE FROM letter_thread_ids WHERE letter_id = old.id;
+            {_THREAD_IDS_WITH_CONVERSATION}
+        END;
+        CREATE TABLE skipped_letters (
+            id INTEGER PRIMARY KEY,
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+            folder TEXT NOT NULL,
+            uidvalidity INTEGER NOT NULL,
+            uid INTEGER,
+            graph_id TEXT,
+            wanted_since TEXT
+        );
+        CREATE UNIQUE INDEX skipped_letters_uid ON skipped_letters(mailbox_id, folder, uidvalidity, uid)
+            WHERE uid IS NOT NULL;
+        CREATE UNIQUE INDEX skipped_letters_graph ON skipped_letters(mailbox_id, folder, graph_id)
+            WHERE graph_id IS NOT NULL;
+        CREATE INDEX skipped_letters_wanted ON skipped_letters(mailbox_id, folder) WHERE wanted_since IS NOT NULL;
+        CREATE TABLE skipped_keys (
+            key INTEGER NOT NULL,
+            skipped_id INTEGER NOT NULL,
+            PRIMARY KEY (key, skipped_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE backfill_keys (key INTEGER PRIMARY KEY);
+        CREATE TABLE archive_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """
+    )
+    last = 0
+    while True:  # in chunks, reading only the start of each original: the header block
+        rows = db.execute(
+            "SELECT letter_id, substr(raw, 1, 262144) FROM letter_sources WHERE letter_id > ? ORDER BY letter_id"
+            " LIMIT 500", [last],
+        ).fetchall()
+        if not rows:
+            break
+        for letter_id, head in rows:
+            parsed = parse_headers_only(bytes(head))
+            db.execute(
+                "UPDATE letters SET participants = ?, automatic = ? WHERE id = ?",
+                [json.dumps(participants_of(parsed), ensure_ascii=False), int(is_automatic(parsed)), letter_id],
+            )
+        last = rows[-1][0]
+
+
+def participants_of(letter: ParsedLetter) -> list[str]:
+    """Every address on the letter that may tie it to a customer or lead, lower-cased, each once."""
+    groups = (letter.from_, letter.sender, letter.reply_to, letter.to, letter.cc, letter.bcc)
+    return list(dict.fromkeys(a.email.lower() for group in groups for a in group if a.email))
 
 
 def fts_query(text: str) -> str:
@@ -854,8 +947,11 @@ class Store:
                 found[identity] = letter_id
         return found
 
-    def archive_letter(self, identity: str, letter: ParsedLetter, raw: bytes, size: int) -> tuple[int, bool]:
-        """Store a letter once (by identity) with its original bytes; returns its id and whether it is new."""
+    def archive_letter(
+        self, identity: str, letter: ParsedLetter, raw: bytes, size: int, conversation_id: str | None = None
+    ) -> tuple[int, bool]:
+        """Store a letter once (by identity) with its original bytes; returns its id and whether it is new.
+        `conversation_id`: Graph's, for letters read through Graph."""
         existing = self.letter_ids([identity])
         if existing:
             return existing[identity], False
@@ -876,6 +972,9 @@ class Store:
             "size": size,
             "body_skipped": int(letter.body_skipped),
             "archived_at": utcnow(),
+            "participants": json.dumps(participants_of(letter), ensure_ascii=False),
+            "automatic": int(is_automatic(letter)),
+            "conversation_id": conversation_id,
         }
         # Plain INSERTs: this runs once per archived letter, and sqlite-utils' generic insert (schema
         # look-ups, its own transaction) cost more than the write itself.
@@ -1064,6 +1163,294 @@ class Store:
         self.letter(letter_id)
         return bytes(self.db.execute("SELECT raw FROM letter_sources WHERE letter_id = ?", [letter_id]).fetchone()[0])
 
+    # -- relinking and backfill -----------------------------------------------------------------
+
+    def thread_links(self, message_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """The entities each of these archived letters (by Message-ID) is linked to: what a reply inherits."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        unique = list(dict.fromkeys(message_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            for message_id, entity_type, entity_id in self.db.execute(
+                "SELECT DISTINCT l.message_id, k.entity_type, k.entity_id FROM letters l JOIN links k ON k.letter_id = l.id"
+                f" WHERE l.message_id IN ({','.join('?' * len(chunk))})", chunk,
+            ).fetchall():
+                found.setdefault(message_id, []).append((entity_type, entity_id))
+        return found
+
+    def record_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, letters: dict[int, set[int]]) -> None:
+        """Where letters that concerned nobody are (uid -> their keyed hashes), for a later backfill.
+
+        A letter recorded again (looked at once more by a backfill, still concerning nobody) is no
+        longer wanted; its keys are the same. Three statements per batch, whatever its size: this
+        runs for nine letters in ten.
+        """
+        if not letters:
+            return
+        self.db.conn.executemany(
+            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, uid) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (mailbox_id, folder, uidvalidity, uid) WHERE uid IS NOT NULL DO UPDATE SET wanted_since = NULL",
+            [(mailbox_id, folder, uidvalidity, uid) for uid in letters],
+        )
+        ids = dict(self.db.execute(
+            "SELECT uid, id FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+            " AND uid BETWEEN ? AND ?", [mailbox_id, folder, uidvalidity, min(letters), max(letters)],
+        ).fetchall())
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
+            sorted((key, ids[uid]) for uid, keys in letters.items() for key in keys),
+        )
+
+    def forget_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, uids: list[int]) -> None:
+        """Skipped letters that are archived now, or no longer on the server. Their keys are left to
+        `drop_orphan_keys`: deleting them here would need a second index on a table written per letter."""
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            self.db.execute(
+                "DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+                f" AND uid IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, uidvalidity, *chunk],
+            )
+
+    def forget_skipped_folder(self, mailbox_id: int, folder: str, keep_uidvalidity: int | None = None) -> None:
+        """Skipped letters of a folder whose UIDVALIDITY changed: their UIDs no longer name anything."""
+        self.db.execute(
+            "DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity IS NOT ?",
+            [mailbox_id, folder, keep_uidvalidity],
+        )
+
+    def prune_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], up_to: int) -> int:
+        """Skipped letters (UID at most `up_to`) the server no longer has, found by the gap check."""
+        on_server = set(present)
+        gone = [uid for (uid,) in self.db.execute(
+            "SELECT uid FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ? AND uid <= ?",
+            [mailbox_id, folder, uidvalidity, up_to],
+        ).fetchall() if uid not in on_server]
+        self.forget_skipped(mailbox_id, folder, uidvalidity, gone)
+        return len(gone)
+
+    def wanted_skipped(self, mailbox_id: int) -> dict[str, dict[int, list[int]]]:
+        """Skipped letters a backfill wants looked at again: folder -> UIDVALIDITY -> UIDs."""
+        wanted: dict[str, dict[int, list[int]]] = {}
+        for folder, uidvalidity, uid in self.db.execute(
+            "SELECT folder, uidvalidity, uid FROM skipped_letters WHERE mailbox_id = ? AND wanted_since IS NOT NULL"
+            " AND uid IS NOT NULL ORDER BY folder, uid", [mailbox_id],
+        ).fetchall():
+            wanted.setdefault(folder, {}).setdefault(uidvalidity, []).append(uid)
+        return wanted
+
+    def mark_wanted(self, keys: set[int]) -> int:
+        """Skipped letters with any of these keys are looked at again by the next pass; returns how many."""
+        marked = 0
+        now = utcnow()
+        listed = sorted(keys)
+        for start in range(0, len(listed), 500):
+            chunk = listed[start : start + 500]
+            marked += self.db.execute(
+                "UPDATE skipped_letters SET wanted_since = ? WHERE wanted_since IS NULL AND id IN"
+                f" (SELECT skipped_id FROM skipped_keys WHERE key IN ({','.join('?' * len(chunk))}))", [now, *chunk],
+            ).rowcount
+        return marked
+
+    def skipped_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM skipped_letters").fetchone()[0])
+
+    def drop_orphan_keys(self) -> int:
+        """Keys of skipped letters since archived or gone (left behind by forget_skipped)."""
+        return self.db.execute(
+            "DELETE FROM skipped_keys WHERE skipped_id NOT IN (SELECT id FROM skipped_letters)"
+        ).rowcount
+
+    def backfill_keys(self) -> set[int] | None:
+        """The directory's keys as skipped letters were last checked against; None before the first time."""
+        if self.state_value("backfill_keys_saved") is None:
+            return None
+        return {key for (key,) in self.db.execute("SELECT key FROM backfill_keys").fetchall()}
+
+    def replace_backfill_keys(self, keys: set[int]) -> None:
+        self.db.execute("DELETE FROM backfill_keys")
+        self.db.conn.executemany("INSERT INTO backfill_keys (key) VALUES (?)", [(k,) for k in keys])
+        self.set_state_value("backfill_keys_saved", utcnow())
+
+    def state_value(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM archive_state WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def set_state_value(self, name: str, value: str | None) -> None:
+        if value is None:
+            self.db.execute("DELETE FROM archive_state WHERE name = ?", [name])
+        else:
+            self.db.execute("INSERT OR REPLACE INTO archive_state (name, value) VALUES (?, ?)", [name, value])
+
+    def linked_message_ids(self, after_letter_id: int) -> tuple[list[str], int]:
+        """Message-IDs of linked letters archived after a letter id, and the highest letter id: what
+        thread backfill has not looked for yet."""
+        top = self.db.execute("SELECT coalesce(max(id), 0) FROM letters").fetchone()[0]
+        ids = [mid for (mid,) in self.db.execute(
+            "SELECT l.message_id FROM letters l WHERE l.id > ? AND l.id <= ? AND l.message_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id)", [after_letter_id, top],
+        ).fetchall()]
+        return ids, int(top)
+
+    def relink_rows(self) -> list[dict[str, Any]]:
+        """Every archived letter with what relinking needs, oldest first (parents before their replies).
+
+        `customers`/`leads`: whether any mailbox the letter was seen in syncs them (both when it was
+        seen in none left, e.g. its mailbox was removed).
+        """
+        rows = list(self.db.query(
+            """
+            SELECT l.id, l.message_id, l.in_reply_to, l."references", l.conversation_id, l.participants, l.automatic,
+                coalesce(max(m.sync_customers), 1) AS customers, coalesce(max(m.sync_leads), 1) AS leads
+            FROM letters l
+            LEFT JOIN letter_locations p ON p.letter_id = l.id
+            LEFT JOIN mailboxes m ON m.id = p.mailbox_id
+            GROUP BY l.id ORDER BY l.date_utc, l.id
+            """
+        ))
+        for row in rows:
+            row["participants"] = json.loads(row["participants"])
+            row["references"] = json.loads(row["references"])
+        return rows
+
+    def all_links(self) -> dict[int, dict[tuple[str, str], tuple[str, str]]]:
+        """letter id -> (entity type, entity id) -> (rule, address), for every link."""
+        links: dict[int, dict[tuple[str, str], tuple[str, str]]] = {}
+        for letter_id, entity_type, entity_id, rule, address in self.db.execute(
+            "SELECT letter_id, entity_type, entity_id, rule, address FROM links"
+        ).fetchall():
+            links.setdefault(letter_id, {})[(entity_type, entity_id)] = (rule, address)
+        return links
+
+    def remove_links(self, letter_id: int, entities: list[tuple[str, str]]) -> None:
+        for entity_type, entity_id in entities:
+            self.db.execute(
+                "DELETE FROM links WHERE letter_id = ? AND entity_type = ? AND entity_id = ?",
+                [letter_id, entity_type, entity_id],
+            )
+
+    def set_links(self, letter_id: int, links: list[Link]) -> None:
+        """These links, replacing the letter's links to the same entities (a rule that changed)."""
+        for link in links:
+            self.db.execute(
+                "INSERT OR REPLACE INTO links (letter_id, entity_type, entity_id, rule, address) VALUES (?, ?, ?, ?, ?)",
+                [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
+            )
+
+    # -- export, purge and retention --------------------------------------------------------------
+
+    def export_ids(
+        self, customer: str | None = None, lead: str | None = None, since: str | None = None, query: str | None = None
+    ) -> list[int]:
+        """Letters linked to a customer or lead, or found by a search (as `search` finds them: see
+        fts_query), dated on or after `since`: all of them, oldest first, as an export writes them."""
+        where, args = _letter_filters(customer, lead, since)
+        source = "letters l"
+        if query is not None:
+            source += " JOIN letters_fts ON letters_fts.rowid = l.id"
+            where.insert(0, "letters_fts MATCH ?")
+            args.insert(0, fts_query(query))
+        return [letter_id for (letter_id,) in self.db.execute(
+            f"SELECT l.id FROM {source} WHERE {' AND '.join(where)} ORDER BY coalesce(l.date_utc, l.archived_at), l.id",
+            args,
+        ).fetchall()]
+
+    def missing_letters(self, letter_ids: list[int]) -> list[int]:
+        """Which of these ids name no archived letter, in the order given."""
+        found: set[int] = set()
+        for start in range(0, len(letter_ids), 500):
+            chunk = letter_ids[start : start + 500]
+            found.update(row[0] for row in self.db.execute(
+                f"SELECT id FROM letters WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return [letter_id for letter_id in letter_ids if letter_id not in found]
+
+    def original(self, letter_id: int) -> dict[str, Any]:
+        """A letter's original bytes (`raw`) with what names its export: id, date (date_utc, else
+        archived_at), from_addr, subject, body_skipped."""
+        row = self.db.execute(
+            "SELECT l.id, coalesce(l.date_utc, l.archived_at), l.from_addr, l.subject, l.body_skipped, s.raw"
+            " FROM letters l JOIN letter_sources s ON s.letter_id = l.id WHERE l.id = ?", [letter_id],
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no letter {letter_id}; 'hanna-sync letters' lists them")
+        return {"id": row[0], "date": row[1], "from_addr": row[2], "subject": row[3], "body_skipped": bool(row[4]),
+                "raw": bytes(row[5])}
+
+    @staticmethod
+    def _identity_hash(identity: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(b"hanna-purged-v1\n" + identity.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def purged(self, identities: list[str]) -> set[str]:
+        """Which of these letters (by identity) were purged: a pass must not archive them again."""
+        by_hash = {self._identity_hash(identity): identity for identity in identities}
+        hashes = list(by_hash)
+        found: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            found.update(by_hash[row[0]] for row in self.db.execute(
+                f"SELECT identity_hash FROM purged_letters WHERE identity_hash IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        return found
+
+    def letters_dated_before(self, cutoff: str, limit: int) -> list[int]:
+        """Up to `limit` letters dated before `cutoff` (an ISO date; an undated letter by when it was archived)."""
+        return [letter_id for (letter_id,) in self.db.execute(
+            "SELECT id FROM letters WHERE coalesce(date_utc, archived_at) < ? ORDER BY coalesce(date_utc, archived_at)"
+            " LIMIT ?", [cutoff, limit],
+        ).fetchall()]
+
+    def purge_letters(self, letter_ids: list[int], tombstone: bool) -> int:
+        """Delete letters for good, in one transaction; returns how many there were.
+
+        The letter row goes, and with it (ON DELETE CASCADE) its original bytes, links and locations, and
+        (m006's triggers) its search index entries and thread ids. Three things make "for good" true:
+        `PRAGMA secure_delete` overwrites the freed bytes with zeros instead of leaving them in free pages;
+        the FTS5 index is merged ('optimize'), since a deleted letter's words otherwise stay in its
+        segments until some later merge (FTS5's own secure-delete option needs SQLite 3.42, Debian 12 has
+        3.40); and the write-ahead log is checkpointed and truncated, so no older page image stays there.
+        With `tombstone`, a hash of each letter's identity is kept so that no later pass archives it again.
+        """
+        now = utcnow()
+        with self.lock:
+            secure = self.db.execute("PRAGMA secure_delete").fetchone()[0]
+            self.db.execute("PRAGMA secure_delete = ON")
+            try:
+                with self.transaction():
+                    deleted = 0
+                    for start in range(0, len(letter_ids), 500):
+                        chunk = letter_ids[start : start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        if tombstone:
+                            self.db.conn.executemany(
+                                "INSERT OR IGNORE INTO purged_letters (identity_hash, purged_at) VALUES (?, ?)",
+                                [(self._identity_hash(identity), now) for (identity,) in self.db.execute(
+                                    f"SELECT identity FROM letters WHERE id IN ({marks})", chunk).fetchall()],
+                            )
+                        deleted += self.db.execute(f"DELETE FROM letters WHERE id IN ({marks})", chunk).rowcount
+                    if deleted:
+                        self.db.execute("INSERT INTO letters_fts (letters_fts) VALUES ('optimize')")
+            finally:
+                self.db.execute(f"PRAGMA secure_delete = {int(secure)}")
+            if deleted:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def free_share(self) -> float:
+        """The share of the file's pages that are free (on SQLite's freelist): what VACUUM would give back."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        return self.db.execute("PRAGMA freelist_count").fetchone()[0] / pages if pages else 0.0
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages, then truncate the write-ahead log.
+
+        Under the store's lock and outside any transaction (VACUUM cannot run inside one). In WAL mode a
+        reader in another process keeps reading its snapshot meanwhile; a writer waits for the busy timeout.
+        """
+        with self.lock:
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- Office 365 ----------------------------------------------------------------------------------
 
     GRAPH_UIDVALIDITY = 0  # marks a location found through Graph: IMAP's UIDVALIDITY is never 0
@@ -1106,6 +1493,33 @@ class Store:
                 " AND gone_at IS NULL", [now, mailbox_id, folder, graph_id],
             ).rowcount
         return gone
+
+    def graph_location_uids(self, mailbox_id: int, folder: str, graph_ids: list[str] | None = None) -> list[int]:
+        """The uids hanna-sync gave the live Graph locations in this folder: of these messages, or (None) of all."""
+        if graph_ids is None:
+            return [row[0] for row in self.db.execute(
+                "SELECT uid FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+                " AND gone_at IS NULL", [mailbox_id, folder, self.GRAPH_UIDVALIDITY],
+            ).fetchall()]
+        uids: list[int] = []
+        for start in range(0, len(graph_ids), 500):
+            chunk = graph_ids[start : start + 500]
+            uids.extend(row[0] for row in self.db.execute(
+                f"SELECT uid FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND gone_at IS NULL"
+                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk]
+            ).fetchall())
+        return uids
+
+    def mark_graph_uids_gone(self, mailbox_id: int, folder: str, uids: list[int]) -> None:
+        """Graph locations found gone without an @removed (a delta round read from the start did not return them)."""
+        now = utcnow()
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            self.db.execute(
+                f"UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
+                f" AND uid IN ({','.join('?' * len(chunk))}) AND gone_at IS NULL",
+                [now, mailbox_id, folder, self.GRAPH_UIDVALIDITY, *chunk],
+            )
 
     def clear_reauth(self, mailbox_id: int) -> None:
         """A fresh sign-in: the mailbox is no longer waiting for one, and the next pass tries it."""

@@ -5,9 +5,12 @@ Microsoft, and nothing leaves loopback:
 
 * `FakeIdentity`: the Microsoft identity platform for one tenant: openid-configuration, the device-code
   endpoint, and the token endpoint with the device_code (authorization_pending first), refresh_token and
-  client_credentials grants; unsigned JWT access tokens and an id_token with client_info, as MSAL needs.
+  client_credentials grants; unsigned JWT access tokens and an id_token with client_info, as MSAL needs;
+  and its refusals: AADSTS700082/70008 (refresh token expired or revoked), 65001 (consent missing),
+  7000112 (app disabled), 700016, 7000215, 700027.
 * `FakeGraph`: Microsoft Graph's mail endpoints: mailFolders with childFolders, per-folder delta queries
-  with paging, @removed entries and expiring delta tokens (410), throttling (429 + Retry-After), `$value`.
+  with paging, @removed entries and expiring delta tokens (410), throttling (429 or 503, with Retry-After
+  in seconds, as a date, or none), `$value`.
 * `FakeOutlookImap`: Exchange Online's IMAP front door: AUTHENTICATE XOAUTH2 checked byte for byte, then
   the session relayed to the sandbox Dovecot (which holds the mail); can end a session with
   `* BYE Session invalidated - AccessTokenExpired`.
@@ -23,6 +26,7 @@ import itertools
 import json
 import re
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -135,7 +139,8 @@ class FakeIdentity(HttpsFake):
         self.grants: list[str] = []  # grant_type of every token request, in order
         self.device_codes: dict[str, dict[str, Any]] = {}
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user
-        self.revoked: set[str] = set()  # users whose refresh tokens stopped working
+        self.revoked: dict[str, str] = {}  # users whose refresh tokens stopped working -> the AADSTS error given
+        self.consent_missing = False  # user tokens refused: AADSTS65001 (nobody consented to the permissions)
         self.client_secret = "s3cret-value"
         self.certificate_thumbprint: str | None = None  # x5t an assertion must carry
         self.app_roles: dict[str, list[str]] = {
@@ -151,8 +156,13 @@ class FakeIdentity(HttpsFake):
     def authority(self) -> str:
         return self.base  # hanna-sync appends /{tenant}
 
-    def revoke(self, user: str) -> None:
-        self.revoked.add(user.casefold())
+    def revoke(self, user: str, code: str = "700082", access_tokens: bool = False) -> None:
+        """The user's refresh tokens stop working (`code`: 700082 or 70008); with `access_tokens`, the
+        resources refuse the ones issued already too, as Exchange does at once (continuous access evaluation)."""
+        self.revoked[user.casefold()] = code
+        if access_tokens:
+            for token in [t for t, c in self.issued.items() if c.get("upn", "").casefold() == user.casefold()]:
+                del self.issued[token]
 
     def validate(self, token: str) -> dict[str, Any] | None:
         """The claims of a token this fake issued that has not expired; None otherwise."""
@@ -215,12 +225,22 @@ class FakeIdentity(HttpsFake):
                 return self._error(400, "authorization_pending", "AADSTS70016: OAuth 2.0 device flow error."
                                    " Authorization is pending. Continue polling.")
             del self.device_codes[form["device_code"]]
+            if self.consent_missing:
+                return self._consent_missing()
             return self._user_tokens(self.approve_as, [s for s in flow["scope"].split() if s not in RESERVED_SCOPES])
         if grant == "refresh_token":
-            user = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
-            if user is None or user.casefold() in self.revoked:
+            user = self.refresh_tokens.get(form.get("refresh_token", ""))
+            code = "700082" if user is None else self.revoked.get(user.casefold())
+            if code == "70008":
+                return self._error(400, "invalid_grant", "AADSTS70008: The provided authorization code or refresh"
+                                   " token has expired due to inactivity. Send a new interactive authorization request"
+                                   " for this user and resource.")
+            if code is not None:
                 return self._error(400, "invalid_grant", "AADSTS700082: The refresh token has expired due to"
                                    " inactivity. The token was issued on 2026-08-01 and was inactive for 90.00:00:00.")
+            if self.consent_missing:
+                return self._consent_missing()
+            del self.refresh_tokens[form["refresh_token"]]  # rotated: the new one replaces it
             return self._user_tokens(user, scopes)
         if grant == "client_credentials":
             if "client_assertion" in form:
@@ -236,6 +256,11 @@ class FakeIdentity(HttpsFake):
                                  "tid": self.tenant, "idtyp": "app"})
             return Reply(200, {"token_type": "Bearer", "expires_in": self.lifetime, "access_token": token})
         return self._error(400, "unsupported_grant_type", "AADSTS70003: unsupported grant type")
+
+    def _consent_missing(self) -> Reply:
+        return self._error(400, "invalid_grant", f"AADSTS65001: The user or administrator has not consented to use"
+                           f" the application with ID '{self.client_id}' named 'hanna-sync'. Send an interactive"
+                           " authorization request for this user and resource.")
 
     def _issue(self, claims: dict[str, Any]) -> str:
         now = int(time.time())
@@ -326,8 +351,11 @@ class FakeGraph(HttpsFake):
         self.requests: list[tuple[float, str, str]] = []  # (time, path, Prefer header)
         self.selects: list[str] = []
         self.value_requests: list[str] = []  # message ids whose $value was fetched
-        self.throttle_next = 0  # this many coming requests are answered 429
-        self.retry_after = "1"
+        self.throttle_next = 0  # this many coming requests are answered `throttle_status` (429 or 503)
+        self.throttle_status = 429
+        self.retry_after: str | None = "1"  # the Retry-After of a throttled answer: seconds, an HTTP date, or none
+        self.outage_after_pages: int | None = None  # after this many more delta pages, every request is throttled
+        self.audiences: list[str | None] = []  # the audience of every bearer token presented (None: not ours)
         self.value_delay = 0.0  # seconds a $value takes (to see concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
@@ -387,10 +415,15 @@ class FakeGraph(HttpsFake):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             throttled = self.throttle_next > 0
             self.throttle_next -= int(throttled)
+            if self.outage_after_pages is not None:
+                throttled = throttled or self.outage_after_pages <= 0
+                self.outage_after_pages -= int(path.endswith("/messages/delta"))
         try:
             if throttled:
-                return Reply(429, {"error": {"code": "ApplicationThrottled", "message": "Application is over its"
-                                             " MailboxConcurrency limit."}}, {"Retry-After": self.retry_after})
+                code, message = (("ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+                                 if self.throttle_status == 429 else ("ServiceUnavailable", "Service unavailable."))
+                return Reply(self.throttle_status, {"error": {"code": code, "message": message}},
+                             {"Retry-After": self.retry_after} if self.retry_after is not None else {})
             return self._route(path, query, headers)
         finally:
             with self._lock:
@@ -398,6 +431,8 @@ class FakeGraph(HttpsFake):
 
     def _route(self, path: str, query: dict[str, list[str]], headers: Any) -> Reply:
         token = str(headers.get("Authorization", "")).removeprefix("Bearer ")
+        with self._lock:
+            self.audiences.append(self.identity.issued.get(token, {}).get("aud"))
         claims = self.identity.validate(token)
         if claims is None:
             return Reply(401, {"error": {"code": "InvalidAuthenticationToken",
@@ -569,7 +604,7 @@ class FakeOutlookImap:
         except (OSError, ssl.SSLError):
             conn.close()
             return
-        reader = tls.makefile("rb")
+        reader = tls.makefile("rb", buffering=0)  # unbuffered: the relay goes on reading `tls` itself
         try:
             tls.sendall(b"* OK The Microsoft Exchange IMAP4 service is ready. [RkFLRTpFWENI]\r\n")
             while True:
@@ -601,7 +636,7 @@ class FakeOutlookImap:
                             tag = line.decode().split(" ")[0]
                             tls.sendall(f"{tag} BAD User is authenticated but not connected.\r\n".encode())
                         return
-                    self._relay(tls, reader, backend)
+                    self._relay(tls, backend)
                     return
                 else:
                     tls.sendall(f"{tag} BAD Command Error. 10\r\n".encode())
@@ -633,27 +668,48 @@ class FakeOutlookImap:
         self.logins += 1
         return backend
 
-    def _relay(self, tls: ssl.SSLSocket, reader: Any, backend: ssl.SSLSocket) -> None:
-        def backward() -> None:
-            try:
-                while data := backend.recv(65536):
-                    tls.sendall(data)
-            except OSError:
-                pass
-
-        threading.Thread(target=backward, daemon=True).start()
+    def _relay(self, tls: ssl.SSLSocket, backend: ssl.SSLSocket) -> None:
+        """Client and Dovecot, both ways, in this one thread: a TLS connection read in one thread while
+        another writes it can stall (OpenSSL's state is shared), which made passes hang now and then.
+        Client lines are counted for `expire_after`; literals pass through uncounted."""
+        waiting = b""  # client bytes not forwarded yet: the start of a line
+        literal = 0  # bytes of a client literal still to pass through
         try:
-            while line := reader.readline():
-                if self.expire_after is not None:
-                    if self.expire_after <= 0:
-                        self.expire_after = None
-                        tls.sendall(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+            while True:
+                ready = [sock for sock in (tls, backend) if sock.pending()]
+                if not ready:
+                    ready = select.select([tls, backend], [], [], 60)[0]
+                    if not ready:
                         return
-                    self.expire_after -= 1
-                backend.sendall(line)
-                literal = re.search(rb"\{(\d+)\+?\}\r\n$", line)
-                if literal:
-                    backend.sendall(reader.read(int(literal.group(1))))
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is backend:
+                        tls.sendall(data)
+                        continue
+                    waiting += data
+                    while waiting:
+                        if literal:
+                            chunk, waiting = waiting[:literal], waiting[literal:]
+                            literal -= len(chunk)
+                            backend.sendall(chunk)
+                            continue
+                        line, newline, rest = waiting.partition(b"\r\n")
+                        if not newline:
+                            break
+                        waiting = rest
+                        if self.expire_after is not None:
+                            if self.expire_after <= 0:
+                                self.expire_after = None
+                                tls.sendall(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+                                return
+                            self.expire_after -= 1
+                        backend.sendall(line + newline)
+                        if found := re.search(rb"\{(\d+)\+?\}$", line):
+                            literal = int(found.group(1))
+        except OSError:
+            pass
         finally:
             backend.close()
 

@@ -105,7 +105,7 @@ def test_ambiguous_domains_are_reported():
 ])
 def test_address_tokens_are_a_superset_of_the_parsed_addresses(raw):
     from hanna_sync.message import address_tokens, parse_headers_only
-    from hanna_sync.scan import participants
+    from hanna_sync.store import participants_of as participants
 
     tokens = {t.lower() for t in address_tokens(raw)}
     assert {a.lower() for a in participants(parse_headers_only(raw))} <= tokens

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from hanna_sync import mailboxes, oauth, sample
+from hanna_sync import imap, mailboxes, oauth, sample, setup_guide
 from hanna_sync.cli import cli
 from hanna_sync.config import O365Config, parse_config
 from hanna_sync.errors import AuthError, ConfigError, ExitCode
-from hanna_sync.graph import ENVELOPE_FIELDS, MAX_IN_FLIGHT, MAX_RETRIES
+from hanna_sync.graph import ENVELOPE_FIELDS, MAX_IN_FLIGHT, MAX_RETRIES, GraphClient
 from hanna_sync.oauth import CLIENT_SECRET_REF, MicrosoftSignIn, TokenRefused
 from hanna_sync.status import health
 from tests.fakes_microsoft import Microsoft, claims_of
@@ -132,6 +133,36 @@ def test_revoked_refresh_token_needs_reauthorisation_without_retries_until_login
     mailboxes.login(env.store, signer(env), box.id, lambda message: None)
     assert health(env.store, timedelta(minutes=60))[0].state == "new"
     assert env.run().ok
+
+
+def test_missing_consent_and_expired_refresh_tokens_name_their_own_fix(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120  # every pass renews, so the identity platform has its say
+    env = o365_env(tmp_path, ms)
+    ms.identity.consent_missing = True  # nobody granted admin consent, and users may not consent themselves
+    with pytest.raises(TokenRefused, match="AADSTS65001.*Grant admin consent"):
+        add_scan(env, ms)
+    assert env.store.mailboxes() == []
+
+    ms.identity.consent_missing = False
+    box, _ = add_scan(env, ms)
+    ms.identity.consent_missing = True  # consent withdrawn later: the refresh is refused (invalid_grant)
+    failed = env.run().mailboxes[0]
+    assert failed.failure_kind == "reauth"
+    assert "AADSTS65001" in failed.errors[0] and "Grant admin consent" in failed.errors[0]
+    assert failed.errors[0].endswith(f"then sign in again with 'hanna-sync login {box.id}'")
+    assert health(env.store, timedelta(minutes=60))[0].state == "needs re-authorisation"
+    tested = run_cli(env, ms, "test", str(box.id), "--json")
+    token = json.loads(tested.stdout)["stages"][0]
+    assert tested.exit_code == ExitCode.AUTH and (token["stage"], token["ok"]) == ("token", False)
+    assert "AADSTS65001" in token["detail"] and "Grant admin consent" in token["hint"]
+
+    ms.identity.consent_missing = False
+    mailboxes.login(env.store, signer(env), box.id, lambda message: None)
+    ms.identity.revoke(STAFF, code="70008")
+    failed = env.run().mailboxes[0]
+    assert failed.failure_kind == "reauth" and "AADSTS70008" in failed.errors[0]
+    assert failed.errors[0].endswith(f"sign in again with 'hanna-sync login {box.id}'")
 
 
 def test_signing_in_as_another_account_is_refused_and_nothing_is_kept(tmp_path, ms):
@@ -268,6 +299,53 @@ def test_an_expired_delta_token_reads_the_folder_again_without_duplicates(tmp_pa
     assert env.run().mailboxes[0].new == 0  # the new round's deltaLink was kept
 
 
+def live_inbox_locations(env: Env) -> set[str]:
+    return {r[0] for r in env.store.db.execute(
+        "SELECT graph_id FROM letter_locations WHERE folder = 'Inbox' AND gone_at IS NULL").fetchall()}
+
+
+def test_a_resync_marks_gone_the_letters_that_left_while_graph_had_forgotten_the_folder(tmp_path, ms, caplog):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms, batch_size=3)
+    add_scan(env, ms)
+    assert env.run().ok
+    archived = live_inbox_locations(env)
+    gone_id = sorted(archived)[0]
+    ms.graph.remove(STAFF, "Inbox", gone_id)  # its @removed is in the window the lost delta token covered
+    ms.graph.expire_delta(STAFF, "Inbox")
+    letters = count(env, "SELECT count(*) FROM letters")
+    with caplog.at_level(logging.WARNING, "hanna_sync"):
+        assert env.run().ok
+    assert live_inbox_locations(env) == archived - {gone_id}
+    assert count(env, "SELECT count(*) FROM letter_locations WHERE gone_at IS NOT NULL") == 1
+    assert count(env, "SELECT count(*) FROM letters") == letters  # the letter stays in the archive
+    assert "Inbox: 1 archived letters are no longer in the folder" in caplog.text
+    assert env.store.folder_state(1, "Inbox").seen_uids == ""  # the round is complete: nothing tracked any more
+
+
+def test_a_resync_cut_short_marks_nothing_and_the_next_pass_completes_it(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms, batch_size=2)
+    add_scan(env, ms)
+    assert env.run().ok
+    archived = live_inbox_locations(env)
+    gone_id = sorted(archived)[-1]
+    ms.graph.remove(STAFF, "Inbox", gone_id)
+    ms.graph.expire_delta(STAFF, "Inbox")
+    ms.graph.outage_after_pages, ms.graph.throttle_status, ms.graph.retry_after = 3, 503, "0"
+    cut = env.run().mailboxes[0]  # the 410, two pages of the new round, then Graph is down: like a kill
+    assert not cut.ok and "503 ServiceUnavailable" in cut.errors[0]
+    state = env.store.folder_state(1, "Inbox")
+    assert state.next_link and state.delta_link is None and state.seen_uids.startswith("0")
+    assert live_inbox_locations(env) == archived  # mid-round, nothing is known to be gone yet
+
+    ms.graph.outage_after_pages = None
+    assert env.run().ok  # goes on from the nextLink it kept, with what the first pages returned
+    assert live_inbox_locations(env) == archived - {gone_id}
+    assert count(env, "SELECT count(*) FROM letter_locations WHERE gone_at IS NOT NULL") == 1
+    assert count(env, "SELECT count(*) FROM (SELECT graph_id FROM letter_locations GROUP BY graph_id HAVING count(*) > 1)") == 0
+
+
 def test_throttling_waits_as_told_and_gives_up_after_bounded_retries(tmp_path, ms):
     graph_mailbox(ms)
     env = o365_env(tmp_path, ms)
@@ -285,6 +363,24 @@ def test_throttling_waits_as_told_and_gives_up_after_bounded_retries(tmp_path, m
     assert "throttling this mailbox (429 ApplicationThrottled" in failed.errors[0]
     assert f"after {MAX_RETRIES} retries" in failed.errors[0]
     assert len(ms.graph.requests) - started == MAX_RETRIES + 1
+
+
+def test_503_and_a_retry_after_date_are_honoured_and_a_wait_too_long_is_not(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms)
+    ms.graph.throttle_status, ms.graph.throttle_next = 503, 1
+    ms.graph.retry_after = formatdate(time.time() + 2, usegmt=True)  # an HTTP date, 1 to 2 s ahead
+    started = len(ms.graph.requests)
+    assert env.run().ok
+    (throttled, _, _), (retried, _, _) = ms.graph.requests[started : started + 2]
+    assert retried - throttled >= 0.9
+
+    ms.graph.throttle_next, ms.graph.retry_after = 1, "3600"  # longer than a pass may wait: tried next pass
+    started = time.monotonic(), len(ms.graph.requests)
+    failed = env.run().mailboxes[0]
+    assert failed.failure_kind == "connect" and "(503 ServiceUnavailable: Service unavailable.) after 0 retries" in failed.errors[0]
+    assert len(ms.graph.requests) - started[1] == 1 and time.monotonic() - started[0] < 10
 
 
 def test_at_most_four_requests_in_flight_per_mailbox(tmp_path, ms):
@@ -351,11 +447,55 @@ def test_o365_client_scans_over_imap_with_xoauth2_and_reconnects_when_the_token_
     assert env.store.mailbox(box.id).kind == "o365-client"
 
 
+def test_a_graph_token_never_serves_imap_nor_an_outlook_token_graph(tmp_path, ms, imap_user):
+    deliver_sample(imap_user)
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    client = add_client(env, ms, imap_user)
+    scanned = mailboxes.add_o365(env.store, env.secrets, signer(env),
+                                 mailboxes.new_o365_mailbox("jonas", STAFF, "o365-scan", {}), True, 10,
+                                 lambda m: None).mailbox
+    assert env.run().ok and count(env, "SELECT count(DISTINCT mailbox_id) FROM letter_locations") == 2
+    presented = [re.fullmatch(rb"user=.+\x01auth=Bearer (.+)\x01\x01", sasl).group(1).decode()
+                 for sasl in ms.imap.sasl + ms.smtp.sasl]
+    assert {claims_of(token)["aud"] for token in presented} == {"https://outlook.office.com"}
+    assert set(ms.graph.audiences) == {"https://graph.microsoft.com"}
+
+    sign_in = signer(env)
+    outlook, graph = sign_in.token(client, oauth.IMAP), sign_in.token(scanned, oauth.GRAPH)
+    problems = graph.claims.problems(oauth.IMAP, False, STAFF)
+    assert problems[0][0] == "the token is for https://graph.microsoft.com, not IMAP (https://outlook.office.com)"
+    assert outlook.claims.problems(oauth.GRAPH, False, STAFF)[0][0].startswith("the token is for https://outlook")
+    with pytest.raises(AuthError, match=r"refused the token for jonas@imone\.lt \(AUTHENTICATE failed"):
+        with imap.oauth_session(client, lambda fresh: graph.value, 10):
+            pass
+    wrong = GraphClient(ms.graph.url, "me", lambda fresh: outlook.value, 10)
+    with pytest.raises(AuthError, match="Graph refused the token .401 InvalidAuthenticationToken.*Invalid audience"):
+        wrong.folders()
+    wrong.close()
+
+
+def test_an_o365_client_sign_in_revoked_is_needs_reauthorisation_not_a_permission_problem(tmp_path, ms, imap_user):
+    deliver_sample(imap_user)
+    env = o365_env(tmp_path, ms)  # tokens live an hour: the cached one looks valid here
+    box = add_client(env, ms, imap_user)
+    ms.identity.revoke(STAFF, access_tokens=True)  # Exchange refuses the issued token at once
+    failed = env.run().mailboxes[0]
+    assert failed.failure_kind == "reauth" and "AADSTS700082" in failed.errors[0]
+    assert f"'hanna-sync login {box.id}'" in failed.errors[0] and "IMAP.AccessAsUser.All" not in failed.errors[0]
+
+    tested = run_cli(env, ms, "test", str(box.id), "--json")
+    auth = next(s for s in json.loads(tested.stdout)["stages"] if not s["ok"])
+    assert (tested.exit_code, auth["protocol"], auth["stage"]) == (ExitCode.AUTH, "imap", "auth")
+    assert "the token is no longer honoured: renewing it fails" in auth["hint"]
+    assert f"'hanna-sync login {box.id}'" in auth["hint"]
+
+
 def run_cli(env: Env, ms: Microsoft, *args: str, input: str | None = None):
     config = env.config_file()
     config.write_text(config.read_text() + (
         f'[o365]\ntenant_id = "{ms.identity.tenant}"\nclient_id = "{ms.identity.client_id}"\n'
-        f'authority = "{ms.identity.authority}"\ngraph_url = "{ms.graph.url}"\n'))
+        f'auth = "{env.config.o365.auth}"\nauthority = "{ms.identity.authority}"\ngraph_url = "{ms.graph.url}"\n'))
     return CliRunner().invoke(cli, ["--config", str(config), *args], input=input)
 
 
@@ -481,6 +621,64 @@ def test_cli_add_mailbox_login_status_and_setup_guide(tmp_path, ms):
                  "Add-MailboxPermission", f'tenant_id = "{ms.identity.tenant}"'):
         assert text in guide
     assert run_cli(env, ms, "login", "--client-secret", "--secret-stdin", input="x\n").exit_code == ExitCode.FAILURE
+
+
+def test_test_tries_an_office365_mailbox_before_it_is_saved_and_keeps_nothing(tmp_path, ms, imap_user):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    ms.identity.approve_as = STAFF
+    secrets_before = env.config.secrets_file.read_bytes() if env.config.secrets_file.exists() else None
+    scan = run_cli(env, ms, "test", "--kind", "o365-scan", "--email", STAFF)
+    assert scan.exit_code == 0, scan.output
+    assert "enter the code" in scan.stderr  # delegated: the mailbox's user signs in first
+    assert re.search(r"^GRAPH token +ok .*delegated token for Graph", scan.stdout, re.M)  # a column apart
+    assert "checking Inbox, Sent Items (by default: Inbox and Sent Items)" in scan.stdout
+    assert scan.stdout.endswith("Graph passed.\n")
+
+    imap_user.dovecot.create_folder(imap_user.login, "Išsiųsti")
+    ms.imap.accounts[STAFF] = imap_user
+    servers = ["--imap-host", "127.0.0.1", "--imap-port", str(ms.imap.port), "--ca-file", str(ms.ca.ca_file),
+               "--smtp-host", "127.0.0.1", "--smtp-port", str(ms.smtp.port)]
+    client = run_cli(env, ms, "test", "--kind", "o365-client", "--email", STAFF, *servers, "--json")
+    assert client.exit_code == 0, client.output
+    report = json.loads(client.stdout)
+    assert report["mailbox"]["id"] is None and report["mailbox"]["kind"] == "o365-client"
+    assert [s["stage"] for s in report["stages"] if s["protocol"] == "smtp"][-2:] == ["auth", "send"]
+    assert env.store.mailboxes() == []  # nothing saved: no mailbox, no token cache, no lock file
+    assert (env.config.secrets_file.read_bytes() if env.config.secrets_file.exists() else None) == secrets_before
+    assert not (env.config.database.parent / oauth.LOCK_NAME).exists()
+
+    ms.identity.approve_as = "boss@imone.lt"
+    other = run_cli(env, ms, "test", "--kind", "o365-scan", "--email", STAFF)
+    assert other.exit_code == ExitCode.AUTH and "signed in as boss@imone.lt, but the mailbox is" in other.stderr
+    for args, message in ((["--kind", "o365-scan", "--email", STAFF, "--password-stdin"], "has no password"),
+                          (["--kind", "o365-scan", "--email", STAFF, "--provider", "gmail"], "--provider is for IMAP"),
+                          (["--kind", "o365-scan", "--email", STAFF, "--send-to", "a@b.lt"], "--send-to needs SMTP"),
+                          (["1", "--kind", "o365-scan"], "--kind is for a mailbox not saved yet")):
+        refused = run_cli(env, ms, "test", *args, input="x\n")
+        assert refused.exit_code == ExitCode.USAGE and message in refused.stderr, refused.output
+    env.config = replace(env.config, o365=replace(env.config.o365, auth="app"))
+    signer(env).store_client_secret(ms.identity.client_secret)
+    ms.identity.approve_as = None  # app-only: nobody signs in
+    app = run_cli(env, ms, "test", "--kind", "o365-scan", "--email", STAFF)
+    assert app.exit_code == 0 and "app-only token for Graph" in app.stdout and "enter the code" not in app.stderr
+    assert run_cli(env, ms, "add-mailbox", "--kind", "o365-scan", "--email", STAFF).exit_code == 0
+    assert "Mailbox 1 (jonas@imone.lt): the app gets its tokens (app-only)" in run_cli(env, ms, "login", "1").stdout
+
+
+def test_the_setup_guide_names_the_scopes_and_permissions_the_code_asks_for():
+    guide = setup_guide.office365(O365Config(tenant_id="t-id", client_id="c-id"))
+    for resource in (oauth.GRAPH, oauth.IMAP, oauth.SMTP):
+        for text in (resource.delegated_scope, resource.app_scope, resource.delegated_permission,
+                     resource.app_permission):
+            assert text in guide, text
+    for text in ("offline_access", "Allow public client flows: Yes", "Grant admin consent", 'tenant_id = "t-id"',
+                 "New-ServicePrincipal -AppId c-id -ObjectId <ENTERPRISE_APP_OBJECT_ID>",
+                 "Add-MailboxPermission -Identity jonas@example.com -User <SERVICE_PRINCIPAL_ID> -AccessRights FullAccess",
+                 "Set-CASMailbox -Identity jonas@example.com -ImapEnabled $true",
+                 "Set-CASMailbox -Identity jonas@example.com -SmtpClientAuthenticationDisabled $false"):
+        assert text in guide, text
+    assert "<APP_ID>" in setup_guide.office365(None)  # not configured yet: placeholders, and no error
 
 
 def test_the_o365_modules_keep_to_the_house_rules():

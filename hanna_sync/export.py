@@ -1,0 +1,319 @@
+"""Export: archived letters as .eml files or one mbox file, byte for byte the originals, and their attachments.
+
+A privacy request, a lawyer or a move to another system needs the letters as they were received, not a
+rendering of them; so an export writes the archived original bytes, untouched.
+
+- **eml**: one file per letter, the original bytes. Several letters go into a directory, one
+  `<id>-<YYYY-MM-DD>-<subject>.eml` each (the subject made a safe file name).
+- **mbox**: one file in the mboxrd flavour. Each letter is preceded by a `From <sender> <date>` line and
+  followed by one empty line (`\\n`); every line of the letter that starts with `>*From ` (any number of
+  `>`, then "From ") gets one more `>`. Unquoting (removing one `>` from every line that starts with
+  `>+From `) gives back the original bytes exactly, which the older mboxo flavour cannot promise. The
+  letters' own line endings (CRLF as IMAP serves them) are kept; the separator lines end in LF.
+- **attachments**: decoded from the original MIME by the archive's own parser (`attachment_contents`,
+  the same walk that listed them when the letter was archived), each into `DIR/<letter id>/` under
+  `safe_filename(name)`: never outside that folder, never over an existing file (" (2)" is added).
+
+Nothing is ever half written: each file goes to a hidden temp file (0600, created with O_EXCL|O_NOFOLLOW)
+beside its final name, and only when every file of the export is written are they renamed into place.
+A failure on the way removes the temp files, and the directories the export created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from hanna_sync.errors import InputError, NotFound
+from hanna_sync.filenames import safe_filename
+from hanna_sync.message import attachment_contents
+from hanna_sync.store import Store
+
+FORMATS = ("eml", "mbox")
+SUBJECT_CHARS = 80  # of the subject in an .eml's name: enough to recognise it in a file list
+
+Progress = Callable[[str, int, int], None]  # (label, done, total), as the scan's
+
+_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: the summary line and `export --json`."""
+
+    letters: int
+    format: str
+    files: list[str] = field(default_factory=list)  # the .eml files or the mbox, in the order written
+    bytes: int = 0  # written to those files (or to stdout)
+    attachments: list[str] = field(default_factory=list)
+    headers_only: list[int] = field(default_factory=list)  # letters archived without their body (too large)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select(
+    store: Store, letter_ids: list[int], customer: str | None = None, lead: str | None = None,
+    query: str | None = None, since: str | None = None,
+) -> list[int]:
+    """The letters an export covers: those named, or a customer's, a lead's or a search's, oldest first.
+
+    The named letters must all exist; a customer, lead or search that finds nothing is an error too, so
+    that a typo never writes an empty export that looks like "no mail". The customer and lead are checked
+    by the caller (as `letters` checks them).
+    """
+    chosen = customer is not None or lead is not None or query is not None
+    if letter_ids and chosen:
+        raise InputError("give LETTER ids, or --customer, --lead, --search: not both")
+    if not letter_ids and not chosen:
+        raise InputError("name what to export: LETTER ids, --customer ID, --lead ID or --search QUERY")
+    if since is not None and not chosen:
+        raise InputError("--since goes with --customer, --lead or --search")
+    if letter_ids:
+        missing = store.missing_letters(letter_ids)
+        if missing:
+            raise NotFound(f"no letter {missing[0]}; 'hanna-sync letters' lists them (nothing was written)")
+        return list(dict.fromkeys(letter_ids))
+    found = store.export_ids(customer, lead, since, query)
+    if not found:
+        raise NotFound("no letters match; 'hanna-sync letters' or 'hanna-sync search' shows what there is"
+                       " (nothing was written)")
+    return found
+
+
+def export_letters(
+    store: Store,
+    letter_ids: list[int],
+    fmt: str = "eml",
+    output: Path | None = None,
+    attachments: Path | None = None,
+    *,
+    one_file: bool = False,
+    stdout: BinaryIO | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the letters to `output` (None: to `stdout`) and their attachments under `attachments`.
+
+    For eml, `output` is a file when `one_file` (one letter was named), else a directory, created 0700
+    when missing. For mbox it is one file. Raises InputError, with nothing written, when a target cannot be.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    to_directory = fmt == "eml" and not one_file
+    if output is None and (to_directory or stdout is None):
+        raise InputError("several letters as .eml files need a directory: give -o DIR (or --format mbox,"
+                         " which can go to standard output)")
+    if output is not None:
+        _check_target(output, to_directory, fmt)
+    if attachments is not None and attachments.exists() and not attachments.is_dir():
+        raise InputError(f"{attachments} is not a directory: name a directory for the attachments")
+
+    result = ExportResult(len(letter_ids), fmt)
+    staging = _Staging()
+    try:
+        if output is None:
+            target: Any = None
+        elif to_directory:
+            target = staging.directory(output)
+        else:
+            target = staging.file(staging.directory(output.parent, create=False, where=output), output.name)
+        attachment_dir = None if attachments is None else staging.directory(attachments)
+        for done, letter_id in enumerate(letter_ids, 1):
+            letter = store.original(letter_id)
+            raw = letter["raw"]
+            if letter["body_skipped"]:
+                result.headers_only.append(letter_id)
+            if fmt == "mbox":
+                data = _from_line(letter) + _FROM_LINE.sub(rb">\1", raw) + b"\n"
+                (target or stdout).write(data)
+                result.bytes += len(data)
+            else:
+                if target is None:
+                    stdout.write(raw)  # type: ignore[union-attr]
+                elif to_directory:
+                    with staging.file(target, _eml_name(letter)) as file:
+                        file.write(raw)
+                else:
+                    target.write(raw)
+                result.bytes += len(raw)
+            if attachment_dir is not None:
+                contents = attachment_contents(raw)
+                if contents:
+                    folder = staging.directory(Path(str(letter_id)), parent=attachment_dir)
+                    for att, data in contents:
+                        with staging.file(folder, safe_filename(att.filename), exclusive=True) as file:
+                            file.write(data)
+            if progress:
+                progress("Exporting", done, len(letter_ids))
+        if target is not None and not to_directory:
+            target.close()
+        written = staging.commit()
+    except OSError as exc:
+        staging.abort()
+        raise InputError(f"cannot write {staging.where}: {exc.strerror or exc}: check that the directory exists"
+                         " and that you may write there (nothing was written)") from None
+    except BaseException:
+        staging.abort()
+        raise
+    finally:
+        staging.close()
+    if stdout is not None and output is None:
+        stdout.flush()
+    result.attachments = [str(path) for path, is_attachment in written if is_attachment]
+    result.files = [str(path) for path, is_attachment in written if not is_attachment]
+    return result
+
+
+def _check_target(output: Path, to_directory: bool, fmt: str) -> None:
+    if to_directory and output.exists() and not output.is_dir():
+        raise InputError(f"{output} is not a directory: several letters are written as one .eml each into a"
+                         " directory, so name one with -o (it is created when missing)")
+    if not to_directory and output.is_dir():
+        raise InputError(f"{output} is a directory: name the file to write, e.g. {output / f'letters.{fmt}'}")
+
+
+def _eml_name(letter: dict[str, Any]) -> str:
+    subject = safe_filename((letter["subject"] or "")[:SUBJECT_CHARS], fallback="no subject")
+    return f"{letter['id']}-{letter['date'][:10]}-{subject}.eml"
+
+
+def _from_line(letter: dict[str, Any]) -> bytes:
+    """mbox's separator: `From <sender> <asctime date>`, the sender without spaces (they would end it)."""
+    sender = "".join(c for c in letter["from_addr"] or "" if c.isprintable() and not c.isspace()) or "MAILER-DAEMON"
+    when = datetime.fromisoformat(letter["date"]).astimezone(timezone.utc).ctime()
+    return f"From {sender} {when}\n".encode()
+
+
+@dataclass
+class _Directory:
+    fd: int
+    path: Path
+
+
+@dataclass
+class _Pending:
+    folder: _Directory
+    temp: str
+    name: str
+    exclusive: bool  # never replaces a file: takes "name (2)" instead
+
+
+class _Staging:
+    """The files of one export, written to temp files and renamed into place all at once by `commit`.
+
+    Directories are used through their descriptors (and those it creates inside another one opened with
+    O_NOFOLLOW), so a symlink planted in the middle of an export cannot redirect a file elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[_Pending] = []
+        self.placed: list[tuple[_Directory, str]] = []
+        self.made: list[tuple[int | None, Path]] = []  # directories created: (parent fd, name or path)
+        self.opened: list[int] = []
+        self.files: list[_SyncedFile] = []
+        self.where: Path = Path(".")  # what is being written: named in an error
+        self.count = 0
+
+    def directory(
+        self, path: Path, parent: _Directory | None = None, create: bool = True, where: Path | None = None
+    ) -> _Directory:
+        self.where = where or (path if parent is None else parent.path / path)
+        parent_fd = None if parent is None else parent.fd
+        if create:
+            try:
+                os.mkdir(path, 0o700, dir_fd=parent_fd)
+                self.made.append((parent_fd, path))
+            except FileExistsError:
+                pass
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if parent is not None else 0)
+        fd = os.open(path, flags, dir_fd=parent_fd)
+        self.opened.append(fd)
+        return _Directory(fd, path if parent is None else parent.path / path)
+
+    def file(self, folder: _Directory, name: str, exclusive: bool = False) -> _SyncedFile:
+        self.where = folder.path / name
+        self.count += 1
+        temp = f".hanna-export.{os.getpid()}.{self.count}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=folder.fd)
+        self.pending.append(_Pending(folder, temp, name, exclusive))
+        self.files.append(_SyncedFile(fd))
+        return self.files[-1]
+
+    def commit(self) -> list[tuple[Path, bool]]:
+        """Rename every temp file to its name; returns (path, whether it is an attachment) in order."""
+        written = []
+        for p in self.pending:
+            self.where = p.folder.path / p.name
+            name = self._reserve(p) if p.exclusive else p.name
+            os.replace(p.temp, name, src_dir_fd=p.folder.fd, dst_dir_fd=p.folder.fd)
+            if not p.exclusive:
+                self.placed.append((p.folder, name))
+            written.append((p.folder.path / name, p.exclusive))
+        self.pending = []
+        return written
+
+    def _reserve(self, p: _Pending) -> str:
+        """The first free one of name, "name (2)", "name (3)"...: created empty (O_EXCL, so never an existing
+        file and never through a symlink), to be replaced by the temp file at once."""
+        stem, dot, extension = p.name.rpartition(".")
+        n = 1
+        while True:
+            name = p.name if n == 1 else f"{stem} ({n}).{extension}" if dot and stem else f"{p.name} ({n})"
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                                 dir_fd=p.folder.fd))
+                self.placed.append((p.folder, name))
+                return name
+            except FileExistsError:
+                n += 1
+
+    def abort(self) -> None:
+        for file in self.files:
+            file.file.close()
+        for p in self.pending:
+            _quietly(os.unlink, p.temp, dir_fd=p.folder.fd)
+        for folder, name in self.placed:
+            _quietly(os.unlink, name, dir_fd=folder.fd)
+        for parent_fd, path in reversed(self.made):
+            _quietly(os.rmdir, path, dir_fd=parent_fd)
+
+    def close(self) -> None:
+        for fd in self.opened:
+            os.close(fd)
+        self.opened = []
+
+
+class _SyncedFile:
+    """A file written whole: flushed to disk on close, so the rename never exposes a file still in cache."""
+
+    def __init__(self, fd: int) -> None:
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    def __enter__(self) -> _SyncedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _quietly(operation: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """A clean-up step after a failure: the first error is what the admin needs to hear, not this one."""
+    try:
+        operation(*args, **kwargs)
+    except OSError:
+        pass

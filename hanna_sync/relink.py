@@ -1,0 +1,206 @@
+"""Keeping links true to the directory as it changes, and finding the letters a change concerns.
+
+Links are made when a pass archives a letter, against the directory of that moment. An import that
+adds a contact, moves a domain or drops a person changes what is true: `relink` re-evaluates every
+archived letter's links (the five address rules from its stored participants, then the links its
+thread passes on), adds what now holds and removes what no longer does. A letter left with no link
+stays in the archive (retention decides about it). Then the backfill: skipped letters on the servers
+that the change concerns are marked wanted, and the next pass fetches just those (see backfill.py).
+
+relink runs under the pass lock, so it never interleaves with a pass: an import while a pass runs
+leaves it due, and that pass (or the next) runs it at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hanna_sync.backfill import SkipIndex, load_skip_index
+from hanna_sync.config import Config
+from hanna_sync.directory import build_directory
+from hanna_sync.errors import SecretsError
+from hanna_sync.match import Directory, Link, inherited_links, match
+from hanna_sync.store import Store
+
+if TYPE_CHECKING:
+    from hanna_sync.credentials import SecretStore
+
+log = logging.getLogger(__name__)
+
+RELINK_DUE = "relink_due"  # archive_state: the directory changed while a pass held the lock
+THREAD_WATERMARK = "thread_backfill_after"  # archive_state: letters up to this id were looked for answers
+
+
+@dataclass
+class RelinkResult:
+    letters: int = 0  # archived letters re-evaluated
+    links_added: int = 0
+    links_removed: int = 0
+    links_changed: int = 0  # same entity, another rule (e.g. a domain link that became a contact's)
+    unlinked: int = 0  # letters that lost their last link: kept, retention decides
+    backfill_wanted: int = 0  # skipped letters the next pass will fetch
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "letters": self.letters, "links_added": self.links_added, "links_removed": self.links_removed,
+            "links_changed": self.links_changed, "unlinked": self.unlinked, "backfill_wanted": self.backfill_wanted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def letter_links(row: dict[str, Any], directory: Directory, config: Config) -> list[Link]:
+    """A letter's links by its own addresses, as a pass would make them now."""
+    if row["automatic"] and not config.linking.automatic:
+        return []
+    return match(row["participants"], directory, bool(row["customers"]), bool(row["leads"]))
+
+
+def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkResult:
+    """Re-evaluate every archived letter's links, then mark the skipped letters the directory now
+    concerns. Without the secrets store (secrets None or unreadable) the links are still redone and
+    the backfill is left for the next `relink`."""
+    started = time.monotonic()
+    result = RelinkResult()
+    with store.transaction():
+        directory = build_directory(store, config)
+        rows = store.relink_rows()
+        before = store.all_links()
+        after = _evaluate(rows, directory, config)
+        for row in rows:
+            letter_id = row["id"]
+            old = before.get(letter_id, {})
+            new = {(l.entity_type, l.entity_id): l for l in after.get(letter_id, [])}
+            gone = [entity for entity in old if entity not in new]
+            fresh = [l for entity, l in new.items() if old.get(entity) != (l.rule, l.address)]
+            result.links_removed += len(gone)
+            result.links_added += sum(1 for l in fresh if (l.entity_type, l.entity_id) not in old)
+            result.links_changed += sum(1 for l in fresh if (l.entity_type, l.entity_id) in old)
+            result.unlinked += int(bool(old) and not new)
+            store.remove_links(letter_id, gone)
+            store.set_links(letter_id, fresh)
+        result.letters = len(rows)
+        store.set_state_value(RELINK_DUE, None)
+    try:
+        index = load_skip_index(secrets) if secrets is not None else None
+    except SecretsError as exc:
+        log.warning("relinked, but skipped letters were not looked for (%s): run 'hanna-sync relink' again", exc)
+        index = None
+    if index is not None:
+        with store.transaction():
+            result.backfill_wanted = mark_directory_backfill(store, index, directory)
+            result.backfill_wanted += mark_thread_backfill(store, lambda: index, config, since_start=True)
+            store.drop_orphan_keys()
+    result.seconds = time.monotonic() - started
+    log.info("relink: %d letters, %d links added, %d removed, %d changed, %d letters unlinked;"
+             " %d skipped letters wanted by the next pass", result.letters, result.links_added,
+             result.links_removed, result.links_changed, result.unlinked, result.backfill_wanted)
+    return result
+
+
+def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) -> dict[int, list[Link]]:
+    """Every letter's links: by its addresses, then inherited along its thread (oldest first, so a
+    reply sees what its parents have; repeated until nothing changes, for replies dated before
+    their parents by a wrong clock). A letter read through Graph also inherits from its Outlook
+    conversation ("conversation:<id>"), as a pass does."""
+    links = {row["id"]: letter_links(row, directory, config) for row in rows}
+    if not config.linking.thread_replies:
+        return links
+    by_thread_id: dict[str, list[int]] = {}
+    for row in rows:
+        for thread_id in (row["message_id"], row["conversation_id"] and f"conversation:{row['conversation_id']}"):
+            if thread_id:
+                by_thread_id.setdefault(thread_id, []).append(row["id"])
+    answering = [(row, _answers(row)) for row in rows]
+    answering = [(row, answers) for row, answers in answering if answers]
+    grew = True
+    while grew:
+        grew = False
+        linked = {thread_id: [(l.entity_type, l.entity_id) for i in ids for l in links[i]]
+                  for thread_id, ids in by_thread_id.items()}
+        for row, answers in answering:
+            if row["automatic"] and not config.linking.automatic:
+                continue
+            extra = inherited_links(answers, linked, links[row["id"]], bool(row["customers"]), bool(row["leads"]))
+            if extra:
+                links[row["id"]] += extra
+                grew = True
+    return links
+
+
+def _answers(row: dict[str, Any]) -> list[str]:
+    """The thread ids a letter inherits links through: those it answers, and its Graph conversation."""
+    answers = [row["in_reply_to"], *row["references"]] if row["in_reply_to"] else list(row["references"])
+    if row["conversation_id"]:
+        answers.append(f"conversation:{row['conversation_id']}")
+    return answers
+
+
+def mark_directory_backfill(store: Store, index: SkipIndex, directory: Directory) -> int:
+    """Mark the skipped letters that have a key the directory did not have when they were last
+    checked; remember the directory's keys as checked. The first time (nothing remembered: no pass
+    has recorded skipped letters yet) there is nothing to compare with, and nothing to mark."""
+    now = index.directory_keys(directory)
+    checked = store.backfill_keys()
+    marked = store.mark_wanted(now - checked) if checked is not None else 0
+    store.replace_backfill_keys(now)
+    return marked
+
+
+def mark_thread_backfill(
+    store: Store, index: Callable[[], SkipIndex | None], config: Config, since_start: bool = False
+) -> int:
+    """Mark the skipped letters that answer a letter linked since the last look: a reply a pass
+    skipped (staff only) before the letter it answers was archived. `since_start` looks at every
+    linked letter (after relink: links may have appeared on old letters). `index` is only asked
+    for (it may build the directory) when there is something to look for."""
+    if not config.linking.thread_replies:
+        return 0
+    watermark = int(store.state_value(THREAD_WATERMARK) or 0)
+    message_ids, top = store.linked_message_ids(0 if since_start else watermark)
+    marked = 0
+    if message_ids:
+        keys = index()
+        if keys is None:
+            return 0  # the watermark stays: looked for when the key can be had
+        marked = store.mark_wanted(keys.thread_keys(message_ids))
+    if top != watermark:
+        store.set_state_value(THREAD_WATERMARK, str(top))
+    return marked
+
+
+def after_pass(
+    store: Store, config: Config, secrets: SecretStore, directory: Callable[[], Directory],
+    index: Callable[[], SkipIndex | None],
+) -> None:
+    """The backfill bookkeeping at the end of a pass (under its lock): the directory the pass checked
+    its skipped letters against, the first time; a relink an import left due; and the replies the
+    pass's new letters make worth fetching. Cheap when the pass archived nothing."""
+    if store.backfill_keys() is None and (first := index()) is not None:
+        with store.transaction():
+            store.replace_backfill_keys(first.directory_keys(directory()))
+    if store.state_value(RELINK_DUE):
+        relink(store, config, secrets)
+        return
+    with store.transaction():
+        marked = mark_thread_backfill(store, index, config)
+    if marked:
+        log.info("%d skipped letters answer letters archived this pass: the next pass fetches them", marked)
+
+
+def relink_or_defer(store: Store, config: Config, secrets: SecretStore | None) -> RelinkResult | None:
+    """Relink now, under the pass lock; while a pass holds it, leave the relink due (that pass runs
+    it at its end) and return None. What an import calls: an import never waits for a pass."""
+    from hanna_sync.scan import PassBusy, pass_lock  # scan imports this module
+
+    try:
+        with pass_lock(config.database.parent / "hanna-sync.lock"):
+            return relink(store, config, secrets)
+    except PassBusy:
+        with store.transaction():
+            store.set_state_value(RELINK_DUE, "1")
+        return None
