@@ -79,6 +79,14 @@ class SkipIndex:
             self._cache[token] = keys
         return keys
 
+    def envelope_keys(self, addresses: Iterable[str], conversation_id: str | None) -> set[int]:
+        """The keys of a letter Graph skipped: its addresses and their domains (as letter_keys), and
+        its Outlook conversation, which Graph letters inherit links through."""
+        keys = {key for address in addresses for key in self._token_keys(address)}
+        if conversation_id:
+            keys.add(self.thread_key(f"conversation:{conversation_id}"))
+        return keys
+
     def directory_keys(self, directory: Directory) -> set[int]:
         """The keys every letter concerning the directory has at least one of: its entities' and
         contacts' addresses, and the domains that link customers."""

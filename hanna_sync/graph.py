@@ -68,6 +68,7 @@ class Envelope:
     subject: str = ""
     internet_message_id: str | None = None
     addresses: tuple[str, ...] = ()  # From, Reply-To, To, Cc, Bcc
+    conversation_id: str | None = None  # Outlook's conversation: what thread links follow over Graph
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> Envelope:
@@ -81,7 +82,7 @@ class Envelope:
 
         fields = ("from", "replyTo", "toRecipients", "ccRecipients", "bccRecipients")
         return cls(str(item["id"]), False, str(item.get("subject") or ""), item.get("internetMessageId") or None,
-                   tuple(a for name in fields for a in emails(item.get(name))))
+                   tuple(a for name in fields for a in emails(item.get(name))), item.get("conversationId") or None)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,12 @@ class GraphClient:
         page = self._get(url, {"Prefer": f"odata.maxpagesize={page_size}, {_IMMUTABLE_IDS}"}, lambda r: r.json())
         return DeltaPage([Envelope.of(item) for item in page.get("value", [])], page.get("@odata.nextLink"),
                          page.get("@odata.deltaLink"))
+
+    def envelope(self, message_id: str) -> Envelope:
+        """One message's envelope by its immutable id, as a delta page gives it: what a backfill matches
+        before downloading anything. Raises MessageGone when it is no longer in the mailbox."""
+        url = f"{self.base}/messages/{quote(message_id, safe='')}?$select={','.join(ENVELOPE_FIELDS)}"
+        return self._get(url, {}, lambda r: Envelope.of(r.json()))
 
     def mime(self, message_id: str, limit: int) -> Mime:
         """The original letter (`$value`), byte for byte; past `limit` bytes only its header block is kept."""

@@ -732,6 +732,10 @@ class GraphScanner:
     nothing. A delta token Graph has forgotten (410) means reading the folder again; letters archived
     already are recognised by Message-ID and locations by Graph's immutable id, so nothing is stored twice.
 
+    Matching is IMAP's, with Outlook's conversation (conversationId) for thread links, and the check for
+    letters sent by programs made on the original. Skipped messages go into the skip index by immutable
+    id; those a directory change makes wanted are looked at again, envelope first, after the round.
+
     A round read from the start reports what is in the folder, never what left it: so it remembers, with its
     pages, which of the folder's locations it returned (their uids, in the folder state's `seen_uids`, which
     IMAP alone uses otherwise; the uid 0, never a location's, says such a round is under way), and when it
@@ -749,6 +753,9 @@ class GraphScanner:
         self.graph, self.result, self.dry_run, self.progress = graph, result, dry_run, progress
         self.deadline = deadline
         self._folders: dict[str, GraphFolder] | None = None
+        assert mailbox.id is not None
+        with store.transaction():
+            self.wanted = store.wanted_graph(mailbox.id)  # skipped letters a directory change made worth a look
 
     def scan(self, path: str) -> None:
         assert self.mailbox.id is not None
@@ -791,8 +798,10 @@ class GraphScanner:
                 continue
             self._page(path, state, page)
             if page.next_link is None:
-                return
+                break
             link = page.next_link
+        if self.wanted.get(path) and not self.dry_run:
+            self._backfill(path, self.wanted[path])
 
     def _page(self, path: str, state: FolderState, page: DeltaPage) -> None:
         assert self.mailbox.id is not None
@@ -802,7 +811,8 @@ class GraphScanner:
             located = self.store.graph_located(self.mailbox.id, path, [e.id for e in present])
         # A message archived from here before, and changed since (read, flagged), needs nothing more.
         fresh = [e for e in present if e.id not in located]
-        candidates, skipped = self._match(fresh)
+        candidates, passed = self._match(fresh)
+        skipped = len(passed)
         self.result.new += len(fresh)
         self.result.skipped += skipped
         state.messages = (state.messages or 0) + len(present)
@@ -821,28 +831,11 @@ class GraphScanner:
                 })
             return
 
+        prepared = self._prepare(candidates, passed)
         with self.store.transaction():
-            known = self.store.letter_ids([c.identity for c in candidates if c.identity])
-        originals = self._originals([c for c in candidates if c.identity not in known])
-        # A message deleted between its delta page and the download is left out: the next round says so.
-        candidates = [c for c in candidates if c.identity in known or c.envelope.id in originals]
-        with self.store.transaction():
-            for c in candidates:
-                assert c.identity is not None
-                letter_id = known.get(c.identity)
-                if letter_id is None:
-                    parsed, mime = originals[c.envelope.id]
-                    if refused(self.store, self.config, c.identity, parsed):  # purged, or older than retention
-                        self.result.skipped += 1
-                        state.skipped += 1
-                        continue
-                    letter_id, created = self.store.archive_letter(c.identity, parsed, mime.raw, mime.size)
-                    known[c.identity] = letter_id
-                    self.result.archived += int(created)
-                self.store.add_graph_location(letter_id, self.mailbox.id, path, c.envelope.id)
-                self.store.add_links(letter_id, c.links)
-                self.result.linked += 1
+            self._archive(path, prepared, state)
             self.store.mark_graph_locations_gone(self.mailbox.id, path, removed)
+            self.store.forget_skipped_graph(self.mailbox.id, path, removed)
             returned = UidSet.parse(state.seen_uids)
             if 0 in returned:  # a round from the start: its @removed are missing, so what it returned counts
                 returned.add(self.store.graph_location_uids(self.mailbox.id, path, [e.id for e in present]))
@@ -857,42 +850,145 @@ class GraphScanner:
             state.skipped += skipped
             self.store.save_folder_state(state)
 
-    def _match(self, envelopes: list[Envelope]) -> tuple[list[GraphCandidate], int]:
+    def _match(self, envelopes: list[Envelope]) -> tuple[list[GraphCandidate], list[Envelope]]:
+        """The envelopes that concern the directory, with their links, and those that do not: by their
+        addresses, and (linking.thread_replies) inherited from the linked letters of their Outlook
+        conversation, archived already or on this page. Whether a program sent the letter is only
+        known from its original, so that check waits for the download."""
         if not envelopes:
-            return [], 0
+            return [], []
         directory = self.directory.get()
-        candidates: list[GraphCandidate] = []
+        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        links: dict[str, list[Link]] = {}
         for e in envelopes:
-            links = match(e.addresses, directory, self.mailbox.sync_customers, self.mailbox.sync_leads)
-            if links:
+            found = match(e.addresses, directory, *flags)
+            if found:
+                links[e.id] = found
+        conversations = {e.id: f"conversation:{e.conversation_id}" for e in envelopes if e.conversation_id}
+        if self.config.linking.thread_replies and conversations:
+            with self.store.transaction():
+                linked = self.store.thread_links(list(set(conversations.values())))
+            for graph_id, found in links.items():
+                if graph_id in conversations:
+                    linked.setdefault(conversations[graph_id], []).extend((l.entity_type, l.entity_id) for l in found)
+            for graph_id, conversation in conversations.items():  # the whole page has been published
+                extra = inherited_links([conversation], linked, links.get(graph_id, ()), *flags)
+                if extra:
+                    links[graph_id] = links.get(graph_id, []) + extra
+        candidates, passed = [], []
+        for e in envelopes:
+            if e.id in links:
                 message_id = _message_id(e.internet_message_id)
-                candidates.append(GraphCandidate(e, links, f"mid:{message_id}" if message_id else None))
-        return candidates, len(envelopes) - len(candidates)
+                candidates.append(GraphCandidate(e, links[e.id], f"mid:{message_id}" if message_id else None))
+            else:
+                passed.append(e)
+        return candidates, passed
 
     def _originals(self, candidates: list[GraphCandidate]) -> dict[str, tuple[ParsedLetter, Mime]]:
         """The original bytes of each letter (headers only over the size limit), up to 4 downloads at once.
 
         Letters without a Message-ID get their identity here, from a fingerprint of their content, as over IMAP.
         """
+        out = self._download([c.envelope.id for c in candidates])
+        for c in candidates:
+            if c.identity is None and c.envelope.id in out:
+                c.identity = f"sha256:{fingerprint(out[c.envelope.id][1].raw)}"
+        return out
+
+    def _download(self, graph_ids: list[str]) -> dict[str, tuple[ParsedLetter, Mime]]:
+        """Originals by immutable id, parsed, at most MAX_IN_FLIGHT at once; those gone are left out."""
         limit = self.config.max_letter_bytes
         charset = self.mailbox.imap_charset
 
-        def download(c: GraphCandidate) -> tuple[GraphCandidate, ParsedLetter, Mime] | None:
+        def download(graph_id: str) -> tuple[str, ParsedLetter, Mime] | None:
             try:
-                mime = self.graph.mime(c.envelope.id, limit)
+                mime = self.graph.mime(graph_id, limit)
             except MessageGone:
                 return None
-            return c, (parse_headers_only if mime.truncated else parse_letter)(mime.raw, charset), mime
+            return graph_id, (parse_headers_only if mime.truncated else parse_letter)(mime.raw, charset), mime
 
         out: dict[str, tuple[ParsedLetter, Mime]] = {}
         with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
-            for got in pool.map(download, candidates):
+            for got in pool.map(download, graph_ids):
                 if got is not None:
-                    c, parsed, mime = got
-                    out[c.envelope.id] = (parsed, mime)
-                    if c.identity is None:
-                        c.identity = f"sha256:{fingerprint(mime.raw)}"
+                    out[got[0]] = (got[1], got[2])
         return out
+
+    def _prepare(self, candidates: list[GraphCandidate], passed: list[Envelope]) -> GraphBatch:
+        """Everything a batch needs from the network, before its transaction: the originals of the
+        matched letters not archived yet, and the skip-index keys of the others."""
+        with self.store.transaction():
+            known = self.store.letter_ids([c.identity for c in candidates if c.identity])
+        originals = self._originals([c for c in candidates if c.identity not in known])
+        # A message deleted between its envelope and the download is left out: the next round says so.
+        candidates = [c for c in candidates if c.identity in known or c.envelope.id in originals]
+        index = self.directory.skip_index()
+        keys = {e.id: index.envelope_keys(e.addresses, e.conversation_id) for e in passed} if index else {}
+        return GraphBatch(candidates, originals, known, keys)
+
+    def _archive(self, path: str, batch: GraphBatch, state: FolderState | None) -> None:
+        """The batch's letters, locations and links, and its skipped letters' keys (inside the caller's
+        transaction). `state` is None for a backfill: its letters were counted when first skipped."""
+        assert self.mailbox.id is not None
+        for c in batch.candidates:
+            assert c.identity is not None
+            letter_id = batch.known.get(c.identity)
+            if letter_id is None:
+                parsed, mime = batch.originals[c.envelope.id]
+                # Purged, older than retention, or (only the original tells) sent by a program.
+                if refused(self.store, self.config, c.identity, parsed) or (
+                        is_automatic(parsed) and not self.config.linking.automatic):
+                    if state is not None:
+                        self.result.skipped += 1
+                        state.skipped += 1
+                    continue
+                letter_id, created = self.store.archive_letter(
+                    c.identity, parsed, mime.raw, mime.size, c.envelope.conversation_id)
+                batch.known[c.identity] = letter_id
+                self.result.archived += int(created)
+            self.store.add_graph_location(letter_id, self.mailbox.id, path, c.envelope.id)
+            self.store.add_links(letter_id, c.links)
+            self.result.linked += 1
+            self.result.backfilled += int(state is None)
+        self.store.record_skipped_graph(self.mailbox.id, path, batch.skipped_keys)
+
+    def _backfill(self, path: str, graph_ids: list[str]) -> None:
+        """Look again at skipped letters a directory change made worth it (see backfill.py): their
+        envelopes, matched as a pass matches, then the originals of the matched only. The matched are
+        archived, the rest stay skipped and are no longer wanted, those gone leave the index."""
+        assert self.mailbox.id is not None
+        log.info("%s: looking again at %d skipped letters the directory now concerns", path, len(graph_ids))
+        batch_size = self.config.scan.batch_size
+        for start in range(0, len(graph_ids), batch_size):
+            if time.monotonic() > self.deadline:
+                self.result.budget_exhausted = True
+                return
+            ids = graph_ids[start : start + batch_size]
+            with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
+                envelopes = [e for e in pool.map(self._envelope, ids) if e is not None]
+            candidates, passed = self._match(envelopes)
+            batch = self._prepare(candidates, passed)
+            with self.store.transaction():
+                self._archive(path, batch, None)
+                found = {e.id for e in envelopes}
+                archived = [c.envelope.id for c in batch.candidates]
+                self.store.forget_skipped_graph(self.mailbox.id, path, archived + [i for i in ids if i not in found])
+
+    def _envelope(self, graph_id: str) -> Envelope | None:
+        try:
+            return self.graph.envelope(graph_id)
+        except MessageGone:
+            return None
+
+
+@dataclass
+class GraphBatch:
+    """A Graph batch between its downloads and its transaction."""
+
+    candidates: list[GraphCandidate]
+    originals: dict[str, tuple[ParsedLetter, Mime]]
+    known: dict[str, int]  # identity -> letter id of those archived already
+    skipped_keys: dict[str, set[int]]  # graph id -> skip-index keys of the letters that concern nobody
 
 
 def _message_id(internet_message_id: str | None) -> str | None:

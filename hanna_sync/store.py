@@ -1165,17 +1165,28 @@ class Store:
 
     # -- relinking and backfill -----------------------------------------------------------------
 
-    def thread_links(self, message_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
-        """The entities each of these archived letters (by Message-ID) is linked to: what a reply inherits."""
+    def thread_links(self, thread_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """The entities the archived letters these ids name are linked to: what a reply inherits.
+
+        A Message-ID names the letter that has it; "conversation:<id>" names every letter of that
+        Outlook conversation (letters read through Graph).
+        """
         found: dict[str, list[tuple[str, str]]] = {}
-        unique = list(dict.fromkeys(message_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            for message_id, entity_type, entity_id in self.db.execute(
-                "SELECT DISTINCT l.message_id, k.entity_type, k.entity_id FROM letters l JOIN links k ON k.letter_id = l.id"
-                f" WHERE l.message_id IN ({','.join('?' * len(chunk))})", chunk,
-            ).fetchall():
-                found.setdefault(message_id, []).append((entity_type, entity_id))
+        unique = list(dict.fromkeys(thread_ids))
+        conversations = [i for i in unique if i.startswith("conversation:")]
+        message_ids = [i for i in unique if not i.startswith("conversation:")]
+        for ids, sql in (
+            (message_ids, "SELECT DISTINCT l.message_id, k.entity_type, k.entity_id FROM letters l"
+                          " JOIN links k ON k.letter_id = l.id WHERE l.message_id IN ({})"),
+            (conversations, "SELECT DISTINCT t.message_id, k.entity_type, k.entity_id FROM letter_thread_ids t"
+                            " JOIN links k ON k.letter_id = t.letter_id WHERE t.message_id IN ({})"),
+        ):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for thread_id, entity_type, entity_id in self.db.execute(
+                    sql.format(",".join("?" * len(chunk))), chunk
+                ).fetchall():
+                    found.setdefault(thread_id, []).append((entity_type, entity_id))
         return found
 
     def record_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, letters: dict[int, set[int]]) -> None:
@@ -1200,6 +1211,47 @@ class Store:
             "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
             sorted((key, ids[uid]) for uid, keys in letters.items() for key in keys),
         )
+
+    def record_skipped_graph(self, mailbox_id: int, folder: str, letters: dict[str, set[int]]) -> None:
+        """record_skipped for a Graph folder: letters named by their immutable id (graph_id -> keys)."""
+        if not letters:
+            return
+        self.db.conn.executemany(
+            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, graph_id) VALUES (?, ?, 0, ?)"
+            " ON CONFLICT (mailbox_id, folder, graph_id) WHERE graph_id IS NOT NULL DO UPDATE SET wanted_since = NULL",
+            [(mailbox_id, folder, graph_id) for graph_id in letters],
+        )
+        ids: dict[str, int] = {}
+        names = list(letters)
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            ids.update(self.db.execute(
+                "SELECT graph_id, id FROM skipped_letters WHERE mailbox_id = ? AND folder = ?"
+                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+            ).fetchall())
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
+            sorted((key, ids[graph_id]) for graph_id, keys in letters.items() for key in keys),
+        )
+
+    def forget_skipped_graph(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> None:
+        """Skipped Graph letters archived now, or gone from the folder."""
+        for start in range(0, len(graph_ids), 500):
+            chunk = graph_ids[start : start + 500]
+            self.db.execute(
+                "DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ?"
+                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+            )
+
+    def wanted_graph(self, mailbox_id: int) -> dict[str, list[str]]:
+        """Skipped Graph letters a backfill wants looked at again: folder -> immutable ids."""
+        wanted: dict[str, list[str]] = {}
+        for folder, graph_id in self.db.execute(
+            "SELECT folder, graph_id FROM skipped_letters WHERE mailbox_id = ? AND wanted_since IS NOT NULL"
+            " AND graph_id IS NOT NULL ORDER BY folder, id", [mailbox_id],
+        ).fetchall():
+            wanted.setdefault(folder, []).append(graph_id)
+        return wanted
 
     def forget_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, uids: list[int]) -> None:
         """Skipped letters that are archived now, or no longer on the server. Their keys are left to
@@ -1237,6 +1289,12 @@ class Store:
         ).fetchall():
             wanted.setdefault(folder, {}).setdefault(uidvalidity, []).append(uid)
         return wanted
+
+    def wanted_count(self, mailbox_id: int) -> int:
+        """Skipped letters of a mailbox the next pass looks at again."""
+        return int(self.db.execute(
+            "SELECT count(*) FROM skipped_letters WHERE mailbox_id = ? AND wanted_since IS NOT NULL", [mailbox_id]
+        ).fetchone()[0])
 
     def mark_wanted(self, keys: set[int]) -> int:
         """Skipped letters with any of these keys are looked at again by the next pass; returns how many."""
@@ -1282,13 +1340,18 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO archive_state (name, value) VALUES (?, ?)", [name, value])
 
     def linked_message_ids(self, after_letter_id: int) -> tuple[list[str], int]:
-        """Message-IDs of linked letters archived after a letter id, and the highest letter id: what
-        thread backfill has not looked for yet."""
+        """The thread ids (Message-IDs, and "conversation:<id>" for Graph letters) of linked letters
+        archived after a letter id, and the highest letter id: what thread backfill has not looked for yet."""
         top = self.db.execute("SELECT coalesce(max(id), 0) FROM letters").fetchone()[0]
-        ids = [mid for (mid,) in self.db.execute(
-            "SELECT l.message_id FROM letters l WHERE l.id > ? AND l.id <= ? AND l.message_id IS NOT NULL"
+        ids: list[str] = []
+        for message_id, conversation_id in self.db.execute(
+            "SELECT l.message_id, l.conversation_id FROM letters l WHERE l.id > ? AND l.id <= ?"
             " AND EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id)", [after_letter_id, top],
-        ).fetchall()]
+        ).fetchall():
+            if message_id:
+                ids.append(message_id)
+            if conversation_id:
+                ids.append(f"conversation:{conversation_id}")
         return ids, int(top)
 
     def relink_rows(self) -> list[dict[str, Any]]:

@@ -334,8 +334,13 @@ def envelope_of(raw: bytes, message_id: str) -> dict[str, Any]:
         "toRecipients": people("To"), "ccRecipients": people("Cc"), "bccRecipients": people("Bcc"),
         "replyTo": people("Reply-To"), "internetMessageId": msg.get("Message-ID"),
         "receivedDateTime": parsedate_to_datetime(date).isoformat() if date else None,
-        "conversationId": f"conv-{hashlib.sha1(str(msg.get('Subject')).encode()).hexdigest()[:8]}",
+        # Outlook groups a conversation by its topic: the subject without Re:/Fw: prefixes.
+        "conversationId": f"conv-{hashlib.sha1(_topic(str(msg.get('Subject', ''))).encode()).hexdigest()[:8]}",
     }
+
+
+def _topic(subject: str) -> str:
+    return re.sub(r"^(?:\s*(?:re|fw|fwd|aw|sv)\s*:\s*)+", "", subject, flags=re.IGNORECASE)
 
 
 class FakeGraph(HttpsFake):
@@ -351,6 +356,7 @@ class FakeGraph(HttpsFake):
         self.requests: list[tuple[float, str, str]] = []  # (time, path, Prefer header)
         self.selects: list[str] = []
         self.value_requests: list[str] = []  # message ids whose $value was fetched
+        self.envelope_requests: list[str] = []  # message ids whose envelope was fetched alone
         self.throttle_next = 0  # this many coming requests are answered `throttle_status` (429 or 503)
         self.throttle_status = 429
         self.retry_after: str | None = "1"  # the Retry-After of a throttled answer: seconds, an HTTP date, or none
@@ -472,6 +478,17 @@ class FakeGraph(HttpsFake):
             if folder is None:
                 return Reply(404, {"error": {"code": "ErrorItemNotFound", "message": "not found"}})
             return self._delta(base, folder, query, str(headers.get("Prefer", "")))
+        if m := re.fullmatch(r"/messages/([^/$]+)", rest):  # one message's envelope ($select)
+            message_id = unquote(m.group(1))
+            for folder in boxes.values():
+                if message_id in folder.messages:
+                    with self._lock:
+                        self.envelope_requests.append(message_id)
+                    fields = query.get("$select", [""])[0].split(",")
+                    envelope = envelope_of(folder.messages[message_id].raw, message_id)
+                    return Reply(200, {k: v for k, v in envelope.items() if k == "id" or k in fields})
+            return Reply(404, {"error": {"code": "ErrorItemNotFound", "message": "The specified object was not"
+                                         " found in the store."}})
         if m := re.fullmatch(r"/messages/([^/]+)/\$value", rest):
             message_id = unquote(m.group(1))
             for folder in boxes.values():

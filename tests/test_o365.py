@@ -689,3 +689,59 @@ def test_the_o365_modules_keep_to_the_house_rules():
         assert "import click" not in text
         assert ("import msal" in text) == (module == "oauth.py"), module
         assert ("import requests" in text) == (module in ("graph.py", "oauth.py")), module
+
+
+# -- thread links, automatic mail and backfill over Graph ------------------------------------------------
+
+def test_graph_replies_inherit_their_conversations_links_and_auto_replies_are_not_linked(tmp_path, ms):
+    ms.graph.mailbox(STAFF, ("Inbox", "Sent Items"))
+    ms.graph.deliver(STAFF, "Inbox", letter("Rūta <ruta@azuolas.lt>", "Lentos", "<l1@azuolas.lt>"))
+    colleague = sample.letter("ona@imone.lt", STAFF, "RE: Lentos", "Ar turim?", message_id="<l2@imone.lt>")
+    ms.graph.deliver(STAFF, "Inbox", colleague)  # staff only, no In-Reply-To: the conversation tells
+    away = b"Auto-Submitted: auto-replied\r\n" + letter("Rūta <ruta@azuolas.lt>", "Atostogos", "<away@azuolas.lt>")
+    ms.graph.deliver(STAFF, "Inbox", away)
+    ms.graph.deliver(STAFF, "Inbox", sample.letter("ona@imone.lt", STAFF, "Pietūs", "12?", message_id="<p@imone.lt>"))
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms, folders=("Inbox",))
+    result = env.run().mailboxes[0]
+    assert result.ok and (result.archived, result.skipped) == (2, 2)
+    rows = {r["subject"]: r for r in env.store.letters(customer="C-1001")}
+    assert set(rows) == {"Lentos", "RE: Lentos"}
+    (link,) = rows["RE: Lentos"]["links"]
+    assert link["rule"] == "thread" and link["address"].startswith("conversation:conv-")
+    assert env.store.thread(rows["Lentos"]["id"])[-1]["subject"] == "RE: Lentos"  # one conversation
+
+
+def test_a_graph_mailbox_backfills_a_customer_added_later_fetching_only_its_letters(tmp_path, ms):
+    ms.graph.mailbox(STAFF, ("Inbox", "Sent Items"))
+    for n in range(6):
+        ms.graph.deliver(STAFF, "Inbox", letter(f"n{n}@kitas.lt", f"Reklama {n}", f"<r{n}@kitas.lt>"))
+    wanted = ms.graph.deliver(STAFF, "Inbox", letter("jonas@medis.lt", "Pasiūlymas", "<offer@medis.lt>"))
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms, folders=("Inbox",))
+    assert env.run().mailboxes[0].skipped == 7 and ms.graph.value_requests == []
+
+    env.store.save_entity("customer", sample.Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
+    from hanna_sync.relink import relink
+    assert relink(env.store, env.config, env.secrets).backfill_wanted == 1
+    second = env.run().mailboxes[0]
+    assert second.ok and (second.backfilled, second.archived, second.new) == (1, 1, 0)
+    assert ms.graph.envelope_requests == ms.graph.value_requests == [wanted.id]  # only that letter was read
+    (row,) = env.store.letters(customer="C-9")
+    assert row["subject"] == "Pasiūlymas" and env.store.letter(row["id"])["locations"][0]["graph_id"] == wanted.id
+    assert env.run().mailboxes[0].backfilled == 0
+
+
+def test_a_graph_reply_skipped_before_its_conversation_was_linked_is_fetched_next_pass(tmp_path, ms):
+    ms.graph.mailbox(STAFF, ("Inbox", "Sent Items"))
+    reply = ms.graph.deliver(STAFF, "Inbox", sample.letter("ona@imone.lt", STAFF, "RE: Sutartis", "Pasirašyta?",
+                                                           message_id="<s2@imone.lt>"))
+    ms.graph.deliver(STAFF, "Sent Items", sample.letter(STAFF, "sviesa@inbox.lt", "Sutartis", "Siunčiu.",
+                                                        message_id="<s1@imone.lt>"))
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms, folders=("Inbox", "Sent Items"))  # the reply's folder first: skipped then
+    first = env.run().mailboxes[0]
+    assert (first.archived, first.skipped) == (1, 1)
+    second = env.run().mailboxes[0]
+    assert second.backfilled == 1 and ms.graph.value_requests[-1] == reply.id
+    assert sorted(r["subject"] for r in env.store.letters(customer="C-1003")) == ["RE: Sutartis", "Sutartis"]
