@@ -477,7 +477,9 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
         click.echo(f"{entity_type.capitalize()}s: {result.added} added, {result.updated} updated,"
                    f" {result.unchanged} unchanged, {len(result.rejected)} rejected.")
         if relinked:
-            click.echo(relink_line(relinked))
+            from hanna_sync.relink import summary_line
+
+            click.echo(summary_line(relinked))
         elif result.added or result.updated:
             click.echo("Relink: a pass is running; it relinks the archive at its end.")
         for error in result.rejected:
@@ -506,12 +508,6 @@ import_group.command("customers")(import_command("customer"))
 import_group.command("leads")(import_command("lead"))
 
 
-def relink_line(result: Any) -> str:
-    return (f"Relinked {result.letters} letters: {result.links_added} links added, {result.links_removed} removed,"
-            f" {result.links_changed} changed, {result.unlinked} letters left unlinked;"
-            f" {result.backfill_wanted} skipped letters will be fetched by the next pass.")
-
-
 @cli.command("relink")
 @json_option
 @click.pass_obj
@@ -527,7 +523,7 @@ def relink_command(app: App, as_json: bool) -> None:
     Example:
       hanna-sync relink && hanna-sync run
     """
-    from hanna_sync.relink import relink_or_defer
+    from hanna_sync.relink import relink_or_defer, summary_line
     from hanna_sync.scan import PassBusy
 
     result = relink_or_defer(app.store, app.config, app.secrets)
@@ -536,7 +532,7 @@ def relink_command(app: App, as_json: bool) -> None:
     if as_json:
         emit_json(result.as_dict())
     else:
-        click.echo(relink_line(result))
+        click.echo(summary_line(result))
 
 
 def list_entities(app: App, entity_type: str, as_json: bool) -> None:
@@ -1298,6 +1294,7 @@ def demo(workdir: str | None) -> None:
     """
     from hanna_sync import sample
     from hanna_sync.demo import run_demo
+    from hanna_sync.relink import summary_line
 
     result = run_demo(Path(workdir) if workdir else None)
     for name, imported in result.imported.items():
@@ -1309,8 +1306,8 @@ def demo(workdir: str | None) -> None:
             "; ".join(m.errors) or "-"] for m in result.scan.mailboxes])
     if result.backfill is not None:
         late = sample.LATE_CUSTOMER
-        click.echo(f"Then customer {late.id} ({late.name}, domain {late.domain}) was imported: "
-                   + (relink_line(result.relinked) if result.relinked else "relink left to the next pass."))
+        click.echo(f"Then customer {late.id} ({late.name}, domain {late.domain}) was imported. "
+                   + (summary_line(result.relinked) if result.relinked else "Relink left to the next pass."))
         backfilled = sum(m.backfilled for m in result.backfill.mailboxes)
         click.echo(f"The next pass fetched {backfilled} older letter(s) for it, and nothing else:"
                    f" letters --customer {late.id} lists them.")

@@ -186,8 +186,8 @@ XOAUTH2_HINT = (
 )
 APP_ONLY_HINT = (
     "the app-only token was accepted but Exchange has not given the app this mailbox: register the app's service"
-    " principal and grant it the mailbox (Exchange Online PowerShell: New-ServicePrincipal -AppId APP_ID -ServiceId"
-    " ENTERPRISE_APP_OBJECT_ID, then Add-MailboxPermission -Identity {login} -User ENTERPRISE_APP_OBJECT_ID"
+    " principal and grant it the mailbox (Exchange Online PowerShell: New-ServicePrincipal -AppId APP_ID -ObjectId"
+    " ENTERPRISE_APP_OBJECT_ID, then Add-MailboxPermission -Identity {login} -User SERVICE_PRINCIPAL_ID"
     " -AccessRights FullAccess); the ObjectId is the enterprise application's, not the app registration's"
     " ('hanna-sync setup-guide o365')"
 )

@@ -96,10 +96,14 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
             result.backfill_wanted += mark_thread_backfill(store, lambda: index, config, since_start=True)
             store.drop_orphan_keys()
     result.seconds = time.monotonic() - started
-    log.info("relink: %d letters, %d links added, %d removed, %d changed, %d letters unlinked;"
-             " %d skipped letters wanted by the next pass", result.letters, result.links_added,
-             result.links_removed, result.links_changed, result.unlinked, result.backfill_wanted)
     return result
+
+
+def summary_line(result: RelinkResult) -> str:
+    """One line for the log (a relink an import left to the pass) and the CLI."""
+    return (f"Relinked {result.letters} letters: {result.links_added} links added, {result.links_removed} removed,"
+            f" {result.links_changed} changed, {result.unlinked} letters left unlinked;"
+            f" {result.backfill_wanted} skipped letters will be fetched by the next pass.")
 
 
 def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) -> dict[int, list[Link]]:
@@ -184,7 +188,7 @@ def after_pass(
         with store.transaction():
             store.replace_backfill_keys(first.directory_keys(directory()))
     if store.state_value(RELINK_DUE):
-        relink(store, config, secrets)
+        log.info("%s (an import during the pass left it due)", summary_line(relink(store, config, secrets)))
         return
     with store.transaction():
         marked = mark_thread_backfill(store, index, config)

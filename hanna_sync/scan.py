@@ -127,7 +127,7 @@ class MailboxResult:
             "id": self.mailbox_id, "email": self.email, "ok": self.ok, "folders_checked": self.folders_checked,
             "new": self.new, "archived": self.archived, "linked": self.linked, "skipped": self.skipped,
             "remapped": self.remapped, "gaps": self.gaps, "backfilled": self.backfilled, "errors": self.errors,
-            "budget_exhausted": self.budget_exhausted, "backing_off_until": self.backing_off_until,
+            "failure_kind": self.failure_kind, "budget_exhausted": self.budget_exhausted, "backing_off_until": self.backing_off_until,
             "seconds": round(self.seconds, 3),
         }
         if self.would_archive:
@@ -737,13 +737,11 @@ class GraphScanner:
     id; those a directory change makes wanted are looked at again, envelope first, after the round.
 
     A round read from the start reports what is in the folder, never what left it: so it remembers, with its
-    pages, which of the folder's locations it returned (their uids, in the folder state's `seen_uids`, which
-    IMAP alone uses otherwise; the uid 0, never a location's, says such a round is under way), and when it
+    pages, which of the folder's locations it returned (their uids, in the folder state's `graph_returned`,
+    None when no such round is under way), and when it
     reaches its deltaLink the live locations it did not return are marked gone. That is how the @removed of
     a window whose delta token was lost (410) still arrive; a kill mid-round keeps the set with its pages.
     """
-
-    FROM_START = "0"  # `seen_uids` of a round that began from the start and has returned no location yet
 
     def __init__(
         self, store: Store, config: Config, mailbox: Mailbox, directory: LazyDirectory, graph: GraphClient,
@@ -782,7 +780,7 @@ class GraphScanner:
         while True:
             if link is None:
                 state.messages = 0  # a round from the start: counts what it has looked at, for `status`
-                state.seen_uids = self.FROM_START
+                state.graph_returned = ""  # a round from the start: no location returned yet
             if time.monotonic() > self.deadline:
                 self.result.budget_exhausted = True
                 return
@@ -836,8 +834,8 @@ class GraphScanner:
             self._archive(path, prepared, state)
             self.store.mark_graph_locations_gone(self.mailbox.id, path, removed)
             self.store.forget_skipped_graph(self.mailbox.id, path, removed)
-            returned = UidSet.parse(state.seen_uids)
-            if 0 in returned:  # a round from the start: its @removed are missing, so what it returned counts
+            if state.graph_returned is not None:  # a round from the start: no @removed, so what it returned counts
+                returned = UidSet.parse(state.graph_returned)
                 returned.add(self.store.graph_location_uids(self.mailbox.id, path, [e.id for e in present]))
                 if page.delta_link:
                     gone = returned.missing(self.store.graph_location_uids(self.mailbox.id, path))
@@ -845,8 +843,7 @@ class GraphScanner:
                     if gone:
                         log.warning("%s: %d archived letters are no longer in the folder (the full read did not"
                                     " return them): their locations are marked gone", path, len(gone))
-                    returned = UidSet()
-                state.seen_uids = str(returned)
+                state.graph_returned = None if page.delta_link else str(returned)
             state.skipped += skipped
             self.store.save_folder_state(state)
 

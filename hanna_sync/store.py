@@ -363,6 +363,7 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (key, skipped_id)
         ) WITHOUT ROWID;
         CREATE TABLE backfill_keys (key INTEGER PRIMARY KEY);
+        ALTER TABLE folder_states ADD COLUMN graph_returned TEXT;
         CREATE TABLE archive_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         """
     )
@@ -528,6 +529,7 @@ class FolderState:
     graph_folder_id: str | None = None  # the folder's id when its delta round began: a new id means a new folder
     delta_link: str | None = None  # the deltaLink of the last complete round: where the next round starts
     next_link: str | None = None  # a round under way: the nextLink to go on from (the next pass, after a kill)
+    graph_returned: str | None = None  # a round from the start under way: UidSet of the locations it returned
 
 
 @dataclass(frozen=True)
