@@ -117,7 +117,7 @@ class ImapProxy:
         self._closed.set()
         self.listener.close()
         for sock in list(self._sockets):
-            _close(sock)
+            _shutdown(sock)  # each connection's thread closes its own sockets (see _serve)
 
     def __enter__(self) -> ImapProxy:
         return self
@@ -139,24 +139,37 @@ class ImapProxy:
         self._sockets.append(conn)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one response per write: no Nagle delays
         client: socket.socket = conn
+        opened: list[socket.socket] = [conn]
         try:
             # Upstream first: with Dovecot down, the client's connection ends at once, as a refusal would.
             raw = socket.create_connection((self.dovecot.host, self.dovecot.imaps_port), timeout=10)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets.append(raw)
+            opened.append(raw)
             upstream = self.upstream_context.wrap_socket(raw, server_hostname=self.dovecot.host)
             upstream.settimeout(None)
             self._sockets.append(upstream)
+            opened.append(upstream)
             if self.server_context is not None:
                 conn.settimeout(10)
                 client = self.server_context.wrap_socket(conn, server_side=True)
                 client.settimeout(None)
                 self._sockets.append(client)
         except OSError:  # Dovecot is down, or the client refused the certificate
-            _close(client)
+            for sock in opened:  # no other thread has them yet
+                _close(sock)
             return
-        threading.Thread(target=self._client_to_server, args=(client, upstream), daemon=True).start()
+        other = threading.Thread(target=self._client_to_server, args=(client, upstream), daemon=True)
+        other.start()
         self._server_to_client(upstream, client)
+        # Both directions are over: only now are the sockets closed. Closing one while the other thread is
+        # inside send() on it frees its descriptor number, the next accept() may get that number, and the
+        # send lands in the next connection's TLS handshake (seen as SSLV3_ALERT_UNEXPECTED_MESSAGE).
+        _shutdown(client)
+        _shutdown(upstream)
+        other.join(10)
+        client.close()
+        upstream.close()
 
     def _client_to_server(self, client: socket.socket, upstream: socket.socket) -> None:
         pending = b""
@@ -176,8 +189,8 @@ class ImapProxy:
                 upstream.sendall(data)
         except OSError:
             pass
-        _close(client)
-        _close(upstream)
+        _shutdown(client)  # wakes the other direction; the sockets are closed once both are done
+        _shutdown(upstream)
 
     def _server_to_client(self, upstream: socket.socket, client: socket.socket) -> None:
         reader = _Reader(upstream)
@@ -197,8 +210,6 @@ class ImapProxy:
                 break
         except OSError:
             pass
-        _close(client)
-        _close(upstream)
 
     def _due(self, response: bytes, literal_at: int | None) -> Fault | None:
         """Count the response; the fault, if this is the one it waits for."""
@@ -251,11 +262,16 @@ class ImapProxy:
                 pass
 
 
-def _close(sock: socket.socket) -> None:
+def _shutdown(sock: socket.socket) -> None:
+    """End both directions without freeing the descriptor (another thread may still be using it)."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _close(sock: socket.socket) -> None:
+    _shutdown(sock)
     try:
         sock.close()
     except OSError:
