@@ -95,6 +95,11 @@ def step(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+# As installed: pip writes every module's bytecode, so a pass does not compile hanna-sync's sources. A
+# shell with PYTHONDONTWRITEBYTECODE (some containers set it) would make each run compile them again.
+INSTALLED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json_output: bool = False,
           profile: Path | None = None) -> Run:
     """Run argv under GNU time; fail loudly if it fails (a benchmark of a failing pass means nothing).
@@ -112,7 +117,8 @@ def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json
     time.sleep(SETTLE_S)
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as stats:
         started = time.monotonic()
-        proc = subprocess.run([TIME, "-v", "-o", stats.name, *argv], capture_output=True, text=True, check=False)
+        proc = subprocess.run([TIME, "-v", "-o", stats.name, *argv], capture_output=True, text=True, check=False,
+                              env=INSTALLED_ENV)
         wall = time.monotonic() - started
         usage = dict(line.strip().rsplit(": ", 1) for line in stats if ": " in line)
     if proc.returncode:
@@ -241,9 +247,20 @@ class Hanna:
         return result
 
 
+def backfill_pass(hanna: Hanna, name: str) -> Run:
+    """The pass after the first: it fetches the replies the first pass skipped because they came before the
+    letter they answer (another folder scanned first), now linked by their thread. Timed on its own, so
+    that the no-change passes after it are no-change passes."""
+    step("hanna-sync: the pass after the first (thread backfill)")
+    run = hanna.run(name, 0, 0)
+    run.letters = totals(run)["backfilled"]
+    step(f"  {run.letters:,} letters backfilled")
+    return run
+
+
 def totals(run: Run) -> dict[str, int]:
     """new / archived / linked / skipped over all mailboxes of a hanna-sync pass."""
-    keys = ("new", "archived", "linked", "skipped")
+    keys = ("new", "archived", "linked", "skipped", "backfilled")
     return {k: sum(m[k] for m in run.output["mailboxes"]) for k in keys}
 
 
@@ -281,6 +298,7 @@ def one_mailbox(
     if first["new"] != n:
         raise SystemExit(f"the first pass looked at {first['new']} letters, not {n}")
     step(f"  {first}")
+    runs.append(backfill_pass(hanna, "hanna-sync backfill pass"))
     step(f"hanna-sync: no-change pass, {REPEATS} times")
     runs.append(median([hanna.run("hanna-sync no-change", n, 0) for _ in range(REPEATS)]))
 
@@ -320,6 +338,7 @@ def many_mailboxes(
     step(f"  {n:,} letters, {nbytes / MiB:,.1f} MiB, in {time.monotonic() - started:.1f} s")
     step(f"hanna-sync: first pass over {count:,} mailboxes")
     runs = [hanna.run(f"{count} mailboxes: first pass", n, nbytes)]
+    runs.append(backfill_pass(hanna, f"{count} mailboxes: backfill"))
     step(f"hanna-sync: no-change pass over {count:,} mailboxes")
     runs.append(hanna.run(f"{count} mailboxes: no-change", n, 0))
     return {"mailboxes": count, "letters": n, "bytes": nbytes, "concurrency": CONCURRENCY,
@@ -345,7 +364,7 @@ def targets(one: dict[str, Any], many: dict[str, Any] | None) -> list[dict[str, 
         ("peak RSS of any hanna-sync pass (MiB)", rss, "<=", RSS_MIB),
     ]
     if many:
-        out.append((f"{many['mailboxes']} mailboxes no-change pass (s)", many["runs"][1].wall_s, "<", MANY_NO_CHANGE_S))
+        out.append((f"{many['mailboxes']} mailboxes no-change pass (s)", many["runs"][-1].wall_s, "<", MANY_NO_CHANGE_S))
     met = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
     return [{"what": what, "value": round(value, 3), "target": f"{op} {goal:g}", "met": met[op](float(value), goal)}
             for what, value, op, goal in out]

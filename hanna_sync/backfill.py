@@ -24,12 +24,22 @@ from typing import TYPE_CHECKING
 
 from hanna_sync.addresses import domain_of, is_listed, normalise_email, registrable_domain
 from hanna_sync.match import Directory
-from hanna_sync.message import address_tokens, thread_tokens
+from hanna_sync.message import address_tokens, message_id_token, thread_tokens
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
 
 SECRET_REF = "backfill-index-key"  # where the per-install key lives in the secrets store
+
+
+@dataclass
+class LetterKeys:
+    """What the skip index keeps of a skipped letter: the keys it is found by, and the key of its own
+    Message-ID, by which the letters answering it are found when it is wanted (a chain of replies is
+    fetched in one pass, not one level per pass)."""
+
+    keys: set[int]
+    own: int | None = None
 
 
 @dataclass
@@ -39,6 +49,7 @@ class SkipIndex:
     key: bytes
     never_link: frozenset[str] = frozenset()  # staff addresses: on most letters, and never a link
     own_domains: tuple[str, ...] = ()
+    free_mail_domains: tuple[str, ...] = ()  # never link by domain: their addresses get no domain key
     _cache: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     def _hash(self, kind: bytes, text: str) -> int:
@@ -54,16 +65,17 @@ class SkipIndex:
     def thread_key(self, message_id: str) -> int:
         return self._hash(b"m:", message_id)
 
-    def letter_keys(self, raw_headers: bytes) -> set[int]:
+    def letter_keys(self, raw_headers: bytes, tokens: list[str] | None = None) -> LetterKeys:
         """The keys of a skipped letter: each address on it, each address's registrable domain, and
-        each Message-ID it answers. Taken from the same cheap token scan as the prefilter, so it is a
-        superset of what matching would look at; staff addresses and own domains, which never link,
-        are left out."""
+        each Message-ID it answers. Taken from the same cheap token scan as the prefilter (`tokens`,
+        when the caller has them already), so it is a superset of what matching would look at; staff
+        addresses and own domains, which never link, are left out."""
         keys: set[int] = set()
-        for token in address_tokens(raw_headers):
+        for token in address_tokens(raw_headers) if tokens is None else tokens:
             keys.update(self._token_keys(token))
         keys.update(self.thread_key(message_id) for message_id in thread_tokens(raw_headers))
-        return keys
+        own = message_id_token(raw_headers)
+        return LetterKeys(keys, self.thread_key(own) if own else None)
 
     def _token_keys(self, token: str) -> tuple[int, ...]:
         """An address token's keys, remembered: the same correspondents are on letter after letter."""
@@ -72,6 +84,8 @@ class SkipIndex:
             email = normalise_email(token)
             if email is None or email in self.never_link or is_listed(domain_of(email), self.own_domains):
                 keys = ()
+            elif is_listed(domain_of(email), self.free_mail_domains):
+                keys = (self.address_key(email),)
             else:
                 keys = (self.address_key(email), self.domain_key(registrable_domain(domain_of(email))))
             if len(self._cache) >= 100_000:
@@ -79,13 +93,13 @@ class SkipIndex:
             self._cache[token] = keys
         return keys
 
-    def envelope_keys(self, addresses: Iterable[str], conversation_id: str | None) -> set[int]:
+    def envelope_keys(self, addresses: Iterable[str], conversation_id: str | None, message_id: str | None) -> LetterKeys:
         """The keys of a letter Graph skipped: its addresses and their domains (as letter_keys), and
         its Outlook conversation, which Graph letters inherit links through."""
         keys = {key for address in addresses for key in self._token_keys(address)}
         if conversation_id:
             keys.add(self.thread_key(f"conversation:{conversation_id}"))
-        return keys
+        return LetterKeys(keys, self.thread_key(message_id) if message_id else None)
 
     def directory_keys(self, directory: Directory) -> set[int]:
         """The keys every letter concerning the directory has at least one of: its entities' and
@@ -101,7 +115,7 @@ class SkipIndex:
 def load_skip_index(secrets: SecretStore, directory: Directory | None = None) -> SkipIndex:
     """The install's index key from the secrets store, made on first use. Called under the pass lock
     only (a pass, relink), so two processes never make two keys. With the directory, the index
-    leaves out what never links (its staff addresses and own domains).
+    leaves out what never links (its staff addresses and own domains, free-mail domains).
 
     Raises SecretsError when the store cannot be read or written (a pass then records no skipped
     letters and says so; nothing else depends on it).
@@ -112,4 +126,5 @@ def load_skip_index(secrets: SecretStore, directory: Directory | None = None) ->
         secrets.set(SECRET_REF, stored)
     if directory is None:
         return SkipIndex(bytes.fromhex(stored))
-    return SkipIndex(bytes.fromhex(stored), directory.staff_addresses, directory.own_domains)
+    return SkipIndex(bytes.fromhex(stored), directory.staff_addresses, directory.own_domains,
+                     directory.free_mail_domains)

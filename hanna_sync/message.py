@@ -228,6 +228,15 @@ def thread_tokens(raw_headers: bytes) -> list[str]:
     return out
 
 
+_MESSAGE_ID_FIELD_RE = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^<>\s]{1,995})>")
+
+
+def message_id_token(raw_headers: bytes) -> str | None:
+    """The letter's own Message-ID, as `ParsedLetter.message_id` spells it, by the same cheap look."""
+    found = _MESSAGE_ID_FIELD_RE.search(raw_headers[:MAX_HEADER_TEXT_BYTES * 8])
+    return _clean_id(found.group(1).decode("utf-8", "replace")) if found else None
+
+
 def is_automatic(letter: ParsedLetter) -> bool:
     """Whether a program sent the letter rather than a person: an auto-reply or auto-generated
     notice (Auto-Submitted other than "no", RFC 3834), bulk mail (Precedence bulk/list/junk), or a

@@ -39,7 +39,7 @@ from hanna_sync.errors import AuthError, ExitCode, HannaError, ReauthRequired, S
 from hanna_sync.graph import (
     MAX_IN_FLIGHT, DeltaExpired, DeltaPage, Envelope, GraphClient, GraphFolder, MessageGone, Mime,
 )
-from hanna_sync.backfill import SkipIndex, load_skip_index
+from hanna_sync.backfill import LetterKeys, SkipIndex, load_skip_index
 from hanna_sync.relink import after_pass
 from hanna_sync.directory import build_directory
 from hanna_sync.match import Directory, Link, inherited_links, match
@@ -523,7 +523,8 @@ class FolderScanner:
         fetched = imap.fetch_header_fields(self.client, uids, HEADER_FIELDS)
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
-        candidates = self._candidates({uid: fetched[uid] for uid in looked_at})
+        tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
+        candidates = self._candidates({uid: fetched[uid] for uid in looked_at}, tokens)
         matched = {c.uid for c in candidates}
         skipped = [uid for uid in looked_at if uid not in matched]
         if not backfill:
@@ -547,7 +548,7 @@ class FolderScanner:
         # Letters expunged between the two FETCHes are left out: nothing is known of them but headers.
         candidates = [c for c in candidates if c.identity in known or c.uid in bodies]
         index = self.directory.skip_index()
-        skipped_keys = {uid: index.letter_keys(fetched[uid][1]) for uid in skipped} if index else {}
+        skipped_keys = {uid: index.letter_keys(fetched[uid][1], tokens[uid]) for uid in skipped} if index else {}
 
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
@@ -582,7 +583,7 @@ class FolderScanner:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
-    def _candidates(self, fetched: dict[int, tuple[int, bytes]]) -> list[Candidate]:
+    def _candidates(self, fetched: dict[int, tuple[int, bytes]], tokens: dict[int, list[str]]) -> list[Candidate]:
         """The letters of a batch that concern the directory, with their links: by their own addresses,
         and (linking.thread_replies) inherited from the linked letters they answer, archived already or
         in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
@@ -600,9 +601,9 @@ class FolderScanner:
             return self.config.linking.automatic or not is_automatic(headers(uid))
 
         links: dict[int, list[Link]] = {}
-        for uid, (_, raw_headers) in fetched.items():
+        for uid in fetched:
             # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
-            if match(address_tokens(raw_headers), directory, *flags):
+            if match(tokens[uid], directory, *flags):
                 found = match(participants_of(headers(uid)), directory, *flags)
                 if found and may_link(uid):
                     links[uid] = found
@@ -920,7 +921,8 @@ class GraphScanner:
         # A message deleted between its envelope and the download is left out: the next round says so.
         candidates = [c for c in candidates if c.identity in known or c.envelope.id in originals]
         index = self.directory.skip_index()
-        keys = {e.id: index.envelope_keys(e.addresses, e.conversation_id) for e in passed} if index else {}
+        keys = {e.id: index.envelope_keys(e.addresses, e.conversation_id, _message_id(e.internet_message_id))
+                for e in passed} if index else {}
         return GraphBatch(candidates, originals, known, keys)
 
     def _archive(self, path: str, batch: GraphBatch, state: FolderState | None) -> None:
@@ -985,7 +987,7 @@ class GraphBatch:
     candidates: list[GraphCandidate]
     originals: dict[str, tuple[ParsedLetter, Mime]]
     known: dict[str, int]  # identity -> letter id of those archived already
-    skipped_keys: dict[str, set[int]]  # graph id -> skip-index keys of the letters that concern nobody
+    skipped_keys: dict[str, LetterKeys]  # graph id -> skip-index keys of the letters that concern nobody
 
 
 def _message_id(internet_message_id: str | None) -> str | None:

@@ -25,6 +25,7 @@ from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
 from hanna_sync.message import is_automatic
 
 if TYPE_CHECKING:
+    from hanna_sync.backfill import LetterKeys
     from hanna_sync.match import Link
     from hanna_sync.message import ParsedLetter
 
@@ -350,6 +351,7 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
             uidvalidity INTEGER NOT NULL,
             uid INTEGER,
             graph_id TEXT,
+            own_key INTEGER,
             wanted_since TEXT
         );
         CREATE UNIQUE INDEX skipped_letters_uid ON skipped_letters(mailbox_id, folder, uidvalidity, uid)
@@ -1191,7 +1193,7 @@ class Store:
                     found.setdefault(thread_id, []).append((entity_type, entity_id))
         return found
 
-    def record_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, letters: dict[int, set[int]]) -> None:
+    def record_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, letters: dict[int, LetterKeys]) -> None:
         """Where letters that concerned nobody are (uid -> their keyed hashes), for a later backfill.
 
         A letter recorded again (looked at once more by a backfill, still concerning nobody) is no
@@ -1201,9 +1203,9 @@ class Store:
         if not letters:
             return
         self.db.conn.executemany(
-            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, uid) VALUES (?, ?, ?, ?)"
+            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, uid, own_key) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (mailbox_id, folder, uidvalidity, uid) WHERE uid IS NOT NULL DO UPDATE SET wanted_since = NULL",
-            [(mailbox_id, folder, uidvalidity, uid) for uid in letters],
+            [(mailbox_id, folder, uidvalidity, uid, entry.own) for uid, entry in letters.items()],
         )
         ids = dict(self.db.execute(
             "SELECT uid, id FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
@@ -1211,17 +1213,17 @@ class Store:
         ).fetchall())
         self.db.conn.executemany(
             "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
-            sorted((key, ids[uid]) for uid, keys in letters.items() for key in keys),
+            sorted((key, ids[uid]) for uid, entry in letters.items() for key in entry.keys),
         )
 
-    def record_skipped_graph(self, mailbox_id: int, folder: str, letters: dict[str, set[int]]) -> None:
+    def record_skipped_graph(self, mailbox_id: int, folder: str, letters: dict[str, LetterKeys]) -> None:
         """record_skipped for a Graph folder: letters named by their immutable id (graph_id -> keys)."""
         if not letters:
             return
         self.db.conn.executemany(
-            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, graph_id) VALUES (?, ?, 0, ?)"
+            "INSERT INTO skipped_letters (mailbox_id, folder, uidvalidity, graph_id, own_key) VALUES (?, ?, 0, ?, ?)"
             " ON CONFLICT (mailbox_id, folder, graph_id) WHERE graph_id IS NOT NULL DO UPDATE SET wanted_since = NULL",
-            [(mailbox_id, folder, graph_id) for graph_id in letters],
+            [(mailbox_id, folder, graph_id, entry.own) for graph_id, entry in letters.items()],
         )
         ids: dict[str, int] = {}
         names = list(letters)
@@ -1233,7 +1235,7 @@ class Store:
             ).fetchall())
         self.db.conn.executemany(
             "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
-            sorted((key, ids[graph_id]) for graph_id, keys in letters.items() for key in keys),
+            sorted((key, ids[graph_id]) for graph_id, entry in letters.items() for key in entry.keys),
         )
 
     def forget_skipped_graph(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> None:
@@ -1299,16 +1301,23 @@ class Store:
         ).fetchone()[0])
 
     def mark_wanted(self, keys: set[int]) -> int:
-        """Skipped letters with any of these keys are looked at again by the next pass; returns how many."""
+        """Skipped letters with any of these keys are looked at again by the next pass, and so are the
+        skipped letters answering those, down the whole chain of replies; returns how many were marked."""
         marked = 0
         now = utcnow()
-        listed = sorted(keys)
-        for start in range(0, len(listed), 500):
-            chunk = listed[start : start + 500]
-            marked += self.db.execute(
-                "UPDATE skipped_letters SET wanted_since = ? WHERE wanted_since IS NULL AND id IN"
-                f" (SELECT skipped_id FROM skipped_keys WHERE key IN ({','.join('?' * len(chunk))}))", [now, *chunk],
-            ).rowcount
+        frontier = sorted(keys)
+        while frontier:
+            answered: set[int] = set()
+            for start in range(0, len(frontier), 500):
+                chunk = frontier[start : start + 500]
+                rows = self.db.execute(
+                    "UPDATE skipped_letters SET wanted_since = ? WHERE wanted_since IS NULL AND id IN"
+                    f" (SELECT skipped_id FROM skipped_keys WHERE key IN ({','.join('?' * len(chunk))}))"
+                    " RETURNING own_key", [now, *chunk],
+                ).fetchall()
+                marked += len(rows)
+                answered.update(own for (own,) in rows if own is not None)
+            frontier = sorted(answered)  # letters marked once are not marked again: the walk ends
         return marked
 
     def skipped_count(self) -> int:

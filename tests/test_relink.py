@@ -64,12 +64,14 @@ def test_thread_tokens_read_the_answered_ids_as_the_parser_does():
 
 def test_skip_index_keys_depend_on_the_install_secret():
     one, other = SkipIndex(b"k" * 32), SkipIndex(b"j" * 32)
-    raw = b"From: Ruta <Ruta@Azuolas.lt>\r\nTo: a@imone.lt\r\nReferences: <p0@x>\r\n\r\n"
-    keys = one.letter_keys(raw)
-    assert one.address_key("ruta@azuolas.lt") in keys and one.domain_key("azuolas.lt") in keys
-    assert one.thread_key("p0@x") in keys
+    raw = b"From: Ruta <Ruta@Azuolas.lt>\r\nTo: a@imone.lt\r\nMessage-ID: <self@x>\r\nReferences: <p0@x>\r\n\r\n"
+    entry = one.letter_keys(raw)
+    assert one.address_key("ruta@azuolas.lt") in entry.keys and one.domain_key("azuolas.lt") in entry.keys
+    assert one.thread_key("p0@x") in entry.keys and entry.own == one.thread_key("self@x")
     assert one.address_key("ruta@azuolas.lt") != other.address_key("ruta@azuolas.lt")
-    assert not keys & other.letter_keys(raw)
+    assert not entry.keys & other.letter_keys(raw).keys
+    staff = SkipIndex(b"k" * 32, frozenset({"a@imone.lt"}), ("imone.lt",))
+    assert staff.address_key("a@imone.lt") not in staff.letter_keys(raw).keys  # never links: not kept
 
 
 # -- passes on the sandbox Dovecot ---------------------------------------------------------------
@@ -201,6 +203,23 @@ def test_a_reply_skipped_before_its_parent_was_archived_is_fetched_by_the_next_p
     assert third.mailboxes[0].backfilled == 1
     assert linked_subjects(env, "customer", "C-1001") == ["Fwd: Lentos", "Lentos"]
     assert env.store.skipped_count() == 0
+
+
+def test_a_chain_of_skipped_replies_is_fetched_in_one_pass_once_its_start_is_archived(env, imap_user, dovecot):
+    colleague = f"kolega@{sample.OWN_DOMAINS[0]}"
+    ids = [f"<c{n}@imone.lt>" for n in range(4)]
+    for n in range(1, 4):  # three staff-only replies, each to the one before, in a folder scanned first
+        dovecot.deliver(imap_user.login, "Vidiniai", sample.letter(
+            colleague if n % 2 else imap_user.login, imap_user.login if n % 2 else colleague, f"Re: Lentos {n}",
+            "...", message_id=ids[n], in_reply_to=ids[n - 1]))
+    env.add(imap_user, folders=("Vidiniai", "INBOX"))
+    assert env.run().ok and env.store.skipped_count() == 3
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "ruta@azuolas.lt", imap_user.login, "Lentos", "?", message_id=ids[0]))
+    assert env.run().ok  # archives the start of the chain and marks the whole chain
+    assert env.store.wanted_count(1) == 3
+    assert env.run().mailboxes[0].backfilled == 3  # one pass, not one per level
+    assert len(env.store.letters(customer="C-1001")) == 4 and env.store.skipped_count() == 0
 
 
 @pytest.mark.parametrize("extra_header", [
