@@ -20,7 +20,7 @@ import hashlib
 import secrets as random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hanna_sync.addresses import domain_of, is_listed, normalise_email, registrable_domain
 from hanna_sync.match import Directory
@@ -101,12 +101,21 @@ class SkipIndex:
             keys.add(self.thread_key(f"conversation:{conversation_id}"))
         return LetterKeys(keys, self.thread_key(message_id) if message_id else None)
 
-    def directory_keys(self, directory: Directory) -> set[int]:
-        """The keys every letter concerning the directory has at least one of: its entities' and
-        contacts' addresses, and the domains that link customers."""
-        keys = {self.address_key(address) for address in directory.by_address}
-        keys.update(self.domain_key(domain) for domain in directory.customers_by_domain)
+    def directory_keys(self, directory: Directory, settings: str = "") -> dict[int, int]:
+        """The keys every letter concerning the directory has at least one of (its entities' and
+        contacts' addresses, the domains that link customers), each with what it means now: which
+        entities it links to (an address), which customers claim it (a domain: two of them link
+        neither), and the linking `settings`. A key whose meaning changes (a contact moved to a
+        customer, an ambiguous domain resolved, [linking] changed) wants its letters looked at again,
+        like a new key."""
+        keys = {self.address_key(address): self._meaning(settings, sorted(set(owners)))
+                for address, owners in directory.by_address.items()}
+        keys.update({self.domain_key(domain): self._meaning(settings, sorted(owners))
+                     for domain, owners in directory.customers_by_domain.items()})
         return keys
+
+    def _meaning(self, settings: str, owners: list[Any]) -> int:
+        return self._hash(b"x:", f"{settings}|{owners!r}")
 
     def thread_keys(self, message_ids: Iterable[str]) -> set[int]:
         return {self.thread_key(message_id) for message_id in message_ids}

@@ -214,18 +214,20 @@ _THREAD_ID_RE = re.compile(rb"<([^<>\s]{1,995})>")
 
 
 def thread_tokens(raw_headers: bytes) -> list[str]:
-    """The Message-IDs a letter answers (In-Reply-To and References), as `ParsedLetter` spells them.
+    """The Message-IDs a letter answers (In-Reply-To, then References), as `ParsedLetter` spells them.
 
     The scan's cheap look at whether a letter continues an archived conversation, for every letter
     looked at, without parsing it; ids written without brackets (rare robots) are not found here.
     """
-    out: list[str] = []
+    in_reply_to: list[str] = []
+    references: list[str] = []
     for field_match in _THREAD_FIELD_RE.finditer(raw_headers[:MAX_HEADER_TEXT_BYTES * 8]):
+        into = in_reply_to if field_match.group(0)[:1] in b"iI" else references
         for token in _THREAD_ID_RE.findall(field_match.group(1))[:MAX_REFERENCES]:
             cleaned = _clean_id(token.decode("utf-8", "replace"))
             if cleaned:
-                out.append(cleaned)
-    return out
+                into.append(cleaned)
+    return in_reply_to + references  # In-Reply-To first, as relink reads them: the same link either way
 
 
 _MESSAGE_ID_FIELD_RE = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<([^<>\s]{1,995})>")

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RELINK_DUE = "relink_due"  # archive_state: the directory changed while a pass held the lock
+BACKFILL_DUE = "backfill_due"  # archive_state: links redone, skipped letters not looked for yet
+INDEX_CHECK = "skip_index_check"  # archive_state: a key made with the skip index's key, to notice a new one
 THREAD_WATERMARK = "thread_backfill_after"  # archive_state: letters up to this id were looked for answers
 
 
@@ -63,40 +65,86 @@ def letter_links(row: dict[str, Any], directory: Directory, config: Config) -> l
 def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkResult:
     """Re-evaluate every archived letter's links, then mark the skipped letters the directory now
     concerns. Without the secrets store (secrets None or unreadable) the links are still redone and
-    the backfill is left for the next `relink`."""
+    the marking is left due: the next pass (or relink) does it."""
     started = time.monotonic()
     result = RelinkResult()
     with store.transaction():
+        store.set_state_value(RELINK_DUE, None)  # an import from now on leaves it due again
+    with store.lock:  # read, then think, without holding the write lock
         directory = build_directory(store, config)
         rows = store.relink_rows()
         before = store.all_links()
-        after = _evaluate(rows, directory, config)
+    after = _evaluate(rows, directory, config)
+    # A thread link whose letter is no longer archived (purged, retention) cannot be re-judged: it stays.
+    archived_ids = {i for row in rows for i in _thread_ids(row)}
+    grown: list[str] = []  # thread ids of letters that gained a link: their skipped replies are wanted
+    with store.transaction():
         for row in rows:
             letter_id = row["id"]
             old = before.get(letter_id, {})
             new = {(l.entity_type, l.entity_id): l for l in after.get(letter_id, [])}
+            for entity, (rule, address) in old.items():
+                if rule == "thread" and address not in archived_ids and entity not in new:
+                    new[entity] = Link(entity[0], entity[1], rule, address)
             gone = [entity for entity in old if entity not in new]
             fresh = [l for entity, l in new.items() if old.get(entity) != (l.rule, l.address)]
+            added = sum(1 for l in fresh if (l.entity_type, l.entity_id) not in old)
             result.links_removed += len(gone)
-            result.links_added += sum(1 for l in fresh if (l.entity_type, l.entity_id) not in old)
-            result.links_changed += sum(1 for l in fresh if (l.entity_type, l.entity_id) in old)
+            result.links_added += added
+            result.links_changed += len(fresh) - added
             result.unlinked += int(bool(old) and not new)
+            if added:
+                grown.extend(_thread_ids(row))
             store.remove_links(letter_id, gone)
             store.set_links(letter_id, fresh)
         result.letters = len(rows)
-        store.set_state_value(RELINK_DUE, None)
+        store.set_state_value(BACKFILL_DUE, "1")
     try:
         index = load_skip_index(secrets) if secrets is not None else None
     except SecretsError as exc:
-        log.warning("relinked, but skipped letters were not looked for (%s): run 'hanna-sync relink' again", exc)
+        log.warning("relinked; skipped letters are looked for when the secrets store answers (%s)", exc)
         index = None
     if index is not None:
-        with store.transaction():
-            result.backfill_wanted = mark_directory_backfill(store, index, directory)
-            result.backfill_wanted += mark_thread_backfill(store, lambda: index, config, since_start=True)
-            store.drop_orphan_keys()
+        result.backfill_wanted = mark_backfill(store, config, index, directory, grown)
     result.seconds = time.monotonic() - started
     return result
+
+
+def mark_backfill(store: Store, config: Config, index: SkipIndex, directory: Directory, thread_ids: list[str]) -> int:
+    """The skipped letters a directory change concerns (new or changed keys), and those answering
+    letters that gained a link, marked wanted in one transaction with clearing BACKFILL_DUE: a kill
+    or a refusing secrets store leaves it due, never half done."""
+    with store.transaction():
+        verify_index(store, index)
+        marked = mark_directory_backfill(store, index, directory, config)
+        if config.linking.thread_replies and thread_ids:
+            marked += store.mark_wanted(index.thread_keys(thread_ids))
+        store.drop_orphan_keys()
+        store.set_state_value(BACKFILL_DUE, None)
+    return marked
+
+
+def verify_index(store: Store, index: SkipIndex) -> None:
+    """Check that the skip index's key is the one its keys were made with. A secrets store restored
+    without it, or reset, makes a new key: the stored keys can no longer be found, so every skipped
+    letter is looked at once more (and recorded with the new key) instead of being lost to backfill."""
+    check = str(index.thread_key("hanna-sync: skip index check"))
+    stored = store.state_value(INDEX_CHECK)
+    if stored == check:
+        return
+    if stored is not None:
+        log.warning("the skip index's key changed (secrets store restored or reset?): every skipped letter"
+                    " is looked at once more by the next pass")
+        store.want_all_skipped()
+    store.set_state_value(INDEX_CHECK, check)
+
+
+def _thread_ids(row: dict[str, Any]) -> list[str]:
+    """What names a letter in a thread: its Message-ID, and its Outlook conversation."""
+    ids = [row["message_id"]] if row["message_id"] else []
+    if row["conversation_id"]:
+        ids.append(f"conversation:{row['conversation_id']}")
+    return ids
 
 
 def summary_line(result: RelinkResult) -> str:
@@ -144,28 +192,32 @@ def _answers(row: dict[str, Any]) -> list[str]:
     return answers
 
 
-def mark_directory_backfill(store: Store, index: SkipIndex, directory: Directory) -> int:
-    """Mark the skipped letters that have a key the directory did not have when they were last
-    checked; remember the directory's keys as checked. The first time (nothing remembered: no pass
-    has recorded skipped letters yet) there is nothing to compare with, and nothing to mark."""
-    now = index.directory_keys(directory)
+def linking_settings(config: Config) -> str:
+    """What of the config decides whether a letter links, beside the directory: part of each key's meaning."""
+    return repr((config.linking.automatic, config.linking.thread_replies, config.own_domains,
+                 config.free_mail_domains))
+
+
+def mark_directory_backfill(store: Store, index: SkipIndex, directory: Directory, config: Config) -> int:
+    """Mark the skipped letters that have a key the directory did not have, or that meant something
+    else, when they were last checked; remember the directory's keys as checked. The first time
+    (nothing remembered) the skipped letters were checked against this very directory: nothing to mark."""
+    now = index.directory_keys(directory, linking_settings(config))
     checked = store.backfill_keys()
-    marked = store.mark_wanted(now - checked) if checked is not None else 0
+    changed = {key for key, meaning in now.items() if checked is not None and checked.get(key) != meaning}
+    marked = store.mark_wanted(changed) if changed else 0
     store.replace_backfill_keys(now)
     return marked
 
 
-def mark_thread_backfill(
-    store: Store, index: Callable[[], SkipIndex | None], config: Config, since_start: bool = False
-) -> int:
+def mark_thread_backfill(store: Store, index: Callable[[], SkipIndex | None], config: Config) -> int:
     """Mark the skipped letters that answer a letter linked since the last look: a reply a pass
-    skipped (staff only) before the letter it answers was archived. `since_start` looks at every
-    linked letter (after relink: links may have appeared on old letters). `index` is only asked
-    for (it may build the directory) when there is something to look for."""
+    skipped (staff only) before the letter it answers was archived. `index` is only asked for (it
+    may build the directory) when there is something to look for."""
     if not config.linking.thread_replies:
         return 0
     watermark = int(store.state_value(THREAD_WATERMARK) or 0)
-    message_ids, top = store.linked_message_ids(0 if since_start else watermark)
+    message_ids, top = store.linked_message_ids(watermark)
     marked = 0
     if message_ids:
         keys = index()
@@ -181,15 +233,15 @@ def after_pass(
     store: Store, config: Config, secrets: SecretStore, directory: Callable[[], Directory],
     index: Callable[[], SkipIndex | None],
 ) -> None:
-    """The backfill bookkeeping at the end of a pass (under its lock): the directory the pass checked
-    its skipped letters against, the first time; a relink an import left due; and the replies the
-    pass's new letters make worth fetching. Cheap when the pass archived nothing."""
-    if store.backfill_keys() is None and (first := index()) is not None:
-        with store.transaction():
-            store.replace_backfill_keys(first.directory_keys(directory()))
+    """The backfill bookkeeping at the end of a pass (under its lock): a relink an import left due, a
+    marking a relink could not finish, and the skipped replies the pass's new letters make worth
+    fetching. Cheap when the pass archived nothing."""
     if store.state_value(RELINK_DUE):
         log.info("%s (an import during the pass left it due)", summary_line(relink(store, config, secrets)))
         return
+    if store.state_value(BACKFILL_DUE) and (keys := index()) is not None:
+        marked = mark_backfill(store, config, keys, directory(), store.linked_message_ids(0)[0])
+        log.info("%d skipped letters the last directory change concerns: the next pass fetches them", marked)
     with store.transaction():
         marked = mark_thread_backfill(store, index, config)
     if marked:

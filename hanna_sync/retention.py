@@ -10,8 +10,9 @@ and the same age rule keeps a pass from archiving it in the first place (`refuse
 
 VACUUM: deleting frees pages inside the file without shrinking it. After a purge or a retention deletion,
 when a quarter or more of the file's pages are free, the file is VACUUMed (purge --no-vacuum skips it).
-Retention's cutoff moves once a day, so that is at most one VACUUM a day from a pass, and only when much
-was deleted.
+Retention's cutoff moves once a day, so a pass VACUUMs only when much was deleted: about once a day,
+more often only while a backlog larger than RETENTION_BATCH is being worked off (the first days after
+retention is turned on).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from hanna_sync.graph import (
     MAX_IN_FLIGHT, DeltaExpired, DeltaPage, Envelope, GraphClient, GraphFolder, MessageGone, Mime,
 )
 from hanna_sync.backfill import LetterKeys, SkipIndex, load_skip_index
-from hanna_sync.relink import after_pass
+from hanna_sync.relink import after_pass, linking_settings, verify_index
 from hanna_sync.directory import build_directory
 from hanna_sync.match import Directory, Link, inherited_links, match
 from hanna_sync.message import (
@@ -178,6 +178,7 @@ class LazyDirectory:
         self._directory: Directory | None = None
         self._index: SkipIndex | None = None
         self._index_failed = False
+        self._remembered = False  # the directory the skipped letters are checked against is on record
         self._lock = threading.Lock()
 
     def skip_index(self) -> SkipIndex | None:
@@ -186,12 +187,22 @@ class LazyDirectory:
         with self._lock:
             if self._index is None and not self._index_failed and self.secrets is not None:
                 try:
-                    self._index = load_skip_index(self.secrets, directory)
+                    index = load_skip_index(self.secrets, directory)
+                    with self.store.transaction():
+                        verify_index(self.store, index)
+                    self._index = index
                 except SecretsError as exc:
                     self._index_failed = True
                     log.warning("skipped letters are not recorded this pass (%s): a customer added later will"
                                 " not find them", exc)
             return self._index
+
+    def remember_directory(self, index: SkipIndex) -> None:
+        """Call in the transaction that records skipped letters: the first ones ever recorded are
+        remembered with the directory they were checked against, so a later change is seen as one."""
+        if not self._remembered and self.store.state_value("backfill_keys_saved") is None:
+            self.store.replace_backfill_keys(index.directory_keys(self.get(), linking_settings(self.config)))
+        self._remembered = True
 
     def get(self) -> Directory:
         with self._lock:
@@ -570,9 +581,11 @@ class FolderScanner:
                 self.store.add_links(letter_id, c.links)
                 self.result.linked += 1
                 self.result.backfilled += int(backfill)
-            self.store.record_skipped(self.mailbox.id, folder, state.uidvalidity, skipped_keys)
-            if backfill:
-                done = [c.uid for c in candidates] + [uid for uid in uids if uid not in skipped_keys]
+            if index is not None and skipped_keys:
+                self.directory.remember_directory(index)
+                self.store.record_skipped(self.mailbox.id, folder, state.uidvalidity, skipped_keys)
+            if backfill:  # archived now, or no longer on the server
+                done = [c.uid for c in candidates] + [uid for uid in uids if uid not in fetched]
                 self.store.forget_skipped(self.mailbox.id, folder, state.uidvalidity, done)
             else:
                 state.skipped += len(skipped)
@@ -808,7 +821,9 @@ class GraphScanner:
         removed = [e.id for e in page.items if e.removed]
         with self.store.transaction():
             located = self.store.graph_located(self.mailbox.id, path, [e.id for e in present])
-        # A message archived from here before, and changed since (read, flagged), needs nothing more.
+            located |= self.store.graph_skipped(self.mailbox.id, path, [e.id for e in present])
+        # A message archived or skipped from here before, and changed since (read, flagged), needs nothing
+        # more: a directory change that concerns a skipped one makes it wanted (see _backfill).
         fresh = [e for e in present if e.id not in located]
         candidates, passed = self._match(fresh)
         skipped = len(passed)
@@ -864,12 +879,12 @@ class GraphScanner:
                 links[e.id] = found
         conversations = {e.id: f"conversation:{e.conversation_id}" for e in envelopes if e.conversation_id}
         if self.config.linking.thread_replies and conversations:
+            # From archived letters only: whether a letter of this page was sent by a program (and so
+            # passes nothing on) is known from its original. A reply skipped here because its
+            # conversation's first letter is on the same page is fetched by the next pass (thread backfill).
             with self.store.transaction():
                 linked = self.store.thread_links(list(set(conversations.values())))
-            for graph_id, found in links.items():
-                if graph_id in conversations:
-                    linked.setdefault(conversations[graph_id], []).extend((l.entity_type, l.entity_id) for l in found)
-            for graph_id, conversation in conversations.items():  # the whole page has been published
+            for graph_id, conversation in conversations.items():
                 extra = inherited_links([conversation], linked, links.get(graph_id, ()), *flags)
                 if extra:
                     links[graph_id] = links.get(graph_id, []) + extra
@@ -914,7 +929,8 @@ class GraphScanner:
 
     def _prepare(self, candidates: list[GraphCandidate], passed: list[Envelope]) -> GraphBatch:
         """Everything a batch needs from the network, before its transaction: the originals of the
-        matched letters not archived yet, and the skip-index keys of the others."""
+        matched letters not archived yet, and the skip-index keys of all of them (a matched letter may
+        still turn out to be one not to archive: sent by a program, purged, too old)."""
         with self.store.transaction():
             known = self.store.letter_ids([c.identity for c in candidates if c.identity])
         originals = self._originals([c for c in candidates if c.identity not in known])
@@ -922,13 +938,15 @@ class GraphScanner:
         candidates = [c for c in candidates if c.identity in known or c.envelope.id in originals]
         index = self.directory.skip_index()
         keys = {e.id: index.envelope_keys(e.addresses, e.conversation_id, _message_id(e.internet_message_id))
-                for e in passed} if index else {}
-        return GraphBatch(candidates, originals, known, keys)
+                for e in passed + [c.envelope for c in candidates]} if index else {}
+        return GraphBatch(candidates, [e.id for e in passed], originals, known, keys, index)
 
-    def _archive(self, path: str, batch: GraphBatch, state: FolderState | None) -> None:
-        """The batch's letters, locations and links, and its skipped letters' keys (inside the caller's
-        transaction). `state` is None for a backfill: its letters were counted when first skipped."""
+    def _archive(self, path: str, batch: GraphBatch, state: FolderState | None) -> list[str]:
+        """The batch's letters, locations and links, and its skipped letters in the skip index (inside
+        the caller's transaction). `state` is None for a backfill: its letters were counted when first
+        skipped. Returns the graph ids that stay skipped."""
         assert self.mailbox.id is not None
+        skipped = list(batch.passed)
         for c in batch.candidates:
             assert c.identity is not None
             letter_id = batch.known.get(c.identity)
@@ -940,6 +958,7 @@ class GraphScanner:
                     if state is not None:
                         self.result.skipped += 1
                         state.skipped += 1
+                    skipped.append(c.envelope.id)  # not downloaded again when Graph reports it changed
                     continue
                 letter_id, created = self.store.archive_letter(
                     c.identity, parsed, mime.raw, mime.size, c.envelope.conversation_id)
@@ -949,7 +968,10 @@ class GraphScanner:
             self.store.add_links(letter_id, c.links)
             self.result.linked += 1
             self.result.backfilled += int(state is None)
-        self.store.record_skipped_graph(self.mailbox.id, path, batch.skipped_keys)
+        if batch.index is not None and skipped:
+            self.directory.remember_directory(batch.index)
+            self.store.record_skipped_graph(self.mailbox.id, path, {i: batch.keys[i] for i in skipped})
+        return skipped
 
     def _backfill(self, path: str, graph_ids: list[str]) -> None:
         """Look again at skipped letters a directory change made worth it (see backfill.py): their
@@ -968,9 +990,9 @@ class GraphScanner:
             candidates, passed = self._match(envelopes)
             batch = self._prepare(candidates, passed)
             with self.store.transaction():
-                self._archive(path, batch, None)
+                still_skipped = set(self._archive(path, batch, None))
                 found = {e.id for e in envelopes}
-                archived = [c.envelope.id for c in batch.candidates]
+                archived = [c.envelope.id for c in batch.candidates if c.envelope.id not in still_skipped]
                 self.store.forget_skipped_graph(self.mailbox.id, path, archived + [i for i in ids if i not in found])
 
     def _envelope(self, graph_id: str) -> Envelope | None:
@@ -985,9 +1007,11 @@ class GraphBatch:
     """A Graph batch between its downloads and its transaction."""
 
     candidates: list[GraphCandidate]
+    passed: list[str]  # graph ids of the letters that concern nobody
     originals: dict[str, tuple[ParsedLetter, Mime]]
     known: dict[str, int]  # identity -> letter id of those archived already
-    skipped_keys: dict[str, LetterKeys]  # graph id -> skip-index keys of the letters that concern nobody
+    keys: dict[str, LetterKeys]  # graph id -> skip-index keys, for every letter of the batch
+    index: SkipIndex | None
 
 
 def _message_id(internet_message_id: str | None) -> str | None:

@@ -129,7 +129,7 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         state, detail, alert = "ok", "up to date", False
     if state in ("ok", "backfilling") and any(f.gap_found for f in folders):
         detail += f"; the last gap check found {sum(f.gap_found for f in folders)} letter(s) never looked at (now read)"
-    wanted = store.wanted_count(mailbox.id)
+    wanted = store.wanted_count(mailbox.id, mailbox.folders)
     if wanted:
         detail += f"; {wanted} older letter(s) the directory now concerns are fetched by the next pass"
 

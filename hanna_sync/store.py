@@ -345,7 +345,7 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
             {_THREAD_IDS_WITH_CONVERSATION}
         END;
         CREATE TABLE skipped_letters (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a forgotten letter's keys stay behind
             mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
             folder TEXT NOT NULL,
             uidvalidity INTEGER NOT NULL,
@@ -364,7 +364,7 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
             skipped_id INTEGER NOT NULL,
             PRIMARY KEY (key, skipped_id)
         ) WITHOUT ROWID;
-        CREATE TABLE backfill_keys (key INTEGER PRIMARY KEY);
+        CREATE TABLE backfill_keys (key INTEGER PRIMARY KEY, meaning INTEGER NOT NULL);
         ALTER TABLE folder_states ADD COLUMN graph_returned TEXT;
         CREATE TABLE archive_state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         """
@@ -1247,6 +1247,17 @@ class Store:
                 f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
             )
 
+    def graph_skipped(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> set[str]:
+        """Which of these Graph messages were skipped here before and are not wanted: nothing to do."""
+        found: set[str] = set()
+        for start in range(0, len(graph_ids), 500):
+            chunk = graph_ids[start : start + 500]
+            found.update(row[0] for row in self.db.execute(
+                "SELECT graph_id FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND wanted_since IS NULL"
+                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+            ).fetchall())
+        return found
+
     def wanted_graph(self, mailbox_id: int) -> dict[str, list[str]]:
         """Skipped Graph letters a backfill wants looked at again: folder -> immutable ids."""
         wanted: dict[str, list[str]] = {}
@@ -1294,10 +1305,12 @@ class Store:
             wanted.setdefault(folder, {}).setdefault(uidvalidity, []).append(uid)
         return wanted
 
-    def wanted_count(self, mailbox_id: int) -> int:
-        """Skipped letters of a mailbox the next pass looks at again."""
+    def wanted_count(self, mailbox_id: int, folders: list[str]) -> int:
+        """Skipped letters in these folders of a mailbox that the next pass looks at again."""
+        marks = ",".join("?" * len(folders)) or "NULL"
         return int(self.db.execute(
-            "SELECT count(*) FROM skipped_letters WHERE mailbox_id = ? AND wanted_since IS NOT NULL", [mailbox_id]
+            "SELECT count(*) FROM skipped_letters WHERE mailbox_id = ? AND wanted_since IS NOT NULL"
+            f" AND folder IN ({marks})", [mailbox_id, *folders],
         ).fetchone()[0])
 
     def mark_wanted(self, keys: set[int]) -> int:
@@ -1320,6 +1333,11 @@ class Store:
             frontier = sorted(answered)  # letters marked once are not marked again: the walk ends
         return marked
 
+    def want_all_skipped(self) -> None:
+        """Every skipped letter looked at again (the skip index's keys can no longer be trusted)."""
+        self.db.execute("UPDATE skipped_letters SET wanted_since = ? WHERE wanted_since IS NULL", [utcnow()])
+        self.db.execute("DELETE FROM skipped_keys")
+
     def skipped_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM skipped_letters").fetchone()[0])
 
@@ -1329,15 +1347,16 @@ class Store:
             "DELETE FROM skipped_keys WHERE skipped_id NOT IN (SELECT id FROM skipped_letters)"
         ).rowcount
 
-    def backfill_keys(self) -> set[int] | None:
-        """The directory's keys as skipped letters were last checked against; None before the first time."""
+    def backfill_keys(self) -> dict[int, int] | None:
+        """The directory's keys (key -> what it meant) as skipped letters were last checked against;
+        None before the first time."""
         if self.state_value("backfill_keys_saved") is None:
             return None
-        return {key for (key,) in self.db.execute("SELECT key FROM backfill_keys").fetchall()}
+        return dict(self.db.execute("SELECT key, meaning FROM backfill_keys").fetchall())
 
-    def replace_backfill_keys(self, keys: set[int]) -> None:
+    def replace_backfill_keys(self, keys: dict[int, int]) -> None:
         self.db.execute("DELETE FROM backfill_keys")
-        self.db.conn.executemany("INSERT INTO backfill_keys (key) VALUES (?)", [(k,) for k in keys])
+        self.db.conn.executemany("INSERT INTO backfill_keys (key, meaning) VALUES (?, ?)", list(keys.items()))
         self.set_state_value("backfill_keys_saved", utcnow())
 
     def state_value(self, name: str) -> str | None:

@@ -32,6 +32,7 @@ from hanna_sync.config import O365Config, parse_config
 from hanna_sync.errors import AuthError, ConfigError, ExitCode
 from hanna_sync.graph import ENVELOPE_FIELDS, MAX_IN_FLIGHT, MAX_RETRIES, GraphClient
 from hanna_sync.oauth import CLIENT_SECRET_REF, MicrosoftSignIn, TokenRefused
+from hanna_sync.relink import relink
 from hanna_sync.status import health
 from tests.fakes_microsoft import Microsoft, claims_of
 from tests.helpers import Env, deliver_sample, server_flags
@@ -698,18 +699,27 @@ def test_graph_replies_inherit_their_conversations_links_and_auto_replies_are_no
     ms.graph.deliver(STAFF, "Inbox", letter("Rūta <ruta@azuolas.lt>", "Lentos", "<l1@azuolas.lt>"))
     colleague = sample.letter("ona@imone.lt", STAFF, "RE: Lentos", "Ar turim?", message_id="<l2@imone.lt>")
     ms.graph.deliver(STAFF, "Inbox", colleague)  # staff only, no In-Reply-To: the conversation tells
-    away = b"Auto-Submitted: auto-replied\r\n" + letter("Rūta <ruta@azuolas.lt>", "Atostogos", "<away@azuolas.lt>")
-    ms.graph.deliver(STAFF, "Inbox", away)
-    ms.graph.deliver(STAFF, "Inbox", sample.letter("ona@imone.lt", STAFF, "Pietūs", "12?", message_id="<p@imone.lt>"))
+    news = b"List-Id: <news.azuolas.lt>\r\n" + letter("Rūta <ruta@azuolas.lt>", "Naujienos", "<n1@azuolas.lt>")
+    news_id = ms.graph.deliver(STAFF, "Inbox", news).id  # a list letter passes nothing on to its conversation
+    ms.graph.deliver(STAFF, "Inbox", sample.letter("ona@imone.lt", STAFF, "RE: Naujienos", "Matei?",
+                                                   message_id="<n2@imone.lt>"))
     env = o365_env(tmp_path, ms)
     add_scan(env, ms, folders=("Inbox",))
-    result = env.run().mailboxes[0]
-    assert result.ok and (result.archived, result.skipped) == (2, 2)
+    first = env.run().mailboxes[0]
+    assert first.ok and (first.archived, first.skipped) == (1, 3)
+    downloads = len(ms.graph.value_requests)
+    assert news_id in ms.graph.value_requests  # matched by its sender: only its original tells it is a list's
+    ms.graph.touch(STAFF, "Inbox", news_id)  # read: Graph reports it again
+    second = env.run().mailboxes[0]  # the reply on the same page as its conversation's letter: next pass
+    assert second.ok and second.backfilled == 1
     rows = {r["subject"]: r for r in env.store.letters(customer="C-1001")}
     assert set(rows) == {"Lentos", "RE: Lentos"}
     (link,) = rows["RE: Lentos"]["links"]
     assert link["rule"] == "thread" and link["address"].startswith("conversation:conv-")
     assert env.store.thread(rows["Lentos"]["id"])[-1]["subject"] == "RE: Lentos"  # one conversation
+    assert env.run().mailboxes[0].backfilled == 0
+    assert relink(env.store, env.config, env.secrets).links_removed == 0  # the pass and relink agree
+    assert len(ms.graph.value_requests) == downloads + 1  # the list letter, skipped, is not downloaded again
 
 
 def test_a_graph_mailbox_backfills_a_customer_added_later_fetching_only_its_letters(tmp_path, ms):
@@ -722,7 +732,6 @@ def test_a_graph_mailbox_backfills_a_customer_added_later_fetching_only_its_lett
     assert env.run().mailboxes[0].skipped == 7 and ms.graph.value_requests == []
 
     env.store.save_entity("customer", sample.Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
-    from hanna_sync.relink import relink
     assert relink(env.store, env.config, env.secrets).backfill_wanted == 1
     second = env.run().mailboxes[0]
     assert second.ok and (second.backfilled, second.archived, second.new) == (1, 1, 0)

@@ -55,10 +55,10 @@ def test_letters_sent_by_programs_are_recognised(header, automatic):
 
 
 def test_thread_tokens_read_the_answered_ids_as_the_parser_does():
-    raw = (b"Message-ID: <own@x>\r\nIn-Reply-To: <p1@azuolas.lt>\r\nReferences: <p0@azuolas.lt>\r\n"
-           b"\t<p1@azuolas.lt>\r\nSubject: <not@an.id>\r\n\r\n")
+    raw = (b"Message-ID: <own@x>\r\nReferences: <p0@azuolas.lt>\r\n\t<p1@azuolas.lt>\r\n"
+           b"In-Reply-To: <p1@azuolas.lt>\r\nSubject: <not@an.id>\r\n\r\n")
     parsed = parse_headers_only(raw)
-    assert thread_tokens(raw) == ["p1@azuolas.lt", "p0@azuolas.lt", "p1@azuolas.lt"]
+    assert thread_tokens(raw) == ["p1@azuolas.lt", "p0@azuolas.lt", "p1@azuolas.lt"]  # In-Reply-To first
     assert set(thread_tokens(raw)) == {parsed.in_reply_to, *parsed.references}
 
 
@@ -217,7 +217,7 @@ def test_a_chain_of_skipped_replies_is_fetched_in_one_pass_once_its_start_is_arc
     dovecot.deliver(imap_user.login, "INBOX", sample.letter(
         "ruta@azuolas.lt", imap_user.login, "Lentos", "?", message_id=ids[0]))
     assert env.run().ok  # archives the start of the chain and marks the whole chain
-    assert env.store.wanted_count(1) == 3
+    assert env.store.wanted_count(1, ["Vidiniai", "INBOX"]) == 3
     assert env.run().mailboxes[0].backfilled == 3  # one pass, not one per level
     assert len(env.store.letters(customer="C-1001")) == 4 and env.store.skipped_count() == 0
 
@@ -233,9 +233,8 @@ def test_auto_replies_and_bulk_mail_are_not_linked_unless_configured(env, imap_u
     assert result.ok and result.mailboxes[0].skipped == 1 and env.store.letters() == []
 
     env.config = replace(env.config, linking=LinkingConfig(automatic=True))
-    assert relink(env.store, env.config, env.secrets).backfill_wanted == 0  # no directory change: no backfill
-    env.store.db.execute("DELETE FROM folder_states")  # read the folder again under the new setting
-    assert env.run().ok
+    assert relink(env.store, env.config, env.secrets).backfill_wanted == 1  # a [linking] change re-reads it
+    assert env.run().mailboxes[0].backfilled == 1
     (letter,) = env.store.letters()
     assert letter["subject"] == "Automatinis atsakymas" and letter["links"][0]["entity_id"] == "C-1001"
     env.config = replace(env.config, linking=LinkingConfig(automatic=False))
@@ -312,3 +311,91 @@ def test_status_tells_how_many_older_letters_the_next_pass_fetches(env, imap_use
     assert "1 older letter(s) the directory now concerns are fetched by the next pass" in mailbox["detail"]
     assert env.run().ok
     assert json.loads(cli_run(env, "status", "--json").stdout)["mailboxes"][0]["wanted"] == 0
+
+
+# -- what a review found: backfill that must not be lost, links that must not go, no churn ------------
+
+def test_purging_the_letter_a_reply_inherited_from_keeps_the_replys_link(env, imap_user, dovecot):
+    from hanna_sync.retention import purge
+
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "ruta@azuolas.lt", imap_user.login, "Lentos", "?", message_id="<k1@azuolas.lt>"))
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        imap_user.login, f"kolega@{sample.OWN_DOMAINS[0]}", "Re: Lentos", "!", in_reply_to="<k1@azuolas.lt>"))
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok
+    parent = next(r for r in env.store.letters() if r["subject"] == "Lentos")
+    purge(env.store, env.config, [parent["id"]])  # a privacy request for the customer's letter only
+    result = relink(env.store, env.config, env.secrets)
+    assert (result.links_removed, result.unlinked) == (0, 0)
+    assert linked_subjects(env, "customer", "C-1001") == ["Re: Lentos"]
+
+
+def test_a_domain_two_customers_claimed_backfills_when_one_lets_go(env, imap_user, dovecot):
+    for entity_id in ("C-8", "C-9"):
+        env.store.save_entity("customer", Entity(entity_id, entity_id, None, "medis.lt"), replace_contacts=True)
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter("jonas@medis.lt", imap_user.login, "Pasiūlymas", "x"))
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok and env.store.skipped_count() == 1  # an ambiguous domain links neither
+    env.store.save_entity("customer", Entity("C-9", "C-9", None, "kitas.lt"), replace_contacts=True)
+    assert relink(env.store, env.config, env.secrets).backfill_wanted == 1  # same key, another meaning
+    assert env.run().mailboxes[0].backfilled == 1
+    assert linked_subjects(env, "customer", "C-8") == ["Pasiūlymas"]
+
+
+def test_a_relink_whose_secrets_store_fails_leaves_the_backfill_to_the_next_pass(env, imap_user, dovecot, monkeypatch):
+    import hanna_sync.relink as relink_module
+    from hanna_sync.errors import SecretsError
+
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter("jonas@medis.lt", imap_user.login, "Pasiūlymas", "x"))
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok
+    env.store.save_entity("customer", Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
+
+    def refuse(*args, **kwargs):
+        raise SecretsError("the keyring did not answer within 5 s")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(relink_module, "load_skip_index", refuse)
+        assert relink(env.store, env.config, env.secrets).backfill_wanted == 0
+    assert env.run().ok  # its end does the marking left due
+    assert env.run().mailboxes[0].backfilled == 1
+    assert linked_subjects(env, "customer", "C-9") == ["Pasiūlymas"]
+
+
+def test_relinking_again_does_not_fetch_skipped_replies_again(env, imap_user, dovecot):
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "ruta@azuolas.lt", imap_user.login, "Lentos", "?", message_id="<j1@azuolas.lt>"))
+    auto = b"Auto-Submitted: auto-replied\r\n" + sample.letter(
+        imap_user.login, "ruta@azuolas.lt", "Re: Lentos", "Atostogauju.", in_reply_to="<j1@azuolas.lt>")
+    dovecot.deliver(imap_user.login, "INBOX", auto)
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok and env.run().ok  # the auto-reply: looked at once more after its parent, still skipped
+    for _ in range(2):
+        assert relink(env.store, env.config, env.secrets).backfill_wanted == 0
+    assert env.store.wanted_count(1, ["INBOX"]) == 0
+
+
+def test_a_new_skip_index_key_has_every_skipped_letter_looked_at_again(env, imap_user, dovecot):
+    from hanna_sync.backfill import SECRET_REF
+
+    dovecot.deliver(imap_user.login, "INBOX", sample.letter("jonas@medis.lt", imap_user.login, "Pasiūlymas", "x"))
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok
+    env.secrets.delete(SECRET_REF)  # e.g. the secrets store restored from an older backup
+    env.store.save_entity("customer", Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
+    assert relink(env.store, env.config, env.secrets).backfill_wanted >= 0
+    assert env.store.wanted_count(1, ["INBOX"]) == 1  # found again despite the lost key
+    assert env.run().mailboxes[0].backfilled == 1
+
+
+def test_a_forgotten_skipped_letters_keys_never_pass_to_another(env, imap_user):
+    from hanna_sync.backfill import LetterKeys
+
+    box = env.add(imap_user, folders=("INBOX",))
+    with env.store.transaction():
+        env.store.record_skipped(box.id, "INBOX", 1, {2: LetterKeys({222})})
+        env.store.forget_skipped(box.id, "INBOX", 1, [2])  # its key row stays until drop_orphan_keys
+        env.store.record_skipped(box.id, "INBOX", 1, {3: LetterKeys({333})})
+        assert env.store.mark_wanted({222}) == 0  # uid 3 did not get uid 2's id, nor its key
+        assert env.store.mark_wanted({333}) == 1
