@@ -145,6 +145,8 @@ def setup_logging(level: int) -> None:
     root.handlers[:] = [handler]
     logging.getLogger("hanna_sync").setLevel(level)
     root.setLevel(logging.WARNING)  # other libraries' chatter only when it matters
+    # MSAL logs its failures with tracebacks; hanna-sync says each in one line (all of it with -v).
+    logging.getLogger("msal").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
 
 
 def emit_json(data: Any) -> None:

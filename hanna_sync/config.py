@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,10 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             raise ConfigError(f"{where}: 'o365.{name}' must be an https:// URL, not {o365[name]!r}")
     if ("certificate_file" in o365) != ("certificate_thumbprint" in o365):
         raise ConfigError(f"{where}: 'o365.certificate_file' and 'o365.certificate_thumbprint' go together")
+    thumbprint = o365.get("certificate_thumbprint")
+    if thumbprint is not None and not re.fullmatch(r"[0-9A-Fa-f]{40}", thumbprint.replace(":", "").replace(" ", "")):
+        raise ConfigError(f"{where}: 'o365.certificate_thumbprint' must be the certificate's SHA-1 thumbprint,"
+                          f" 40 hex digits as the portal's Certificates & secrets page shows it, not {thumbprint!r}")
     for name, value in (
         ("secrets.timeout", secrets.get("timeout", 1)),
         ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
@@ -270,7 +275,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             client_id=o365.get("client_id"),
             auth=o365.get("auth", O365Config.auth),
             certificate_file=path(o365.get("certificate_file")),
-            certificate_thumbprint=o365.get("certificate_thumbprint"),
+            certificate_thumbprint=thumbprint.replace(":", "").replace(" ", "") if thumbprint else None,
             authority=o365.get("authority", O365Config.authority).rstrip("/"),
             graph_url=o365.get("graph_url", O365Config.graph_url).rstrip("/"),
         ),

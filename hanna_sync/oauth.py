@@ -123,6 +123,10 @@ _AADSTS_FIXES = {
     "70011": "a scope was refused: check the API permissions of the app registration ('hanna-sync setup-guide o365')",
 }
 _REAUTH_ERRORS = ("invalid_grant", "interaction_required")
+# The identity platform busy or failing for a moment: the next pass tries again, no back-off.
+_TRANSIENT_ERRORS = ("temporarily_unavailable", "server_error", "slow_down")
+# The device-code flow ended without a sign-in (msal returns the last poll's answer when the code expires).
+_NOBODY_SIGNED_IN = ("authorization_pending", "expired_token", "code_expired")
 
 
 class TokenRefused(AuthError):
@@ -243,8 +247,12 @@ def _locked(path: Path, timeout: float) -> Iterator[None]:
     Held while a cache is read, renewed and written back, so two processes (or two scanner threads:
     each opens its own descriptor) never renew with the same refresh token and keep the older cache.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # e.g. `login` once run as root made it root's
+        raise SecretsError(f"cannot open the token lock {path}: {exc.strerror or exc}; run hanna-sync as the user"
+                           " that owns the state directory (e.g. sudo -u hanna-sync hanna-sync ...)") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -295,6 +303,9 @@ class MicrosoftSignIn:
 
     def __init__(self, settings: O365Config, secrets: Secrets, lock_path: Path | None, timeout: float) -> None:
         self.settings, self.secrets, self.lock_path, self.timeout = settings, secrets, lock_path, timeout
+        # MSAL keeps the authority's openid-configuration here: read once per process, not per token (so a
+        # cached token needs no request at all, and an identity platform down for a moment costs nothing).
+        self._http_cache: dict[Any, Any] = {}
 
     @classmethod
     def for_config(cls, config: Config, secrets: Secrets) -> MicrosoftSignIn:
@@ -352,7 +363,12 @@ class MicrosoftSignIn:
             if not list(cache.search(cache.CredentialType.ACCOUNT)):  # known without asking the network
                 raise SignInLost(f"{mailbox.email} is not signed in to Microsoft 365", f"sign in with {login}")
             app = self._public_app(cache)
-            accounts = app.get_accounts(username=mailbox.login_name) or app.get_accounts()
+            # Only the mailbox's own account: a token of another (the mailbox's address edited since the
+            # sign-in) would read that other mailbox through /me.
+            accounts = app.get_accounts(username=mailbox.login_name) or app.get_accounts(username=mailbox.email)
+            if not accounts:
+                raise SignInLost(f"the Microsoft sign-in kept for {mailbox.email} is another account's (the"
+                                 " mailbox's address or username changed since)", sign_in_again)
             result = app.acquire_token_silent_with_error([resource.delegated_scope], account=accounts[0],
                                                          force_refresh=fresh)
         if result is None:  # e.g. signed in through another app registration (client_id changed since)
@@ -368,16 +384,21 @@ class MicrosoftSignIn:
                 fix += f"; then {sign_in_again}"
             raise SignInLost(f"the Microsoft sign-in of {mailbox.email} no longer gets tokens ({text})",
                              fix.replace("'hanna-sync login ID'", login))
-        raise self._refused(text)
+        raise self._refused(result)
 
     def _app_token(self, resource: Resource, fresh: bool) -> Token:
         with self._cache(APP_CACHE_REF, load=not fresh) as cache:
             result = self._confidential_app(cache).acquire_token_for_client([resource.app_scope])
         if "access_token" in result:
             return Token(result["access_token"], resource, True, str(result.get("token_source", "cache")))
-        raise self._refused(_reply_text(result))
+        raise self._refused(result)
 
-    def _refused(self, text: str) -> TokenRefused:
+    def _refused(self, result: dict[str, Any]) -> TokenRefused | ConnectError:
+        """A refusal (the mailbox backs off: a person must act), or a moment's trouble (the next pass retries)."""
+        text = _reply_text(result)
+        if result.get("error") in _TRANSIENT_ERRORS or "AADSTS50196" in text:  # 50196: a client loop, throttled
+            return ConnectError(f"the Microsoft identity platform is busy or failing for now ({text});"
+                                " the next pass tries again")
         return TokenRefused(f"the Microsoft identity platform refused the token request ({text})", fix_for(text))
 
     # -- signing in ----------------------------------------------------------------------------------
@@ -400,14 +421,11 @@ class MicrosoftSignIn:
             app = self._public_app(cache)
             flow = app.initiate_device_flow(scopes=scopes)
             if "user_code" not in flow:
-                raise self._refused(_reply_text(flow))
+                raise self._refused(flow)
             show(flow["message"])
             result = app.acquire_token_by_device_flow(flow)
         if "access_token" not in result:
-            text = _reply_text(result)
-            if result.get("error") == "expired_token":
-                raise AuthError(f"the code expired before anyone signed in ({text}); run the sign-in again")
-            raise self._refused(text)
+            raise device_flow_failure(result, max(1, round(int(flow.get("expires_in") or 900) / 60)), mailbox)
         user = str((result.get("id_token_claims") or {}).get("preferred_username") or "")
         if user.casefold() not in {mailbox.email.casefold(), mailbox.login_name.casefold()}:
             raise AuthError(
@@ -430,7 +448,7 @@ class MicrosoftSignIn:
             app = self._confidential_app(msal.SerializableTokenCache(), secret)
             result = app.acquire_token_for_client([GRAPH.app_scope])
         if "access_token" not in result:
-            raise self._refused(_reply_text(result))
+            raise self._refused(result)
         self.secrets.set(CLIENT_SECRET_REF, secret)
 
     # -- MSAL ---------------------------------------------------------------------------------------
@@ -451,7 +469,8 @@ class MicrosoftSignIn:
             if stored:
                 cache.deserialize(stored)
             yield cache
-            if cache.has_state_changed:
+            # Not when the mailbox was removed meanwhile: its refresh token must not come back.
+            if cache.has_state_changed and not (stored and self.secrets.get(ref) is None):
                 self.secrets.set(ref, cache.serialize())
 
     @contextmanager
@@ -459,17 +478,28 @@ class MicrosoftSignIn:
         """The identity platform unreachable, or the authority not a usable URL: one line each."""
         import requests
 
+        import msal
+
         try:
             yield
         except requests.RequestException as exc:
             raise ConnectError(f"cannot reach the Microsoft identity platform at {self.settings.authority}:"
                                f" {network_reason(exc)}") from None
+        except msal.exceptions.MsalError as exc:  # e.g. HTTP 5xx from its token or openid-configuration endpoint
+            said = " ".join(str(exc).split())[:200]
+            raise ConnectError(f"the Microsoft identity platform at {self.settings.authority} failed ({said});"
+                               " the next pass tries again") from None
         except ValueError as exc:  # MSAL: an authority that is not https://host/tenant, a bad openid configuration
             if str(exc).startswith("Unable to get authority configuration"):  # its openid-configuration is not there
                 raise ConfigError(f"the identity platform at {self.settings.authority} does not know the tenant"
                                   f" '{self.settings.tenant_id}': check [o365] tenant_id (the Directory (tenant) ID"
                                   " on the app registration's Overview page)") from None
-            raise ConfigError(f"[o365] authority {self.authority} is not usable: {exc}") from None
+            if "authority" in str(exc).lower():
+                raise ConfigError(f"[o365] authority {self.authority} is not usable: {exc}") from None
+            # Anything else (a reply that is not JSON: a proxy's error page) is the network's doing, not the config's.
+            raise ConnectError(f"the Microsoft identity platform at {self.settings.authority} gave an answer that"
+                               f" is not a token reply ({' '.join(str(exc).split())[:120]}), perhaps from a proxy in between;"
+                               " the next pass tries again") from None
 
     def _public_app(self, cache: msal.SerializableTokenCache) -> msal.PublicClientApplication:
         import msal
@@ -477,7 +507,8 @@ class MicrosoftSignIn:
         # instance_discovery=False: the authority is taken as given (its openid-configuration is read
         # directly), so another cloud or a test's fake identity platform works the same way.
         return msal.PublicClientApplication(self.settings.client_id, authority=self.authority, token_cache=cache,
-                                            instance_discovery=False, timeout=self.timeout)
+                                            instance_discovery=False, timeout=self.timeout,
+                                            http_cache=self._http_cache)
 
     def _confidential_app(self, cache: msal.SerializableTokenCache,
                           secret: str | None = None) -> msal.ConfidentialClientApplication:
@@ -493,6 +524,7 @@ class MicrosoftSignIn:
                 raise ConfigError(f"cannot read [o365] certificate_file {self.settings.certificate_file}:"
                                   f" {exc.strerror or exc}") from None
             assert self.settings.certificate_thumbprint is not None  # the config checks they come together
+            _check_private_key(pem, self.settings.certificate_file)
             credential = {"private_key": pem, "thumbprint": self.settings.certificate_thumbprint}
         else:
             stored = self.secrets.get(CLIENT_SECRET_REF)
@@ -502,4 +534,32 @@ class MicrosoftSignIn:
             credential = stored
         return msal.ConfidentialClientApplication(self.settings.client_id, client_credential=credential,
                                                   authority=self.authority, token_cache=cache,
-                                                  instance_discovery=False, timeout=self.timeout)
+                                                  instance_discovery=False, timeout=self.timeout,
+                                                  http_cache=self._http_cache)
+
+
+def device_flow_failure(result: dict[str, Any], minutes: int, mailbox: Mailbox) -> AuthError:
+    """Why a device-code sign-in ended without tokens, in words: nobody signed in in time (msal then
+    returns the last poll's "authorization_pending"), the person declined, or a refusal to look up."""
+    login = f"'hanna-sync login {mailbox.id if mailbox.id is not None else 'ID'}'"
+    error = result.get("error")
+    if error in _NOBODY_SIGNED_IN:
+        return AuthError(f"nobody signed in within {minutes} minute{'s' if minutes != 1 else ''}, so the code"
+                         f" expired; run {login} again"
+                         " and enter the code it shows at the address it shows")
+    if error == "authorization_declined":
+        return AuthError(f"the sign-in was declined in the browser; run {login} again and accept")
+    text = _reply_text(result)
+    return TokenRefused(f"the Microsoft identity platform refused the token request ({text})", fix_for(text))
+
+
+def _check_private_key(pem: str, path: Path) -> None:
+    """The certificate file must hold an unencrypted PEM private key (MSAL signs its assertion with it):
+    said here in one line rather than as a parsing error from deep inside a pass."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        why = "it is encrypted: export it without a passphrase" if "encrypted" in str(exc) else "none was found"
+        raise ConfigError(f"[o365] certificate_file {path} must hold the certificate's PEM private key ({why})") from None

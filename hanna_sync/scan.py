@@ -357,6 +357,12 @@ def scan_mailbox(
         result.fail("connect", str(exc))
     except (OSError, ssl.SSLError, IMAPClientError, socket.timeout) as exc:
         result.fail("connect", connection_failed(exc, mailbox, config.network.timeout))
+    except sqlite3.Error:
+        raise  # the database is everyone's: the whole pass stops (exit 74/75), as documented
+    except Exception as exc:  # a bug, or a library's surprise: this mailbox fails, the others go on
+        log.debug("mailbox %s: unexpected error", mailbox.id, exc_info=True)
+        result.fail("connect", f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                               " (run with -v for the traceback, and report it)")
     result.seconds = time.monotonic() - started
     level = logging.INFO if result.ok else logging.ERROR
     log.log(level, "mailbox %s (%s): %d new, %d archived, %d linked, %d skipped%s%s", mailbox.id, mailbox.email,
@@ -735,6 +741,11 @@ class GraphCandidate:
     identity: str | None  # None until the original is there, for letters without a Message-ID
 
 
+# The folders add-mailbox chooses for an o365-scan mailbox (mailboxes.default_folders), by Graph's
+# well-known names: found whatever the mailbox's language calls them, verified at add-mailbox or not.
+WELL_KNOWN_FOLDERS = {"inbox": "inbox", "sent items": "sentitems"}
+
+
 class GraphScanner:
     """Scans folders of one Office 365 mailbox through Microsoft Graph, into the same letters, links and
     locations as FolderScanner: a letter seen over IMAP and over Graph (same Message-ID) is one letter.
@@ -774,6 +785,11 @@ class GraphScanner:
         if self._folders is None:
             self._folders = {f.path.casefold(): f for f in self.graph.folders()}
         folder = self._folders.get(path.casefold())
+        if folder is None and path.casefold() in WELL_KNOWN_FOLDERS:  # a default name, in the mailbox's language
+            try:
+                folder = self.graph.well_known(WELL_KNOWN_FOLDERS[path.casefold()])
+            except MessageGone:
+                folder = None
         if folder is None:
             self.result.fail(
                 "folder",
@@ -800,6 +816,10 @@ class GraphScanner:
                 return
             try:
                 page = self.graph.delta(folder.id, link, self.config.scan.batch_size)
+            except MessageGone:  # Graph's 404: the folder went after it was listed
+                self.result.fail("folder", f"folder '{path}' was deleted while the pass read it; 'hanna-sync folders"
+                                           f" {self.mailbox.id}' lists the folders")
+                return
             except DeltaExpired as exc:
                 if resynced:
                     raise

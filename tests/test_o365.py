@@ -29,12 +29,12 @@ from cryptography.x509.oid import NameOID
 from hanna_sync import imap, mailboxes, oauth, sample, setup_guide
 from hanna_sync.cli import cli
 from hanna_sync.config import O365Config, parse_config
-from hanna_sync.errors import AuthError, ConfigError, ExitCode
+from hanna_sync.errors import AuthError, ConfigError, ExitCode, ReauthRequired
 from hanna_sync.graph import ENVELOPE_FIELDS, MAX_IN_FLIGHT, MAX_RETRIES, GraphClient
 from hanna_sync.oauth import CLIENT_SECRET_REF, MicrosoftSignIn, TokenRefused
 from hanna_sync.relink import relink
 from hanna_sync.status import health
-from tests.fakes_microsoft import Microsoft, claims_of
+from tests.fakes_microsoft import Microsoft, Reply, claims_of
 from tests.helpers import Env, deliver_sample, server_flags
 
 STAFF = sample.STAFF  # jonas@imone.lt
@@ -754,3 +754,121 @@ def test_a_graph_reply_skipped_before_its_conversation_was_linked_is_fetched_nex
     second = env.run().mailboxes[0]
     assert second.backfilled == 1 and ms.graph.value_requests[-1] == reply.id
     assert sorted(r["subject"] for r in env.store.letters(customer="C-1003")) == ["RE: Sutartis", "Sutartis"]
+
+
+# -- the identity platform failing, a bad certificate, a sign-in nobody finished ---------------------------
+
+def refuse_renewals(ms: Microsoft, reply) -> None:
+    """The fake identity platform answers refresh-token requests with `reply` (an outage, a proxy's page)."""
+    real = ms.identity.handle
+
+    def handle(method, path, query, headers, body):
+        if method == "POST" and path.endswith("/oauth2/v2.0/token") and b"refresh_token" in body:
+            return reply
+        return real(method, path, query, headers, body)
+
+    ms.identity.handle = handle
+
+
+@pytest.mark.parametrize("reply, said", [
+    (lambda: Reply(503, {"error": "temporarily_unavailable", "error_description": "AADSTS90033: A transient error."}),
+     "the next pass tries again"),
+    (lambda: Reply(429, {"error": "temporarily_unavailable", "error_description": "AADSTS50196: a client loop."},
+                   {"Retry-After": "5"}), "the next pass tries again"),
+    (lambda: Reply(502, b"<html>502 Bad Gateway</html>", {"Content-Type": "text/html"}), "the next pass tries again"),
+    (lambda: Reply(403, b"<html>Forbidden by proxy</html>", {"Content-Type": "text/html"}), "the next pass tries again"),
+])
+def test_identity_platform_trouble_fails_the_mailbox_for_this_pass_only_without_back_off(tmp_path, ms, reply, said):
+    graph_mailbox(ms)
+    ms.identity.lifetime = 120  # every pass renews
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms)
+    refuse_renewals(ms, reply())
+    result = env.run().mailboxes[0]
+    assert result.failure_kind == "connect" and said in result.errors[0], result.errors
+    assert env.store.mailboxes()[0].retry_after is None  # no back-off: nobody has to do anything
+
+
+def test_the_openid_configuration_is_read_once_per_process_not_per_token(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms)
+    asked: list[str] = []
+    real = ms.identity.handle
+
+    def handle(method, path, query, headers, body):
+        asked.append(path.rsplit("/", 1)[-1])
+        return real(method, path, query, headers, body)
+
+    ms.identity.handle = handle
+    sign_in = signer(env)
+    for _ in range(3):
+        assert sign_in.token(box, oauth.GRAPH).source == "cache"
+    assert asked.count("openid-configuration") <= 1 and "token" not in asked
+
+
+def test_a_device_code_nobody_used_says_so(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    real = ms.identity._device_code
+
+    def short(form):
+        reply = real(form)
+        reply.body.update(expires_in=2, interval=1)
+        return reply
+
+    ms.identity._device_code = short
+    ms.identity.approve_as = None  # nobody signs in
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    with pytest.raises(AuthError, match="nobody signed in within 1 minute, so the code expired; run 'hanna-sync login"):
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda _: None)
+
+
+def test_a_certificate_file_without_a_usable_key_is_a_config_error(tmp_path, ms):
+    env = o365_env(tmp_path, ms, auth="app")
+    encrypted = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw"))
+    for name, data, why in (("garbled.pem", b"-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n", "none was found"),
+                            ("encrypted.pem", encrypted, "it is encrypted")):
+        (tmp_path / name).write_bytes(data)
+        env.config = replace(env.config, o365=replace(env.config.o365, certificate_file=tmp_path / name,
+                                                      certificate_thumbprint="AB" * 20))
+        with pytest.raises(ConfigError, match=f"must hold the certificate's PEM private key \\({why}"):
+            signer(env).token(mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
+    with pytest.raises(ConfigError, match="40 hex digits"):
+        parse_config({"o365": {"certificate_file": "c.pem", "certificate_thumbprint": "not-hex"}}, tmp_path / "c.toml")
+
+
+def test_a_removed_mailboxs_tokens_are_not_written_back_by_a_renewal_under_way(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms)
+    sign_in = signer(env)
+    with sign_in._cache(box.secret_ref) as cache:  # a renewal under way...
+        env.secrets.delete(box.secret_ref)  # ...while remove-mailbox forgets the mailbox's secrets
+        cache.has_state_changed = True
+    assert env.secrets.get(box.secret_ref) is None
+
+
+def test_default_folders_are_found_in_the_mailboxs_language_even_without_verification(tmp_path, ms):
+    ms.graph.mailbox(STAFF, ("Gautieji laiškai", "Išsiųsti laiškai"))
+    ms.graph.folder(STAFF, "Gautieji laiškai").well_known = "inbox"
+    ms.graph.folder(STAFF, "Išsiųsti laiškai").well_known = "sentitems"
+    ms.graph.deliver(STAFF, "Gautieji laiškai", letter("Rūta <ruta@azuolas.lt>", "Lentos", "<wk@azuolas.lt>"))
+    env = o365_env(tmp_path, ms)
+    ms.identity.approve_as = STAFF
+    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, False, 10, lambda _: None).mailbox
+    mailboxes.login(env.store, signer(env), saved.id, lambda _: None)
+    assert env.store.mailbox(saved.id).folders == ["Inbox", "Sent Items"]
+    result = env.run().mailboxes[0]
+    assert result.ok and result.archived == 1, result.errors
+
+
+def test_a_sign_in_of_another_account_than_the_mailboxs_gives_no_token(tmp_path, ms):
+    graph_mailbox(ms)
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms)
+    renamed = replace(box, email="ona@imone.lt", username=None)  # edited with --no-verify after the sign-in
+    with pytest.raises(ReauthRequired, match="is another account's"):
+        signer(env).token(renamed, oauth.GRAPH)
