@@ -130,7 +130,7 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
     if state in ("ok", "backfilling") and any(f.gap_found for f in folders):
         detail += f"; the last gap check found {sum(f.gap_found for f in folders)} letter(s) never looked at (now read)"
     wanted = store.wanted_count(mailbox.id, mailbox.folders)
-    if wanted:
+    if wanted and state != "paused":
         detail += f"; {wanted} older letter(s) the directory now concerns are fetched by the next pass"
 
     return MailboxHealth(
