@@ -182,26 +182,33 @@ class LazyDirectory:
         self._lock = threading.Lock()
 
     def skip_index(self) -> SkipIndex | None:
-        """None when the secrets store cannot give its key: skipped letters then go unrecorded (said once)."""
+        """None when the secrets store cannot give its key: skipped letters then go unrecorded (said once).
+
+        The store's transaction is never taken while holding this object's lock: a scanner thread inside
+        a transaction may be waiting for that lock (remember_directory), which would deadlock."""
         directory = self.get()
         with self._lock:
-            if self._index is None and not self._index_failed and self.secrets is not None:
-                try:
-                    index = load_skip_index(self.secrets, directory)
-                    with self.store.transaction():
-                        verify_index(self.store, index)
-                    self._index = index
-                except SecretsError as exc:
-                    self._index_failed = True
-                    log.warning("skipped letters are not recorded this pass (%s): a customer added later will"
-                                " not find them", exc)
+            if self._index is not None or self._index_failed or self.secrets is None:
+                return self._index
+            try:
+                index = load_skip_index(self.secrets, directory)
+            except SecretsError as exc:
+                self._index_failed = True
+                log.warning("skipped letters are not recorded this pass (%s): a customer added later will"
+                            " not find them", exc)
+                return None
+        with self.store.transaction():
+            verify_index(self.store, index)  # twice when two threads get here first: it is idempotent
+        with self._lock:
+            self._index = self._index or index
             return self._index
 
     def remember_directory(self, index: SkipIndex) -> None:
         """Call in the transaction that records skipped letters: the first ones ever recorded are
         remembered with the directory they were checked against, so a later change is seen as one."""
         if not self._remembered and self.store.state_value("backfill_keys_saved") is None:
-            self.store.replace_backfill_keys(index.directory_keys(self.get(), linking_settings(self.config)))
+            assert self._directory is not None  # built before any letter was matched
+            self.store.replace_backfill_keys(index.directory_keys(self._directory, linking_settings(self.config)))
         self._remembered = True
 
     def get(self) -> Directory:

@@ -399,3 +399,25 @@ def test_a_forgotten_skipped_letters_keys_never_pass_to_another(env, imap_user):
         env.store.record_skipped(box.id, "INBOX", 1, {3: LetterKeys({333})})
         assert env.store.mark_wanted({222}) == 0  # uid 3 did not get uid 2's id, nor its key
         assert env.store.mark_wanted({333}) == 1
+
+
+def test_recording_the_directory_inside_a_transaction_never_waits_for_the_directorys_lock(env):
+    """skip_index() holds LazyDirectory's lock while it reads the key, then takes a transaction; a scanner
+    thread inside a transaction must not need that lock, or the two threads wait for each other forever."""
+    import threading
+
+    from hanna_sync.scan import LazyDirectory
+
+    lazy = LazyDirectory(env.store, env.config, env.secrets)
+    lazy.get()
+    done = threading.Event()
+
+    def record() -> None:
+        with env.store.transaction():
+            lazy.remember_directory(SkipIndex(b"k" * 32))
+        done.set()
+
+    with lazy._lock:  # as skip_index() holds it
+        threading.Thread(target=record, daemon=True).start()
+        assert done.wait(5), "remember_directory waited for the directory's lock inside a transaction"
+    assert env.store.backfill_keys()
