@@ -839,7 +839,7 @@ class GraphScanner:
             if page.next_link is None:
                 break
             link = page.next_link
-        if self.wanted.get(path) and not self.dry_run:
+        if self.wanted.get(path):
             self._backfill(path, self.wanted[path])
 
     def _page(self, path: str, state: FolderState, page: DeltaPage) -> None:
@@ -864,12 +864,7 @@ class GraphScanner:
             self.progress(f"{self.mailbox.email} {path}", state.messages, max(state.messages, state.server_messages or 0))
 
         if self.dry_run:
-            for c in candidates:
-                self.result.linked += 1
-                self.result.would_archive.append({
-                    "folder": path, "uid": None, "graph_id": c.envelope.id, "subject": c.envelope.subject,
-                    "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
-                })
+            self._would_archive(path, candidates)
             return
 
         prepared = self._prepare(candidates, passed)
@@ -1015,12 +1010,23 @@ class GraphScanner:
             with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
                 envelopes = [e for e in pool.map(self._envelope, ids) if e is not None]
             candidates, passed = self._match(envelopes)
+            if self.dry_run:  # listed as IMAP's dry run lists them: nothing downloaded, nothing written
+                self._would_archive(path, candidates)
+                continue
             batch = self._prepare(candidates, passed)
             with self.store.transaction():
                 still_skipped = set(self._archive(path, batch, None))
                 found = {e.id for e in envelopes}
                 archived = [c.envelope.id for c in batch.candidates if c.envelope.id not in still_skipped]
                 self.store.forget_skipped_graph(self.mailbox.id, path, archived + [i for i in ids if i not in found])
+
+    def _would_archive(self, path: str, candidates: list[GraphCandidate]) -> None:
+        for c in candidates:
+            self.result.linked += 1
+            self.result.would_archive.append({
+                "folder": path, "uid": None, "graph_id": c.envelope.id, "subject": c.envelope.subject,
+                "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
+            })
 
     def _envelope(self, graph_id: str) -> Envelope | None:
         try:
