@@ -65,32 +65,31 @@ class SkipIndex:
     def thread_key(self, message_id: str) -> int:
         return self._hash(b"m:", message_id)
 
-    def letter_keys(self, raw_headers: bytes, tokens: list[str] | None = None) -> LetterKeys:
+    def letter_keys(
+        self, raw_headers: bytes, tokens: list[str] | None = None, answers: list[str] | None = None
+    ) -> LetterKeys:
         """The keys of a skipped letter: each address on it, each address's registrable domain, and
-        each Message-ID it answers. Taken from the same cheap token scan as the prefilter (`tokens`,
-        when the caller has them already), so it is a superset of what matching would look at; staff
-        addresses and own domains, which never link, are left out."""
+        each Message-ID it answers. Taken from the same cheap scans as the prefilter (`tokens`,
+        `answers`: when the caller has them already), so it is a superset of what matching would look
+        at; staff addresses and own domains, which never link, are left out."""
         keys: set[int] = set()
         for token in address_tokens(raw_headers) if tokens is None else tokens:
             keys.update(self._token_keys(token))
-        keys.update(self.thread_key(message_id) for message_id in thread_tokens(raw_headers))
+        for message_id in thread_tokens(raw_headers) if answers is None else answers:
+            keys.update(self._token_keys(message_id, thread=True))
         own = message_id_token(raw_headers)
         return LetterKeys(keys, self.thread_key(own) if own else None)
 
-    def _token_keys(self, token: str) -> tuple[int, ...]:
-        """An address token's keys, remembered: the same correspondents are on letter after letter."""
-        keys = self._cache.get(token)
+    def _token_keys(self, token: str, thread: bool = False) -> tuple[int, ...]:
+        """An address token's keys (or a Message-ID's, `thread`), remembered: the same correspondents,
+        and the same conversations, are on letter after letter."""
+        name = f"\0{token}" if thread else token  # no address token starts with NUL
+        keys = self._cache.get(name)
         if keys is None:
-            email = normalise_email(token)
-            if email is None or email in self.never_link or is_listed(domain_of(email), self.own_domains):
-                keys = ()
-            elif is_listed(domain_of(email), self.free_mail_domains):
-                keys = (self.address_key(email),)
-            else:
-                keys = (self.address_key(email), self.domain_key(registrable_domain(domain_of(email))))
+            keys = (self.thread_key(token),) if thread else self._address_keys(token)
             if len(self._cache) >= 100_000:
                 self._cache.clear()
-            self._cache[token] = keys
+            self._cache[name] = keys
         return keys
 
     def envelope_keys(self, addresses: Iterable[str], conversation_id: str | None, message_id: str | None) -> LetterKeys:
@@ -100,6 +99,14 @@ class SkipIndex:
         if conversation_id:
             keys.add(self.thread_key(f"conversation:{conversation_id}"))
         return LetterKeys(keys, self.thread_key(message_id) if message_id else None)
+
+    def _address_keys(self, token: str) -> tuple[int, ...]:
+        email = normalise_email(token)
+        if email is None or email in self.never_link or is_listed(domain_of(email), self.own_domains):
+            return ()
+        if is_listed(domain_of(email), self.free_mail_domains):
+            return (self.address_key(email),)
+        return self.address_key(email), self.domain_key(registrable_domain(domain_of(email)))
 
     def directory_keys(self, directory: Directory, settings: str = "") -> dict[int, int]:
         """The keys every letter concerning the directory has at least one of (its entities' and

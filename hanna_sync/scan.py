@@ -548,7 +548,8 @@ class FolderScanner:
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
         tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
-        candidates = self._candidates({uid: fetched[uid] for uid in looked_at}, tokens)
+        answers = {uid: thread_tokens(fetched[uid][1]) for uid in looked_at}
+        candidates = self._candidates({uid: fetched[uid] for uid in looked_at}, tokens, answers)
         matched = {c.uid for c in candidates}
         skipped = [uid for uid in looked_at if uid not in matched]
         if not backfill:
@@ -572,7 +573,8 @@ class FolderScanner:
         # Letters expunged between the two FETCHes are left out: nothing is known of them but headers.
         candidates = [c for c in candidates if c.identity in known or c.uid in bodies]
         index = self.directory.skip_index()
-        skipped_keys = {uid: index.letter_keys(fetched[uid][1], tokens[uid]) for uid in skipped} if index else {}
+        skipped_keys = ({uid: index.letter_keys(fetched[uid][1], tokens[uid], answers[uid]) for uid in skipped}
+                        if index else {})
 
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
@@ -609,7 +611,9 @@ class FolderScanner:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
-    def _candidates(self, fetched: dict[int, tuple[int, bytes]], tokens: dict[int, list[str]]) -> list[Candidate]:
+    def _candidates(
+        self, fetched: dict[int, tuple[int, bytes]], tokens: dict[int, list[str]], answered: dict[int, list[str]],
+    ) -> list[Candidate]:
         """The letters of a batch that concern the directory, with their links: by their own addresses,
         and (linking.thread_replies) inherited from the linked letters they answer, archived already or
         in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
@@ -634,7 +638,7 @@ class FolderScanner:
                 if found and may_link(uid):
                     links[uid] = found
 
-        answers = {uid: ids for uid, (_, raw) in fetched.items() if (ids := thread_tokens(raw))}
+        answers = {uid: ids for uid, ids in answered.items() if ids}
         if self.config.linking.thread_replies and answers:
             with self.store.transaction():
                 linked = self.store.thread_links([i for ids in answers.values() for i in ids])
