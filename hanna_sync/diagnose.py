@@ -563,6 +563,28 @@ class _Run:
         except OSError:
             return False
 
+    def open_session(self, offers_starttls: Callable[[Any], bool | None]) -> Any:
+        """The stages both protocols begin with: charset, DNS, TCP, TLS (implicit, STARTTLS, or the check
+        that a plaintext session is allowed) and the greeting. Returns the greeted session."""
+        assert self.server is not None
+        self.stage("charset", self.charset)
+        self.addresses = self.stage("dns", self.resolve)
+        sock = self.stage("tcp", self.connect)
+        if self.server.security == "ssl":
+            sock = self.stage("tls", lambda: self.implicit_tls(sock))
+        session = self.stage("greeting", lambda: self.greeting(sock))
+        if self.server.security == "starttls":
+            session = self.stage("tls", lambda: self.starttls(session))
+        elif self.server.security == "none":
+            self.stage("tls", lambda: self.plaintext(offers_starttls(session)))
+        return session
+
+    def greeting(self, sock: socket.socket) -> _Passed:
+        raise NotImplementedError
+
+    def starttls(self, session: Any) -> _Passed:
+        raise NotImplementedError
+
     def plaintext(self, offers_starttls: bool | None) -> _Passed:
         """The TLS stage of security none: the password is not sent in clear unless the admin allowed it."""
         assert self.server is not None
@@ -637,17 +659,7 @@ class _ImapRun(_Run):
     protocol = "imap"
 
     def stages(self) -> None:
-        assert self.server is not None
-        self.stage("charset", self.charset)
-        self.addresses = self.stage("dns", self.resolve)
-        sock = self.stage("tcp", self.connect)
-        if self.server.security == "ssl":
-            sock = self.stage("tls", lambda: self.implicit_tls(sock))
-        client = self.stage("greeting", lambda: self.greeting(sock))
-        if self.server.security == "starttls":
-            client = self.stage("tls", lambda: self.starttls(client))
-        elif self.server.security == "none":
-            self.stage("tls", lambda: self.plaintext("STARTTLS" in _capabilities(client)))
+        client = self.open_session(lambda client: "STARTTLS" in _capabilities(client))
         self.stage("capabilities", lambda: self.capabilities(client))
         self.stage("auth", lambda: self.login(client))
         folders = self.stage("folders", lambda: self.folders(client))
@@ -778,17 +790,7 @@ class _SmtpRun(_Run):
     protocol = "smtp"
 
     def stages(self) -> None:
-        assert self.server is not None
-        self.stage("charset", self.charset)
-        self.addresses = self.stage("dns", self.resolve)
-        sock = self.stage("tcp", self.connect)
-        if self.server.security == "ssl":
-            sock = self.stage("tls", lambda: self.implicit_tls(sock))
-        session = self.stage("greeting", lambda: self.greeting(sock))
-        if self.server.security == "starttls":
-            session = self.stage("tls", lambda: self.starttls(session))
-        elif self.server.security == "none":
-            self.stage("tls", lambda: self.plaintext(None))
+        session = self.open_session(lambda session: None)  # an SMTP server's STARTTLS shows only after EHLO
         self.stage("ehlo", lambda: self.ehlo(session))
         self.stage("auth", lambda: self.login(session))
         if self.options.send_to:

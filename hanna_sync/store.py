@@ -12,17 +12,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 
 from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
-from hanna_sync.message import is_automatic
 
 if TYPE_CHECKING:
     from hanna_sync.backfill import LetterKeys
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from hanna_sync.message import ParsedLetter
 
 migrations = sqlite_utils.Migrations("hanna_sync")
+_T = TypeVar("_T")
 
 
 @migrations()
@@ -328,7 +328,7 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
     Graph's conversationId: letters of one Outlook conversation join one thread even without
     In-Reply-To or References (it enters `letter_thread_ids` as "conversation:<id>").
     """
-    from hanna_sync.message import parse_headers_only
+    from hanna_sync.message import is_automatic, parse_headers_only
 
     db.executescript(
         f"""
@@ -416,6 +416,14 @@ def fts_query(text: str) -> str:
     if not terms:
         raise InputError("nothing to search for: give one or more words, e.g. 'sąskaita faktūra'")
     return " ".join(terms)
+
+
+def _chunks(values: Sequence[_T]) -> Iterator[tuple[list[_T], str]]:
+    """`values` in slices small enough for one `IN (...)` (far below SQLite's limit on parameters),
+    each with its placeholders."""
+    for start in range(0, len(values), 500):
+        chunk = list(values[start : start + 500])
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def utcnow() -> str:
@@ -897,11 +905,10 @@ class Store:
             " AND uid <= ? AND gone_at IS NULL", [mailbox_id, folder, uidvalidity, up_to],
         ).fetchall() if uid not in on_server]
         now = utcnow()
-        for start in range(0, len(gone), 500):
-            chunk = gone[start : start + 500]
+        for chunk, marks in _chunks(gone):
             self.db.execute(
                 f"UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
-                f" AND uid IN ({','.join('?' * len(chunk))})", [now, mailbox_id, folder, uidvalidity, *chunk],
+                f" AND uid IN ({marks})", [now, mailbox_id, folder, uidvalidity, *chunk],
             )
         return len(gone)
 
@@ -942,9 +949,7 @@ class Store:
     def letter_ids(self, identities: list[str]) -> dict[str, int]:
         """Which of these letters are archived already (by identity), with their ids."""
         found: dict[str, int] = {}
-        for start in range(0, len(identities), 500):
-            chunk = identities[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(identities):
             for identity, letter_id in self.db.execute(
                 f"SELECT identity, id FROM letters WHERE identity IN ({marks})", chunk
             ).fetchall():
@@ -956,6 +961,8 @@ class Store:
     ) -> tuple[int, bool]:
         """Store a letter once (by identity) with its original bytes; returns its id and whether it is new.
         `conversation_id`: Graph's, for letters read through Graph."""
+        from hanna_sync.message import is_automatic  # loaded by whoever parsed `letter`; not by `status`
+
         existing = self.letter_ids([identity])
         if existing:
             return existing[identity], False
@@ -1185,10 +1192,9 @@ class Store:
             (conversations, "SELECT DISTINCT t.message_id, k.entity_type, k.entity_id FROM letter_thread_ids t"
                             " JOIN links k ON k.letter_id = t.letter_id WHERE t.message_id IN ({})"),
         ):
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for chunk, marks in _chunks(ids):
                 for thread_id, entity_type, entity_id in self.db.execute(
-                    sql.format(",".join("?" * len(chunk))), chunk
+                    sql.format(marks), chunk
                 ).fetchall():
                     found.setdefault(thread_id, []).append((entity_type, entity_id))
         return found
@@ -1227,11 +1233,10 @@ class Store:
         )
         ids: dict[str, int] = {}
         names = list(letters)
-        for start in range(0, len(names), 500):
-            chunk = names[start : start + 500]
+        for chunk, marks in _chunks(names):
             ids.update(self.db.execute(
                 "SELECT graph_id, id FROM skipped_letters WHERE mailbox_id = ? AND folder = ?"
-                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+                f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk],
             ).fetchall())
         self.db.conn.executemany(
             "INSERT OR IGNORE INTO skipped_keys (key, skipped_id) VALUES (?, ?)",
@@ -1240,21 +1245,19 @@ class Store:
 
     def forget_skipped_graph(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> None:
         """Skipped Graph letters archived now, or gone from the folder."""
-        for start in range(0, len(graph_ids), 500):
-            chunk = graph_ids[start : start + 500]
+        for chunk, marks in _chunks(graph_ids):
             self.db.execute(
                 "DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ?"
-                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+                f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk],
             )
 
     def graph_skipped(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> set[str]:
         """Which of these Graph messages were skipped here before and are not wanted: nothing to do."""
         found: set[str] = set()
-        for start in range(0, len(graph_ids), 500):
-            chunk = graph_ids[start : start + 500]
+        for chunk, marks in _chunks(graph_ids):
             found.update(row[0] for row in self.db.execute(
                 "SELECT graph_id FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND wanted_since IS NULL"
-                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk],
+                f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk],
             ).fetchall())
         return found
 
@@ -1271,11 +1274,10 @@ class Store:
     def forget_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, uids: list[int]) -> None:
         """Skipped letters that are archived now, or no longer on the server. Their keys are left to
         `drop_orphan_keys`: deleting them here would need a second index on a table written per letter."""
-        for start in range(0, len(uids), 500):
-            chunk = uids[start : start + 500]
+        for chunk, marks in _chunks(uids):
             self.db.execute(
                 "DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
-                f" AND uid IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, uidvalidity, *chunk],
+                f" AND uid IN ({marks})", [mailbox_id, folder, uidvalidity, *chunk],
             )
 
     def forget_skipped_folder(self, mailbox_id: int, folder: str, keep_uidvalidity: int | None = None) -> None:
@@ -1321,11 +1323,10 @@ class Store:
         frontier = sorted(keys)
         while frontier:
             answered: set[int] = set()
-            for start in range(0, len(frontier), 500):
-                chunk = frontier[start : start + 500]
+            for chunk, marks in _chunks(frontier):
                 rows = self.db.execute(
                     "UPDATE skipped_letters SET wanted_since = ? WHERE wanted_since IS NULL AND id IN"
-                    f" (SELECT skipped_id FROM skipped_keys WHERE key IN ({','.join('?' * len(chunk))}))"
+                    f" (SELECT skipped_id FROM skipped_keys WHERE key IN ({marks}))"
                     " RETURNING own_key", [now, *chunk],
                 ).fetchall()
                 marked += len(rows)
@@ -1450,10 +1451,9 @@ class Store:
     def missing_letters(self, letter_ids: list[int]) -> list[int]:
         """Which of these ids name no archived letter, in the order given."""
         found: set[int] = set()
-        for start in range(0, len(letter_ids), 500):
-            chunk = letter_ids[start : start + 500]
+        for chunk, marks in _chunks(letter_ids):
             found.update(row[0] for row in self.db.execute(
-                f"SELECT id FROM letters WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+                f"SELECT id FROM letters WHERE id IN ({marks})", chunk).fetchall())
         return [letter_id for letter_id in letter_ids if letter_id not in found]
 
     def original(self, letter_id: int) -> dict[str, Any]:
@@ -1479,10 +1479,9 @@ class Store:
         by_hash = {self._identity_hash(identity): identity for identity in identities}
         hashes = list(by_hash)
         found: set[str] = set()
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start : start + 500]
+        for chunk, marks in _chunks(hashes):
             found.update(by_hash[row[0]] for row in self.db.execute(
-                f"SELECT identity_hash FROM purged_letters WHERE identity_hash IN ({','.join('?' * len(chunk))})",
+                f"SELECT identity_hash FROM purged_letters WHERE identity_hash IN ({marks})",
                 chunk).fetchall())
         return found
 
@@ -1511,9 +1510,7 @@ class Store:
             try:
                 with self.transaction():
                     deleted = 0
-                    for start in range(0, len(letter_ids), 500):
-                        chunk = letter_ids[start : start + 500]
-                        marks = ",".join("?" * len(chunk))
+                    for chunk, marks in _chunks(letter_ids):
                         if tombstone:
                             self.db.conn.executemany(
                                 "INSERT OR IGNORE INTO purged_letters (identity_hash, purged_at) VALUES (?, ?)",
@@ -1551,9 +1548,7 @@ class Store:
     def graph_located(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> set[str]:
         """Which of these Graph messages already have a live location in this folder (so need nothing)."""
         found: set[str] = set()
-        for start in range(0, len(graph_ids), 500):
-            chunk = graph_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(graph_ids):
             found.update(row[0] for row in self.db.execute(
                 f"SELECT graph_id FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND gone_at IS NULL"
                 f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk]
@@ -1595,22 +1590,20 @@ class Store:
                 " AND gone_at IS NULL", [mailbox_id, folder, self.GRAPH_UIDVALIDITY],
             ).fetchall()]
         uids: list[int] = []
-        for start in range(0, len(graph_ids), 500):
-            chunk = graph_ids[start : start + 500]
+        for chunk, marks in _chunks(graph_ids):
             uids.extend(row[0] for row in self.db.execute(
                 f"SELECT uid FROM letter_locations WHERE mailbox_id = ? AND folder = ? AND gone_at IS NULL"
-                f" AND graph_id IN ({','.join('?' * len(chunk))})", [mailbox_id, folder, *chunk]
+                f" AND graph_id IN ({marks})", [mailbox_id, folder, *chunk]
             ).fetchall())
         return uids
 
     def mark_graph_uids_gone(self, mailbox_id: int, folder: str, uids: list[int]) -> None:
         """Graph locations found gone without an @removed (a delta round read from the start did not return them)."""
         now = utcnow()
-        for start in range(0, len(uids), 500):
-            chunk = uids[start : start + 500]
+        for chunk, marks in _chunks(uids):
             self.db.execute(
                 f"UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND uidvalidity = ?"
-                f" AND uid IN ({','.join('?' * len(chunk))}) AND gone_at IS NULL",
+                f" AND uid IN ({marks}) AND gone_at IS NULL",
                 [now, mailbox_id, folder, self.GRAPH_UIDVALIDITY, *chunk],
             )
 
