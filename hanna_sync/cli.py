@@ -21,7 +21,7 @@ from typing import Any, Callable
 import click
 
 from hanna_sync import __version__
-from hanna_sync.errors import ExitCode, HannaError, InputError
+from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
 
 log = logging.getLogger("hanna_sync")
 
@@ -404,6 +404,7 @@ def remove_mailbox(app: App, mailbox_id: int, yes: bool) -> None:
 @click.pass_obj
 def list_mailboxes(app: App, user: str | None, as_json: bool) -> None:
     """List mailboxes with their settings and last outcome (never their passwords)."""
+    _check_user(app, user)
     boxes = app.store.mailboxes(user)
     if as_json:
         emit_json([m.public() for m in boxes])
@@ -675,13 +676,14 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
 
     \b
     Exit codes: 0 healthy, 1 a mailbox failing (or without a pass) for --fail-after minutes or
-    more. Use it as a monitoring check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
+    more, 3 no such --user. Use it as a monitoring check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """
     from datetime import timedelta
 
     from hanna_sync.status import health
 
+    _check_user(app, user)
     rows = health(app.store, timedelta(minutes=fail_after), user)
     last = app.store.last_run()
     if as_json:
@@ -791,6 +793,8 @@ def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | 
     """
     since = _since_date(since)
     _check_entities(app, customer, lead)
+    if mailbox_id is not None:
+        app.store.mailbox(mailbox_id)  # an unknown id is an error, not "No letters."
     rows = app.store.letters(customer, lead, mailbox_id, since, limit)
     if as_json:
         emit_json(rows)
@@ -824,7 +828,13 @@ def _check_entities(app: App, customer: str | None, lead: str | None) -> None:
     """A mistyped --customer or --lead is an error, not an empty list that looks like "no letters"."""
     for entity_type, entity_id in (("customer", customer), ("lead", lead)):
         if entity_id is not None and app.store.entity(entity_type, entity_id) is None:
-            raise InputError(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+            raise NotFound(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+
+
+def _check_user(app: App, user: str | None) -> None:
+    """A mistyped --user is an error, not an empty list that looks like "no mailboxes"."""
+    if user is not None and not app.store.user_exists(user):
+        raise NotFound(f"no user '{user}'; 'hanna-sync list-mailboxes' shows every mailbox's user")
 
 
 def _short_date(date_utc: str | None) -> str:
@@ -1095,7 +1105,7 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
       0 all passed    10 dns, tcp    12 tls    14 greeting, capabilities, ehlo
-      16 auth    18 folders    20 send    22 charset    2 usage error
+      16 auth    18 folders    20 send    22 charset    2 usage error    3 no such MAILBOX
     Examples:
       hanna-sync test 3
       hanna-sync test 3 --imap-security starttls --imap-port 143 --trace

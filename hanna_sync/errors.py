@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1
     USAGE = 2
+    NOT_FOUND = 3  # a mailbox, letter, customer, lead or user named on the command line does not exist
     TEMPFAIL = 75  # EX_TEMPFAIL: another pass holds the lock, try again later
     DATABASE = 74  # EX_IOERR: the database is damaged, the disk full, or it cannot be opened or written
     # `hanna-sync test`: the family of the first failed stage, so a script knows what kind of fix is due
@@ -48,9 +49,11 @@ class InputError(HannaError):
 
 
 class NotFound(HannaError):
-    """A mailbox, letter, customer or lead named on the command line does not exist."""
+    """A mailbox, letter, customer, lead or user named on the command line does not exist.
 
-    exit_code = ExitCode.FAILURE
+    One exit code for every command, so a script tells "no such id" from "found nothing" (exit 0, empty)."""
+
+    exit_code = ExitCode.NOT_FOUND
 
 
 class SecretsError(HannaError):

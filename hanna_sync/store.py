@@ -769,6 +769,9 @@ class Store:
             raise NotFound(f"no mailbox {mailbox_id}; 'hanna-sync list-mailboxes' shows the ids")
         return rows[0]
 
+    def user_exists(self, login: str) -> bool:
+        return self.db.execute("SELECT 1 FROM users WHERE login = ?", [login]).fetchone() is not None
+
     def mailboxes(self, user: str | None = None) -> list[Mailbox]:
         if user is None:
             return self._mailbox_rows("1", [])

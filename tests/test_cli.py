@@ -108,7 +108,7 @@ def test_main_moves_between_a_users_mailboxes(run):
 ])
 def test_bad_input_is_one_line_and_no_state(run, args, input, message):
     result = run(*args, input=input)
-    assert result.exit_code in (1, 2)
+    assert result.exit_code in (1, 2, 3)
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: ") and message in lines[0], result.output
@@ -118,7 +118,7 @@ def test_bad_input_is_one_line_and_no_state(run, args, input, message):
 
 def test_usage_errors_exit_2_and_failures_exit_1(run):
     assert run("add-mailbox", "--user", "a", "--no-verify").exit_code == 2
-    assert run("edit-mailbox", "42", "--no-verify").exit_code == 1
+    assert run("edit-mailbox", "42", "--no-verify").exit_code == 3  # not found
     assert run("edit-mailbox", "not-a-number").exit_code == 2
 
 

@@ -119,7 +119,10 @@ TABLE = [
     (["status", "--fail-after", "0"], None, 2, "0 is not in the range x>=1"),
     (["letters", "--since", "yesterday"], None, 2, "is not a date: use YYYY-MM-DD"),
     (["letters", "--limit", "0"], None, 2, "0 is not in the range x>=1"),
-    (["letters", "--customer", "C-NOPE"], None, 2, "no customer 'C-NOPE'"),
+    (["letters", "--customer", "C-NOPE"], None, 3, "no customer 'C-NOPE'"),
+    (["letters", "--mailbox", "99"], None, 3, "no mailbox 99"),
+    (["test", "99"], None, 3, "no mailbox 99"),
+    (["status", "--user", "nobody"], None, 3, "no user 'nobody'"),
     (["export", "1", "-o", "{home}/missing/letter.eml"], None, 2, "cannot write {home}/missing/letter.eml"),
     (["export", "1", "-o", "{home}/a-directory"], None, 2, "is a directory"),
     (["backup"], None, 2, "Missing argument 'FILE'"),
@@ -172,7 +175,30 @@ def test_every_command_refuses_unknown_options_bad_ids_and_unknown_ids_in_one_li
     if takes_id:
         assert_one_line_error(invoke(home, *path, "abc"), 2, "'abc' is not a valid integer")
         confirm = ["--yes"] if any(p.name == "yes" for p in command.params) else []
-        assert_one_line_error(invoke(home, *path, "424242", *confirm), 1, "no ")
+        assert_one_line_error(invoke(home, *path, "424242", *confirm), 3, "no ")
+    assert state_of(home) == before
+
+
+# An option naming a record that must exist, and what an unknown one is called in the error.
+ID_OPTIONS = {"mailbox_id": ("424242", "no mailbox 424242"), "mailbox_ids": ("424242", "no mailbox 424242"),
+              "customer": ("C-NOPE", "no customer 'C-NOPE'"), "lead": ("L-NOPE", "no lead 'L-NOPE'"),
+              "user": ("nobody", "no user 'nobody'")}
+ID_OPTION_CASES = [(path, p.opts[0], *ID_OPTIONS[p.name]) for path, command in COMMANDS for p in command.params
+                   if isinstance(p, click.Option) and p.name in ID_OPTIONS
+                   and path != ("add-mailbox",)]  # there --user names the owner, made if new
+
+
+@pytest.mark.parametrize("path, option, value, says", ID_OPTION_CASES,
+                         ids=[f"{' '.join(c[0])} {c[1]}" for c in ID_OPTION_CASES])
+def test_an_unknown_id_in_an_option_is_not_found_never_an_empty_result(home, path, option, value, says):
+    """`letters --mailbox 99` printing "No letters." would read as "nothing there"; every command says
+    instead that the id does not exist, with the one not-found exit code."""
+    before = state_of(home)
+    extra = {"purge": ["--yes"], "export": ["-o", str(home / "export-out")], "test": [], "search": ["word"]}
+    if path == ("purge",):  # a customer gone from the CRM may still have letters to purge
+        says = f"no archived letters are linked to {option[2:]} {value}"
+    result = invoke(home, *path, *extra.get(path[-1], []), option, value)
+    assert_one_line_error(result, 3, says)
     assert state_of(home) == before
 
 

@@ -173,7 +173,7 @@ def test_a_search_result_is_exported_and_filters_combine(archived, tmp_path):
                       for f in json.loads(result.stdout)["files"])
     assert subjects == ["Re: Užsakymas Nr. 17: ąžuolinės lentos", "Užsakymas Nr. 17: ąžuolinės lentos"]
     result = cli_run(env, "export", "--search", "lentos", "--since", "2025-03-04", "-o", str(tmp_path / "none"))
-    assert result.exit_code == 1 and "no letters match" in result.stderr
+    assert result.exit_code == 3 and "no letters match" in result.stderr
     result = cli_run(env, "export", "--search", "sutartį", "--customer", "C-1003", "--format", "mbox")
     assert result.exit_code == 0
     assert [letter for _, letter in read_mboxrd(result.stdout_bytes)] == [by_id["contract@imone.lt"]]
@@ -240,10 +240,10 @@ def test_a_failure_half_way_leaves_nothing(archived, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, says", [
-    (["4242"], 1, "no letter 4242"),
-    (["1", "4242", "-o", "{tmp}/x"], 1, "no letter 4242"),
-    (["--customer", "C-NOPE", "-o", "{tmp}/x"], 2, "no customer 'C-NOPE'"),
-    (["--lead", "L-2001", "--search", "kaina", "-o", "{tmp}/x"], 1, "no letters match"),
+    (["4242"], 3, "no letter 4242"),
+    (["1", "4242", "-o", "{tmp}/x"], 3, "no letter 4242"),
+    (["--customer", "C-NOPE", "-o", "{tmp}/x"], 3, "no customer 'C-NOPE'"),
+    (["--lead", "L-2001", "--search", "kaina", "-o", "{tmp}/x"], 3, "no letters match"),
     (["--search", '"ąžuolinės', "-o", "{tmp}/x"], 2, "unclosed quote"),
     (["1", "--customer", "C-1001", "-o", "{tmp}/x"], 2, "not both"),
     ([], 2, "name what to export"),

@@ -99,9 +99,9 @@ def test_purge_by_customer_asks_first_and_refuses_without_a_terminal(archived, m
 
     before = env.store.db["letters"].count
     for args, code, says in [
-        (["4242", "--yes"], 1, "no letter 4242"),
-        (["--lead", "L-2001", "--yes"], 1, "no archived letters are linked to lead L-2001"),
-        (["--customer", "C-NOPE", "--yes"], 1, "no archived letters are linked to customer C-NOPE"),
+        (["4242", "--yes"], 3, "no letter 4242"),
+        (["--lead", "L-2001", "--yes"], 3, "no archived letters are linked to lead L-2001"),
+        (["--customer", "C-NOPE", "--yes"], 3, "no archived letters are linked to customer C-NOPE"),
         (["--yes"], 2, "name what to purge"),
     ]:
         result = cli_run(env, "purge", *args)

@@ -275,7 +275,7 @@ def test_cli_run_letters_show_export(tmp_path, imap_user):
     out = tmp_path / "letter.eml"
     assert hanna("export", str(letter_id), "-o", str(out)).exit_code == 0
     assert out.read_bytes() in raws
-    assert hanna("export", "999").exit_code == 1
+    assert hanna("export", "999").exit_code == 3  # not found
 
 
 def test_cli_run_exit_code_is_1_when_a_mailbox_fails(tmp_path, imap_user):

@@ -71,7 +71,7 @@ def test_filters_by_customer_lead_and_date(archived):
     result = cli_run(archived, "search", "sutartį", "--customer", "C-1003")
     assert result.exit_code == 0 and "Sutartis" in result.output
     result = cli_run(archived, "search", "sutartį", "--customer", "C-9")
-    assert result.exit_code == 2 and "no customer 'C-9'" in result.output
+    assert result.exit_code == 3 and "no customer 'C-9'" in result.output
 
 
 def test_a_bad_query_is_a_one_line_usage_error(archived):
@@ -139,4 +139,4 @@ def test_a_thread_across_two_mailboxes_is_one_conversation_in_order(env, imap_us
     result = cli_run(env, "thread", str(middle))
     assert result.exit_code == 0 and "5 letter(s)" in result.output and f"{middle}*" in result.output
     missing = cli_run(env, "thread", "9999")
-    assert missing.exit_code == 1 and missing.output.strip() == "Error: no letter 9999; 'hanna-sync letters' lists them"
+    assert missing.exit_code == 3 and missing.output.strip() == "Error: no letter 9999; 'hanna-sync letters' lists them"
