@@ -159,17 +159,36 @@ def console():  # type: ignore[no-untyped-def]
     return Console()
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below: tuple[str, ...] = ()) -> None:
+    """A table that stays readable on an 80-column terminal: a header breaks only between its words,
+    and the long free-text columns named in `below` move under the table, one entry per row, when the
+    table would not fit with them (a 300-character error folded into a 20-column cell is 15 lines)."""
     from rich.table import Table
     from rich.text import Text
 
+    out = console()
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    moved = [i for i, name in enumerate(columns) if name in below] if _width(columns, cells) > out.width else []
+    kept = [i for i in range(len(columns)) if i not in moved]
     t = Table(title=title, show_lines=False)
-    for column in columns:
-        t.add_column(column, overflow="fold")
-    for row in rows:
+    for i in kept:
+        t.add_column(columns[i], overflow="fold", min_width=max(len(word) for word in columns[i].split() or [""]))
+    for row in cells:
         # Text, not str: a subject like "[/bold]" or "[link=...]" is what the sender wrote, not rich markup.
-        t.add_row(*(Text("" if v is None else str(v)) for v in row))
-    console().print(t)
+        t.add_row(*(Text(row[i]) for i in kept))
+    out.print(t)
+    for row in cells:
+        for i in moved:
+            if row[i]:
+                out.print(Text(f"{columns[i]} {row[0]}: {row[i]}"))
+
+
+def _width(columns: list[str], cells: list[list[str]]) -> int:
+    """The width a table needs to show every cell on one line: rich's box adds 3 per column and 1."""
+    from rich.cells import cell_len
+
+    return 1 + sum(3 + max([cell_len(columns[i])] + [cell_len(line) for row in cells for line in row[i].splitlines()])
+                   for i in range(len(columns)))
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -421,7 +440,7 @@ def list_mailboxes(app: App, user: str | None, as_json: bool) -> None:
         [m.id, m.user, m.email, server_of(m), ", ".join(m.folders), flags(m),
          m.last_error]
         for m in boxes
-    ])
+    ], below=("Last error",))
 
 
 @cli.command("folders")
@@ -643,7 +662,7 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         click.echo("No mailbox to scan: add one with 'hanna-sync add-mailbox' (or turn --scan-active on).")
     else:
         table("Dry run: nothing written" if dry_run else None,
-              ["Mailbox", "Email", "Folders", "New", "Would archive" if dry_run else "Archived", "Linked", "Skipped",
+              ["ID", "Email", "Folders", "New", "Would archive" if dry_run else "Archived", "Linked", "Skipped",
                "Errors", "Seconds"],
               [[m.mailbox_id, m.email, m.folders_checked, m.new, len(m.would_archive) if dry_run else m.archived,
                 m.linked, m.skipped, len(m.errors), f"{m.seconds:.1f}"] for m in result.mailboxes])
@@ -709,7 +728,8 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
 
         table(None, ["ID", "Email", "State", "Last success", "Archived today/total", "Skipped", "Behind", "Detail"],
               [[r.id, r.email, r.state + (" (!)" if r.alert else ""), ago(r.last_success_minutes_ago),
-                f"{r.archived_today}/{r.archived_total}", r.skipped_total, r.folders_behind, r.detail] for r in rows])
+                f"{r.archived_today}/{r.archived_total}", r.skipped_total, r.folders_behind, r.detail] for r in rows],
+              below=("Detail",))
         if show_folders:
             table(None, ["Mailbox", "Folder", "Last UID", "Server UIDNEXT", "Behind", "Skipped", "Gap check"],
                   [[r.id, f.folder, f.last_uid, f.server_uidnext, f.behind, f.skipped,
@@ -906,7 +926,8 @@ def search(app: App, query: str, customer: str | None, lead: str | None, since: 
         click.echo("No letters match.")
         return
     table(None, ["ID", "Date (UTC)", "From", "Subject", "Found"],
-          [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"], r["snippet"]] for r in rows])
+          [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"], r["snippet"]] for r in rows],
+          below=("Found",))
 
 
 @cli.command("thread")

@@ -161,3 +161,42 @@ def test_import_and_list_customers_and_leads(run, tmp_path):
     assert result.exit_code == 0, result.output
     leads = json.loads(run("leads", "--json").stdout)
     assert leads == [{"id": "L1", "name": None, "email": "l@lead.lt", "contacts": []}]
+
+
+def test_tables_stay_readable_at_80_columns(run, tmp_path, monkeypatch):
+    """Headers break only between words, and a long error moves under the table instead of being
+    folded into a narrow cell over dozens of lines."""
+    from hanna_sync.store import Store
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for n in (1, 2):
+        result = run("add-mailbox", "--user", "jonas", "--email", f"jonas.petraitis{n}@imone-su-ilgu-vardu.lt",
+                     "--imap-host", "imap.imone-su-ilgu-vardu.lt", "--provider", "custom", "--no-verify",
+                     "--password-stdin", input="pw\n")
+        assert result.exit_code == 0, result.output
+    error = ("imap.imone-su-ilgu-vardu.lt refused the login: [AUTHENTICATIONFAILED] Authentication failed. "
+             "Check the password; Gmail and Yahoo need an app password when two-step verification is on "
+             "(see 'hanna-sync setup-guide gmail'), and some servers want the full address as the login name. ") * 2
+    store = Store(tmp_path / "hs.db")
+    store.record_outcome(1, error.strip(), kind="network")
+    store.close()
+
+    for args, headers in [
+        (["status"], ["ID", "Email", "State", "Last", "success", "Archived", "today/total", "Skipped", "Behind"]),
+        (["status", "--folders"], ["Mailbox", "Folder", "Last UID", "Server", "UIDNEXT", "Behind", "Gap", "check"]),
+        (["list-mailboxes"], ["ID", "User", "Email", "IMAP", "Folders", "Flags"]),
+    ]:
+        result = run(*args)
+        lines = result.output.splitlines()
+        assert all(len(line.rstrip()) <= 80 for line in lines), result.output
+        top = max(i for i, line in enumerate(lines) if line.startswith("┏"))  # the last table's header
+        header = lines[top + 1:max(i for i, line in enumerate(lines) if line.startswith("┡"))]
+        for word in headers:
+            assert any(word in line for line in header), (word, result.output)
+        assert not [line for line in lines if "│" in line and "AUTHENTICATION" in line], result.output
+    status = run("status").output
+    assert "Detail 1: " in status
+    # The whole error is there, word for word, only wrapped between words.
+    assert " ".join(status.split("Detail 1: ", 1)[1].split()).startswith(" ".join(error.split())[:200])
+    listed = run("list-mailboxes").output
+    assert "Last error 1: " in listed and "Last error 2" not in listed
