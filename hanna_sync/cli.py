@@ -7,6 +7,7 @@ the core library, whose `HannaError`s become one line on stderr and a documented
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import logging
 import sqlite3
@@ -213,7 +214,8 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
       hanna-sync add-mailbox --user jonas --email jonas@example.lt --provider gmail
       hanna-sync list-mailboxes
 
-    Exit codes: 0 ok, 1 failure, 2 usage or config error, 74 the database cannot be used (damaged,
+    Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 not found (no such mailbox, letter,
+    customer, lead or user), 74 the database cannot be used (damaged,
     disk full), 75 busy (another pass, or another program writing): try later. Passwords are kept in
     the secrets store (see [secrets] in config.example.toml), never in the config or the database.
     """
@@ -228,11 +230,11 @@ def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     security = click.Choice(["ssl", "starttls", "none"])
     options = [
         click.option("--username", help="Login name, only when it differs from the email."),
-        click.option("--imap-host", help="IMAP server name (preset by --provider)."),
+        click.option("--imap-host", help="IMAP server name."),
         click.option("--imap-port", type=click.IntRange(1, 65535), help="IMAP port (993 with ssl, 143 otherwise)."),
         click.option("--imap-security", type=security, help="ssl (implicit TLS), starttls or none."),
         click.option("--imap-charset", help="Charset for letters that declare none or a wrong one (e.g. windows-1257)."),
-        click.option("--smtp-host", help="SMTP server name (preset by --provider)."),
+        click.option("--smtp-host", help="SMTP server name."),
         click.option("--smtp-port", type=click.IntRange(1, 65535), help="SMTP port (465 with ssl, 587 starttls, 25 none)."),
         click.option("--smtp-security", type=security, help="ssl, starttls or none."),
         click.option("--smtp-charset", help="Charset used when sending."),
@@ -257,8 +259,19 @@ def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """--provider, shared by add-mailbox and test (a mailbox can be tried before it is saved)."""
     return click.option(
         "--provider", type=click.Choice(["gmail", "yahoo", "outlook", "serveriai", "custom"]),
-        help="Preset of servers and ports; guessed from the email's domain when not given.",
+        help="Preset of the IMAP and SMTP servers, ports and security (the options below override it);"
+             " guessed from the email's domain when not given.",
     )(f)
+
+
+def without_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Drop shared options that mean nothing to one command, so that its --help lists only what works
+    there and giving one is "No such option" rather than silently ignored."""
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f.__click_params__ = [p for p in f.__click_params__ if p.name not in names]  # type: ignore[attr-defined]
+        return f
+
+    return decorate
 
 
 def settings_from(options: dict[str, Any]) -> dict[str, Any]:
@@ -896,20 +909,47 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
         click.echo(letter["body_text"])
 
 
-@cli.command("search")
-@click.argument("query", metavar="QUERY")
+class WordsCommand(click.Command):
+    """A command whose arguments are words to search for, where a word may start with '-'.
+
+    `search -2025 sąskaita` and `search - x` are queries, not unknown options: every token that is
+    not one of the command's own options (or its value) goes to the arguments. An unknown --long
+    option is still an error, so a typo such as --limt is not searched for.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        known = {o for p in self.params for o in p.opts + p.secondary_opts} | set(ctx.help_option_names)
+        options: list[str] = []
+        words: list[str] = []
+        tokens = iter(args)
+        for token in tokens:
+            if token == "--":
+                words.extend(tokens)
+            elif token.split("=", 1)[0] in known or token.startswith("--"):
+                options.append(token)
+                if token in takes_value:  # its value follows, whatever it looks like
+                    options.extend(list(itertools.islice(tokens, 1)))
+            else:
+                words.append(token)
+        return super().parse_args(ctx, options + ["--", *words])
+
+
+@cli.command("search", cls=WordsCommand)
+@click.argument("words", metavar="QUERY...", nargs=-1, required=True)
 @click.option("--customer", metavar="ID", help="Only letters linked to this customer.")
 @click.option("--lead", metavar="ID", help="Only letters linked to this lead.")
 @click.option("--since", metavar="DATE", help="Only letters dated on or after DATE (YYYY-MM-DD).")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many, best first.")
 @json_option
 @click.pass_obj
-def search(app: App, query: str, customer: str | None, lead: str | None, since: str | None, limit: int,
+def search(app: App, words: tuple[str, ...], customer: str | None, lead: str | None, since: str | None, limit: int,
            as_json: bool) -> None:
     """Find letters by words in the subject, text, addresses or attachment names, best match first.
 
     Every word must occur; "..." is a phrase; a trailing * matches a beginning (sąsk*). Accents
-    do not matter: saskaita finds sąskaita.
+    do not matter: saskaita finds sąskaita. QUERY may be one quoted argument or several words; a
+    word may start with '-' (search -2025 sąskaita) without being read as an option.
 
     \b
     Examples:
@@ -918,7 +958,7 @@ def search(app: App, query: str, customer: str | None, lead: str | None, since: 
     """
     since = _since_date(since)
     _check_entities(app, customer, lead)
-    rows = app.store.search(query, customer, lead, since, limit)
+    rows = app.store.search(" ".join(words), customer, lead, since, limit)
     if as_json:
         emit_json(rows)
         return
@@ -1093,6 +1133,7 @@ def stage_table(report: Any):  # type: ignore[no-untyped-def]
 @provider_option
 @click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client"]),
               help="With --email: the kind of mailbox to try (default imap); Office 365 kinds sign in first.")
+@without_options("no_verify", "main", "scan_active", "sync_customers", "sync_leads")
 @mailbox_settings_options
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Give up on a silent server after this long (default: network.timeout).")
@@ -1103,7 +1144,7 @@ def stage_table(report: Any):  # type: ignore[no-untyped-def]
 @json_option
 @click.pass_obj
 def test_command(app: App, mailbox_id: int | None, email: str | None, provider: str | None, kind: str | None,
-                 no_verify: bool, password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None,
+                 password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None,
                  trace: bool, as_json: bool, **options: Any) -> None:
     """Test a mailbox's IMAP and SMTP servers stage by stage: why it fails, and what to do.
 
@@ -1138,8 +1179,6 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     from hanna_sync import diagnose, mailboxes
     from hanna_sync.addresses import normalise_email
 
-    if no_verify:
-        raise InputError("--no-verify does not go with test: testing is all it does")
     if send_to and normalise_email(send_to) is None:
         raise InputError(f"--send-to '{send_to}' is not an email address")
     sign_in = None

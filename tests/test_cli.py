@@ -200,3 +200,18 @@ def test_tables_stay_readable_at_80_columns(run, tmp_path, monkeypatch):
     assert " ".join(status.split("Detail 1: ", 1)[1].split()).startswith(" ".join(error.split())[:200])
     listed = run("list-mailboxes").output
     assert "Last error 1: " in listed and "Last error 2" not in listed
+
+
+def test_help_lists_only_options_that_work_there(run):
+    """`test` saves nothing, so the flags that decide how a saved mailbox is scanned are not its options;
+    `edit-mailbox` has no --provider, so its help does not send the reader to one."""
+    test_help = run("test", "--help").output
+    for gone in ("--no-verify", "--main", "--scan-active", "--sync-customers", "--sync-leads"):
+        assert gone not in test_help, gone
+        result = run("test", "1", gone)
+        assert result.exit_code == 2 and "No such option" in result.output, (gone, result.output)
+    for kept in ("--imap-host", "--folder", "--password-stdin", "--allow-plaintext", "--ca-file"):
+        assert kept in test_help, kept
+    edit_help = run("edit-mailbox", "--help").output
+    assert "--provider" not in edit_help and "--imap-host" in edit_help
+    assert "--main" in edit_help and "--no-verify" in edit_help

@@ -602,7 +602,6 @@ def test_cli_table_on_a_terminal(hanna, imap_user, smtp, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--no-verify"], "--no-verify does not go with test: testing is all it does"),
     (["--send-to", "not-an-address"], "--send-to 'not-an-address' is not an email address"),
     (["--email", "a@example.test", "1"], "--email and --provider are for a mailbox not saved yet: leave out MAILBOX to try one"),
     (["--email", "a@example.test", "--imap-host", "127.0.0.1", "--password-stdin"], "the password is empty"),

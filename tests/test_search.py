@@ -140,3 +140,22 @@ def test_a_thread_across_two_mailboxes_is_one_conversation_in_order(env, imap_us
     assert result.exit_code == 0 and "5 letter(s)" in result.output and f"{middle}*" in result.output
     missing = cli_run(env, "thread", "9999")
     assert missing.exit_code == 3 and missing.output.strip() == "Error: no letter 9999; 'hanna-sync letters' lists them"
+
+
+def test_a_word_starting_with_a_dash_is_searched_not_read_as_an_option(archived):
+    """The README says '-' needs no escaping: `search -03 Sąskaita` is a query on the command line too."""
+    expected = subjects(archived.store.search("Sąskaita faktūra"))
+    assert expected == ["Sąskaita faktūra 2025-03"]
+    for args in (["-", "Sąskaita", "faktūra", "--json"], ["Sąskaita", "faktūra", "--json"],
+                 ["--json", "Sąskaita", "faktūra"], ["--limit", "5", "Sąskaita", "--json", "faktūra"],
+                 ["--json", "--", "Sąskaita", "faktūra"]):
+        result = cli_run(archived, "search", *args)
+        assert result.exit_code == 0, (args, result.output)
+        assert subjects(json.loads(result.stdout)) == expected, args
+    result = cli_run(archived, "search", "-x", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == [], result.output  # a word, found nowhere
+    result = cli_run(archived, "search", "-2025", "sąskaita", "--json")
+    assert result.exit_code == 0 and subjects(json.loads(result.stdout)) == expected, result.output
+    # A mistyped long option is still an error, not a search for "--limt".
+    result = cli_run(archived, "search", "sąskaita", "--limt", "5")
+    assert result.exit_code == 2 and "No such option '--limt'" in result.output
