@@ -217,7 +217,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
     Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 not found (no such mailbox, letter,
     customer, lead or user), 74 the database cannot be used (damaged,
     disk full), 75 busy (another pass, or another program writing): try later. Passwords are kept in
-    the secrets store (see [secrets] in config.example.toml), never in the config or the database.
+    the secrets store (see [secrets] in 'hanna-sync setup-guide config'), never in the config or the database.
     """
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     ctx.obj = App(config_path, verbose, quiet)
@@ -648,7 +648,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     A failing mailbox is recorded (see list-mailboxes) and the others are still scanned.
 
     \b
-    Exit codes: 0 every mailbox scanned, 1 a mailbox failed, 2 usage or config error, 74 the
+    Exit codes: 0 every mailbox scanned, 1 a mailbox failed or the database has no mailbox at all
+    (the warning names any other database found), 2 usage or config error, 74 the
     database cannot be written (disk full, damaged: what was saved stays), 75 another pass is running
     or another program holds the database's lock.
     Example (what the systemd timer runs every 10 minutes):
@@ -665,14 +666,18 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
             result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
     else:
         result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
+    warning = result.database_warning
     if as_json:
         emit_json({"ok": result.ok, "dry_run": dry_run, "budget_exhausted": result.budget_exhausted,
                    "summary": result.summary_line(), "mailboxes": [m.as_dict() for m in result.mailboxes],
-                   "purged_by_retention": result.purged_by_retention})
+                   "purged_by_retention": result.purged_by_retention,
+                   "database_warning": warning.as_dict() if warning else None})
     elif app.quiet or under_journal(sys.stdout):
         pass  # the log's summary line says it all; cron mails nothing when all is well
+    elif warning is not None:
+        pass  # said as a warning at the pass's start, on stderr and in the journal
     elif not result.mailboxes:
-        click.echo("No mailbox to scan: add one with 'hanna-sync add-mailbox' (or turn --scan-active on).")
+        click.echo("No mailbox to scan: every mailbox is paused (turn one on with 'edit-mailbox ID --scan-active').")
     else:
         table("Dry run: nothing written" if dry_run else None,
               ["ID", "Email", "Folders", "New", "Would archive" if dry_run else "Archived", "Linked", "Skipped",
@@ -708,19 +713,27 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
 
     \b
     Exit codes: 0 healthy, 1 a mailbox failing (or without a pass) for --fail-after minutes or
-    more, 3 no such --user. Use it as a monitoring check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
+    more, or no mailbox configured in the database at all; 3 no such --user. Use it as a monitoring
+    check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """
     from datetime import timedelta
 
-    from hanna_sync.status import health
+    from hanna_sync.status import database_warning, health, recorded_database_warning
 
     _check_user(app, user)
     rows = health(app.store, timedelta(minutes=fail_after), user)
     last = app.store.last_run()
+    # No mailbox at all: this shell's view of other databases, and the one the last pass (the timer) had.
+    warning = database_warning(app.store, app.config.database)
+    recorded = recorded_database_warning(app.store)
+    if warning is not None and recorded is not None:
+        warning.other_databases += [d for d in recorded.other_databases if d not in warning.other_databases]
+    alert = any(r.alert for r in rows) or warning is not None
     if as_json:
         emit_json({
-            "alert": any(r.alert for r in rows),
+            "alert": alert,
+            "database_warning": warning.as_dict() if warning else None,
             "last_pass": None if last is None else {
                 "started_at": last["started_at"], "finished_at": last["finished_at"], "outcome": last["outcome"],
                 "budget_exhausted": bool(last["budget_exhausted"]),
@@ -748,7 +761,9 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
                   [[r.id, f.folder, f.last_uid, f.server_uidnext, f.behind, f.skipped,
                     f"{f.gap_found} found {f.gap_checked_at}" if f.gap_checked_at else "-"]
                    for r in rows for f in r.folders])
-    if any(r.alert for r in rows):
+    if warning is not None:
+        click.echo(f"Error: {warning.text}", err=True)
+    if alert:
         for r in rows:
             if r.alert:
                 click.echo(f"Error: mailbox {r.id} ({r.email}) {r.state}: {r.detail}", err=True)
@@ -1333,26 +1348,42 @@ def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: b
 
 
 @cli.command("setup-guide")
-@click.argument("topic", type=click.Choice(["o365"]))
+@click.argument("topic", type=click.Choice(["o365", "systemd", "config"]))
+@click.option("--user", "user_units", is_flag=True, help="systemd: units for one user (systemctl --user), no root.")
+@click.option("--unit", type=click.Choice(["service", "timer"]),
+              help="systemd: print only this unit file, to save it (see the steps).")
 @click.pass_obj
-def setup_guide(app: App, topic: str) -> None:
-    """Print the steps that connect a kind of mailbox: o365 (Office 365).
+def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> None:
+    """Print the steps to set something up, or a file to save: o365, systemd, config.
 
-    The app registration, its API permissions and admin consent, "Allow public client flows" for the
-    device code, and the Exchange Online commands (Set-CASMailbox, New-ServicePrincipal,
-    Add-MailboxPermission), with the configured tenant and client ids filled in.
+    
+    o365     the app registration, its API permissions and admin consent, "Allow public client flows"
+             for the device code, and the Exchange Online commands (Set-CASMailbox,
+             New-ServicePrincipal, Add-MailboxPermission), with the configured tenant and client ids.
+    systemd  the steps to run a pass every 10 minutes (system-wide, or --user), each command with the
+             absolute path of this hanna-sync; --unit service|timer prints that unit file.
+    config   the example config: every key, with its default and what it does.
 
-    \b
-    Example:
+    
+    Examples:
       hanna-sync setup-guide o365 | less
+      hanna-sync setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service
+      hanna-sync setup-guide config > ~/.config/hanna-sync/config.toml
     """
     from hanna_sync import setup_guide as guides
 
-    try:
-        settings = app.config.o365
-    except HannaError:
-        settings = None  # a broken config must not hide the guide that helps to write it
-    click.echo(guides.office365(settings), nl=False)
+    if topic != "systemd" and (user_units or unit):
+        raise InputError(f"--user and --unit are for 'setup-guide systemd', not '{topic}'")
+    if topic == "config":
+        click.echo(guides.example_config(), nl=False)
+    elif topic == "systemd":
+        click.echo(guides.systemd_unit(unit, user_units) if unit else guides.systemd_steps(user_units), nl=False)
+    else:
+        try:
+            settings = app.config.o365
+        except HannaError:
+            settings = None  # a broken config must not hide the guide that helps to write it
+        click.echo(guides.office365(settings), nl=False)
 
 
 @cli.command("demo")
@@ -1364,9 +1395,12 @@ def demo(workdir: str | None) -> None:
     directory, and its Dovecot listens on 127.0.0.1 only and is gone when the demo ends. Needs
     Dovecot installed (apt-get install dovecot-imapd) and root, or a user Dovecot can run as.
     """
+    import shlex
+
     from hanna_sync import sample
     from hanna_sync.demo import run_demo
     from hanna_sync.relink import summary_line
+    from hanna_sync.setup_guide import executable
 
     result = run_demo(Path(workdir) if workdir else None)
     for name, imported in result.imported.items():
@@ -1387,7 +1421,8 @@ def demo(workdir: str | None) -> None:
     table("Letters linked to customer C-1001 (UAB Ąžuolas)", ["ID", "Date (UTC)", "From", "Subject", "Linked by"],
           [[r["id"], r["date_utc"][:16].replace("T", " "), r["from_addr"], r["subject"],
             ", ".join(l["rule"] for l in r["links"] if l["entity_id"] == "C-1001")] for r in rows])
-    hs = f"hanna-sync --config {result.config_path}"
+    # Commands that work as shown, pasted anywhere: scripts/demo.sh leaves hanna-sync in .venv/bin, not on PATH.
+    hs = f"{executable()} --config {shlex.quote(str(result.config_path.resolve()))}"
     click.echo(f"""
 The archive stays in {result.workdir}. Try:
   {hs} letters --customer C-1001
@@ -1449,7 +1484,7 @@ SHORT_HELP = {
     "run": "Run one scan pass (what the timer runs).",
     "search": "Search the archive's letters by words.",
     "set-password": "Replace a mailbox's password.",
-    "setup-guide": "Print the steps to connect Office 365.",
+    "setup-guide": "Print setup steps: o365, systemd, config.",
     "show": "Show one archived letter.",
     "status": "Show each mailbox's health (for monitoring).",
     "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,67 @@ SECRET_STORES = ("file", "system")
 O365_AUTH_MODES = ("delegated", "app")
 
 
-def _default_data_dir() -> Path:
-    """Where state lives when the config does not say: systemd's StateDirectory, else XDG."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+SYSTEM_CONFIG_DIR = Path("/etc/hanna-sync")
+SYSTEM_STATE_DIR = Path("/var/lib/hanna-sync")
+DATABASE_NAME = "hanna-sync.db"
+
+
+def user_data_dir() -> Path:
+    """The per-user home of the database: $XDG_DATA_HOME/hanna-sync, else ~/.local/share/hanna-sync."""
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "hanna-sync"
+
+
+def is_system_config(config_file: Path | None) -> bool:
+    """Whether a config file is the system-wide one (in /etc/hanna-sync), which puts state in /var/lib."""
+    if config_file is None:
+        return False
+    try:
+        return config_file.resolve().parent == SYSTEM_CONFIG_DIR.resolve()
+    except OSError:
+        return False
+
+
+def default_database(config_file: Path | None) -> Path:
+    """The database when the config does not name one: the one rule every command and unit follows.
+
+    It depends only on which config file is in use, never on variables a unit sets and a shell lacks
+    (a unit's $STATE_DIRECTORY once sent the timer to a new, empty database while `add-mailbox` at a
+    shell had written another): /etc/hanna-sync/config.toml means the system-wide database in
+    /var/lib/hanna-sync, any other file or none the user's own in $XDG_DATA_HOME.
+    """
+    return (SYSTEM_STATE_DIR if is_system_config(config_file) else user_data_dir()) / DATABASE_NAME
+
+
+def database_candidates() -> list[Path]:
+    """Every place a hanna-sync database is commonly found, including where older versions put it
+    (a systemd StateDirectory= under ~/.local/state): checked when the database in use is empty."""
+    xdg_state = os.environ.get("XDG_STATE_HOME")
+    places = [user_data_dir(), (Path(xdg_state) if xdg_state else Path.home() / ".local" / "state") / "hanna-sync",
+              SYSTEM_STATE_DIR]
+    places += [Path(p) for p in os.environ.get("STATE_DIRECTORY", "").split(":") if p]
+    return [p / DATABASE_NAME for p in places]
+
+
+def other_databases(database: Path) -> list[str]:
+    """Known places other than `database` that hold a database, each described (unreadable ones too:
+    /var/lib/hanna-sync is the service user's alone, and a user's shell cannot tell what it holds)."""
+    found: list[str] = []
+    seen = {database.resolve()}
+    for candidate in database_candidates():
+        if candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        try:
+            st = candidate.stat()
+        except PermissionError:
+            found.append(f"{candidate} (not readable by this user: run as the user the timer runs as)")
+            continue
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            found.append(str(candidate))
+    return found
 
 
 def config_search_path() -> list[Path]:
@@ -42,7 +98,7 @@ def config_search_path() -> list[Path]:
         paths.append(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "config.toml")
     xdg = os.environ.get("XDG_CONFIG_HOME")
     paths.append((Path(xdg) if xdg else Path.home() / ".config") / "hanna-sync" / "config.toml")
-    paths.append(Path("/etc/hanna-sync/config.toml"))
+    paths.append(SYSTEM_CONFIG_DIR / "config.toml")
     return paths
 
 
@@ -100,7 +156,7 @@ class O365Config:
 
 @dataclass(frozen=True)
 class Config:
-    database: Path = field(default_factory=lambda: _default_data_dir() / "hanna-sync.db")
+    database: Path = field(default_factory=lambda: default_database(None))
     log_level: str = "info"
     own_domains: tuple[str, ...] = ()
     free_mail_domains: tuple[str, ...] = ()
@@ -173,7 +229,7 @@ def _check(data: dict[str, Any], schema: dict[str, Any], where: Path, prefix: st
         if key not in schema:
             hint = difflib.get_close_matches(key, list(schema), n=1)
             maybe = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"{where}: unknown key '{name}'{maybe}; see config.example.toml for every key")
+            raise ConfigError(f"{where}: unknown key '{name}'{maybe}; 'hanna-sync setup-guide config' shows every key")
         expected = schema[key]
         if isinstance(expected, dict):
             if not isinstance(value, dict):
@@ -245,9 +301,8 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
     for name in ("gap_check_hours", "auth_backoff_minutes"):
         _positive(scan.get(name, 0), f"scan.{name}", where, strict=False)
 
-    defaults = Config()
     return Config(
-        database=path(data.get("database")) or defaults.database,
+        database=path(data.get("database")) or default_database(where),
         log_level=data.get("log_level", "info"),
         own_domains=_domains(data.get("own_domains", []), "own_domains", where),
         free_mail_domains=_domains(data.get("free_mail_domains", []), "free_mail_domains", where),

@@ -81,6 +81,10 @@ def new_o365_mailbox(user: str, email: str, kind: str, settings: dict[str, Any])
 
 def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
     """The mailbox with some settings changed; a port left at its default follows a security change."""
+    if settings.get("ca_file") is None and mailbox.ca_file and not Path(mailbox.ca_file).is_file():
+        # Saved earlier (a demo's CA in a temp dir that is gone): not an option given now.
+        raise InputError(f"mailbox {mailbox.id}'s CA file {mailbox.ca_file} (set with --ca-file) no longer exists:"
+                         f" give another with 'hanna-sync edit-mailbox {mailbox.id} --ca-file CA.pem'")
     changed = _apply(replace(mailbox, folders=list(mailbox.folders)), settings)
     for proto, ports in (("imap", IMAP_PORTS), ("smtp", SMTP_PORTS)):
         old_security = getattr(mailbox, f"{proto}_security")

@@ -47,6 +47,7 @@ from hanna_sync.message import (
     ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
 )
 from hanna_sync.retention import apply_retention, refused
+from hanna_sync.status import DatabaseWarning, database_warning, record_database_warning
 from hanna_sync.store import FolderState, Mailbox, Store, participants_of, utcnow
 from hanna_sync.uidset import UidSet
 
@@ -141,10 +142,11 @@ class PassResult:
     dry_run: bool = False
     seconds: float = 0.0
     purged_by_retention: int = 0  # letters older than retention.years deleted at the end of the pass
+    database_warning: DatabaseWarning | None = None  # no mailbox configured at all: a pass that did nothing
 
     @property
     def ok(self) -> bool:
-        return all(m.ok for m in self.mailboxes)
+        return all(m.ok for m in self.mailboxes) and self.database_warning is None
 
     @property
     def budget_exhausted(self) -> bool:
@@ -162,7 +164,8 @@ class PassResult:
             f"pass {'ok' if self.ok else 'failed'}: mailboxes {ok} ok, {failed} failed, {backing_off} backing off;"
             f" letters {total('new')} new, {total('archived')} archived, {total('linked')} linked,"
             f" {total('skipped')} skipped, {total('gaps')} gaps, {total('backfilled')} backfilled;"
-            + (f" {self.purged_by_retention} deleted by retention;" if self.purged_by_retention else "") +
+            + (f" {self.purged_by_retention} deleted by retention;" if self.purged_by_retention else "")
+            + (f" no mailboxes configured in {self.database_warning.database};" if self.database_warning else "") +
             f" {'time budget spent, continuing next pass' if self.budget_exhausted else 'complete'};"
             f" {self.seconds:.1f} s"
         )
@@ -251,6 +254,13 @@ def _run_pass(
 ) -> PassResult:
     started = time.monotonic()
     now = datetime.now(timezone.utc)
+    # A database with no mailbox is most often not the one the mailboxes were added to (another
+    # config, another user, a unit's environment): said at the start, in the journal and to `status`.
+    warning = None if mailbox_ids else database_warning(store, config.database)
+    if warning is not None:
+        log.warning("%s", warning.text)
+    if not dry_run and not mailbox_ids:
+        record_database_warning(store, warning)
     if mailbox_ids:
         boxes = [store.mailbox(i) for i in mailbox_ids]  # named on the command line: tried even in back-off
         waiting: list[MailboxResult] = []
@@ -278,7 +288,8 @@ def _run_pass(
             after_pass(store, config, secrets, directory.get, directory.skip_index)
         except (HannaError, sqlite3.Error) as exc:  # bookkeeping for the next pass: never fails this one
             log.warning("backfill bookkeeping failed (%s); the next pass tries again", exc)
-    outcome = PassResult(sorted(results + waiting, key=lambda r: r.mailbox_id), dry_run, time.monotonic() - started)
+    outcome = PassResult(sorted(results + waiting, key=lambda r: r.mailbox_id), dry_run, time.monotonic() - started,
+                         database_warning=warning)
     if not dry_run:  # never fails the pass: see apply_retention
         outcome.purged_by_retention = len(apply_retention(store, config).letters)
     if run_id is not None:

@@ -1,4 +1,8 @@
-"""`hanna-sync setup-guide o365`: the exact portal and PowerShell steps to connect Office 365 mailboxes.
+"""`hanna-sync setup-guide`: the exact steps to set hanna-sync up, printed by the tool itself.
+
+`o365`: the portal and PowerShell steps to connect Office 365 mailboxes. `systemd` and `config`: the
+units, the config and the install steps, for the hanna-sync actually installed (a shipped unit file naming
+/usr/local/bin, or a README naming a file a pip install does not carry, is true only on some machines).
 
 Office 365 sign-in fails in a dozen ways that all trace back to a setting in a portal (a permission not
 consented, public client flows off, IMAP off for the mailbox, a service principal never registered), so
@@ -115,3 +119,196 @@ def office365(settings: O365Config | None) -> str:
     tenant_id = settings.tenant_id if settings and settings.tenant_id else "<Directory (tenant) ID>"
     client_id = settings.client_id if settings and settings.client_id else "<APP_ID>"
     return _GUIDE.format(tenant_id=tenant_id, client_id=client_id)
+
+
+# -- running it unattended: the systemd units and the config, for the hanna-sync actually installed ----------
+
+def executable() -> str:
+    """The running hanna-sync as a shell can type it: an absolute path, never a bare name a unit's or
+    cron's PATH may not have (a venv's bin, /opt/...). Symlinks are kept: /usr/local/bin/hanna-sync
+    stays valid across reinstalls where the venv it points at might not."""
+    import os
+    import shlex
+    import shutil
+    import sys
+    from pathlib import Path
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == "hanna-sync":
+        found = argv0 if os.sep in argv0 else shutil.which(argv0)
+        if found:
+            return shlex.quote(os.path.abspath(found))
+    beside = Path(sys.executable).parent / "hanna-sync"  # `python -m hanna_sync` in a venv
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return shlex.quote(os.path.abspath(beside))
+    found = shutil.which("hanna-sync")
+    if found:
+        return shlex.quote(os.path.abspath(found))
+    return f"{shlex.quote(os.path.abspath(sys.executable))} -m hanna_sync"
+
+
+def example_config() -> str:
+    """config.example.toml as shipped inside the package (a pip install has no checkout to look in)."""
+    from importlib.resources import files
+
+    return files("hanna_sync").joinpath("config.example.toml").read_text(encoding="utf-8")
+
+
+SYSTEM_CONFIG = "/etc/hanna-sync/config.toml"
+
+_SYSTEM_SERVICE = """\
+# One hanna-sync scan pass, run by hanna-sync.timer every 10 minutes.
+# Written by `hanna-sync setup-guide systemd --unit service`; `hanna-sync setup-guide systemd` shows the steps.
+[Unit]
+Description=hanna-sync scan pass: archive staff mail linked to CRM customers and leads
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+User=hanna-sync
+Group=hanna-sync
+# The config is named, so a missing one is an error in the journal, not a pass over another database.
+# It puts the database and the secrets store in /var/lib/hanna-sync, as for `sudo -u hanna-sync hanna-sync ...`.
+ExecStart={exe} --config {config} run
+StateDirectory=hanna-sync
+StateDirectoryMode=0700
+# The pass stops starting new batches after scan.time_budget_minutes (8); this is only a backstop.
+TimeoutStartSec=15min
+Nice=5
+IOSchedulingClass=best-effort
+IOSchedulingPriority=6
+UMask=0077
+
+# Hardening: a mail fetcher needs the network, its state directory and nothing else.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+"""
+
+_USER_SERVICE = """\
+# hanna-sync for one user without root: `systemctl --user`. Steps: `hanna-sync setup-guide systemd --user`.
+[Unit]
+Description=hanna-sync scan pass (user unit)
+
+[Service]
+Type=oneshot
+# Nothing set here on purpose: the pass finds the config and the database exactly as your shell does
+# (~/.config/hanna-sync/config.toml; ~/.local/share/hanna-sync/hanna-sync.db unless the config names one).
+ExecStart={exe} run
+TimeoutStartSec=15min
+Nice=5
+UMask=0077
+NoNewPrivileges=yes
+"""
+
+_TIMER = """\
+# Runs hanna-sync.service every 10 minutes; a pass missed while the machine was off runs at boot.
+[Unit]
+Description=Run a hanna-sync scan pass every 10 minutes
+
+[Timer]
+OnCalendar=*:0/10
+Persistent=true
+RandomizedDelaySec=45
+AccuracySec=15s
+
+[Install]
+WantedBy=timers.target
+"""
+
+_SYSTEM_STEPS = """\
+hanna-sync under systemd (system-wide)
+======================================
+
+The units run this hanna-sync: {exe}
+Install it where it stays first (e.g. `python3 -m venv /opt/hanna-sync && /opt/hanna-sync/bin/pip install ...`),
+and run these steps with that one, so the paths below are the installed ones.
+
+1. A user to run it and its state directory; the config (every key optional: with no `database` key,
+   /etc/hanna-sync/config.toml puts the database and the secrets store in /var/lib/hanna-sync):
+     sudo useradd --system --home-dir /var/lib/hanna-sync --shell /usr/sbin/nologin hanna-sync
+     sudo install -d -o hanna-sync -g hanna-sync -m 0700 /var/lib/hanna-sync
+     sudo install -d -o root -g hanna-sync -m 0750 /etc/hanna-sync
+     {exe} setup-guide config | sudo tee {config} >/dev/null
+     sudo chown root:hanna-sync {config} && sudo chmod 0640 {config}
+
+2. The directory and the mailboxes, as the service user: the same config, so the same database as the timer
+     sudo -u hanna-sync {exe} import customers customers.csv
+     sudo -u hanna-sync {exe} add-mailbox --user jonas --email jonas@example.com ...
+   The first password saved creates the secrets key /var/lib/hanna-sync/secrets.key: back it up (apart from
+   the database's backups): without it the stored passwords cannot be read.
+
+3. The units:
+     {exe} setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service >/dev/null
+     {exe} setup-guide systemd --unit timer | sudo tee /etc/systemd/system/hanna-sync.timer >/dev/null
+     sudo systemctl daemon-reload && sudo systemctl enable --now hanna-sync.timer
+
+4. Check:
+     systemctl list-timers hanna-sync.timer      when the next pass runs, when the last one did
+     journalctl -u hanna-sync -p warning         errors and warnings only; one summary line per pass
+     sudo -u hanna-sync {exe} status
+
+Without systemd, a line in the hanna-sync user's crontab (`sudo crontab -u hanna-sync -e`); cron's PATH
+does not have hanna-sync, so the path is absolute:
+     */10 * * * * {exe} --config {config} -q run
+"""
+
+_USER_STEPS = """\
+hanna-sync under systemd, for one user (no root)
+================================================
+
+The units run this hanna-sync: {exe}
+(run these steps with the hanna-sync that stays installed, so the path below is the right one).
+
+1. Mailboxes and the directory, at your shell as usual (the database is ~/.local/share/hanna-sync/hanna-sync.db
+   unless ~/.config/hanna-sync/config.toml names another; the timer uses the same one):
+     {exe} import customers customers.csv
+     {exe} add-mailbox --email you@example.com ...
+
+2. The units:
+     mkdir -p ~/.config/systemd/user
+     {exe} setup-guide systemd --user --unit service > ~/.config/systemd/user/hanna-sync.service
+     {exe} setup-guide systemd --user --unit timer > ~/.config/systemd/user/hanna-sync.timer
+     systemctl --user daemon-reload && systemctl --user enable --now hanna-sync.timer
+     loginctl enable-linger "$USER"              so it runs while you are logged out
+
+3. Check:
+     systemctl --user list-timers hanna-sync.timer
+     journalctl --user -u hanna-sync -p warning
+     {exe} status
+
+Without systemd, a line in your crontab (`crontab -e`); cron's PATH does not have hanna-sync:
+     */10 * * * * {exe} -q run
+"""
+
+
+def systemd_unit(name: str, user: bool) -> str:
+    """A unit file ("service" or "timer") that runs the hanna-sync this is, by its absolute path."""
+    if name == "timer":
+        return _TIMER
+    template = _USER_SERVICE if user else _SYSTEM_SERVICE
+    return template.format(exe=executable(), config=SYSTEM_CONFIG)
+
+
+def systemd_steps(user: bool) -> str:
+    """The install steps, with this hanna-sync's path in every command."""
+    return (_USER_STEPS if user else _SYSTEM_STEPS).format(exe=executable(), config=SYSTEM_CONFIG)

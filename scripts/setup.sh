@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(dovecot-imapd python3-venv ca-certificates)
+# The tests check the units `setup-guide systemd` prints with systemd-analyze verify.
+[ "${1:-}" = test ] && packages+=(systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

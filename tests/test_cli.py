@@ -129,8 +129,11 @@ def test_bad_config_is_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == (
         f"Error: {config}: unknown key 'scan.concurency' (did you mean 'scan.concurrency'?);"
-        " see config.example.toml for every key"
+        " 'hanna-sync setup-guide config' shows every key"
     )
+    # ... a command that exists wherever hanna-sync is installed (a pip install ships no config.example.toml).
+    shown = CliRunner().invoke(cli, ["setup-guide", "config"])
+    assert shown.exit_code == 0 and "\nconcurrency = 4\n" in shown.output
 
 
 def test_same_email_twice_for_one_user_is_refused(run):

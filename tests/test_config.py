@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hanna_sync.config import Config, load_config
+from hanna_sync import config as config_module
+from hanna_sync.config import Config, load_config, other_databases
 from hanna_sync.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,7 @@ def no_ambient_config(monkeypatch, tmp_path):
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_DIR", tmp_path / "no-etc")  # not the host's /etc
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -35,9 +37,46 @@ def test_no_file_at_all_gives_defaults_under_the_data_dir(tmp_path):
     assert config.scan.concurrency == 4
 
 
-def test_systemd_state_directory_is_the_default_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
-    assert load_config().database == tmp_path / "state" / "hanna-sync.db"
+def test_a_units_state_directory_does_not_move_the_database(monkeypatch, tmp_path):
+    """A unit's $STATE_DIRECTORY (or $CONFIGURATION_DIRECTORY) is an environment the admin's shell lacks:
+    the database must not depend on it, or the timer scans a new, empty database (issue 14, item 1)."""
+    shell = load_config().database
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "xdg-state" / "hanna-sync"))
+    monkeypatch.setenv("CONFIGURATION_DIRECTORY", str(tmp_path / "xdg-config" / "hanna-sync"))
+    assert load_config().database == shell == tmp_path / "xdg-data" / "hanna-sync" / "hanna-sync.db"
+
+
+def test_the_system_config_puts_the_database_in_var_lib_for_root_and_the_service_alike(monkeypatch, tmp_path):
+    """/etc/hanna-sync/config.toml with no `database` key: root's shell (which finds it on the search
+    path), the service user and the system unit (which names it with --config) share one database."""
+    etc, var_lib = tmp_path / "etc" / "hanna-sync", tmp_path / "var" / "lib" / "hanna-sync"
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_DIR", etc)
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", var_lib)
+    etc.mkdir(parents=True)
+    (etc / "config.toml").write_text("log_level = 'info'\n")
+    found = load_config()  # a shell: the search path ends at the system config
+    named = load_config(etc / "config.toml")  # the unit: ExecStart=... --config /etc/hanna-sync/config.toml
+    assert found.source == named.source == (etc / "config.toml").resolve()
+    assert found.database == named.database == var_lib / "hanna-sync.db"
+    assert found.secrets_key_file == var_lib / "secrets.key"
+    # Any other file keeps the user's own database; a `database` key still wins everywhere.
+    assert load_config(write(tmp_path, "log_level = 'info'")).database == tmp_path / "xdg-data" / "hanna-sync" / "hanna-sync.db"
+    (etc / "config.toml").write_text('database = "/srv/archive.db"\n')
+    assert load_config().database == Path("/srv/archive.db")
+
+
+def test_other_databases_lists_the_known_places_that_hold_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setattr(config_module, "SYSTEM_STATE_DIR", tmp_path / "var-lib")
+    current = tmp_path / "xdg-data" / "hanna-sync" / "hanna-sync.db"
+    assert other_databases(current) == []
+    old_unit = tmp_path / "xdg-state" / "hanna-sync" / "hanna-sync.db"  # where the old user unit put it
+    old_unit.parent.mkdir(parents=True)
+    old_unit.write_bytes(b"SQLite format 3\0")
+    (tmp_path / "var-lib").mkdir()
+    (tmp_path / "var-lib" / "hanna-sync.db").write_bytes(b"")  # empty: holds nothing
+    assert other_databases(current) == [str(old_unit)]
+    assert other_databases(old_unit) == []  # never the database in use itself
 
 
 def test_example_config_is_valid_and_documents_the_defaults():
@@ -125,3 +164,23 @@ def test_search_path_finds_the_user_config(tmp_path):
     user_config.parent.mkdir(parents=True)
     user_config.write_text("log_level = 'error'")
     assert load_config().source == user_config.resolve()
+
+
+def test_the_package_ships_the_example_config_and_setup_guide_prints_it():
+    """A pip install has no checkout: the errors point at `setup-guide config`, which prints the copy
+    inside the package; the repository's config.example.toml is that same file, byte for byte."""
+    from hanna_sync.setup_guide import example_config
+
+    assert example_config() == (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    assert example_config() == (ROOT / "hanna_sync" / "config.example.toml").read_text(encoding="utf-8")
+    assert "config.example.toml" in _package_data()
+
+
+def _package_data() -> str:
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["hanna_sync"])

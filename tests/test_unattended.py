@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets as pysecrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -321,17 +323,109 @@ def _verify(units: list[Path], user: bool) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
                     reason="systemd-analyze not installed (CI installs systemd)")
-@pytest.mark.parametrize("folder, user", [("systemd", False), ("systemd/user", True)])
-def test_units_pass_systemd_analyze_verify(tmp_path, folder, user):
-    """The shipped units, with ExecStart pointed at this checkout's hanna-sync so verify finds it."""
-    executable = Path(sys.executable).parent / "hanna-sync"
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_generated_units_pass_systemd_analyze_verify_as_printed(tmp_path, user):
+    """The units exactly as `setup-guide systemd --unit` prints them: ExecStart is this installed
+    hanna-sync by its absolute path, so verify finds it with no editing (issue 14, item 16)."""
     units = []
-    for name in ("hanna-sync.service", "hanna-sync.timer"):
-        text = (ROOT / folder / name).read_text()
-        text = text.replace("/usr/local/bin/hanna-sync", str(executable)).replace("%h/.local/bin/hanna-sync",
-                                                                                   str(executable))
-        (tmp_path / name).write_text(text)
-        units.append(tmp_path / name)
-    result = _verify(units, user)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "", result.stderr  # unknown keys are only warnings: allow none
+    for name in ("service", "timer"):
+        result = CliRunner().invoke(cli, ["setup-guide", "systemd", *(["--user"] if user else []), "--unit", name])
+        assert result.exit_code == 0, result.output
+        assert "Documentation=" not in result.output  # nothing installs a file it could point at
+        (tmp_path / f"hanna-sync.{name}").write_text(result.output)
+        units.append(tmp_path / f"hanna-sync.{name}")
+    exec_start = next(line for line in units[0].read_text().splitlines() if line.startswith("ExecStart="))
+    assert shlex.split(exec_start.removeprefix("ExecStart="))[0] == str(Path(sys.executable).parent / "hanna-sync")
+    verified = _verify(units, user)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stderr.strip() == "", verified.stderr  # unknown keys are only warnings: allow none
+
+
+def shell_env(home: Path) -> dict[str, str]:
+    """An admin's login shell: a HOME, no hanna-sync variables, no XDG overrides, no unit's variables."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XDG_", "HANNA_SYNC_")) and k not in
+           ("STATE_DIRECTORY", "CONFIGURATION_DIRECTORY", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM")}
+    return {**env, "HOME": str(home)}
+
+
+def unit_command(text: str) -> list[str]:
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    return shlex.split(exec_start.removeprefix("ExecStart="))
+
+
+def test_the_user_unit_scans_the_database_add_mailbox_wrote_at_the_shell(tmp_path, imap_user):
+    """With no config, `add-mailbox` at a shell and the user unit's pass use one database, whatever the
+    unit's environment adds ($STATE_DIRECTORY once sent the timer to a new, empty one: issue 14, item 1)."""
+    from hanna_sync.demo import _write_csv
+
+    deliver_sample(imap_user)
+    dc, home = imap_user.dovecot, tmp_path / "home"
+    home.mkdir()
+    shell = shell_env(home)
+    exe = str(Path(sys.executable).parent / "hanna-sync")
+
+    def at_shell(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=shell, cwd=tmp_path, timeout=60, **kw)
+
+    _write_csv(tmp_path / "customers.csv", sample.CUSTOMERS, with_domain=True)
+    assert at_shell("import", "customers", str(tmp_path / "customers.csv")).returncode == 0
+    added = at_shell("add-mailbox", "--user", "staff", "--email", imap_user.login, "--provider", "custom",
+                     "--imap-host", dc.host, "--imap-port", str(dc.imaps_port), "--ca-file", str(dc.ca_file),
+                     "--folder", "INBOX", "--folder", "Išsiųsti", "--password-stdin", input=imap_user.password + "\n")
+    assert added.returncode == 0, added.stderr
+
+    unit = at_shell("setup-guide", "systemd", "--user", "--unit", "service").stdout
+    assert not [line for line in unit.splitlines() if line.startswith(("Environment", "StateDirectory",
+                                                                        "ConfigurationDirectory", "WorkingDirectory"))]
+    # What systemd --user adds to a service's environment when a unit (or an older one) asks for it.
+    unit_env = {**shell, "STATE_DIRECTORY": str(home / ".local/state/hanna-sync"),
+                "CONFIGURATION_DIRECTORY": str(home / ".config/hanna-sync"), "INVOCATION_ID": "0" * 32}
+    passed = subprocess.run(unit_command(unit), capture_output=True, text=True, env=unit_env, cwd="/", timeout=60)
+    assert passed.returncode == 0, passed.stderr
+    assert "pass ok: mailboxes 1 ok" in passed.stderr and "no mailboxes configured" not in passed.stderr
+    report = json.loads(at_shell("status", "--json").stdout)
+    archived = int(re.search(r"letters \d+ new, (\d+) archived", passed.stderr).group(1))
+    assert archived > 0 and report["mailboxes"][0]["archived_total"] == archived
+    assert report["database_warning"] is None
+    assert not (home / ".local/state/hanna-sync/hanna-sync.db").exists()
+
+
+def test_a_pass_over_a_database_with_no_mailbox_fails_loudly_and_names_the_other_database(tmp_path):
+    """The trap's other half: a pass that opens a new, empty database says so in the journal (priority
+    warning), exits 1 and leaves it on record for `status`, naming the known place that holds one."""
+    from hanna_sync import mailboxes
+    from hanna_sync.store import Store
+
+    home = tmp_path / "home"
+    env = shell_env(home)
+    current = home / ".local/share/hanna-sync/hanna-sync.db"
+    elsewhere = home / ".local/state/hanna-sync/hanna-sync.db"  # where the old user unit put it
+    Store(elsewhere).add_mailbox(mailboxes.new_mailbox("staff", "jonas@imone.lt", "custom", {"imap_host": "127.0.0.1"}))
+
+    log_path = tmp_path / "journal.txt"
+    with open(log_path, "wb") as log:
+        st = os.fstat(log.fileno())
+        proc = subprocess.run([sys.executable, "-m", "hanna_sync", "run"], stdout=log, stderr=log, cwd=ROOT, timeout=60,
+                              env={**env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    lines = log_path.read_text().splitlines()
+    assert proc.returncode == 1, lines
+    assert lines[0].startswith(f"<4>no mailboxes configured in {current}, but another hanna-sync database exists:"
+                               f" {elsewhere}"), lines
+    assert lines[-1].startswith("<4>pass failed: mailboxes 0 ok") and f"no mailboxes configured in {current};" in lines[-1]
+
+    def status(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hanna_sync", "status", *args], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=60)
+
+    as_json = status("--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["alert"] is True and report["last_pass"]["outcome"] == "failed"
+    assert report["database_warning"]["database"] == str(current)
+    assert str(elsewhere) in report["database_warning"]["other_databases"]
+    shown = status()
+    assert shown.returncode == 1 and f"Error: no mailboxes configured in {current}, but" in shown.stderr
+    # Once the database in use has a mailbox, nothing is said any more.
+    Store(current).add_mailbox(mailboxes.new_mailbox("staff", "ona@imone.lt", "custom", {"imap_host": "127.0.0.1"}))
+    assert json.loads(status("--json").stdout)["database_warning"] is None
