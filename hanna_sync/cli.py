@@ -199,7 +199,9 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(cls=HannaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config", "config_path", metavar="PATH", envvar="HANNA_SYNC_CONFIG",
-    help="Config file (default: $HANNA_SYNC_CONFIG, ~/.config/hanna-sync/config.toml, /etc/hanna-sync/config.toml).",
+    help="Config file. Default: $HANNA_SYNC_CONFIG, else the first that exists of"
+         " $CONFIGURATION_DIRECTORY/config.toml (a unit's ConfigurationDirectory=),"
+         " ${XDG_CONFIG_HOME:-~/.config}/hanna-sync/config.toml, /etc/hanna-sync/config.toml.",
 )
 @click.option("-v", "--verbose", count=True, help="More detail (debug log); shows tracebacks of errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (for cron: silent when all is well).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -218,3 +219,18 @@ def test_help_lists_only_options_that_work_there(run):
     edit_help = run("edit-mailbox", "--help").output
     assert "--provider" not in edit_help and "--imap-host" in edit_help
     assert "--main" in edit_help and "--no-verify" in edit_help
+
+
+def test_config_help_names_every_place_a_config_is_looked_for(run, monkeypatch, tmp_path):
+    from hanna_sync.config import config_search_path
+
+    monkeypatch.setenv("CONFIGURATION_DIRECTORY", str(tmp_path / "conf"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    text = "".join(run("--help").output.split())  # wrapped anywhere, even after a hyphen
+    assert "$HANNA_SYNC_CONFIG" in text and "$CONFIGURATION_DIRECTORY/config.toml" in text
+    assert "${XDG_CONFIG_HOME:-~/.config}/hanna-sync/config.toml" in text
+    named = [str(p).replace(str(tmp_path / "conf"), "$CONFIGURATION_DIRECTORY").replace(
+        str(Path.home() / ".config"), "${XDG_CONFIG_HOME:-~/.config}") for p in config_search_path()]
+    assert len(named) == 3
+    positions = [text.index(path) for path in named]
+    assert positions == sorted(positions), "the help lists them in the order they are tried"
