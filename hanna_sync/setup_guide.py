@@ -301,12 +301,16 @@ Without systemd, a line in your crontab (`crontab -e`); cron's PATH does not hav
 """
 
 
-def systemd_unit(name: str, user: bool) -> str:
-    """A unit file ("service" or "timer") that runs the hanna-sync this is, by its absolute path."""
+# Where the README's install steps put hanna-sync: the units in the checkout's systemd/ name it.
+README_EXECUTABLE = "/opt/hanna-sync/bin/hanna-sync"
+
+
+def systemd_unit(name: str, user: bool, exe: str | None = None) -> str:
+    """A unit file ("service" or "timer") that runs the hanna-sync this is (or `exe`), by its absolute path."""
     if name == "timer":
         return _TIMER
     template = _USER_SERVICE if user else _SYSTEM_SERVICE
-    return template.format(exe=executable(), config=SYSTEM_CONFIG)
+    return template.format(exe=exe or executable(), config=SYSTEM_CONFIG)
 
 
 def systemd_steps(user: bool) -> str:

@@ -341,6 +341,22 @@ def test_generated_units_pass_systemd_analyze_verify_as_printed(tmp_path, user):
     assert verified.stderr.strip() == "", verified.stderr  # unknown keys are only warnings: allow none
 
 
+def test_the_checkouts_systemd_units_are_what_setup_guide_prints_for_the_readme_install():
+    """systemd/ in the checkout is no second copy to drift: it is setup-guide's output for the path the
+    README's install steps create (/opt/hanna-sync/bin/hanna-sync)."""
+    from hanna_sync.setup_guide import README_EXECUTABLE, systemd_unit
+
+    top = Path(__file__).resolve().parent.parent / "systemd"
+    for user, folder in ((False, top), (True, top / "user")):
+        for name in ("service", "timer"):
+            assert (folder / f"hanna-sync.{name}").read_text() == systemd_unit(name, user, README_EXECUTABLE), (
+                f"{folder / name}: regenerate it with setup-guide systemd --unit {name}")
+    assert f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml run" in (
+        top / "hanna-sync.service").read_text()
+    readme = (top.parent / "README.md").read_text()
+    assert f"{README_EXECUTABLE} setup-guide systemd" in readme and "python3 -m venv /opt/hanna-sync" in readme
+
+
 def shell_env(home: Path) -> dict[str, str]:
     """An admin's login shell: a HOME, no hanna-sync variables, no XDG overrides, no unit's variables."""
     env = {k: v for k, v in os.environ.items()
