@@ -239,6 +239,52 @@ def test_a_damaged_database_is_named_by_doctor_and_by_every_command(tmp_path, ma
                                       " database")
 
 
+def damage_page(database: Path, where: str) -> None:
+    """Overwrite 256 bytes of one page: the schema's (page 1, after the file header) or a table's root page."""
+    store = Store(database)
+    page_size = store.db.execute("PRAGMA page_size").fetchone()[0]
+    page = 1 if where == "schema" else store.db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = ?", [where]).fetchone()[0]
+    store.close()  # checkpoints the WAL into the file
+    offset = (page - 1) * page_size + (100 if page == 1 else 0)
+    with open(database, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xde\xad\xbe\xef" * 64)
+
+
+@pytest.mark.parametrize("where, finding", [
+    ("schema", "its schema (page 1) cannot be read: database disk image is malformed"),
+    ("_sqlite_migrations", "table _sqlite_migrations: database disk image is malformed"),  # read on opening
+    ("mailboxes", "table mailboxes: database disk image is malformed"),  # quick_check itself fails on it
+])
+def test_doctor_reports_damage_that_stops_the_database_from_opening(tmp_path, where, finding):
+    """Damage SQLite cannot even run quick_check over, or that the opening migrations read: doctor still
+    prints its whole report, names what is damaged and how to restore, and exits 74."""
+    env = Env(tmp_path / "damaged")
+    env.store.close()
+    env.config.database.parent.chmod(0o700)
+    config = env.config_file()
+    assert hanna(config, "doctor").exit_code == 0
+    damage_page(env.config.database, where)
+
+    result = hanna(config, "doctor")
+    assert result.exit_code == 74, result.output
+    database = env.config.database
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok     state directory") and lines[1].startswith("ok     database file")
+    assert lines[2] == f"FAILED database         {database} is damaged: {finding}"
+    assert lines[3].strip() == (
+        f"fix: stop the timer (systemctl stop hanna-sync.timer) or cron job, keep a copy of the damaged {database},"
+        " restore the last backup ('hanna-sync backup FILE' makes them): copy it over the damaged file and delete"
+        f" {database}-wal and {database}-shm, then run 'hanna-sync doctor' again")
+    assert lines[4].startswith("ok     secrets key")  # the report goes on after the database
+    assert "checks a database" not in result.output  # not the line that sends you to doctor
+    assert one_error_line(result) == f"Error: 1 problem(s); first: database: {database} is damaged: {finding}"
+
+    report = __import__("json").loads(hanna(config, "doctor", "--json").stdout)
+    assert report["exit_code"] == 74 and [c["name"] for c in report["checks"] if not c["ok"]] == ["database"]
+
+
 def test_doctor_names_loose_permissions_with_their_fix(tmp_path, imap_user):
     env = Env(tmp_path / "perm")
     env.add(imap_user, folders=("INBOX",))
