@@ -2,8 +2,9 @@
 
 The archive holds every customer letter and the secrets store every mailbox password, so two things
 are worth checking on a schedule, before they matter: that SQLite finds the database file sound
-(`PRAGMA quick_check`), and that the state directory, the database and the secrets files are private
-to the user hanna-sync runs as (0700 / 0600). Each check says what it found and, when it fails, the fix.
+(`PRAGMA quick_check`), that the state directory, the database and the secrets files are private to the
+user hanna-sync runs as (0700 / 0600), and that every stored secret decrypts with the key. Each check says
+what it found and, when it fails, the fix.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hanna_sync.config import Config
-from hanna_sync.credentials import DEFAULT_CREDENTIAL_NAME
-from hanna_sync.errors import ExitCode
+from hanna_sync.credentials import DEFAULT_CREDENTIAL_NAME, EncryptedFileKeyring, existing_key
+from hanna_sync.errors import ExitCode, SecretsError
 from hanna_sync.store import DatabaseError, Store
 
 
@@ -163,7 +164,8 @@ def _line(finding: object) -> str:
 
 
 def _secrets_files(config: Config) -> list[Check]:
-    """The encrypted passwords and their key: private, and the key present whenever passwords are stored."""
+    """The encrypted passwords and their key: private, the key present whenever passwords are stored, and
+    every stored secret decrypting with it."""
     checks = []
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / DEFAULT_CREDENTIAL_NAME).exists():
@@ -173,9 +175,27 @@ def _secrets_files(config: Config) -> list[Check]:
     elif config.secrets_file.exists():
         checks.append(Check("secrets key", False, f"{config.secrets_key_file} is missing, so the passwords in"
                             f" {config.secrets_file} cannot be read", "restore the key file from your backup, or"
-                            " set every password again with 'hanna-sync set-password ID'"))
+                            f" move {config.secrets_file} away and set every password again with"
+                            " 'hanna-sync set-password ID'"))
     else:
         checks.append(Check("secrets key", True, "none yet: made when the first password is stored"))
     if config.secrets_file.exists():
         checks.append(_private(config.secrets_file, "secrets file"))
+        if checks[0].ok:  # a missing or unusable key is the one problem to report, with its own fix
+            checks.append(_decrypts(config))
     return checks
+
+
+def _decrypts(config: Config) -> Check:
+    """Every stored secret decrypts with the key: files that are present and private prove nothing when the
+    store is garbled or the key is another one, and a pass would only find out at the next login."""
+    fix = (f"restore the key file and {config.secrets_file.name} from the same backup, or move"
+           f" {config.secrets_file} away and set every password again with 'hanna-sync set-password ID'")
+    try:
+        key, source = existing_key(config.secrets_key_file)
+        count = EncryptedFileKeyring(config.secrets_file, key, key_source=source).verify()
+    except FileNotFoundError:  # gone since the key check: that check said so
+        return Check("secrets store", False, f"no key to decrypt {config.secrets_file} with", fix)
+    except SecretsError as exc:
+        return Check("secrets store", False, str(exc), fix)
+    return Check("secrets store", True, f"{config.secrets_file}: {count} secret(s), each decrypts with the key")
