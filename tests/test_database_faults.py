@@ -347,6 +347,47 @@ def test_backups_taken_while_a_pass_writes_are_consistent_private_and_atomic(tmp
     assert hanna(config, "backup", str(env.config.database)).exit_code == 2
 
 
+def test_backup_refuses_a_fifo_device_or_socket_and_follows_a_symlink(tmp_path):
+    """An SQLite backup needs a regular file: anything else is refused (exit 2), never renamed over."""
+    env = Env(tmp_path / "src")
+    config = env.config_file()
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    os.mkfifo(targets / "fifo", 0o600)
+    kinds = {"fifo": "a FIFO (named pipe)", "sock": "a socket"}
+    try:
+        os.mknod(targets / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a /dev/null of our own
+        kinds["null"] = "a character device"
+    except PermissionError:
+        pass  # not root: the FIFO and the socket still stand for every file that is not a regular one
+    server = __import__("socket").socket(__import__("socket").AF_UNIX)
+    server.bind(str(targets / "sock"))
+    try:
+        for name, kind in kinds.items():
+            before = os.lstat(targets / name)
+            result = hanna(config, "backup", str(targets / name))
+            assert result.exit_code == 2, (name, result.output)
+            assert one_error_line(result) == (
+                f"Error: {targets / name} is {kind}: a backup is an SQLite file, written to a temp file and"
+                " renamed into place, so name a regular file (e.g. /var/backups/hanna-sync/hanna-sync.db)")
+            after = os.lstat(targets / name)
+            assert (after.st_ino, after.st_mode, after.st_rdev) == (before.st_ino, before.st_mode, before.st_rdev)
+    finally:
+        server.close()
+    assert sorted(p.name for p in targets.iterdir()) == sorted(kinds)  # no temp file left
+
+    # A symlink (to the previous backup, say) is followed: the file it names is replaced, the link stays.
+    real = targets / "real.db"
+    real.write_bytes(b"the previous backup")
+    (targets / "latest.db").symlink_to(real)
+    result = hanna(config, "backup", str(targets / "latest.db"))
+    assert result.exit_code == 0, result.output
+    assert (targets / "latest.db").is_symlink() and stat.S_IMODE(real.stat().st_mode) == 0o600
+    copy = Store(real)
+    assert copy.quick_check() == [] and copy.db["customers"].count == env.store.db["customers"].count > 0
+    copy.close()
+
+
 def test_a_backup_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path, mailbox):
     user, _ = mailbox
     env = Env(tmp_path / "src", batch_size=5)
