@@ -541,6 +541,8 @@ def _create_key_file(key_file: Path, store_file: Path) -> bytes | None:
     O_EXCL create.
     """
     if os.path.lexists(store_file):
+        if os.path.lexists(key_file):  # made by a racing process, which has stored a secret since: use it
+            return None
         raise SecretsError(
             f"the key file {key_file} is missing, but the secrets store {store_file} exists and can only "
             "be read with it: restore the key file from your backup (no new key is made, as it could not "
