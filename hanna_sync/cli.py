@@ -784,8 +784,9 @@ def backup(app: App, file: Path) -> None:
     encrypted passwords are separate files: back them up too (see Secrets in the README).
 
     \b
-    Exit codes: 0 written, 2 FILE is a directory or its directory is missing, 74 the copy could not be
-    written (disk full, ...) or fails its check, 75 the database is locked by another program.
+    Exit codes: 0 written, 2 FILE is a directory, a FIFO, a device or a socket (never replaced) or its
+    directory is missing, 74 the copy could not be written (disk full, ...) or fails its check, 75 the
+    database is locked by another program. A symlink is followed (the file it names is replaced).
     Example (a nightly cron line):
       hanna-sync -q backup /var/backups/hanna-sync/hanna-sync.db
     """
@@ -1031,7 +1032,8 @@ def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: st
     search's letters, go to a directory (-o DIR), one <id>-<date>-<subject>.eml each, or with
     --format mbox into one mboxrd file: lines starting with ">*From " get one more ">", so
     unquoting gives back each original exactly. Every file is 0600 and written whole or not at all;
-    attachments never leave DIR/<letter id>/ and never overwrite a file (" (2)" is added).
+    attachments never leave DIR/<letter id>/ and never overwrite a file (" (2)" is added). Only
+    regular files are replaced: -o naming a FIFO or character device (/dev/stdout) writes into it.
 
     \b
     Examples:

@@ -58,6 +58,7 @@ __all__ = [
     "SERVICE",
     "EncryptedFileKeyring",
     "SecretStore",
+    "existing_key",
     "load_key",
     "open_secret_store",
 ]
@@ -255,6 +256,23 @@ class EncryptedFileKeyring(keyring.backend.KeyringBackend):
             if not services[service]:
                 del services[service]
             self._write(data)  # type: ignore[arg-type]  # data is not None: the entry existed
+
+    def verify(self) -> int:
+        """Decrypt every entry (the secrets are dropped at once) and return how many there are.
+
+        What `doctor` runs: a garbled, truncated or altered store, or a key that is not the store's,
+        fails here with the same SecretsError a pass would meet, instead of at the next login.
+        """
+        data = self._parse_file()
+        if data is None:
+            return 0
+        self._check_key(data)
+        count = 0
+        for service, users in data["entries"].items():
+            for username, entry in users.items():
+                self._decrypt_entry(entry, service, username)
+                count += 1
+        return count
 
     # -- crypto ----------------------------------------------------------------------------------
 
@@ -474,8 +492,8 @@ def _parse_key(data: bytes, source: Path, fix: str) -> bytes:
 
 
 _KEY_FILE_FIX = (
-    "restore the key file the secrets store was written with, or delete it to have a new one "
-    "generated (the stored mailbox passwords must then be entered again)"
+    "restore the key file the secrets store was written with, or, to start over, move both it and "
+    "the secrets store away (a new key is then made, and every mailbox password must be set again)"
 )
 
 
@@ -510,14 +528,27 @@ def _read_key_file(key_file: Path) -> bytes:
     return _parse_key(b"".join(chunks), key_file, _KEY_FILE_FIX)
 
 
-def _create_key_file(key_file: Path) -> bytes | None:
+def _create_key_file(key_file: Path, store_file: Path) -> bytes | None:
     """Generate a key and publish it at `key_file` unless it exists; None if we lost a race.
+
+    Refused while the encrypted store `store_file` exists: it was written with the lost key, and a new
+    key could neither read it nor be told apart from the right one later, so every stored password would
+    be silently unreadable while the files looked healthy. This is the only place a key is created.
 
     The key is written to a private temp file first and hard-linked into place: link(2) fails if
     the name exists (like O_EXCL) and makes the complete file appear at once, so a concurrent
     loader never sees an empty key file. Filesystems without hard links fall back to a direct
     O_EXCL create.
     """
+    if os.path.lexists(store_file):
+        if os.path.lexists(key_file):  # made by a racing process, which has stored a secret since: use it
+            return None
+        raise SecretsError(
+            f"the key file {key_file} is missing, but the secrets store {store_file} exists and can only "
+            "be read with it: restore the key file from your backup (no new key is made, as it could not "
+            f"read the stored passwords); or, to start over, move {store_file} away and set every "
+            "password again ('hanna-sync set-password ID', 'hanna-sync login ID')"
+        )
     try:
         key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -561,8 +592,9 @@ def _create_key_file(key_file: Path) -> bytes | None:
     return key
 
 
-def _load_key_with_source(key_file: Path, credential_name: str) -> tuple[bytes, str]:
-    """`load_key`, also saying where the key came from (for error messages)."""
+def existing_key(key_file: Path, credential_name: str = DEFAULT_CREDENTIAL_NAME) -> tuple[bytes, str]:
+    """The key from the systemd credential or `key_file`, and where it came from; never creates one
+    (FileNotFoundError when there is none), so that checking the secrets (doctor) changes nothing."""
     credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials_dir and "/" not in credential_name:
         credential = Path(credentials_dir) / credential_name
@@ -578,11 +610,17 @@ def _load_key_with_source(key_file: Path, credential_name: str) -> tuple[bytes, 
                 ) from None
             return _parse_key(data, credential, fix), f"systemd credential {credential_name}"
     key_file = Path(key_file)
+    return _read_key_file(key_file), str(key_file)
+
+
+def _load_key_with_source(key_file: Path, credential_name: str, store_file: Path) -> tuple[bytes, str]:
+    """`load_key`, also saying where the key came from (for error messages)."""
+    key_file = Path(key_file)
     try:
-        return _read_key_file(key_file), str(key_file)
+        return existing_key(key_file, credential_name)
     except FileNotFoundError:
         pass
-    key = _create_key_file(key_file)
+    key = _create_key_file(key_file, Path(store_file))
     if key is not None:
         return key, str(key_file)
     # Another process created it first: use its key. With the O_EXCL fallback its content may
@@ -602,16 +640,17 @@ def _load_key_with_source(key_file: Path, credential_name: str) -> tuple[bytes, 
             time.sleep(0.02)
 
 
-def load_key(key_file: Path, credential_name: str = DEFAULT_CREDENTIAL_NAME) -> bytes:
-    """Return the 32-byte key of the encrypted secrets store.
+def load_key(key_file: Path, store_file: Path, credential_name: str = DEFAULT_CREDENTIAL_NAME) -> bytes:
+    """Return the 32-byte key of the encrypted secrets store at `store_file`.
 
     Order: ``$CREDENTIALS_DIRECTORY/<credential_name>`` (systemd ``LoadCredential=`` or
     ``LoadCredentialEncrypted=``, so the key can live encrypted with the host's TPM); else
     `key_file`; if that does not exist, a new random key is written there (mode 0600, base64
-    text with a trailing newline, created exclusively so racing processes agree on one key).
+    text with a trailing newline, created exclusively so racing processes agree on one key),
+    unless `store_file` exists: then the key was lost, and SecretsError says to restore it.
     A key file readable by group/others is refused: it would make the encryption pointless.
     """
-    return _load_key_with_source(key_file, credential_name)[0]
+    return _load_key_with_source(key_file, credential_name, store_file)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -839,7 +878,7 @@ def open_secret_store(store: str, file: Path, key_file: Path, timeout: float) ->
     """
     if store == "file":
         def backend() -> EncryptedFileKeyring:
-            key, source = _load_key_with_source(Path(key_file), DEFAULT_CREDENTIAL_NAME)
+            key, source = _load_key_with_source(Path(key_file), DEFAULT_CREDENTIAL_NAME, Path(file))
             return EncryptedFileKeyring(Path(file), key, key_source=source)
 
         return SecretStore(backend, timeout)

@@ -16,13 +16,17 @@ rendering of them; so an export writes the archived original bytes, untouched.
 
 Nothing is ever half written: each file goes to a hidden temp file (0600, created with O_EXCL|O_NOFOLLOW)
 beside its final name, and only when every file of the export is written are they renamed into place.
-A failure on the way removes the temp files, and the directories the export created.
+A failure on the way removes the temp files, and the directories the export created. Only regular files
+are ever replaced: `-o` naming a FIFO or a character device (`/dev/stdout`, a pipe to another program)
+writes into it, as the shell's `>` would (so, like stdout, not all-or-nothing); a block device or socket,
+or a name inside an export directory that is anything but a regular file, is refused.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hanna_sync.errors import InputError, NotFound
-from hanna_sync.filenames import safe_filename
+from hanna_sync.filenames import file_kind, safe_filename
 from hanna_sync.message import attachment_contents
 from hanna_sync.store import Store
 
@@ -108,15 +112,19 @@ def export_letters(
     if output is None and (to_directory or stdout is None):
         raise InputError("several letters as .eml files need a directory: give -o DIR (or --format mbox,"
                          " which can go to standard output)")
-    if output is not None:
-        _check_target(output, to_directory, fmt)
     if attachments is not None and attachments.exists() and not attachments.is_dir():
         raise InputError(f"{attachments} is not a directory: name a directory for the attachments")
+    stream = None
+    if output is not None:
+        output, stream = _target(output, to_directory, fmt)
+    sink = stream or stdout
 
     result = ExportResult(len(letter_ids), fmt)
     staging = _Staging()
+    if stream is not None:
+        staging.where = output  # type: ignore[assignment]
     try:
-        if output is None:
+        if output is None or stream is not None:
             target: Any = None
         elif to_directory:
             target = staging.directory(output)
@@ -130,11 +138,11 @@ def export_letters(
                 result.headers_only.append(letter_id)
             if fmt == "mbox":
                 data = _from_line(letter) + _FROM_LINE.sub(rb">\1", raw) + b"\n"
-                (target or stdout).write(data)
+                (target or sink).write(data)
                 result.bytes += len(data)
             else:
                 if target is None:
-                    stdout.write(raw)  # type: ignore[union-attr]
+                    sink.write(raw)  # type: ignore[union-attr]
                 elif to_directory:
                     with staging.file(target, _eml_name(letter)) as file:
                         file.write(raw)
@@ -152,6 +160,9 @@ def export_letters(
                 progress("Exporting", done, len(letter_ids))
         if target is not None and not to_directory:
             target.close()
+        if stream is not None:
+            staging.where = output  # type: ignore[assignment]
+            stream.flush()  # before the attachments are renamed into place: its failure leaves none behind
         written = staging.commit()
     except OSError as exc:
         staging.abort()
@@ -162,19 +173,58 @@ def export_letters(
         raise
     finally:
         staging.close()
+        if stream is not None:
+            _quietly(stream.close)
     if stdout is not None and output is None:
         stdout.flush()
     result.attachments = [str(path) for path, is_attachment in written if is_attachment]
     result.files = [str(path) for path, is_attachment in written if not is_attachment]
+    if stream is not None:
+        result.files = [str(output)]
     return result
 
 
-def _check_target(output: Path, to_directory: bool, fmt: str) -> None:
-    if to_directory and output.exists() and not output.is_dir():
-        raise InputError(f"{output} is not a directory: several letters are written as one .eml each into a"
-                         " directory, so name one with -o (it is created when missing)")
-    if not to_directory and output.is_dir():
+def _target(output: Path, to_directory: bool, fmt: str) -> tuple[Path, BinaryIO | None]:
+    """Where `-o` writes, and the open stream when that is a FIFO or a character device.
+
+    Followed through symlinks, as the shell's `>` is: a directory; a regular file or a new one (the
+    path it really has, so a symlink to it stays a symlink); or a FIFO or character device, written
+    into (`/dev/stdout`, `/dev/null`, a pipe), never replaced by a file. Anything else is refused.
+    """
+    try:
+        st: os.stat_result | None = os.stat(output)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc} (nothing was written)") from None
+    is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+    if to_directory:
+        if st is not None and not is_dir:
+            raise InputError(f"{output} is not a directory: several letters are written as one .eml each into"
+                             " a directory, so name one with -o (it is created when missing)")
+        return output, None
+    if is_dir:
         raise InputError(f"{output} is a directory: name the file to write, e.g. {output / f'letters.{fmt}'}")
+    if st is None or stat.S_ISREG(st.st_mode):
+        return Path(os.path.realpath(output)), None
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return output, _open_stream(output)
+    raise InputError(f"{output} is {file_kind(st.st_mode)}: name a regular file, or a FIFO or character device"
+                     " (such as /dev/stdout) to write into (nothing was written)")
+
+
+def _open_stream(output: Path) -> BinaryIO:
+    """Open a FIFO or character device for writing, as it is: never created, truncated or replaced (a FIFO
+    waits here for its reader, as with the shell's `>`)."""
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc} (nothing was written)") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):  # swapped for something else since it was looked at
+        os.close(fd)
+        raise InputError(f"{output} changed while it was opened: run the export again (nothing was written)")
+    return os.fdopen(fd, "wb")
 
 
 def _eml_name(letter: dict[str, Any]) -> str:
@@ -246,7 +296,22 @@ class _Staging:
         return self.files[-1]
 
     def commit(self) -> list[tuple[Path, bool]]:
-        """Rename every temp file to its name; returns (path, whether it is an attachment) in order."""
+        """Rename every temp file to its name; returns (path, whether it is an attachment) in order.
+
+        First, before anything is renamed, every name to be replaced must be a regular file (or free):
+        a FIFO, device, socket, directory or symlink found there is refused, never renamed over.
+        """
+        for p in self.pending:
+            if p.exclusive:
+                continue  # takes a free name of its own (_reserve)
+            self.where = p.folder.path / p.name
+            try:
+                st = os.stat(p.name, dir_fd=p.folder.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{self.where} is {file_kind(st.st_mode)}: an export only replaces regular files;"
+                                 " move it away or export elsewhere (nothing was written)")
         written = []
         for p in self.pending:
             self.where = p.folder.path / p.name

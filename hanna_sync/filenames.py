@@ -5,11 +5,15 @@ An attachment's name is chosen by whoever sent the letter: `../../.ssh/authorize
 turns any of them into one harmless path component, so `folder / safe_filename(name)` always names a
 file directly inside `folder`. (Whoever writes the file should still open it with O_EXCL|O_NOFOLLOW,
 so that an existing symlink of the same name is not followed.)
+
+`file_kind` names what a path is when it is not a regular file, for the errors of whoever writes to a
+path the user gave (`export -o`, `backup`): such a path is written into or refused, never replaced.
 """
 
 from __future__ import annotations
 
 import re
+import stat
 import unicodedata
 
 MAX_BYTES = 200  # below every common file system's 255-byte limit, with room for a " (2)" suffix
@@ -51,3 +55,19 @@ def _shorten(text: str) -> str:
     room = MAX_BYTES - len(extension.encode("utf-8")) - (1 if extension else 0)
     stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .")
     return f"{stem}.{extension}" if extension else stem
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this `st_mode` is, in words: "a regular file", "a FIFO (named pipe)", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode)
+                else "not a regular file")

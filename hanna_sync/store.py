@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlite_utils
 
 from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
+from hanna_sync.filenames import file_kind
 
 if TYPE_CHECKING:
     from hanna_sync.backfill import LetterKeys
@@ -627,6 +629,21 @@ def database_error(exc: sqlite3.Error, path: Path) -> DatabaseError | None:
     return None
 
 
+def _regular_or_missing(target: Path) -> None:
+    """A backup replaces a regular file or makes a new one; anything else (a FIFO, a device such as
+    /dev/null, a socket) is refused, never renamed over: SQLite's copy needs a real file, and replacing
+    a device with a file breaks whatever uses it."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot look at {target}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{target} is {file_kind(st.st_mode)}: a backup is an SQLite file, written to a temp file"
+                         " and renamed into place, so name a regular file (e.g. /var/backups/hanna-sync/hanna-sync.db)")
+
+
 class Store:
     """The open database. One per process; SQLite's WAL lets a reader run beside the writer."""
 
@@ -853,12 +870,15 @@ class Store:
         In one step, so it is one snapshot even while a pass (another process) writes: WAL readers do not
         block the writer. The copy goes to a 0600 temp file beside `target`, is checked (quick_check),
         made a self-contained rollback-journal file, fsynced and renamed into place, so `target` is
-        always the previous backup or the new one, never half of one.
+        always the previous backup or the new one, never half of one. Only a regular file is ever renamed
+        over (through a symlink: the file it names); a FIFO, device or socket is refused.
         """
         started = time.monotonic()
         target = target.expanduser()
         if target.is_dir():
             raise InputError(f"{target} is a directory: name the backup file, e.g. {target / 'hanna-sync.db'}")
+        _regular_or_missing(target)
+        target = Path(os.path.realpath(target))  # a symlink: the file it names is replaced, the link stays
         if not target.parent.is_dir():
             raise InputError(f"{target.parent} does not exist: create it first, or back up somewhere else")
         if target.resolve() in {Path(f"{self.path.resolve()}{suffix}") for suffix in ("", "-wal", "-shm")}:
@@ -883,6 +903,7 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            _regular_or_missing(target)  # again: a FIFO or device made meanwhile is not renamed over either
             os.replace(temp, target)
         except BaseException as exc:
             temp.unlink(missing_ok=True)

@@ -233,13 +233,13 @@ def test_concurrent_threads_lose_no_entry(store_path: Path) -> None:
 
 def test_key_file_created_once_0600_base64(tmp_path: Path) -> None:
     key_file = tmp_path / "conf" / "secrets.key"
-    key = load_key(key_file)
+    key = load_key(key_file, tmp_path / "secrets.enc")
     assert len(key) == 32
     assert mode(key_file) == 0o600
     text = key_file.read_text()
     assert text.endswith("\n") and base64.b64decode(text.strip()) == key
     stat_before = key_file.stat()
-    assert load_key(key_file) == key
+    assert load_key(key_file, tmp_path / "secrets.enc") == key
     assert key_file.stat().st_ino == stat_before.st_ino
     assert [p.name for p in key_file.parent.iterdir()] == ["secrets.key"]  # no temp files left
 
@@ -247,7 +247,7 @@ def test_key_file_created_once_0600_base64(tmp_path: Path) -> None:
 def test_key_file_created_0600_under_loose_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        load_key(tmp_path / "secrets.key")
+        load_key(tmp_path / "secrets.key", tmp_path / "secrets.enc")
     finally:
         os.umask(old)
     assert mode(tmp_path / "secrets.key") == 0o600
@@ -257,7 +257,7 @@ def test_raw_32_byte_key_file_accepted(tmp_path: Path) -> None:
     key_file = tmp_path / "raw.key"
     key_file.write_bytes(KEY)
     key_file.chmod(0o600)
-    assert load_key(key_file) == KEY
+    assert load_key(key_file, tmp_path / "secrets.enc") == KEY
 
 
 @pytest.mark.parametrize("file_mode", [0o640, 0o604, 0o644])
@@ -266,7 +266,7 @@ def test_key_file_readable_by_others_refused(tmp_path: Path, file_mode: int) -> 
     key_file.write_text(base64.b64encode(KEY).decode() + "\n")
     key_file.chmod(file_mode)
     with pytest.raises(SecretsError) as info:
-        load_key(key_file)
+        load_key(key_file, tmp_path / "secrets.enc")
     text = assert_one_line_without(info.value, base64.b64encode(KEY).decode())
     assert f"chmod 600 {key_file}" in text
 
@@ -277,7 +277,7 @@ def test_bad_key_content_is_clear_error(tmp_path: Path, content: bytes) -> None:
     key_file.write_bytes(content)
     key_file.chmod(0o600)
     with pytest.raises(SecretsError) as info:
-        load_key(key_file)
+        load_key(key_file, tmp_path / "secrets.enc")
     text = assert_one_line_without(info.value)
     assert str(key_file) in text
 
@@ -287,7 +287,7 @@ def test_wrong_length_key_names_the_length(tmp_path: Path) -> None:
     key_file.write_text(base64.b64encode(b"x" * 16).decode() + "\n")
     key_file.chmod(0o600)
     with pytest.raises(SecretsError, match="16 bytes long, expected 32"):
-        load_key(key_file)
+        load_key(key_file, tmp_path / "secrets.enc")
 
 
 def test_credentials_directory_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,8 +299,8 @@ def test_credentials_directory_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (creds / "hanna-sync-key").write_text(base64.b64encode(KEY).decode() + "\n")
     (creds / "hanna-sync-key").chmod(0o440)  # systemd's mode: no mode check here
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    assert load_key(key_file) == KEY
-    assert load_key(key_file, credential_name="absent") == OTHER_KEY  # falls back
+    assert load_key(key_file, tmp_path / "secrets.enc") == KEY
+    assert load_key(key_file, tmp_path / "secrets.enc", credential_name="absent") == OTHER_KEY  # falls back
 
 
 def test_credentials_directory_means_no_key_file_created(
@@ -310,12 +310,12 @@ def test_credentials_directory_means_no_key_file_created(
     creds.mkdir()
     (creds / "hanna-sync-key").write_bytes(KEY)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    assert load_key(tmp_path / "secrets.key") == KEY
+    assert load_key(tmp_path / "secrets.key", tmp_path / "secrets.enc") == KEY
     assert not (tmp_path / "secrets.key").exists()
 
 
 def _load_key_into(key_file: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    queue.put(load_key(Path(key_file)))
+    queue.put(load_key(Path(key_file), Path(key_file).with_name("secrets.enc")))
 
 
 def test_racing_key_creation_agrees_on_one_key(tmp_path: Path) -> None:
@@ -328,7 +328,7 @@ def test_racing_key_creation_agrees_on_one_key(tmp_path: Path) -> None:
     keys = {queue.get(timeout=30) for _ in procs}
     for proc in procs:
         proc.join(30)
-    assert keys == {load_key(key_file)}
+    assert keys == {load_key(key_file, tmp_path / "secrets.enc")}
 
 
 # --- SecretStore --------------------------------------------------------------------------------
@@ -475,6 +475,8 @@ def test_open_file_store(tmp_path: Path) -> None:
 
 def test_open_file_store_with_a_different_key_file(tmp_path: Path) -> None:
     open_secret_store("file", tmp_path / "s.enc", tmp_path / "a.key", timeout=5).set("ref", SECRET)
+    (tmp_path / "b.key").write_text(base64.b64encode(OTHER_KEY).decode() + "\n")  # another key (a missing one is
+    (tmp_path / "b.key").chmod(0o600)  # never replaced: test_no_new_key_is_made_while_an_encrypted_store_exists)
     store = open_secret_store("file", tmp_path / "s.enc", tmp_path / "b.key", timeout=5)
     with pytest.raises(SecretsError) as info:
         store.get("ref")
@@ -508,3 +510,127 @@ def test_open_system_store_does_not_touch_key_file(
 def test_open_unknown_store(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='"file" or "system"'):
         open_secret_store("vault", tmp_path / "s.enc", tmp_path / "k", timeout=5)
+
+
+# --- a lost key is never replaced while the store exists --------------------------------------------
+
+
+def test_no_new_key_is_made_while_an_encrypted_store_exists(tmp_path: Path) -> None:
+    key_file, store_file = tmp_path / "secrets.key", tmp_path / "secrets.enc"
+    open_secret_store("file", store_file, key_file, timeout=5).set("ref", SECRET)
+    before = store_file.read_bytes()
+    key_file.unlink()
+    for attempt in (lambda s: s.get("ref"), lambda s: s.set("other", "x")):
+        with pytest.raises(SecretsError) as info:
+            attempt(open_secret_store("file", store_file, key_file, timeout=5))
+        text = assert_one_line_without(info.value, SECRET)
+        assert text.startswith(f"the key file {key_file} is missing, but the secrets store {store_file} exists")
+        assert "restore the key file from your backup" in text
+        assert not key_file.exists()
+    with pytest.raises(SecretsError, match="restore the key file"):
+        load_key(key_file, store_file)
+    assert not key_file.exists() and store_file.read_bytes() == before
+    # Starting over is possible, as the message says: with the store moved away, a key is made.
+    store_file.rename(tmp_path / "secrets.enc.old")
+    open_secret_store("file", store_file, key_file, timeout=5).set("ref", "new")
+    assert key_file.exists()
+
+
+def test_verify_decrypts_every_entry(ring: EncryptedFileKeyring, store_path: Path) -> None:
+    assert ring.verify() == 0  # no store yet
+    ring.set_password(SERVICE, "ref-1", SECRET)
+    ring.set_password("other", "ref-2", SECRET)
+    assert ring.verify() == 2
+    with pytest.raises(SecretsError, match="not the one this store was written with"):
+        EncryptedFileKeyring(store_path, OTHER_KEY).verify()
+
+
+# --- through the CLI: doctor decrypts the store; run never makes a new key ------------------------------
+
+
+def _hanna(config: Path, *args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from hanna_sync.cli import cli
+
+    return CliRunner().invoke(cli, ["--config", str(config), *args], input=stdin)
+
+
+def _flip_a_bit(path: Path, where: str) -> None:
+    """One bit of an entry's ciphertext, or of the key check's, flipped (the JSON stays valid)."""
+    data = json.loads(path.read_text())
+    record = data["key_check"] if where == "key check" else next(iter(data["entries"][SERVICE].values()))
+    ciphertext = bytearray(base64.b64decode(record["ciphertext"]))
+    ciphertext[len(ciphertext) // 2] ^= 0x04
+    record["ciphertext"] = base64.b64encode(bytes(ciphertext)).decode()
+    path.write_text(json.dumps(data))
+
+
+CORRUPTIONS = {
+    "garbage": (lambda env: env.config.secrets_file.write_bytes(b"\x8b\x00PK garbage \xff" * 40),
+                "is damaged (not valid JSON)"),
+    "truncated": (lambda env: env.config.secrets_file.write_bytes(env.config.secrets_file.read_bytes()[:150]),
+                  "is damaged (not valid JSON)"),
+    "bit-flipped entry": (lambda env: _flip_a_bit(env.config.secrets_file, "entry"),
+                          "the entry was altered or copied from another mailbox"),
+    "bit-flipped key check": (lambda env: _flip_a_bit(env.config.secrets_file, "key check"),
+                              "not the one this store was written with"),
+    "wrong key": (lambda env: env.config.secrets_key_file.write_text(base64.b64encode(OTHER_KEY).decode() + "\n"),
+                  "not the one this store was written with"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_doctor_fails_when_the_secrets_store_cannot_be_decrypted(tmp_path: Path, imap_user, kind: str) -> None:
+    from tests.helpers import Env
+
+    env = Env(tmp_path)
+    env.add(imap_user, folders=("INBOX",))
+    config = env.config_file()
+    healthy = _hanna(config, "doctor")
+    assert healthy.exit_code == 0, healthy.output
+    assert f"ok     secrets store    {env.config.secrets_file}: 1 secret(s), each decrypts with the key" in healthy.stdout
+
+    corrupt, found = CORRUPTIONS[kind]
+    corrupt(env)
+    assert mode(env.config.secrets_file) == 0o600 and mode(env.config.secrets_key_file) == 0o600
+    result = _hanna(config, "doctor", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["secrets store"]
+    assert found in failed[0]["detail"] and str(env.config.secrets_file) in failed[0]["detail"]
+    assert failed[0]["fix"].startswith("restore the key file and secrets.enc from the same backup")
+    plain = _hanna(config, "doctor")
+    assert plain.exit_code == 1 and "FAILED secrets store" in plain.stdout
+    assert plain.stderr.startswith("Error: 1 problem(s); first: secrets store: ")
+    assert imap_user.password not in result.output + plain.output
+
+
+def test_a_lost_key_stops_run_and_doctor_until_it_is_restored(tmp_path: Path, imap_user) -> None:
+    from tests.helpers import Env
+
+    env = Env(tmp_path)
+    env.add(imap_user, folders=("INBOX",))
+    config = env.config_file()
+    assert _hanna(config, "run").exit_code == 0
+    key_file = env.config.secrets_key_file
+    saved = key_file.read_bytes()
+    key_file.unlink()
+
+    for args, stdin in ((["run"], None), (["set-password", "1", "--password-stdin", "--no-verify"], "new\n")):
+        result = _hanna(config, *args, stdin=stdin)
+        assert result.exit_code != 0, (args, result.output)
+        assert f"the key file {key_file} is missing" in result.output, (args, result.output)
+        assert "restore the key file from your backup" in result.output
+        assert not key_file.exists(), args  # no new key that would make doctor green again
+    result = _hanna(config, "doctor", "--json")
+    assert result.exit_code == 1
+    failed = {c["name"]: c for c in json.loads(result.stdout)["checks"] if not c["ok"]}
+    assert set(failed) == {"secrets key"} and "is missing" in failed["secrets key"]["detail"]
+    assert not key_file.exists()
+
+    key_file.write_bytes(saved)
+    key_file.chmod(0o600)
+    assert _hanna(config, "run").exit_code == 0
+    assert _hanna(config, "doctor").exit_code == 0

@@ -239,6 +239,52 @@ def test_a_damaged_database_is_named_by_doctor_and_by_every_command(tmp_path, ma
                                       " database")
 
 
+def damage_page(database: Path, where: str) -> None:
+    """Overwrite 256 bytes of one page: the schema's (page 1, after the file header) or a table's root page."""
+    store = Store(database)
+    page_size = store.db.execute("PRAGMA page_size").fetchone()[0]
+    page = 1 if where == "schema" else store.db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = ?", [where]).fetchone()[0]
+    store.close()  # checkpoints the WAL into the file
+    offset = (page - 1) * page_size + (100 if page == 1 else 0)
+    with open(database, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xde\xad\xbe\xef" * 64)
+
+
+@pytest.mark.parametrize("where, finding", [
+    ("schema", "its schema (page 1) cannot be read: database disk image is malformed"),
+    ("_sqlite_migrations", "table _sqlite_migrations: database disk image is malformed"),  # read on opening
+    ("mailboxes", "table mailboxes: database disk image is malformed"),  # quick_check itself fails on it
+])
+def test_doctor_reports_damage_that_stops_the_database_from_opening(tmp_path, where, finding):
+    """Damage SQLite cannot even run quick_check over, or that the opening migrations read: doctor still
+    prints its whole report, names what is damaged and how to restore, and exits 74."""
+    env = Env(tmp_path / "damaged")
+    env.store.close()
+    env.config.database.parent.chmod(0o700)
+    config = env.config_file()
+    assert hanna(config, "doctor").exit_code == 0
+    damage_page(env.config.database, where)
+
+    result = hanna(config, "doctor")
+    assert result.exit_code == 74, result.output
+    database = env.config.database
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok     state directory") and lines[1].startswith("ok     database file")
+    assert lines[2] == f"FAILED database         {database} is damaged: {finding}"
+    assert lines[3].strip() == (
+        f"fix: stop the timer (systemctl stop hanna-sync.timer) or cron job, keep a copy of the damaged {database},"
+        " restore the last backup ('hanna-sync backup FILE' makes them): copy it over the damaged file and delete"
+        f" {database}-wal and {database}-shm, then run 'hanna-sync doctor' again")
+    assert lines[4].startswith("ok     secrets key")  # the report goes on after the database
+    assert "checks a database" not in result.output  # not the line that sends you to doctor
+    assert one_error_line(result) == f"Error: 1 problem(s); first: database: {database} is damaged: {finding}"
+
+    report = __import__("json").loads(hanna(config, "doctor", "--json").stdout)
+    assert report["exit_code"] == 74 and [c["name"] for c in report["checks"] if not c["ok"]] == ["database"]
+
+
 def test_doctor_names_loose_permissions_with_their_fix(tmp_path, imap_user):
     env = Env(tmp_path / "perm")
     env.add(imap_user, folders=("INBOX",))
@@ -299,6 +345,47 @@ def test_backups_taken_while_a_pass_writes_are_consistent_private_and_atomic(tmp
     assert hanna(config, "backup", str(tmp_path)).exit_code == 2
     assert hanna(config, "backup", str(tmp_path / "missing" / "x.db")).exit_code == 2
     assert hanna(config, "backup", str(env.config.database)).exit_code == 2
+
+
+def test_backup_refuses_a_fifo_device_or_socket_and_follows_a_symlink(tmp_path):
+    """An SQLite backup needs a regular file: anything else is refused (exit 2), never renamed over."""
+    env = Env(tmp_path / "src")
+    config = env.config_file()
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    os.mkfifo(targets / "fifo", 0o600)
+    kinds = {"fifo": "a FIFO (named pipe)", "sock": "a socket"}
+    try:
+        os.mknod(targets / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a /dev/null of our own
+        kinds["null"] = "a character device"
+    except PermissionError:
+        pass  # not root: the FIFO and the socket still stand for every file that is not a regular one
+    server = __import__("socket").socket(__import__("socket").AF_UNIX)
+    server.bind(str(targets / "sock"))
+    try:
+        for name, kind in kinds.items():
+            before = os.lstat(targets / name)
+            result = hanna(config, "backup", str(targets / name))
+            assert result.exit_code == 2, (name, result.output)
+            assert one_error_line(result) == (
+                f"Error: {targets / name} is {kind}: a backup is an SQLite file, written to a temp file and"
+                " renamed into place, so name a regular file (e.g. /var/backups/hanna-sync/hanna-sync.db)")
+            after = os.lstat(targets / name)
+            assert (after.st_ino, after.st_mode, after.st_rdev) == (before.st_ino, before.st_mode, before.st_rdev)
+    finally:
+        server.close()
+    assert sorted(p.name for p in targets.iterdir()) == sorted(kinds)  # no temp file left
+
+    # A symlink (to the previous backup, say) is followed: the file it names is replaced, the link stays.
+    real = targets / "real.db"
+    real.write_bytes(b"the previous backup")
+    (targets / "latest.db").symlink_to(real)
+    result = hanna(config, "backup", str(targets / "latest.db"))
+    assert result.exit_code == 0, result.output
+    assert (targets / "latest.db").is_symlink() and stat.S_IMODE(real.stat().st_mode) == 0o600
+    copy = Store(real)
+    assert copy.quick_check() == [] and copy.db["customers"].count == env.store.db["customers"].count > 0
+    copy.close()
 
 
 def test_a_backup_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path, mailbox):

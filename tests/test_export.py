@@ -11,7 +11,11 @@ import json
 import mailbox
 import os
 import re
+import socket
 import stat
+import subprocess
+import sys
+import threading
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -24,6 +28,8 @@ from hanna_sync import sample
 from hanna_sync.cli import cli
 from hanna_sync.export import export_letters
 from tests.helpers import Env, deliver_sample
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Lines an mbox reader would take for a separator, quoted already, and the like: mboxrd must keep them all.
 FROM_LINES = (b"Subject: From lines\r\n\r\nFrom the start of a line\r\n>From quoted once\r\n>>From quoted twice\r\n"
@@ -272,3 +278,134 @@ def test_progress_is_reported_per_letter(archived, tmp_path):
     seen = []
     export_letters(env.store, ids, "mbox", tmp_path / "x.mbox", progress=lambda *a: seen.append(a))
     assert seen == [("Exporting", n, len(ids)) for n in range(1, len(ids) + 1)]
+
+
+# -- -o and names that are not regular files: written into or refused, never replaced ---------------------
+
+
+def read_fifo(path: Path) -> tuple[threading.Thread, list[bytes]]:
+    """A reader at the other end of a FIFO, as a pipe to another program would be."""
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(path, "rb") as f:
+            got.append(f.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def null_device(path: Path) -> Path:
+    """A character device like /dev/null (1,3) of our own: what a test may write into, and see replaced."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        os.close(os.open(path, os.O_WRONLY))
+    except PermissionError:
+        pytest.skip("making and opening a device node needs root on a file system without nodev")
+    return path
+
+
+def test_export_writes_into_a_fifo_or_character_device_and_never_replaces_it(archived, tmp_path):
+    env, by_id = archived
+    first = customer_ids(env)[0]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o600)
+    reader, got = read_fifo(fifo)
+    result = cli_run(env, "export", str(first), "-o", str(fifo))
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    assert got == [original_of(env, by_id, first)]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    reader, got = read_fifo(fifo)
+    result = cli_run(env, "export", "--customer", "C-1001", "--format", "mbox", "-o", str(fifo), "--json")
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["files"] == [str(fifo)] and summary["bytes"] == len(got[0])
+    assert [letter for _, letter in read_mboxrd(got[0])] == [original_of(env, by_id, i) for i in customer_ids(env)]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    device = null_device(tmp_path / "null")
+    for args in ([str(first)], ["--customer", "C-1001", "--format", "mbox"]):
+        result = cli_run(env, "export", *args, "-o", str(device))
+        assert result.exit_code == 0, result.output
+        st = os.lstat(device)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_export_to_dev_stdout_writes_to_standard_output(archived, tmp_path):
+    """`-o /dev/stdout` in a pipe (a subprocess: CliRunner's stdout is not the process's fd 1)."""
+    env, by_id = archived
+    first = customer_ids(env)[0]
+    proc = subprocess.run([sys.executable, "-m", "hanna_sync", "--config", str(env.config_file()), "export",
+                           str(first), "-o", "/dev/stdout"], capture_output=True, cwd=ROOT, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == original_of(env, by_id, first)
+    assert os.path.islink("/dev/stdout")  # still the system's link to /proc/self/fd/1
+
+
+def test_export_refuses_sockets_and_replaces_no_special_file_in_a_directory(archived, tmp_path):
+    env, _ = archived
+    ids = customer_ids(env)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        result = cli_run(env, "export", str(ids[0]), "-o", str(tmp_path / "sock"))
+    finally:
+        server.close()
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line == (f"Error: {tmp_path / 'sock'} is a socket: name a regular file, or a FIFO or character device"
+                    " (such as /dev/stdout) to write into (nothing was written)")
+    assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)
+
+    out = tmp_path / "out"
+    assert cli_run(env, "export", "--customer", "C-1001", "-o", str(out)).exit_code == 0
+    names = sorted(p.name for p in out.iterdir())
+    outside = tmp_path / "outside.eml"
+    outside.write_bytes(b"keep me")
+    for n, make in enumerate([lambda p: os.mkfifo(p, 0o600), lambda p: p.symlink_to(outside),
+                              lambda p: null_device(p)]):
+        victim = out / names[n]
+        victim.unlink()
+        make(victim)
+        before = {p.name: (os.lstat(p).st_ino, os.lstat(p).st_mtime_ns) for p in out.iterdir()}
+        result = cli_run(env, "export", "--customer", "C-1001", "-o", str(out))
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.splitlines()
+        kind = ["a FIFO (named pipe)", "a symbolic link", "a character device"][n]
+        assert line == (f"Error: {victim} is {kind}: an export only replaces regular files; move it away or"
+                        " export elsewhere (nothing was written)")
+        assert {p.name: (os.lstat(p).st_ino, os.lstat(p).st_mtime_ns) for p in out.iterdir()} == before
+        victim.unlink()
+        victim.write_bytes(b"x")  # the next round puts its special file on another name
+    assert outside.read_bytes() == b"keep me"
+
+
+def test_export_through_a_symlink_replaces_the_file_it_names_and_keeps_the_link(archived, tmp_path):
+    env, by_id = archived
+    first = customer_ids(env)[0]
+    real = tmp_path / "real.eml"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.eml"
+    link.symlink_to(real)
+    result = cli_run(env, "export", str(first), "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and real.read_bytes() == original_of(env, by_id, first)
+
+
+def test_attachments_never_replace_a_fifo_or_device_in_their_folder(archived, tmp_path):
+    """--attachments DIR was already safe (each file takes a free name, created O_EXCL): kept so."""
+    env, _ = archived
+    (letter_id,) = env.store.export_ids(query='"Priedai"')
+    folder = tmp_path / "files" / str(letter_id)
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "evil.sh", 0o600)
+    result = cli_run(env, "export", str(letter_id), "-o", str(tmp_path / "letter.eml"),
+                     "--attachments", str(tmp_path / "files"), "--json")
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(folder / "evil.sh").st_mode)
+    assert str(folder / "evil (2).sh") in json.loads(result.stdout)["attachments"]
