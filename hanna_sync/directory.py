@@ -24,6 +24,8 @@ from hanna_sync.match import Directory
 from hanna_sync.store import Contact, Entity, Store
 
 FORMATS = ("csv", "json")
+# The longest CSV field read, in characters: the csv module's own default field_size_limit(), named to say it.
+FIELD_LIMIT = 128 * 1024
 COLUMNS = {"customer": ("id", "name", "email", "domain", "contacts"), "lead": ("id", "name", "email", "contacts")}
 
 
@@ -134,17 +136,109 @@ def read_records(path: Path | None, fmt: str, stdin_data: bytes | None = None) -
         if not isinstance(data, list):
             raise InputError(f"{name} must hold a JSON list of objects")
         return list(enumerate(data, start=1))
-    first_line = text.split("\n", 1)[0]
-    delimiter = max((",", ";", "\t"), key=first_line.count)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    if not reader.fieldnames:
+    return read_csv(text, name)
+
+
+def read_csv(text: str, name: str) -> list[tuple[int, Any]]:
+    """(line where the row starts, record) pairs; a row whose field count is not the header's is a RowError.
+
+    A quoted field may hold a line break (a note), but only if it closes and its row then has the
+    header's number of fields: a stray quote would otherwise swallow every later row into one field,
+    so a quote that runs on past its row, or to the end of the file, stops the whole import at the
+    line where it opened.
+    """
+    lines = io.StringIO(text, newline="").readlines()  # split as csv splits: \n, \r\n or \r
+    delimiter = max((",", ";", "\t"), key=lines[0].count) if lines else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] = []
+    records: list[tuple[int, Any]] = []
+    end = 0  # the last line of the previous row
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _csv_error(name, exc, lines, start, reader.line_num, delimiter, header) from None
+        end = reader.line_num
+        if not header:
+            if not row:
+                break
+            header = [f.strip().lower() for f in row]
+            continue
+        if not row:
+            continue  # a blank line
+        if end > start or end == len(lines):
+            index, open_quote = _open_field(_join(lines, start, end), delimiter)
+            column = _column(header, index)
+            if open_quote:
+                raise InputError(f"{name}, line {start}: the quote opened in column {column} never closes (it runs"
+                                 " to the end of the file): remove the stray quote, or close the field")
+        if len(row) != len(header):
+            if end > start:
+                column = _column(header, next(i for i, f in enumerate(row) if "\n" in f or "\r" in f))
+                raise InputError(
+                    f"{name}, line {start}: the quote opened in column {column} runs on to line {end} and leaves"
+                    f" {len(row)} fields where the header has {len(header)}: remove the stray quote, or close the field")
+            more = "more" if len(row) > len(header) else "fewer"
+            hint = " (quote fields with commas)" if more == "more" else ""
+            records.append((start, RowError(start, f"{len(row)} fields: {more} than the header's {len(header)}"
+                                                   f" columns{hint}")))
+            continue
+        records.append((start, dict(zip(header, row))))
+    if not header:
         raise InputError(f"{name} is empty: the first line must name the columns (id,name,email,...)")
-    reader.fieldnames = [(f or "").strip().lower() for f in reader.fieldnames]
-    records = []
-    for row in reader:
-        extra = row.pop(None, None)  # type: ignore[call-overload]
-        records.append((reader.line_num, {**row, "__extra__": bool(extra)}))
     return records
+
+
+def _join(lines: list[str], first: int, last: int) -> str:
+    return "".join(lines[first - 1:last])
+
+
+def _column(header: list[str], index: int) -> str:
+    return f"'{header[index]}'" if index < len(header) else f"{index + 1}"
+
+
+def _open_field(text: str, delimiter: str, limit: int = FIELD_LIMIT) -> tuple[int, bool]:
+    """Where csv's reader stands at the end of `text` (one row's lines, from its start), or at the first
+    field longer than `limit`: that field's index, and whether it is inside quotes. Only for saying where
+    a row went wrong; the csv module reads the data."""
+    index = length = 0
+    state = "start"  # start of a field, "plain" text, "quoted", or a "quote" seen inside quotes
+    for char in text:
+        if state == "quoted":
+            if char == '"':
+                state = "quote"
+            else:
+                length += 1
+        elif state == "quote" and char == '"':  # a doubled quote: one quote in the text
+            state, length = "quoted", length + 1
+        elif char == delimiter:
+            index, length, state = index + 1, 0, "start"
+        elif char in "\r\n":
+            state = "start"
+        elif char == '"' and state == "start":
+            state = "quoted"
+        else:
+            state, length = "plain", length + 1
+        if length > limit:
+            break
+    return index, state == "quoted"
+
+
+def _csv_error(name: str, exc: csv.Error, lines: list[str], start: int, line: int, delimiter: str,
+               header: list[str]) -> InputError:
+    """One line for a row the csv module gives up on: which line, which column, and what to do."""
+    index, open_quote = _open_field(_join(lines, start, line), delimiter)
+    column = _column(header, index) if header else f"{index + 1}"
+    if "field limit" not in str(exc):
+        return InputError(f"{name}, line {line}: not readable as CSV ({exc})")
+    if open_quote and line > start:
+        return InputError(f"{name}, line {start}: the quote opened in column {column} runs on for more than"
+                          f" {FIELD_LIMIT:,} characters (to line {line}): remove the stray quote, or close the field")
+    return InputError(f"{name}, line {line}, column {column}: a field longer than {FIELD_LIMIT:,} characters"
+                      " (128 KiB), the limit for one CSV field: shorten it")
 
 
 def detect_format(path: Path | None, fmt: str | None) -> str:
@@ -166,11 +260,11 @@ def import_entities(
     seen_ids: dict[str, int] = {}
     rows: list[ParsedRow] = []
     for line, record in records:
+        if isinstance(record, RowError):
+            result.rejected.append(record)
+            continue
         if not isinstance(record, dict):
             result.rejected.append(RowError(line, "not an object"))
-            continue
-        if record.pop("__extra__", False):
-            result.rejected.append(RowError(line, "more fields than the header has columns (quote fields with commas)"))
             continue
         for column in record:
             if column not in known and column not in result.ignored_columns:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hanna_sync import sample
 from hanna_sync.addresses import is_listed, normalise_domain, normalise_email, registrable_domain
 from hanna_sync.directory import import_entities
 from hanna_sync.errors import InputError
@@ -151,3 +152,60 @@ def test_bad_json_and_unknown_format(store, tmp_path):
         import_entities(store, "customer", path)
     with pytest.raises(InputError, match="--format"):
         import_entities(store, "customer", tmp_path / "c.txt")
+
+
+def dump(store: Store) -> str:
+    return "\n".join(store.db.conn.iterdump())
+
+
+@pytest.mark.parametrize("content, message", [
+    # The issue's file: the quote runs to the end, and would make one customer of the whole file.
+    ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt\n',
+     r"c\.csv, line 2: the quote opened in column 'name' never closes \(it runs to the end of the file\)"),
+    ('id,name,email\nC-Q0,Zeta,z@z.lt\nC-Q1,Acme,"acme@x.lt', r"line 3: the quote opened in column 'email' never closes"),
+    # A second stray quote closes the first: the row it makes has the wrong number of fields.
+    ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt"\nC-Q3,Gamma,g@g.lt\n',
+     r"line 2: the quote opened in column 'name' runs on to line 3 and leaves 2 fields where the header has 3"),
+])
+def test_a_stray_quote_stops_the_import_at_the_line_it_opened_and_writes_nothing(store, tmp_path, content, message):
+    store.save_entity("customer", sample.CUSTOMERS[0], replace_contacts=True)
+    before = dump(store)
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        import_entities(store, "customer", path)
+    assert dump(store) == before
+
+
+def test_a_quoted_field_with_a_line_break_that_closes_is_fine(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,name,email\r\nC1,"Acme\r\n(the old one)",a@acme.lt\r\nC2,Beta,b@beta.lt\r\nC3,Short\r\n')
+    result = import_entities(store, "customer", path)
+    assert result.added == 2
+    assert store.entity("customer", "C1").name == "Acme\r\n(the old one)"
+    # A one-line row with too few fields is that row's error, named by its line; the others import.
+    assert [(e.line, e.message) for e in result.rejected] == [(5, "2 fields: fewer than the header's 3 columns")]
+
+
+LONG = "x" * (128 * 1024 + 1)
+
+
+@pytest.mark.parametrize("content, message", [
+    (f"id,name,email\nC1,Acme,a@acme.lt\nC2,{LONG},b@beta.lt\n",
+     r"c\.csv, line 3, column 'name': a field longer than 131,072 characters \(128 KiB\), the limit"),
+    ('id,name,email\nC1,Acme,"' + "a\n" * 70_000 + '",x\n',
+     r"c\.csv, line 2: the quote opened in column 'email' runs on for more than 131,072 characters \(to line"),
+])
+def test_a_field_over_the_limit_is_one_line_naming_line_and_column(store, tmp_path, content, message):
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        import_entities(store, "customer", path)
+    assert store.db["customers"].count == 0
+
+
+def test_a_field_at_the_limit_is_read(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text(f"id,name,email\nC1,Acme,a@acme.lt\nC2,{LONG[1:]},b@beta.lt\n")
+    assert import_entities(store, "customer", path).added == 2
+    assert len(store.entity("customer", "C2").name) == 128 * 1024
