@@ -316,14 +316,14 @@ def _csv_error(name: str, exc: csv.Error, lines: list[str], start: int, line: in
                header: list[str]) -> InputError:
     """One line for a row the csv module gives up on: which line, which column, and what to do."""
     index, open_quote = _open_field(_join(lines, start, line), delimiter)
-    column = _column(header, index) if header else f"{index + 1}"
+    column = _column(header, index)
     if "field limit" not in str(exc):
         return InputError(f"{name}, line {line}: not readable as CSV ({exc})")
     if open_quote and line > start:
         return InputError(f"{name}, line {start}: the quote opened in column {column} runs on for more than"
                           f" {FIELD_LIMIT:,} characters (to line {line}): remove the stray quote, or close the field")
-    return InputError(f"{name}, line {line}, column {column}: a field longer than {FIELD_LIMIT:,} characters"
-                      " (128 KiB), the limit for one CSV field: shorten it")
+    return InputError(f"{name}, line {line}, column {column}: a field longer than {FIELD_LIMIT:,} characters,"
+                      " the limit for one CSV field: shorten it")
 
 
 def detect_format(path: Path | None, fmt: str | None) -> str:
@@ -371,14 +371,14 @@ def import_entities(
             continue
         seen_ids[parsed.entity.id] = line
         planned[entity.id] = entity
-    directory = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
+    entities = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
                  for t in ENTITY_TYPES}
     if any(stored.get(entity_id) != entity for entity_id, entity in planned.items()):
         from hanna_sync.relink import links_removed  # relink builds on this module
 
-        result.removed_links = links_removed(store, config, build_directory(store, config, directory))
+        result.removed_links = links_removed(store, config, build_directory(store, config, entities))
         if result.removed_links and not allow_conflicts:
-            raise LinksWouldGo(result.removed_links, find_conflicts(directory))
+            raise LinksWouldGo(result.removed_links, find_conflicts(entities))
     with store.transaction():
         for entity in planned.values():
             outcome = store.save_entity(entity_type, entity, replace_contacts=True)

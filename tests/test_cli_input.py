@@ -121,7 +121,7 @@ TABLE = [
     (["import", "customers", "{home}/email-address.csv"], None, 2,
      "column 'Email address' is not one hanna-sync reads (did you mean 'email'?)"),
     (["import", "customers", "{home}/long-field.csv"], None, 2,
-     "long-field.csv, line 3, column 'name': a field longer than 131,072 characters (128 KiB)"),
+     "long-field.csv, line 3, column 'name': a field longer than 131,072 characters, the limit"),
     (["import", "customers", "{home}/cp1257.csv", "--format", "xml"], None, 2, "'xml' is not one of"),
     # scanning and reading
     (["run", "--mailbox", "abc"], None, 2, "'abc' is not a valid integer"),
