@@ -490,19 +490,27 @@ def import_group() -> None:
       email     main email
       domain    the customer's email domain, e.g. acme.lt (customers only)
       contacts  contact persons: "a@x.lt; Ona <ona@x.lt>" in CSV, a list in JSON
-    A file without a contacts column keeps the contacts already stored.
-    Bad rows are reported by line number and skipped; exit code 1 when any row was rejected.
+    A column the file does not have keeps the values already stored. A row needs an
+    address to link by (email, customer domain or contact). Bad rows are reported by line
+    number and skipped; exit code 1 when any row was rejected. An import that would take
+    links off archived letters lists them and is refused (exit 2) without --allow-conflicts.
     """
 
 
-def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: bool) -> None:
-    from hanna_sync.directory import import_entities
+def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: bool, allow_conflicts: bool) -> None:
+    from hanna_sync.directory import LinksWouldGo, describe_removed, import_entities
 
     path = None if file == "-" else Path(file)
     if path is None and not fmt:
         raise InputError("reading standard input: give --format csv or --format json")
     stdin_data = sys.stdin.buffer.read() if path is None else None
-    result = import_entities(app.store, entity_type, path, fmt, stdin_data)
+    try:
+        result = import_entities(app.store, entity_type, path, fmt, stdin_data, config=app.config,
+                                 allow_conflicts=allow_conflicts)
+    except LinksWouldGo as exc:
+        for line in exc.details:
+            click.echo(f"  {line}", err=True)
+        raise
     relinked = None
     if result.added or result.updated:
         from hanna_sync.relink import relink_or_defer
@@ -523,6 +531,8 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
             click.echo(f"  line {error.line}: {error.message}", err=True)
         for conflict in result.conflicts:
             click.echo(f"  conflict: {conflict}", err=True)
+        for line in describe_removed(result.removed_links):
+            click.echo(f"  {line}", err=True)
         if result.ignored_columns:
             click.echo(f"  ignored columns: {', '.join(result.ignored_columns)}", err=True)
     if result.rejected:
@@ -532,10 +542,12 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
 def import_command(entity_type: str) -> Callable[..., Any]:
     @click.argument("file", metavar="FILE")
     @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), help="File format (default: by extension).")
+    @click.option("--allow-conflicts", is_flag=True,
+                  help="Import even when the relink would take links off archived letters (they are listed).")
     @json_option
     @click.pass_obj
-    def command(app: App, file: str, fmt: str | None, as_json: bool) -> None:
-        _import(app, entity_type, file, fmt, as_json)
+    def command(app: App, file: str, fmt: str | None, as_json: bool, allow_conflicts: bool) -> None:
+        _import(app, entity_type, file, fmt, as_json, allow_conflicts)
 
     command.__doc__ = f"Import {entity_type}s from FILE (.csv or .json; - for stdin with --format)."
     return command

@@ -65,8 +65,8 @@ def run_demo(workdir: Path | None = None) -> DemoResult:
     _write_csv(workdir / "customers.csv", sample.CUSTOMERS, with_domain=True)
     _write_csv(workdir / "leads.csv", sample.LEADS, with_domain=False)
     imported = {
-        "customers": import_entities(store, "customer", workdir / "customers.csv"),
-        "leads": import_entities(store, "lead", workdir / "leads.csv"),
+        "customers": import_entities(store, "customer", workdir / "customers.csv", config=config),
+        "leads": import_entities(store, "lead", workdir / "leads.csv", config=config),
     }
 
     with Dovecot() as dovecot:
@@ -85,7 +85,7 @@ def run_demo(workdir: Path | None = None) -> DemoResult:
         result = run_pass(store, secret_store, config)
         # A customer the CRM adds today: the import relinks, and the next pass fetches its older letter.
         _write_csv(workdir / "late-customer.csv", [sample.LATE_CUSTOMER], with_domain=True)
-        imported["late customer"] = import_entities(store, "customer", workdir / "late-customer.csv")
+        imported["late customer"] = import_entities(store, "customer", workdir / "late-customer.csv", config=config)
         relinked = relink_or_defer(store, config, secret_store)
         backfill = run_pass(store, secret_store, config)
         # The sandbox server goes away with the demo; keep the mailbox from failing in later passes.

@@ -4,26 +4,35 @@ A CRM export always has a few bad rows; one of them must not stop the other thou
 slip in half-read. Each row is parsed and checked on its own, bad ones are reported by line number,
 the good ones are upserted on the CRM's id. Conflicts (one address or domain claimed by two
 customers) are reported, since linking by them would be a guess.
+
+Nor may an import change what is stored behind the admin's back: a column spelled otherwise
+(`E-mail`) is read as the one it is, one that only looks like a known one (`Email address`) is
+refused rather than ignored, a column the file lacks keeps the stored values, and an import that
+would take links off archived letters is refused, listing them, unless allowed.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
+import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from hanna_sync.addresses import normalise_domain, normalise_email
+from hanna_sync.addresses import FREE_MAIL_DOMAINS, is_listed, normalise_domain, normalise_email
 from hanna_sync.config import Config
 from hanna_sync.errors import InputError
-from hanna_sync.match import Directory
-from hanna_sync.store import Contact, Entity, Store
+from hanna_sync.match import Directory, Link
+from hanna_sync.store import ENTITY_TYPES, Contact, Entity, Store
 
 FORMATS = ("csv", "json")
+# The longest CSV field read, in characters: the csv module's own default field_size_limit(), named to say it.
+FIELD_LIMIT = 128 * 1024
 COLUMNS = {"customer": ("id", "name", "email", "domain", "contacts"), "lead": ("id", "name", "email", "contacts")}
 
 
@@ -37,7 +46,7 @@ class RowError:
 class ParsedRow:
     line: int
     entity: Entity
-    has_contacts: bool  # a file without a contacts column leaves existing contacts alone
+    columns: frozenset[str]  # the columns the row gives: the others keep their stored values
 
 
 @dataclass
@@ -48,6 +57,7 @@ class ImportResult:
     rejected: list[RowError] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    removed_links: list[tuple[int, Link]] = field(default_factory=list)  # (letter id, link) the relink takes off
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,7 +67,32 @@ class ImportResult:
             "rejected": [{"line": e.line, "error": e.message} for e in self.rejected],
             "conflicts": self.conflicts,
             "ignored_columns": self.ignored_columns,
+            "removed_links": [{"letter": letter_id, "entity_type": link.entity_type, "entity_id": link.entity_id,
+                               "rule": link.rule, "address": link.address} for letter_id, link in self.removed_links],
         }
+
+
+class LinksWouldGo(InputError):
+    """An import whose relink would take links off archived letters (a new customer claiming another's
+    domain, a contact moved): refused, with the links, unless the admin allows it."""
+
+    def __init__(self, removed: list[tuple[int, Link]], conflicts: list[str]) -> None:
+        super().__init__(f"this import would remove {len(removed)} links from archived letters (listed above):"
+                         " correct the file, or give --allow-conflicts to import it anyway")
+        self.details = [f"conflict: {c}" for c in conflicts] + describe_removed(removed)
+
+
+def describe_removed(removed: list[tuple[int, Link]], shown: int = 10) -> list[str]:
+    """One line per entity and rule: which letters lose that link (see them with `hanna-sync show ID`)."""
+    letters: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for letter_id, link in removed:
+        letters[(link.entity_type, link.entity_id, link.rule)].append(letter_id)
+    lines = []
+    for (entity_type, entity_id, rule), ids in sorted(letters.items()):
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        lines.append(f"unlinks {entity_type} {entity_id} ({rule}) from {len(ids)} letter(s):"
+                     f" {', '.join(map(str, sorted(ids)[:shown]))}{more}")
+    return lines
 
 
 def _contact(text: str) -> Contact | None:
@@ -66,7 +101,9 @@ def _contact(text: str) -> Contact | None:
     return Contact(email=email, name=name or None) if email else None
 
 
-def parse_row(entity_type: str, data: dict[str, Any], line: int) -> ParsedRow:
+def parse_row(
+    entity_type: str, data: dict[str, Any], line: int, free_mail_domains: tuple[str, ...] = FREE_MAIL_DOMAINS
+) -> ParsedRow:
     """Check and normalise one row; raises InputError saying what is wrong with it."""
 
     def text(key: str) -> str | None:
@@ -89,6 +126,9 @@ def parse_row(entity_type: str, data: dict[str, Any], line: int) -> ParsedRow:
         domain = normalise_domain((text("domain") or "").removeprefix("@"))
         if domain is None:
             raise InputError(f"'{data['domain']}' is not a domain name")
+        if is_listed(domain, free_mail_domains):
+            raise InputError(f"domain {domain} is free mail: it says nothing about which company writes (leave the"
+                             " domain empty; the customer's own addresses still link)")
     contacts_value = data.get("contacts")
     if isinstance(contacts_value, str):
         items = [c.strip() for c in contacts_value.split(";") if c.strip()]
@@ -105,11 +145,14 @@ def parse_row(entity_type: str, data: dict[str, Any], line: int) -> ParsedRow:
             raise InputError(f"contact {item!r} is not an email address (use 'Name <email>' or 'email')")
         contacts.setdefault(contact.email, contact)
     entity = Entity(id=entity_id, name=text("name"), email=email, domain=domain, contacts=sorted(contacts.values(), key=lambda c: c.email))
-    return ParsedRow(line=line, entity=entity, has_contacts="contacts" in data)
+    return ParsedRow(line=line, entity=entity, columns=frozenset(data))
 
 
-def read_records(path: Path | None, fmt: str, stdin_data: bytes | None = None) -> list[tuple[int, Any]]:
-    """(line number, record) pairs from a CSV or JSON file; a file that cannot be read at all is an error.
+def read_records(
+    path: Path | None, fmt: str, stdin_data: bytes | None = None
+) -> tuple[list[str], list[tuple[int, Any]]]:
+    """The file's column names (CSV header; JSON: every key, first seen first) and (line number, record)
+    pairs; a file that cannot be read at all is an error.
 
     Standard input comes as bytes, like a file, so that both are decoded (and refused) the same way.
     """
@@ -133,18 +176,154 @@ def read_records(path: Path | None, fmt: str, stdin_data: bytes | None = None) -
             raise InputError(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         if not isinstance(data, list):
             raise InputError(f"{name} must hold a JSON list of objects")
-        return list(enumerate(data, start=1))
-    first_line = text.split("\n", 1)[0]
-    delimiter = max((",", ";", "\t"), key=first_line.count)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    if not reader.fieldnames:
+        keys = dict.fromkeys(key for record in data if isinstance(record, dict) for key in record)
+        return list(keys), list(enumerate(data, start=1))
+    return read_csv(text, name)
+
+
+def read_csv(text: str, name: str) -> tuple[list[str], list[tuple[int, Any]]]:
+    """(line where the row starts, record) pairs; a row whose field count is not the header's is a RowError.
+
+    A quoted field may hold a line break (a note), but only if it closes and its row then has the
+    header's number of fields: a stray quote would otherwise swallow every later row into one field,
+    so a quote that runs on past its row, or to the end of the file, stops the whole import at the
+    line where it opened.
+    """
+    lines = io.StringIO(text, newline="").readlines()  # split as csv splits: \n, \r\n or \r
+    delimiter = max((",", ";", "\t"), key=lines[0].count) if lines else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] = []
+    records: list[tuple[int, Any]] = []
+    end = 0  # the last line of the previous row
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _csv_error(name, exc, lines, start, reader.line_num, delimiter, header) from None
+        end = reader.line_num
+        if not header:
+            if not row:
+                break
+            header = [f.strip() for f in row]
+            continue
+        if not row:
+            continue  # a blank line
+        if end > start or end == len(lines):
+            index, open_quote = _open_field(_join(lines, start, end), delimiter)
+            column = _column(header, index)
+            if open_quote:
+                raise InputError(f"{name}, line {start}: the quote opened in column {column} never closes (it runs"
+                                 " to the end of the file): remove the stray quote, or close the field")
+        if len(row) != len(header):
+            if end > start:
+                column = _column(header, next(i for i, f in enumerate(row) if "\n" in f or "\r" in f))
+                raise InputError(
+                    f"{name}, line {start}: the quote opened in column {column} runs on to line {end} and leaves"
+                    f" {len(row)} fields where the header has {len(header)}: remove the stray quote, or close the field")
+            more = "more" if len(row) > len(header) else "fewer"
+            hint = " (quote fields with commas)" if more == "more" else ""
+            records.append((start, RowError(start, f"{len(row)} fields: {more} than the header's {len(header)}"
+                                                   f" columns{hint}")))
+            continue
+        records.append((start, dict(zip(header, row))))
+    if not header:
         raise InputError(f"{name} is empty: the first line must name the columns (id,name,email,...)")
-    reader.fieldnames = [(f or "").strip().lower() for f in reader.fieldnames]
-    records = []
-    for row in reader:
-        extra = row.pop(None, None)  # type: ignore[call-overload]
-        records.append((reader.line_num, {**row, "__extra__": bool(extra)}))
-    return records
+    return header, records
+
+
+def _spelling(column: str) -> str:
+    """`E-mail`, `e_mail`, ` EMAIL ` -> `email`: one column name as CRMs and people spell it."""
+    return re.sub(r"[\s_.\-]+", "", column.lower())
+
+
+def _looks_like(column: str, candidates: list[str]) -> list[str]:
+    """The known columns an unknown one may have been meant as: a word of it (`Email address`,
+    `customer_id`, `Contact persons`), or a near spelling (`mail`, `emails`)."""
+    words = re.findall(r"[a-z0-9]+", column.lower())
+    spelled = _spelling(column)
+    return [known for known in candidates
+            if known in words or known.rstrip("s") in words or (len(known) >= 4 and known in spelled)
+            or difflib.SequenceMatcher(None, spelled, known).ratio() >= 0.75]
+
+
+def resolve_columns(names: list[str], entity_type: str, source: str) -> tuple[dict[str, str], list[str]]:
+    """Which known column each of the file's columns is, and the columns left unread.
+
+    Case, spaces, hyphens, dots and underscores do not matter (`E-mail` is `email`). An unknown column
+    that looks like a known one the file lacks (`Email address`, `mail`) is refused with a did-you-mean:
+    ignoring it would import every row without that value. So are two columns meaning the same one.
+    """
+    known = COLUMNS[entity_type]
+    mapping = {name: _spelling(name) for name in names if _spelling(name) in known}
+    given: dict[str, list[str]] = {}
+    for name, column in mapping.items():
+        given.setdefault(column, []).append(name)
+    problems = [f"columns {' and '.join(repr(n) for n in spellings)} both mean '{column}': keep one"
+                for column, spellings in given.items() if len(spellings) > 1]
+    if len(names) != len(set(names)):
+        problems += [f"column '{n}' is there twice: keep one" for n in dict.fromkeys(names) if names.count(n) > 1]
+    ignored = [name for name in dict.fromkeys(names) if name not in mapping]
+    lacking = [column for column in known if column not in given]
+    for name in ignored:
+        if guesses := _looks_like(name, lacking):
+            meant = " or ".join(f"'{g}'" for g in guesses)
+            problems.append(f"column '{name}' is not one hanna-sync reads (did you mean {meant}?): rename it,"
+                            " or remove it to import without it")
+    if problems:
+        raise InputError(f"{source}: {'; '.join(problems)}")
+    return mapping, ignored
+
+
+def _join(lines: list[str], first: int, last: int) -> str:
+    return "".join(lines[first - 1:last])
+
+
+def _column(header: list[str], index: int) -> str:
+    return f"'{header[index]}'" if index < len(header) else f"{index + 1}"
+
+
+def _open_field(text: str, delimiter: str, limit: int = FIELD_LIMIT) -> tuple[int, bool]:
+    """Where csv's reader stands at the end of `text` (one row's lines, from its start), or at the first
+    field longer than `limit`: that field's index, and whether it is inside quotes. Only for saying where
+    a row went wrong; the csv module reads the data."""
+    index = length = 0
+    state = "start"  # start of a field, "plain" text, "quoted", or a "quote" seen inside quotes
+    for char in text:
+        if state == "quoted":
+            if char == '"':
+                state = "quote"
+            else:
+                length += 1
+        elif state == "quote" and char == '"':  # a doubled quote: one quote in the text
+            state, length = "quoted", length + 1
+        elif char == delimiter:
+            index, length, state = index + 1, 0, "start"
+        elif char in "\r\n":
+            state = "start"
+        elif char == '"' and state == "start":
+            state = "quoted"
+        else:
+            state, length = "plain", length + 1
+        if length > limit:
+            break
+    return index, state == "quoted"
+
+
+def _csv_error(name: str, exc: csv.Error, lines: list[str], start: int, line: int, delimiter: str,
+               header: list[str]) -> InputError:
+    """One line for a row the csv module gives up on: which line, which column, and what to do."""
+    index, open_quote = _open_field(_join(lines, start, line), delimiter)
+    column = _column(header, index)
+    if "field limit" not in str(exc):
+        return InputError(f"{name}, line {line}: not readable as CSV ({exc})")
+    if open_quote and line > start:
+        return InputError(f"{name}, line {start}: the quote opened in column {column} runs on for more than"
+                          f" {FIELD_LIMIT:,} characters (to line {line}): remove the stray quote, or close the field")
+    return InputError(f"{name}, line {line}, column {column}: a field longer than {FIELD_LIMIT:,} characters,"
+                      " the limit for one CSV field: shorten it")
 
 
 def detect_format(path: Path | None, fmt: str | None) -> str:
@@ -157,49 +336,74 @@ def detect_format(path: Path | None, fmt: str | None) -> str:
 
 
 def import_entities(
-    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, stdin_data: bytes | None = None
+    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, stdin_data: bytes | None = None,
+    *, config: Config | None = None, allow_conflicts: bool = False,
 ) -> ImportResult:
-    """Upsert every good row on the CRM id; report bad rows and conflicts."""
-    records = read_records(path, detect_format(path, fmt), stdin_data)
-    result = ImportResult()
-    known = set(COLUMNS[entity_type])
+    """Upsert every good row on the CRM id; report bad rows and conflicts. All rows go in one
+    transaction, after the checks: a refused import (bad file, links it would remove) writes nothing."""
+    config = config or Config(database=store.path)
+    names, records = read_records(path, detect_format(path, fmt), stdin_data)
+    mapping, ignored = resolve_columns(names, entity_type, str(path) if path else "standard input")
+    result = ImportResult(ignored_columns=ignored)
+    free_mail = FREE_MAIL_DOMAINS + config.free_mail_domains
+    stored = {e.id: e for e in store.entities(entity_type)}
     seen_ids: dict[str, int] = {}
-    rows: list[ParsedRow] = []
+    planned: dict[str, Entity] = {}
     for line, record in records:
+        if isinstance(record, RowError):
+            result.rejected.append(record)
+            continue
         if not isinstance(record, dict):
             result.rejected.append(RowError(line, "not an object"))
             continue
-        if record.pop("__extra__", False):
-            result.rejected.append(RowError(line, "more fields than the header has columns (quote fields with commas)"))
-            continue
-        for column in record:
-            if column not in known and column not in result.ignored_columns:
-                result.ignored_columns.append(column)
         try:
-            parsed = parse_row(entity_type, record, line)
+            parsed = parse_row(entity_type, {mapping[k]: v for k, v in record.items() if k in mapping}, line, free_mail)
         except InputError as exc:
             result.rejected.append(RowError(line, str(exc)))
             continue
         if parsed.entity.id in seen_ids:
             result.rejected.append(RowError(line, f"id {parsed.entity.id} already given on line {seen_ids[parsed.entity.id]}"))
             continue
+        entity = merged(parsed, stored.get(parsed.entity.id))
+        if not (entity.email or entity.domain or entity.contacts):
+            what = "an email, a domain or a contact" if entity_type == "customer" else "an email or a contact"
+            result.rejected.append(RowError(line, f"no address to link letters by: give {what}"))
+            continue
         seen_ids[parsed.entity.id] = line
-        rows.append(parsed)
+        planned[entity.id] = entity
+    entities = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
+                 for t in ENTITY_TYPES}
+    if any(stored.get(entity_id) != entity for entity_id, entity in planned.items()):
+        from hanna_sync.relink import links_removed  # relink builds on this module
+
+        result.removed_links = links_removed(store, config, build_directory(store, config, entities))
+        if result.removed_links and not allow_conflicts:
+            raise LinksWouldGo(result.removed_links, find_conflicts(entities))
     with store.transaction():
-        for row in rows:
-            outcome = store.save_entity(entity_type, row.entity, replace_contacts=row.has_contacts)
+        for entity in planned.values():
+            outcome = store.save_entity(entity_type, entity, replace_contacts=True)
             setattr(result, outcome, getattr(result, outcome) + 1)
-    result.conflicts = find_conflicts(store)
+    result.conflicts = find_conflicts({t: store.entities(t) for t in ENTITY_TYPES})
     return result
 
 
-def find_conflicts(store: Store) -> list[str]:
+def merged(row: ParsedRow, stored: Entity | None) -> Entity:
+    """The row as it is stored: a column the file does not have keeps the stored value (a file of ids
+    and names renames customers, it does not take their addresses away)."""
+    if stored is None:
+        return row.entity
+    kept = {column: getattr(stored, column) for column in ("name", "email", "domain", "contacts")
+            if column not in row.columns}
+    return replace(row.entity, **kept)
+
+
+def find_conflicts(entities: dict[str, list[Entity]]) -> list[str]:
     """Addresses and domains that belong to more than one customer (or more than one lead)."""
     conflicts = []
-    for entity_type in ("customer", "lead"):
+    for entity_type in ENTITY_TYPES:
         owners: dict[str, set[str]] = defaultdict(set)
         domains: dict[str, set[str]] = defaultdict(set)
-        for entity in store.entities(entity_type):
+        for entity in entities[entity_type]:
             for email in [entity.email, *(c.email for c in entity.contacts)]:
                 if email:
                     owners[email].add(entity.id)
@@ -214,10 +418,10 @@ def find_conflicts(store: Store) -> list[str]:
     return conflicts
 
 
-def build_directory(store: Store, config: Config) -> Directory:
-    """The directory as it is now, with every mailbox address counted as staff."""
+def build_directory(store: Store, config: Config, entities: dict[str, list[Entity]] | None = None) -> Directory:
+    """The directory as it is now (or with these customers and leads: as an import would make it),
+    with every mailbox address counted as staff."""
     boxes = store.mailboxes()
     staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
-    return Directory.build(
-        store.entities("customer"), store.entities("lead"), staff, config.own_domains, config.free_mail_domains
-    )
+    entities = entities or {t: store.entities(t) for t in ENTITY_TYPES}
+    return Directory.build(entities["customer"], entities["lead"], staff, config.own_domains, config.free_mail_domains)

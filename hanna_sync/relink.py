@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,24 +75,15 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
         rows = store.relink_rows()
         before = store.all_links()
     after = _evaluate(rows, directory, config)
-    # A thread link whose letter is no longer archived (purged, retention) cannot be re-judged: it stays.
-    archived_ids = {i for row in rows for i in _thread_ids(row)}
     grown: list[str] = []  # thread ids of letters that gained a link: their skipped replies are wanted
     with store.transaction():
-        for row in rows:
+        for row, old, gone, fresh in _differences(rows, before, after):
             letter_id = row["id"]
-            old = before.get(letter_id, {})
-            new = {(l.entity_type, l.entity_id): l for l in after.get(letter_id, [])}
-            for entity, (rule, address) in old.items():
-                if rule == "thread" and address not in archived_ids and entity not in new:
-                    new[entity] = Link(entity[0], entity[1], rule, address)
-            gone = [entity for entity in old if entity not in new]
-            fresh = [l for entity, l in new.items() if old.get(entity) != (l.rule, l.address)]
             added = sum(1 for l in fresh if (l.entity_type, l.entity_id) not in old)
             result.links_removed += len(gone)
             result.links_added += added
             result.links_changed += len(fresh) - added
-            result.unlinked += int(bool(old) and not new)
+            result.unlinked += int(bool(old) and len(old) - len(gone) + added == 0)
             if added:
                 grown.extend(_thread_ids(row))
             store.remove_links(letter_id, gone)
@@ -108,6 +99,38 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
         result.backfill_wanted = mark_backfill(store, config, index, directory, grown)
     result.seconds = time.monotonic() - started
     return result
+
+
+EntityKey = tuple[str, str]  # (entity type, entity id)
+
+
+def _differences(
+    rows: list[dict[str, Any]], before: dict[int, dict[EntityKey, tuple[str, str]]], after: dict[int, list[Link]]
+) -> Iterator[tuple[dict[str, Any], dict[EntityKey, tuple[str, str]], list[EntityKey], list[Link]]]:
+    """Per letter whose links change: its row, its links now, the entities it loses, and the links
+    to add or update. A thread link whose letter is no longer archived (purged, retention) cannot be
+    re-judged: it stays."""
+    archived_ids = {i for row in rows for i in _thread_ids(row)}
+    for row in rows:
+        old = before.get(row["id"], {})
+        new = {(l.entity_type, l.entity_id): l for l in after.get(row["id"], [])}
+        for entity, (rule, address) in old.items():
+            if rule == "thread" and address not in archived_ids and entity not in new:
+                new[entity] = Link(entity[0], entity[1], rule, address)
+        gone = [entity for entity in old if entity not in new]
+        fresh = [l for entity, l in new.items() if old.get(entity) != (l.rule, l.address)]
+        if gone or fresh:
+            yield row, old, gone, fresh
+
+
+def links_removed(store: Store, config: Config, directory: Directory) -> list[tuple[int, Link]]:
+    """The links a relink against `directory` would take off archived letters, (letter id, link) in
+    letter order: what an import must show before it changes the directory to that."""
+    with store.lock:
+        rows = store.relink_rows()
+        before = store.all_links()
+    return [(row["id"], Link(*entity, *old[entity]))
+            for row, old, gone, _ in _differences(rows, before, _evaluate(rows, directory, config)) for entity in gone]
 
 
 def mark_backfill(store: Store, config: Config, index: SkipIndex, directory: Directory, thread_ids: list[str]) -> int:

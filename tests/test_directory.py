@@ -4,10 +4,12 @@ import json
 
 import pytest
 
+from hanna_sync import sample
 from hanna_sync.addresses import is_listed, normalise_domain, normalise_email, registrable_domain
 from hanna_sync.directory import import_entities
 from hanna_sync.errors import InputError
-from hanna_sync.store import Contact, Store
+from hanna_sync.config import Config
+from hanna_sync.store import Contact, Entity, Store
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -151,3 +153,143 @@ def test_bad_json_and_unknown_format(store, tmp_path):
         import_entities(store, "customer", path)
     with pytest.raises(InputError, match="--format"):
         import_entities(store, "customer", tmp_path / "c.txt")
+
+
+def dump(store: Store) -> str:
+    return "\n".join(store.db.conn.iterdump())
+
+
+@pytest.mark.parametrize("content, message", [
+    # The issue's file: the quote runs to the end, and would make one customer of the whole file.
+    ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt\n',
+     r"c\.csv, line 2: the quote opened in column 'name' never closes \(it runs to the end of the file\)"),
+    ('id,name,email\nC-Q0,Zeta,z@z.lt\nC-Q1,Acme,"acme@x.lt', r"line 3: the quote opened in column 'email' never closes"),
+    # A second stray quote closes the first: the row it makes has the wrong number of fields.
+    ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt"\nC-Q3,Gamma,g@g.lt\n',
+     r"line 2: the quote opened in column 'name' runs on to line 3 and leaves 2 fields where the header has 3"),
+])
+def test_a_stray_quote_stops_the_import_at_the_line_it_opened_and_writes_nothing(store, tmp_path, content, message):
+    store.save_entity("customer", sample.CUSTOMERS[0], replace_contacts=True)
+    before = dump(store)
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        import_entities(store, "customer", path)
+    assert dump(store) == before
+
+
+def test_a_quoted_field_with_a_line_break_that_closes_is_fine(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,name,email\r\nC1,"Acme\r\n(the old one)",a@acme.lt\r\nC2,Beta,b@beta.lt\r\nC3,Short\r\n')
+    result = import_entities(store, "customer", path)
+    assert result.added == 2
+    assert store.entity("customer", "C1").name == "Acme\r\n(the old one)"
+    # A one-line row with too few fields is that row's error, named by its line; the others import.
+    assert [(e.line, e.message) for e in result.rejected] == [(5, "2 fields: fewer than the header's 3 columns")]
+
+
+LONG = "x" * (128 * 1024 + 1)
+
+
+@pytest.mark.parametrize("content, message", [
+    (f"id,name,email\nC1,Acme,a@acme.lt\nC2,{LONG},b@beta.lt\n",
+     r"c\.csv, line 3, column 'name': a field longer than 131,072 characters, the limit"),
+    ('id,name,email\nC1,Acme,"' + "a\n" * 70_000 + '",x\n',
+     r"c\.csv, line 2: the quote opened in column 'email' runs on for more than 131,072 characters \(to line"),
+])
+def test_a_field_over_the_limit_is_one_line_naming_line_and_column(store, tmp_path, content, message):
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        import_entities(store, "customer", path)
+    assert store.db["customers"].count == 0
+
+
+def test_a_field_at_the_limit_is_read(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text(f"id,name,email\nC1,Acme,a@acme.lt\nC2,{LONG[1:]},b@beta.lt\n")
+    assert import_entities(store, "customer", path).added == 2
+    assert len(store.entity("customer", "C2").name) == 128 * 1024
+
+
+def test_a_column_spelled_otherwise_is_read_as_the_known_one(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("ID,Name,E-mail,E_Mail_Note,Domain \nC1,Acme,A@Acme.lt,x,acme.lt\n")
+    result = import_entities(store, "customer", path)
+    assert result.added == 1 and not result.rejected and result.ignored_columns == ["E_Mail_Note"]
+    assert store.entity("customer", "C1") == Entity("C1", "Acme", "a@acme.lt", "acme.lt", [])
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps([{"Id": "L1", "E-Mail": "l@lead.lt", "Contacts": ["q@lead.lt"]}]))
+    assert import_entities(store, "lead", path).added == 1
+    assert store.entity("lead", "L1") == Entity("L1", None, "l@lead.lt", None, [Contact("q@lead.lt")])
+
+
+@pytest.mark.parametrize("fmt, content, message", [
+    ("csv", "id,name,Email address\nC1,Acme,a@acme.lt\n", "column 'Email address' is not one hanna-sync reads"
+     " (did you mean 'email'?): rename it, or remove it to import without it"),
+    ("csv", "id;name;mail\nC1;Acme;a@acme.lt\n", "column 'mail' is not one hanna-sync reads (did you mean 'email'?)"),
+    ("csv", "customer_id,email\nC1,a@acme.lt\n", "column 'customer_id' is not one hanna-sync reads (did you mean 'id'?)"),
+    ("csv", "id,email,Contact persons\nC1,a@acme.lt,b@acme.lt\n", "(did you mean 'contacts'?)"),
+    ("csv", "id,email,E-mail\nC1,a@acme.lt,b@acme.lt\n", "columns 'email' and 'E-mail' both mean 'email': keep one"),
+    ("csv", "id,email,email\nC1,a@acme.lt,b@acme.lt\n", "column 'email' is there twice: keep one"),
+    ("json", json.dumps([{"id": "C1", "name": "Acme", "Emails": "a@acme.lt"}]), "column 'Emails' is not one"
+     " hanna-sync reads (did you mean 'email'?)"),
+])
+def test_a_column_that_only_looks_like_a_known_one_is_refused_with_a_did_you_mean(store, tmp_path, fmt, content, message):
+    store.save_entity("customer", sample.CUSTOMERS[0], replace_contacts=True)
+    before = dump(store)
+    path = tmp_path / f"c.{fmt}"
+    path.write_text(content)
+    with pytest.raises(InputError) as error:
+        import_entities(store, "customer", path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert dump(store) == before
+
+
+def test_an_unknown_column_is_ignored_when_the_file_has_the_one_it_looks_like(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email,email 2,first_name\nC1,Acme,a@acme.lt,b@acme.lt,Jonas\n")
+    result = import_entities(store, "customer", path)
+    assert result.added == 1 and result.ignored_columns == ["email 2", "first_name"]
+
+
+def test_a_row_needs_an_address_to_link_by(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email,domain,contacts\nC1,Acme,,,\nC2,Beta,,beta.lt,\nC3,Gamma,,,g@gamma.lt\n"
+                    "C4,Delta,d@delta.lt,,\n")
+    result = import_entities(store, "customer", path)
+    assert result.added == 3
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (2, "no address to link letters by: give an email, a domain or a contact")]
+    assert store.entity("customer", "C1") is None
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps([{"id": "L1", "name": "Lead", "domain": "lead.lt"}, {"id": "L2", "contacts": ["p@x.lt"]}]))
+    result = import_entities(store, "lead", path)
+    assert result.added == 1 and result.ignored_columns == ["domain"]
+    assert [(e.line, e.message) for e in result.rejected] == [(1, "no address to link letters by: give an email or a contact")]
+
+
+def test_a_column_the_file_lacks_keeps_the_stored_values(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email,domain,contacts\nC1,Acme,a@acme.lt,acme.lt,x@acme.lt\n")
+    import_entities(store, "customer", path)
+    path.write_text("id,name\nC1,Acme UAB\n")  # a rename: the addresses stay, so the row has one to link by
+    result = import_entities(store, "customer", path)
+    assert (result.updated, result.rejected) == (1, [])
+    assert store.entity("customer", "C1") == Entity("C1", "Acme UAB", "a@acme.lt", "acme.lt", [Contact("x@acme.lt")])
+    path.write_text("id,name,email,domain\nC1,Acme UAB,,\n")  # an empty field does clear it
+    assert import_entities(store, "customer", path).updated == 1
+    assert store.entity("customer", "C1") == Entity("C1", "Acme UAB", None, None, [Contact("x@acme.lt")])
+
+
+def test_a_free_mail_domain_is_not_a_customers_domain(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,email,domain\nC1,a@acme.lt,Gmail.com\nC2,b@beta.lt,eu.gmx.net\nC3,c@firma.lt,firma.lt\n"
+                    "C4,jonas@gmail.com,\n")
+    config = Config(database=store.path, free_mail_domains=("firma.lt",))
+    result = import_entities(store, "customer", path, config=config)
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (line, f"domain {domain} is free mail: it says nothing about which company writes (leave the domain empty;"
+               " the customer's own addresses still link)")
+        for line, domain in ((2, "gmail.com"), (3, "eu.gmx.net"), (4, "firma.lt"))]
+    assert result.added == 1 and store.entity("customer", "C4").email == "jonas@gmail.com"

@@ -287,6 +287,42 @@ def test_an_import_during_a_pass_leaves_the_relink_to_that_pass(env, imap_user, 
     assert linked_subjects(env, "customer", "C-9") == ["Pasiūlymas"]
 
 
+def test_an_import_that_would_unlink_archived_letters_lists_them_writes_nothing_unless_allowed(env, imap_user, dovecot):
+    """A new customer claiming an existing customer's domain: that domain then links to neither, so the
+    letters C-1001 has by its domain would lose their link. Refused (CSV and JSON alike), listing them."""
+    for sender, subject in (("petras@azuolas.lt", "Kaina"), ("ruta@azuolas.lt", "Užsakymas")):
+        dovecot.deliver(imap_user.login, "INBOX", sample.letter(sender, imap_user.login, subject, "x"))
+    env.add(imap_user, folders=("INBOX",))
+    assert env.run().ok
+    (by_domain,) = [r for r in env.store.letters(customer="C-1001") if r["subject"] == "Kaina"]
+    dump = lambda: "\n".join(env.store.db.conn.iterdump())  # noqa: E731
+    before = dump()
+    csv_file, json_file = env.tmp / "new.csv", env.tmp / "new.json"
+    csv_file.write_text("id,name,domain\nC-9,Kitas Ąžuolas,azuolas.lt\n")
+    json_file.write_text(json.dumps([{"id": "C-9", "name": "Kitas Ąžuolas", "domain": "azuolas.lt"}]))
+    for path in (csv_file, json_file):
+        result = cli_run(env, "import", "customers", str(path))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [
+            "  conflict: domain azuolas.lt is claimed by customers C-1001, C-9: it links to neither",
+            f"  unlinks customer C-1001 (customer_domain) from 1 letter(s): {by_domain['id']}",
+            "Error: this import would remove 1 links from archived letters (listed above): correct the file,"
+            " or give --allow-conflicts to import it anyway",
+        ]
+        assert result.stdout == "" and dump() == before
+
+    result = cli_run(env, "import", "customers", str(csv_file), "--allow-conflicts", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["added"] == 1 and summary["relink"]["links_removed"] == 1
+    assert summary["removed_links"] == [{"letter": by_domain["id"], "entity_type": "customer", "entity_id": "C-1001",
+                                         "rule": "customer_domain", "address": "petras@azuolas.lt"}]
+    assert linked_subjects(env, "customer", "C-1001") == ["Užsakymas"]  # ruta@ is a contact: kept
+    # An import that takes no link away needs no permission.
+    csv_file.write_text("id,name,email\nC-10,Medis,jonas@medis.lt\n")
+    assert cli_run(env, "import", "customers", str(csv_file)).exit_code == 0
+
+
 def test_a_new_uidvalidity_drops_the_folders_skipped_letters_and_records_them_again(env, imap_user, dovecot):
     for n in range(3):
         dovecot.deliver(imap_user.login, "INBOX", sample.letter(f"n{n}@kitas.lt", imap_user.login, "x", "y"))
