@@ -544,7 +544,9 @@ class FolderScanner:
         the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
         those the server no longer has leave it too.
         """
-        fetched = imap.fetch_header_fields(self.client, uids, HEADER_FIELDS)
+        # A dry run lists each matched letter with its subject: one more field in the same FETCH.
+        fields = HEADER_FIELDS + " SUBJECT" if self.dry_run else HEADER_FIELDS
+        fetched = imap.fetch_header_fields(self.client, uids, fields)
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
         tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
@@ -557,11 +559,10 @@ class FolderScanner:
             self.result.skipped += len(skipped)
 
         if self.dry_run:
-            subjects = self._subjects([c.uid for c in candidates])
             for c in candidates:
                 self.result.linked += 1
                 self.result.would_archive.append({
-                    "folder": folder, "uid": c.uid, "subject": subjects.get(c.uid, ""),
+                    "folder": folder, "uid": c.uid, "subject": c.headers.subject,
                     "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
                 })
             return
@@ -665,16 +666,6 @@ class FolderScanner:
             identity = f"mid:{headers(uid).message_id}" if headers(uid).message_id else None
             candidates.append(Candidate(uid, headers(uid), links[uid], fetched[uid][0], identity))
         return candidates
-
-    def _subjects(self, uids: list[int]) -> dict[int, str]:
-        """Subjects for --dry-run's list (a real pass reads them from the whole letter)."""
-        if not uids:
-            return {}
-        fetched = self.client.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
-        return {
-            uid: parse_headers_only(next(iter(data.values()), b"") or b"", self.mailbox.imap_charset).subject
-            for uid, data in fetched.items()
-        }
 
     def _fetch_bodies(self, candidates: list[Candidate]) -> dict[int, tuple[ParsedLetter, bytes]]:
         """Whole letters for the matched ones; headers only for those over the size limit.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -185,6 +186,29 @@ def test_dry_run_writes_nothing(env, imap_user):
     assert env.store.db["letters"].count == 0
     assert env.store.db["folder_states"].count == 0
     assert env.store.db["scan_runs"].count == 0
+
+
+def test_dry_run_lists_each_letter_with_its_subject_in_the_table_and_in_json(env, imap_user):
+    from click.testing import CliRunner
+
+    from hanna_sync.cli import cli
+
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    config = env.config_file()
+
+    as_json = CliRunner().invoke(cli, ["--config", str(config), "run", "--dry-run", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    listed = json.loads(as_json.stdout)["mailboxes"][0]["would_archive"]
+    shown = CliRunner().invoke(cli, ["--config", str(config), "run", "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+
+    env.run()  # the real pass: the subjects it archives are the ones the dry run must have shown
+    archived = sorted(s for (s,) in env.store.db.execute("SELECT subject FROM letters"))
+    assert len(archived) == 8 and "" not in archived
+    assert sorted(item["subject"] for item in listed) == archived
+    for subject in archived:
+        assert f"{subject!r} -> " in shown.output
 
 
 def test_killed_pass_then_rerun_equals_an_uninterrupted_pass(tmp_path, imap_user, dovecot):
