@@ -102,7 +102,7 @@ class MailboxResult:
     folders_checked: int = 0
     new: int = 0  # letters the pass looked at for the first time
     archived: int = 0  # letters stored for the first time
-    linked: int = 0  # letters that got at least one link (new or already archived elsewhere)
+    linked: int = 0  # letters that got a link they did not have (archived now, or earlier from elsewhere)
     skipped: int = 0  # letters concerning no customer or lead: counted, not stored
     remapped: int = 0  # letters found again under a new UIDVALIDITY
     gaps: int = 0  # letters the gap check found never looked at (and then read)
@@ -379,6 +379,23 @@ def scan_mailbox(
     return result
 
 
+def would_link(store: Store, counted: set[str], candidates: list[tuple[str | None, list[Link]]]) -> int:
+    """--dry-run's `linked`: the letters a pass would give a link they do not have, each once (a letter
+    in two folders, or archived from another mailbox with the same links, is not counted again)."""
+    with store.transaction():
+        known = store.letter_ids([identity for identity, _ in candidates if identity])
+        have = {i: {(l["entity_type"], l["entity_id"]) for l in store.links_of(known[i])} for i in known}
+    count = 0
+    for identity, links in candidates:
+        if identity is not None and identity in counted:
+            continue
+        if {(l.entity_type, l.entity_id) for l in links} - have.get(identity or "", set()):
+            count += 1
+            if identity is not None:
+                counted.add(identity)
+    return count
+
+
 @dataclass
 class Candidate:
     """A new letter that concerns the directory, waiting for its body."""
@@ -402,6 +419,7 @@ class FolderScanner:
         self.client, self.result, self.dry_run, self.progress = client, result, dry_run, progress
         self.deadline = deadline
         self.condstore = b"CONDSTORE" in client.capabilities()
+        self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
         assert mailbox.id is not None
         with store.transaction():
@@ -559,8 +577,8 @@ class FolderScanner:
             self.result.skipped += len(skipped)
 
         if self.dry_run:
+            self.result.linked += would_link(self.store, self.dry_linked, [(c.identity, c.links) for c in candidates])
             for c in candidates:
-                self.result.linked += 1
                 self.result.would_archive.append({
                     "folder": folder, "uid": c.uid, "subject": c.headers.subject,
                     "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
@@ -594,8 +612,9 @@ class FolderScanner:
                 elif self.remapping:
                     self.result.remapped += 1
                 self.store.add_location(letter_id, self.mailbox.id, folder, state.uidvalidity, c.uid)
-                self.store.add_links(letter_id, c.links)
-                self.result.linked += 1
+                # A letter, not a location: found again in another folder (Gmail's labels, a renamed
+                # folder) or mailbox, it counts only when it gets a link it did not have.
+                self.result.linked += int(self.store.add_links(letter_id, c.links) > 0)
                 self.result.backfilled += int(backfill)
             if index is not None and skipped_keys:
                 self.directory.remember_directory(index)
@@ -778,6 +797,7 @@ class GraphScanner:
         self.graph, self.result, self.dry_run, self.progress = graph, result, dry_run, progress
         self.deadline = deadline
         self._folders: dict[str, GraphFolder] | None = None
+        self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         assert mailbox.id is not None
         with store.transaction():
             self.wanted = store.wanted_graph(mailbox.id)  # skipped letters a directory change made worth a look
@@ -982,8 +1002,7 @@ class GraphScanner:
                 batch.known[c.identity] = letter_id
                 self.result.archived += int(created)
             self.store.add_graph_location(letter_id, self.mailbox.id, path, c.envelope.id)
-            self.store.add_links(letter_id, c.links)
-            self.result.linked += 1
+            self.result.linked += int(self.store.add_links(letter_id, c.links) > 0)  # letters, as over IMAP
             self.result.backfilled += int(state is None)
         if batch.index is not None and skipped:
             self.directory.remember_directory(batch.index)
@@ -1016,8 +1035,8 @@ class GraphScanner:
                 self.store.forget_skipped_graph(self.mailbox.id, path, archived + [i for i in ids if i not in found])
 
     def _would_archive(self, path: str, candidates: list[GraphCandidate]) -> None:
+        self.result.linked += would_link(self.store, self.dry_linked, [(c.identity, c.links) for c in candidates])
         for c in candidates:
-            self.result.linked += 1
             self.result.would_archive.append({
                 "folder": path, "uid": None, "graph_id": c.envelope.id, "subject": c.envelope.subject,
                 "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],

@@ -75,6 +75,36 @@ def test_second_pass_adds_nothing_and_new_mail_is_picked_up(env, imap_user):
     assert env.store.db["letters"].count == 9
 
 
+def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap_user):
+    """Gmail's layout (every letter in INBOX or Sent and again in All Mail), then a folder renamed on the
+    server and chosen again under its new name: `linked` counts letters that got links, once."""
+    from hanna_sync import mailboxes
+
+    dc = imap_user.dovecot
+    for folder, raw, flags in sample.mailbox_letters():
+        dc.deliver(imap_user.login, folder, raw, flags)
+        dc.deliver(imap_user.login, "Visi laiškai", raw, flags)
+    box = env.add(imap_user, folders=("INBOX", "Išsiųsti", "Visi laiškai"))
+    dry = env.run(dry_run=True).mailboxes[0]
+    assert (len(dry.would_archive), dry.linked) == (16, 8)  # every place listed, each letter counted once
+
+    result = env.run()
+    (m,) = result.mailboxes
+    assert m.ok, m.errors
+    linked_letters = env.store.db.execute("SELECT count(DISTINCT letter_id) FROM links").fetchone()[0]
+    assert (m.new, m.archived, m.linked) == (22, 8, 8) and linked_letters == 8
+    assert env.store.db["letter_locations"].count == 16
+    assert ", 8 archived, 8 linked," in result.summary_line()
+
+    dc.rename_folder(imap_user.login, "Visi laiškai", "Visi laiškai 2024")
+    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Išsiųsti", "Visi laiškai 2024"]}, False, 10)
+    links_before = env.store.db["links"].count
+    again = env.run().mailboxes[0]
+    assert again.ok, again.errors
+    assert (again.new, again.archived, again.linked) == (11, 0, 0)
+    assert env.store.db["links"].count == links_before
+
+
 def test_letters_query_gives_the_customer_card(env, imap_user):
     deliver_sample(imap_user)
     env.add(imap_user)
@@ -102,7 +132,9 @@ def test_same_letter_in_two_mailboxes_is_stored_once_with_two_locations(env, ima
         env.add(user, folders=("INBOX",))
     result = env.run()
     assert sum(m.archived for m in result.mailboxes) == 2  # whichever mailbox came first stored them
-    assert [m.linked for m in result.mailboxes] == [2, 2]
+    # Linked once, by whichever mailbox came first: the other found them with their links already.
+    assert sorted(m.linked for m in result.mailboxes) == [0, 2]
+    assert env.store.db.execute("SELECT count(DISTINCT letter_id) FROM links").fetchone()[0] == 2
     assert env.store.db["letters"].count == 2
     assert env.store.db["letter_locations"].count == 4
 
