@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 # the ids of the letters it answers (thread links), and what marks it as sent by a program. Everything
 # else comes from the whole letter, fetched for the matched ones only.
 HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
-SEARCH_WINDOW = 20_000  # UIDs per SEARCH: keeps a response line far below imaplib's 1 MB cap
+SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
 MAX_BACKOFF = timedelta(days=1)
 BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
 
@@ -465,10 +465,11 @@ class FolderScanner:
         state.server_messages = messages
         remapped_before = self.result.remapped
         seen = UidSet.parse(state.seen_uids)
-        self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        selected = self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        exists = int(selected.get(b"EXISTS", messages))
 
         if (gap_check_due or expunged) and state.last_uid > 0:
-            present = self._uids_between(1, state.last_uid)
+            present = self._uids_between(1, state.last_uid, exists)
             if not self.dry_run:
                 with self.store.transaction():
                     gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
@@ -487,7 +488,7 @@ class FolderScanner:
             state.gap_checked_at = utcnow()
             self.result.gaps += len(missing)
 
-        uids = self._uids_between(state.last_uid + 1, uidnext - 1)
+        uids = self._uids_between(state.last_uid + 1, uidnext - 1, exists)
         if not self._process(folder, state, seen, uids, moves_high_water=True):
             return
         # The folder is done to UIDNEXT: only now may a later pass skip it as unchanged.
@@ -543,15 +544,29 @@ class FolderScanner:
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
         return items + [b"HIGHESTMODSEQ"] if self.condstore else items
 
-    def _uids_between(self, low: int, high: int) -> list[int]:
-        """UIDs in [low, high] on the server, found by SEARCH in windows (never one huge SEARCH ALL)."""
-        uids: list[int] = []
-        while low <= high:
-            top = min(low + SEARCH_WINDOW - 1, high)
-            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the window.
-            uids.extend(u for u in self.client.search(["UID", f"{low}:{top}"]) if low <= u <= top)
-            low = top + 1
-        return sorted(set(uids))
+    def _uids_between(self, low: int, high: int, exists: int) -> list[int]:
+        """UIDs in [low, high] on the server, in as many SEARCHes as the answer needs, never as the UIDs'
+        span would: a folder of two letters at UID 3,000,000 (Gmail's All Mail) is one round trip.
+
+        One `UID SEARCH UID low:high` when at most SEARCH_WINDOW UIDs can come back (the folder holds
+        `exists` letters, the range has high - low + 1 UIDs). Else windows of SEARCH_WINDOW sequence numbers
+        with the same UID range, from the top down: a letter expunged meanwhile moves the others down, into
+        a window still to come, never past it (one seen twice is counted once).
+        """
+        if low > high:
+            return []
+        span = f"{low}:{high}"
+        if min(exists, high - low + 1) <= SEARCH_WINDOW:
+            windows = [["UID", span]]
+        else:
+            tops = range(exists, 0, -SEARCH_WINDOW)
+            windows = [[f"{max(1, top - SEARCH_WINDOW + 1)}:{'*' if top == exists else top}", "UID", span]
+                       for top in tops]
+        uids: set[int] = set()
+        for criteria in windows:
+            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the range.
+            uids.update(u for u in self.client.search(criteria) if low <= u <= high)
+        return sorted(uids)
 
     def _batch(
         self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool, backfill: bool,

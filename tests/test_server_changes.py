@@ -171,3 +171,63 @@ def test_thousands_of_letters_arriving_during_a_pass_are_all_archived_once(tmp_p
     env.store.save_folder_state(replace(state, gap_checked_at=OLD))
     assert env.run().mailboxes[0].gaps == 0
     check_consistent(env.store)
+
+
+def test_finding_letters_costs_round_trips_per_letters_not_per_uid_span(tmp_path, imap_user):
+    """Gmail's All Mail: two letters whose UIDs start at 3,000,000. The first pass and the gap check each
+    find them with one UID SEARCH (it was one per 20,000 UIDs of the span: 150 round trips)."""
+    dc = imap_user.dovecot
+    dc.create_folder(imap_user.login, "Visi laiškai")
+    dc.doveadm("mailbox", "update", "-u", imap_user.login, "--min-next-uid", "3000000", "Visi laiškai")
+    for i in range(2):
+        dc.deliver(imap_user.login, "Visi laiškai", sample.letter(
+            "ruta@azuolas.lt", sample.STAFF, f"Visi {i}", "x", message_id=f"<all-{i}@azuolas.lt>"))
+    env = Env(tmp_path)
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("Visi laiškai",))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert (m.ok, m.new, m.archived) == (True, 2, 2), m.errors
+        assert proxy.commands.count("UID SEARCH") == 1, proxy.commands
+        assert live_and_gone(env, box.id, "Visi laiškai") == ({3000000, 3000001}, set())
+
+        state = env.store.folder_state(box.id, "Visi laiškai")
+        env.store.save_folder_state(replace(state, gap_checked_at=OLD))
+        expunge(imap_user, "Visi laiškai", [3000000])
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.gaps == 0, m.errors
+        assert proxy.commands.count("UID SEARCH") == 1, proxy.commands
+        assert live_and_gone(env, box.id, "Visi laiškai") == ({3000001}, {3000000})
+
+
+def test_a_folder_larger_than_one_search_window_is_searched_in_windows_of_letters(tmp_path, imap_user, monkeypatch):
+    """Over SEARCH_WINDOW letters (here 4, for 11 letters): windows of sequence numbers, so each answer
+    stays small and every letter is found, in as many SEARCHes as windows of letters."""
+    from hanna_sync import scan
+
+    monkeypatch.setattr(scan, "SEARCH_WINDOW", 4)
+    deliver_sample(imap_user)  # 9 in INBOX
+    for i in range(2):
+        imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+            "ruta@azuolas.lt", sample.STAFF, f"Dar {i}", "x", message_id=f"<more-{i}@azuolas.lt>"))
+    env = Env(tmp_path)
+    with ImapProxy(imap_user.dovecot) as proxy:
+        box = env.add(imap_user, folders=("INBOX",))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.new == 11, m.errors
+        assert proxy.commands.count("UID SEARCH") == 3  # 11 letters: 4 + 4 + 3
+        live, _ = live_and_gone(env, box.id)
+
+        expunge(imap_user, "INBOX", sorted(live)[:2])
+        state = env.store.folder_state(box.id, "INBOX")
+        env.store.save_folder_state(replace(state, gap_checked_at=OLD))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.gaps == 0, m.errors
+        assert proxy.commands.count("UID SEARCH") == 3  # 9 letters left: 4 + 4 + 1
+        assert live_and_gone(env, box.id) == (live - set(sorted(live)[:2]), set(sorted(live)[:2]))
+    check_consistent(env.store)
