@@ -347,6 +347,8 @@ def scan_mailbox(
     assert mailbox.id is not None
     result = MailboxResult(mailbox.id, mailbox.email)
     started = time.monotonic()
+    if not dry_run:
+        retire_unchosen_folders(store, mailbox)
     try:
         with open_scanner(store, secrets, config, mailbox, directory, result, dry_run, progress, deadline) as scanner:
             for folder in mailbox.folders:
@@ -396,6 +398,31 @@ def would_link(store: Store, counted: set[str], candidates: list[tuple[str | Non
     return count
 
 
+def retire_unchosen_folders(store: Store, mailbox: Mailbox) -> None:
+    """Folders scanned before but no longer in the mailbox's folder list (`edit-mailbox --folder`): their
+    locations are marked gone, as for a folder gone from the server. Every folder that holds locations or
+    skipped letters has a state row (written in the same transactions), so the state rows say which."""
+    assert mailbox.id is not None
+    with store.transaction():
+        for state in store.folder_states(mailbox.id):
+            if state.folder not in mailbox.folders:
+                gone = store.retire_folder(mailbox.id, state.folder)
+                log.warning("mailbox %s: folder '%s' is no longer scanned: %d locations of its letters are marked"
+                            " gone (the letters stay)", mailbox.id, state.folder, gone)
+
+
+def retire_gone_folder(store: Store, mailbox: Mailbox, folder: str) -> None:
+    """A chosen folder the server no longer lists: renamed or deleted there. Its locations are marked gone
+    at once, so `show` does not name a place the letter is no longer in; the pass still fails for it until
+    the folder list is fixed (a renamed folder chosen again under its new name is read from the start)."""
+    assert mailbox.id is not None
+    with store.transaction():
+        gone = store.retire_folder(mailbox.id, folder)
+    if gone is not None:  # said once, not at every pass until the folder list is fixed
+        log.warning("mailbox %s: folder '%s' is no longer on the server (renamed or deleted): %d locations of its"
+                    " letters are marked gone (the letters stay)", mailbox.id, folder, gone)
+
+
 @dataclass
 class Candidate:
     """A new letter that concerns the directory, waiting for its body."""
@@ -437,6 +464,8 @@ class FolderScanner:
                 f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
                 f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
             )
+            if not self.dry_run and not self._listed(folder):
+                retire_gone_folder(self.store, self.mailbox, folder)
             return
         self.result.folders_checked += 1
         with self.store.transaction():
@@ -508,6 +537,15 @@ class FolderScanner:
         if self.remapping:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
+
+    def _listed(self, folder: str) -> bool:
+        """Whether the server's LIST still returns the folder. Only a LIST that answers without it says a
+        folder is gone: when LIST fails too (the connection dropped), the folder may well still be there."""
+        try:
+            names = {f.name for f in imap.list_folders(self.client)}
+        except (IMAPClientError, OSError, ssl.SSLError, socket.timeout):
+            return True
+        return folder in names or (folder.upper() == "INBOX" and any(n.upper() == "INBOX" for n in names))
 
     @staticmethod
     def _expunged(state: FolderState, uidvalidity: int, uidnext: int, messages: int) -> bool:
@@ -833,6 +871,8 @@ class GraphScanner:
                 f"folder '{path}' is not in the mailbox: renamed or deleted? 'hanna-sync folders {self.mailbox.id}'"
                 f" lists the folders, 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
             )
+            if not self.dry_run:  # Graph listed the mailbox's folders, and this one is not among them
+                retire_gone_folder(self.store, self.mailbox, path)
             return
         self.result.folders_checked += 1
         with self.store.transaction():

@@ -231,3 +231,60 @@ def test_a_folder_larger_than_one_search_window_is_searched_in_windows_of_letter
         assert proxy.commands.count("UID SEARCH") == 3  # 9 letters left: 4 + 4 + 1
         assert live_and_gone(env, box.id) == (live - set(sorted(live)[:2]), set(sorted(live)[:2]))
     check_consistent(env.store)
+
+
+def test_a_folder_gone_from_the_server_or_from_the_folder_list_has_its_locations_marked_gone(tmp_path, imap_user):
+    deliver_sample(imap_user)
+    archive_folder(imap_user, 20)
+    imap_user.dovecot.deliver(imap_user.login, "Archyvas", sample.letter(
+        "x@spam.example", sample.STAFF, "Spam", "x", message_id="<spam-archyvas@spam.example>"))
+    env = Env(tmp_path)
+    dc = imap_user.dovecot
+    q = env.store.db.execute
+
+    def rows(table: str, folder: str) -> int:
+        return q(f"SELECT count(*) FROM {table} WHERE mailbox_id = ? AND folder = ?", [box.id, folder]).fetchone()[0]
+
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("INBOX", "Archyvas"))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        assert env.run().ok
+        archived, _ = live_and_gone(env, box.id, "Archyvas")
+        inbox, _ = live_and_gone(env, box.id, "INBOX")
+        assert (len(archived), rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (20, 1, 1)
+
+        # Unreadable for a moment (the connection drops at its STATUS): nothing is marked gone.
+        proxy.reset()
+        assert env.run().ok
+        at = [i for i, name in enumerate(proxy.commands, 1) if name == "STATUS"][1]
+        proxy.reset(Fault("drop", at=at))
+        assert not env.run().ok
+        assert live_and_gone(env, box.id, "Archyvas") == (archived, set())
+        assert (rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (1, 1)
+
+        # Renamed on the server: LIST no longer returns it, so its places are gone; the letters stay.
+        letters = env.store.db["letters"].count
+        dc.rename_folder(imap_user.login, "Archyvas", "Archyvas-2024")
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert not m.ok and m.errors[0].startswith("folder 'Archyvas' cannot be read ("), m.errors
+        assert live_and_gone(env, box.id, "Archyvas") == (set(), archived)
+        assert (rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (0, 0)
+        assert live_and_gone(env, box.id, "INBOX") == (inbox, set())
+        assert env.store.db["letters"].count == letters
+        some = q("SELECT letter_id FROM letter_locations WHERE folder = 'Archyvas'").fetchone()[0]
+        assert all(loc["gone_at"] for loc in env.store.letter(some)["locations"])
+
+        # Chosen again under its new name: read from the start, nothing stored or linked twice.
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, False, 10)
+        m = env.run().mailboxes[0]
+        assert (m.ok, m.archived, m.linked, m.skipped) == (True, 0, 0, 1), m.errors
+        assert len(live_and_gone(env, box.id, "Archyvas-2024")[0]) == 20
+
+        # Taken off the folder list: the next pass marks its places gone, and drops its state and skipped rows.
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX"]}, False, 10)
+        assert env.run().ok
+        assert live_and_gone(env, box.id, "Archyvas-2024") == (set(), set(range(1, 21)))
+        assert (rows("skipped_letters", "Archyvas-2024"), rows("folder_states", "Archyvas-2024")) == (0, 0)
+        assert live_and_gone(env, box.id, "INBOX") == (inbox, set())
+    check_consistent(env.store)
