@@ -43,8 +43,9 @@ from hanna_sync.backfill import LetterKeys, SkipIndex, load_skip_index
 from hanna_sync.relink import after_pass, linking_settings, verify_index
 from hanna_sync.directory import build_directory
 from hanna_sync.match import Directory, Link, inherited_links, match
+from hanna_sync.addresses import normalise_email
 from hanna_sync.message import (
-    ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
+    Keep, ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
 )
 from hanna_sync.retention import apply_retention, refused
 from hanna_sync.store import FolderState, Mailbox, Store, participants_of, utcnow
@@ -381,6 +382,13 @@ def scan_mailbox(
     return result
 
 
+def keeping(links: list[Link]) -> Keep:
+    """The parser's `keep` for a matched letter: the addresses that link it, so that they are parsed and
+    stored (and relink finds them) even past the first MAX_ADDRESSES_PER_HEADER recipients of a header."""
+    addresses = {link.address for link in links if link.rule != "thread"}
+    return lambda address: normalise_email(address) in addresses
+
+
 def would_link(store: Store, counted: set[str], candidates: list[tuple[str | None, list[Link]]]) -> int:
     """--dry-run's `linked`: the letters a pass would give a link they do not have, each once (a letter
     in two folders, or archived from another mailbox with the same links, is not counted again)."""
@@ -694,10 +702,11 @@ class FolderScanner:
         directory = self.directory.get()
         flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
         parsed: dict[int, ParsedLetter] = {}
+        keep: dict[int, Keep] = {}  # the addresses the prefilter matched, wherever in the header they are
 
         def headers(uid: int) -> ParsedLetter:
             if uid not in parsed:
-                parsed[uid] = parse_headers_only(fetched[uid][1], charset)
+                parsed[uid] = parse_headers_only(fetched[uid][1], charset, keep.get(uid))
             return parsed[uid]
 
         def may_link(uid: int) -> bool:
@@ -706,7 +715,9 @@ class FolderScanner:
         links: dict[int, list[Link]] = {}
         for uid in fetched:
             # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
-            if match(tokens[uid], directory, *flags):
+            prefiltered = match(tokens[uid], directory, *flags)
+            if prefiltered:
+                keep[uid] = keeping(prefiltered)
                 found = match(participants_of(headers(uid)), directory, *flags)
                 if found and may_link(uid):
                     links[uid] = found
@@ -752,10 +763,11 @@ class FolderScanner:
             ("BODY.PEEK[HEADER]", b"BODY[HEADER]", parse_headers_only),
         ):
             uids = [c.uid for c in candidates if (c.size <= limit) == (parse is parse_letter)]
+            keep = {c.uid: keeping(c.links) for c in candidates}
             if uids:
                 for uid, data in self.client.fetch(uids, [item]).items():
                     raw = data.get(key) or b""
-                    out[uid] = (parse(raw, charset), raw)
+                    out[uid] = (parse(raw, charset, keep.get(uid)), raw)
         for c in candidates:
             if c.identity is None and c.uid in out:
                 c.identity = f"sha256:{fingerprint(out[c.uid][1])}"
@@ -994,14 +1006,15 @@ class GraphScanner:
 
         Letters without a Message-ID get their identity here, from a fingerprint of their content, as over IMAP.
         """
-        out = self._download([c.envelope.id for c in candidates])
+        out = self._download({c.envelope.id: keeping(c.links) for c in candidates})
         for c in candidates:
             if c.identity is None and c.envelope.id in out:
                 c.identity = f"sha256:{fingerprint(out[c.envelope.id][1].raw)}"
         return out
 
-    def _download(self, graph_ids: list[str]) -> dict[str, tuple[ParsedLetter, Mime]]:
-        """Originals by immutable id, parsed, at most MAX_IN_FLIGHT at once; those gone are left out."""
+    def _download(self, graph_ids: dict[str, Keep]) -> dict[str, tuple[ParsedLetter, Mime]]:
+        """Originals by immutable id, parsed (keeping the addresses that link each, however many
+        recipients it has), at most MAX_IN_FLIGHT at once; those gone are left out."""
         limit = self.config.max_letter_bytes
         charset = self.mailbox.imap_charset
 
@@ -1010,7 +1023,8 @@ class GraphScanner:
                 mime = self.graph.mime(graph_id, limit)
             except MessageGone:
                 return None
-            return graph_id, (parse_headers_only if mime.truncated else parse_letter)(mime.raw, charset), mime
+            parse = parse_headers_only if mime.truncated else parse_letter
+            return graph_id, parse(mime.raw, charset, graph_ids[graph_id]), mime
 
         out: dict[str, tuple[ParsedLetter, Mime]] = {}
         with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:

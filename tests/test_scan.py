@@ -105,6 +105,31 @@ def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap
     assert env.store.db["links"].count == links_before
 
 
+def test_a_customer_after_the_first_thousand_recipients_still_links_and_keeps_its_link(env, imap_user):
+    """A mailing of 60,000 recipients (a 2.3 MB To header) whose last one is a customer's contact."""
+    from hanna_sync.relink import relink
+
+    fillers = [b"recipient-%05d@list-server.example" % i for i in range(59_999)]
+    raw = (b"From: " + sample.STAFF.encode() + b"\r\nTo: " + b",\r\n ".join(fillers + [b"Ruta <ruta@azuolas.lt>"])
+           + b"\r\nSubject: Kvietimas\r\nMessage-ID: <mailing@imone.lt>\r\nDate: Mon, 3 Mar 2025 10:00:00 +0200"
+           + b"\r\n\r\nSveiki.\r\n")
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", raw)
+    env.add(imap_user, folders=("INBOX",))
+
+    m = env.run().mailboxes[0]
+    assert (m.ok, m.archived, m.linked) == (True, 1, 1), m.errors
+    (card,) = env.store.letters(customer="C-1001")
+    assert card["subject"] == "Kvietimas"
+    assert [(l["entity_id"], l["rule"], l["address"]) for l in env.store.links_of(card["id"])] == [
+        ("C-1001", "customer_contact", "ruta@azuolas.lt")]
+    participants, to_addrs = env.store.db.execute(
+        "SELECT participants, to_addrs FROM letters WHERE id = ?", [card["id"]]).fetchone()
+    assert "ruta@azuolas.lt" in json.loads(participants) and "ruta@azuolas.lt" in json.loads(to_addrs)
+    assert len(json.loads(to_addrs)) == 1001  # the first 1,000 recipients, and the one that links it
+    relinked = relink(env.store, env.config, env.secrets)  # from the stored participants: the link stays
+    assert relinked.links_removed == 0 and len(env.store.links_of(card["id"])) == 1
+
+
 def test_letters_query_gives_the_customer_card(env, imap_user):
     deliver_sample(imap_user)
     env.add(imap_user)
