@@ -83,7 +83,8 @@ MAX_MIME_DEPTH = 50
 MAX_PARTS = 1000
 #: body_text is cut to this many characters (1 MB of text is far more than any human letter).
 MAX_BODY_TEXT_CHARS = 1_000_000
-#: Addresses kept per address header (all occurrences of that header together).
+#: Addresses kept per address header (all occurrences of that header together), plus those the caller
+#: asks to keep (`keep`: the scan's matched addresses, found anywhere in the header by `address_tokens`).
 MAX_ADDRESSES_PER_HEADER = 1000
 #: Header fields kept per MIME entity; more are skipped (still scanned to find the body).
 MAX_HEADER_FIELDS = 10_000
@@ -91,7 +92,8 @@ MAX_HEADER_FIELDS = 10_000
 MAX_HEADER_LINES = 200_000
 #: Raw bytes of one unstructured header (Subject, List-Id, ...) that are decoded.
 MAX_HEADER_TEXT_BYTES = 64 * 1024
-#: Raw bytes of one address header that are parsed (1000 addresses fit easily).
+#: Raw bytes of one address header that are parsed (1000 addresses fit easily); with `keep`, the rest is
+#: read too, for those addresses only.
 MAX_ADDRESS_HEADER_BYTES = 256 * 1024
 #: Raw bytes of Content-Type / Content-Disposition that are parsed for parameters.
 MAX_PARAM_HEADER_BYTES = 16 * 1024
@@ -105,6 +107,8 @@ MAX_HEADER_TEXT_CHARS = 16 * 1024
 MAX_NAME_CHARS = 1024
 #: Longest e-mail address / message id accepted.
 MAX_ID_CHARS = 998
+
+Keep = Callable[[str], bool]  # whether an address (as written) is kept past the per-header bounds
 
 _BASELINE_CHARSET = "cp1257"  # windows-1257: the Baltic code page most Lithuanian mail falls back to
 
@@ -163,28 +167,30 @@ class ParsedLetter:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_letter(raw: bytes, fallback_charset: str | None = None) -> ParsedLetter:
+def parse_letter(raw: bytes, fallback_charset: str | None = None, keep: Keep | None = None) -> ParsedLetter:
     """Parse a whole letter.  Never raises; unparseable parts come back empty.
 
     `fallback_charset` is the mailbox's configured IMAP charset: it is tried for undeclared or
     lying 8-bit text after the declared charset and UTF-8, and ignored if it is not a valid codec.
+    `keep` says which addresses past MAX_ADDRESSES_PER_HEADER (or MAX_ADDRESS_HEADER_BYTES) are
+    kept all the same: the one that links the letter may be its 60,000th recipient.
     If an unexpected internal error happens anyway, the letter is returned as parsed from its
     headers only (with body_skipped=True, since the body was not read) rather than lost.
     """
     try:
-        return _parse(raw, fallback_charset, headers_only=False)
+        return _parse(raw, fallback_charset, headers_only=False, keep=keep)
     except Exception:  # pragma: no cover - defence in depth, every step is guarded already
-        return parse_headers_only(raw, fallback_charset)
+        return parse_headers_only(raw, fallback_charset, keep)
 
 
-def parse_headers_only(raw_headers: bytes, fallback_charset: str | None = None) -> ParsedLetter:
+def parse_headers_only(raw_headers: bytes, fallback_charset: str | None = None, keep: Keep | None = None) -> ParsedLetter:
     """Parse only the header block, for letters over the size limit.
 
     The caller fetched just the headers (e.g. IMAP BODY.PEEK[HEADER]); anything after the first
     blank line is ignored.  body_skipped=True tells the archive the body was deliberately not read.
     """
     try:
-        return _parse(raw_headers, fallback_charset, headers_only=True)
+        return _parse(raw_headers, fallback_charset, headers_only=True, keep=keep)
     except Exception:  # pragma: no cover - defence in depth
         return ParsedLetter(message_id=None, date_utc=None, subject="", body_skipped=True)
 
@@ -200,10 +206,12 @@ def address_tokens(raw_headers: bytes) -> list[str]:
 
     The scan's prefilter. Nine letters in ten concern nobody, and finding that out needs no display
     names, no RFC 2047 decoding and no group syntax: if no token matches the directory, neither does
-    any real address. A letter that passes is parsed properly (`parse_headers_only`) and matched again.
+    any real address. A letter that passes is parsed properly (`parse_headers_only`, keeping the
+    matched addresses past its bounds) and matched again. A byte scan, linear in the header's size:
+    the whole header is scanned, so a customer after the first 1,000 recipients is found too.
     """
     out: list[str] = []
-    for field_match in _ADDRESS_FIELD_RE.finditer(raw_headers[:MAX_ADDRESS_HEADER_BYTES * 8]):
+    for field_match in _ADDRESS_FIELD_RE.finditer(raw_headers):
         for token in _ADDRESS_TOKEN_RE.findall(field_match.group(1)):
             out.append(token.decode("utf-8", "replace"))
     return out
@@ -1306,8 +1314,10 @@ def _finish_mailbox(
     return Address(name=name, email=email)
 
 
-def _parse_addresses(values: list[bytes], fallback: str | None) -> list[Address]:
-    """Parse all occurrences of one address header, keeping at most MAX_ADDRESSES_PER_HEADER.
+def _parse_addresses(values: list[bytes], fallback: str | None, keep: Keep | None = None) -> list[Address]:
+    """Parse all occurrences of one address header, keeping at most MAX_ADDRESSES_PER_HEADER, and
+    past that (or past MAX_ADDRESS_HEADER_BYTES) the addresses `keep` asks for: then the whole header
+    is read, and the list stays bounded by what the caller keeps.
 
     Tolerates what real mail contains: groups ("undisclosed-recipients:;"), comments as names,
     encoded words inside quotes, missing '>' or quotes, bare "Name a@b" without brackets.
@@ -1315,9 +1325,11 @@ def _parse_addresses(values: list[bytes], fallback: str | None) -> list[Address]
     out: list[Address] = []
     budget = MAX_ADDRESS_HEADER_BYTES
     for raw in values:
-        if budget <= 0 or len(out) >= MAX_ADDRESSES_PER_HEADER:
+        if keep is None and (budget <= 0 or len(out) >= MAX_ADDRESSES_PER_HEADER):
             break
-        raw = raw[:budget]
+        within = max(budget, 0)  # characters of this value inside the byte bound
+        if keep is None:
+            raw = raw[:budget]
         budget -= len(raw)
         s = raw.decode("latin-1")  # 1:1 bytes<->chars; real decoding happens per token
         phrase: list[str] = []
@@ -1330,11 +1342,13 @@ def _parse_addresses(values: list[bytes], fallback: str | None) -> list[Address]
             nonlocal phrase, comments, angle
             if phrase or angle is not None or comments:
                 addr = _finish_mailbox(phrase, angle, comments, fallback)
-                if addr is not None:
+                if addr is not None and (
+                        (len(out) < MAX_ADDRESSES_PER_HEADER and i <= within)
+                        or (keep is not None and addr.email and keep(addr.email))):
                     out.append(addr)
             phrase, comments, angle = [], [], None
 
-        while i < n and len(out) < MAX_ADDRESSES_PER_HEADER:
+        while i < n and (len(out) < MAX_ADDRESSES_PER_HEADER or keep is not None):
             m = _ADDR_SPECIAL_RE.search(s, i)
             if m is None:
                 phrase.append(s[i:])
@@ -1389,7 +1403,7 @@ def _parse_addresses(values: list[bytes], fallback: str | None) -> list[Address]
             else:  # stray '>' or ')'
                 i = j + 1
         finish()
-    return out[:MAX_ADDRESSES_PER_HEADER]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1503,13 +1517,13 @@ def _lower_or_none(s: str | None) -> str | None:
     return s.lower() if s is not None else None
 
 
-def _parse(raw: object, fallback: object, headers_only: bool) -> ParsedLetter:
+def _parse(raw: object, fallback: object, headers_only: bool, keep: Keep | None = None) -> ParsedLetter:
     fb = fallback if isinstance(fallback, str) else None
     data = _normalize_newlines(_to_bytes(raw))
     headers, body_start = _guard(([], len(data)), _parse_header_block, data, 0, len(data))
 
     def addrs(name: str) -> list[Address]:
-        return _guard([], _parse_addresses, _all(headers, name), fb)
+        return _guard([], _parse_addresses, _all(headers, name), fb, keep)
 
     in_reply = _guard([], _ids, _first(headers, "in-reply-to"), 1)
     body_text = ""

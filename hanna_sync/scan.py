@@ -43,8 +43,9 @@ from hanna_sync.backfill import LetterKeys, SkipIndex, load_skip_index
 from hanna_sync.relink import after_pass, linking_settings, verify_index
 from hanna_sync.directory import build_directory
 from hanna_sync.match import Directory, Link, inherited_links, match
+from hanna_sync.addresses import normalise_email
 from hanna_sync.message import (
-    ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
+    Keep, ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
 )
 from hanna_sync.retention import apply_retention, refused
 from hanna_sync.status import DatabaseWarning, database_warning, record_database_warning
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 # the ids of the letters it answers (thread links), and what marks it as sent by a program. Everything
 # else comes from the whole letter, fetched for the matched ones only.
 HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
-SEARCH_WINDOW = 20_000  # UIDs per SEARCH: keeps a response line far below imaplib's 1 MB cap
+SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
 MAX_BACKOFF = timedelta(days=1)
 BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
 
@@ -103,7 +104,7 @@ class MailboxResult:
     folders_checked: int = 0
     new: int = 0  # letters the pass looked at for the first time
     archived: int = 0  # letters stored for the first time
-    linked: int = 0  # letters that got at least one link (new or already archived elsewhere)
+    linked: int = 0  # letters that got a link they did not have (archived now, or earlier from elsewhere)
     skipped: int = 0  # letters concerning no customer or lead: counted, not stored
     remapped: int = 0  # letters found again under a new UIDVALIDITY
     gaps: int = 0  # letters the gap check found never looked at (and then read)
@@ -358,6 +359,8 @@ def scan_mailbox(
     assert mailbox.id is not None
     result = MailboxResult(mailbox.id, mailbox.email)
     started = time.monotonic()
+    if not dry_run:
+        retire_unchosen_folders(store, mailbox)
     try:
         with open_scanner(store, secrets, config, mailbox, directory, result, dry_run, progress, deadline) as scanner:
             for folder in mailbox.folders:
@@ -390,6 +393,55 @@ def scan_mailbox(
     return result
 
 
+def keeping(links: list[Link]) -> Keep:
+    """The parser's `keep` for a matched letter: the addresses that link it, so that they are parsed and
+    stored (and relink finds them) even past the first MAX_ADDRESSES_PER_HEADER recipients of a header."""
+    addresses = {link.address for link in links if link.rule != "thread"}
+    return lambda address: normalise_email(address) in addresses
+
+
+def would_link(store: Store, counted: set[str], candidates: list[tuple[str | None, list[Link]]]) -> int:
+    """--dry-run's `linked`: the letters a pass would give a link they do not have, each once (a letter
+    in two folders, or archived from another mailbox with the same links, is not counted again)."""
+    with store.transaction():
+        known = store.letter_ids([identity for identity, _ in candidates if identity])
+        have = {i: {(l["entity_type"], l["entity_id"]) for l in store.links_of(known[i])} for i in known}
+    count = 0
+    for identity, links in candidates:
+        if identity is not None and identity in counted:
+            continue
+        if {(l.entity_type, l.entity_id) for l in links} - have.get(identity or "", set()):
+            count += 1
+            if identity is not None:
+                counted.add(identity)
+    return count
+
+
+def retire_unchosen_folders(store: Store, mailbox: Mailbox) -> None:
+    """Folders scanned before but no longer in the mailbox's folder list (`edit-mailbox --folder`): their
+    locations are marked gone, as for a folder gone from the server. Every folder that holds locations or
+    skipped letters has a state row (written in the same transactions), so the state rows say which."""
+    assert mailbox.id is not None
+    with store.transaction():
+        for state in store.folder_states(mailbox.id):
+            if state.folder not in mailbox.folders:
+                gone = store.retire_folder(mailbox.id, state.folder)
+                log.warning("mailbox %s: folder '%s' is no longer scanned: %d locations of its letters are marked"
+                            " gone (the letters stay)", mailbox.id, state.folder, gone)
+
+
+def retire_gone_folder(store: Store, mailbox: Mailbox, folder: str) -> None:
+    """A chosen folder the server no longer lists: renamed or deleted there. Its locations are marked gone
+    at once, so `show` does not name a place the letter is no longer in; the pass still fails for it until
+    the folder list is fixed (a renamed folder chosen again under its new name is read from the start)."""
+    assert mailbox.id is not None
+    with store.transaction():
+        gone = store.retire_folder(mailbox.id, folder)
+    if gone is not None:  # said once, not at every pass until the folder list is fixed
+        log.warning("mailbox %s: folder '%s' is no longer on the server (renamed or deleted): %d locations of its"
+                    " letters are marked gone (the letters stay)", mailbox.id, folder, gone)
+
+
 @dataclass
 class Candidate:
     """A new letter that concerns the directory, waiting for its body."""
@@ -413,6 +465,7 @@ class FolderScanner:
         self.client, self.result, self.dry_run, self.progress = client, result, dry_run, progress
         self.deadline = deadline
         self.condstore = b"CONDSTORE" in client.capabilities()
+        self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
         assert mailbox.id is not None
         with store.transaction():
@@ -430,6 +483,8 @@ class FolderScanner:
                 f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
                 f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
             )
+            if not self.dry_run and not self._listed(folder):
+                retire_gone_folder(self.store, self.mailbox, folder)
             return
         self.result.folders_checked += 1
         with self.store.transaction():
@@ -458,10 +513,11 @@ class FolderScanner:
         state.server_messages = messages
         remapped_before = self.result.remapped
         seen = UidSet.parse(state.seen_uids)
-        self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        selected = self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        exists = int(selected.get(b"EXISTS", messages))
 
         if (gap_check_due or expunged) and state.last_uid > 0:
-            present = self._uids_between(1, state.last_uid)
+            present = self._uids_between(1, state.last_uid, exists)
             if not self.dry_run:
                 with self.store.transaction():
                     gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
@@ -480,7 +536,7 @@ class FolderScanner:
             state.gap_checked_at = utcnow()
             self.result.gaps += len(missing)
 
-        uids = self._uids_between(state.last_uid + 1, uidnext - 1)
+        uids = self._uids_between(state.last_uid + 1, uidnext - 1, exists)
         if not self._process(folder, state, seen, uids, moves_high_water=True):
             return
         # The folder is done to UIDNEXT: only now may a later pass skip it as unchanged.
@@ -500,6 +556,15 @@ class FolderScanner:
         if self.remapping:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
+
+    def _listed(self, folder: str) -> bool:
+        """Whether the server's LIST still returns the folder. Only a LIST that answers without it says a
+        folder is gone: when LIST fails too (the connection dropped), the folder may well still be there."""
+        try:
+            names = {f.name for f in imap.list_folders(self.client)}
+        except (IMAPClientError, OSError, ssl.SSLError, socket.timeout):
+            return True
+        return folder in names or (folder.upper() == "INBOX" and any(n.upper() == "INBOX" for n in names))
 
     @staticmethod
     def _expunged(state: FolderState, uidvalidity: int, uidnext: int, messages: int) -> bool:
@@ -536,15 +601,29 @@ class FolderScanner:
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
         return items + [b"HIGHESTMODSEQ"] if self.condstore else items
 
-    def _uids_between(self, low: int, high: int) -> list[int]:
-        """UIDs in [low, high] on the server, found by SEARCH in windows (never one huge SEARCH ALL)."""
-        uids: list[int] = []
-        while low <= high:
-            top = min(low + SEARCH_WINDOW - 1, high)
-            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the window.
-            uids.extend(u for u in self.client.search(["UID", f"{low}:{top}"]) if low <= u <= top)
-            low = top + 1
-        return sorted(set(uids))
+    def _uids_between(self, low: int, high: int, exists: int) -> list[int]:
+        """UIDs in [low, high] on the server, in as many SEARCHes as the answer needs, never as the UIDs'
+        span would: a folder of two letters at UID 3,000,000 (Gmail's All Mail) is one round trip.
+
+        One `UID SEARCH UID low:high` when at most SEARCH_WINDOW UIDs can come back (the folder holds
+        `exists` letters, the range has high - low + 1 UIDs). Else windows of SEARCH_WINDOW sequence numbers
+        with the same UID range, from the top down: a letter expunged meanwhile moves the others down, into
+        a window still to come, never past it (one seen twice is counted once).
+        """
+        if low > high:
+            return []
+        span = f"{low}:{high}"
+        if min(exists, high - low + 1) <= SEARCH_WINDOW:
+            windows = [["UID", span]]
+        else:
+            tops = range(exists, 0, -SEARCH_WINDOW)
+            windows = [[f"{max(1, top - SEARCH_WINDOW + 1)}:{'*' if top == exists else top}", "UID", span]
+                       for top in tops]
+        uids: set[int] = set()
+        for criteria in windows:
+            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the range.
+            uids.update(u for u in self.client.search(criteria) if low <= u <= high)
+        return sorted(uids)
 
     def _batch(
         self, folder: str, state: FolderState, seen: UidSet, uids: list[int], moves_high_water: bool, backfill: bool,
@@ -555,7 +634,9 @@ class FolderScanner:
         the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
         those the server no longer has leave it too.
         """
-        fetched = imap.fetch_header_fields(self.client, uids, HEADER_FIELDS)
+        # A dry run lists each matched letter with its subject: one more field in the same FETCH.
+        fields = HEADER_FIELDS + " SUBJECT" if self.dry_run else HEADER_FIELDS
+        fetched = imap.fetch_header_fields(self.client, uids, fields)
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
         tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
@@ -568,11 +649,10 @@ class FolderScanner:
             self.result.skipped += len(skipped)
 
         if self.dry_run:
-            subjects = self._subjects([c.uid for c in candidates])
+            self.result.linked += would_link(self.store, self.dry_linked, [(c.identity, c.links) for c in candidates])
             for c in candidates:
-                self.result.linked += 1
                 self.result.would_archive.append({
-                    "folder": folder, "uid": c.uid, "subject": subjects.get(c.uid, ""),
+                    "folder": folder, "uid": c.uid, "subject": c.headers.subject,
                     "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],
                 })
             return
@@ -604,8 +684,9 @@ class FolderScanner:
                 elif self.remapping:
                     self.result.remapped += 1
                 self.store.add_location(letter_id, self.mailbox.id, folder, state.uidvalidity, c.uid)
-                self.store.add_links(letter_id, c.links)
-                self.result.linked += 1
+                # A letter, not a location: found again in another folder (Gmail's labels, a renamed
+                # folder) or mailbox, it counts only when it gets a link it did not have.
+                self.result.linked += int(self.store.add_links(letter_id, c.links) > 0)
                 self.result.backfilled += int(backfill)
             if index is not None and skipped_keys:
                 self.directory.remember_directory(index)
@@ -632,10 +713,11 @@ class FolderScanner:
         directory = self.directory.get()
         flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
         parsed: dict[int, ParsedLetter] = {}
+        keep: dict[int, Keep] = {}  # the addresses the prefilter matched, wherever in the header they are
 
         def headers(uid: int) -> ParsedLetter:
             if uid not in parsed:
-                parsed[uid] = parse_headers_only(fetched[uid][1], charset)
+                parsed[uid] = parse_headers_only(fetched[uid][1], charset, keep.get(uid))
             return parsed[uid]
 
         def may_link(uid: int) -> bool:
@@ -644,7 +726,9 @@ class FolderScanner:
         links: dict[int, list[Link]] = {}
         for uid in fetched:
             # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
-            if match(tokens[uid], directory, *flags):
+            prefiltered = match(tokens[uid], directory, *flags)
+            if prefiltered:
+                keep[uid] = keeping(prefiltered)
                 found = match(participants_of(headers(uid)), directory, *flags)
                 if found and may_link(uid):
                     links[uid] = found
@@ -677,16 +761,6 @@ class FolderScanner:
             candidates.append(Candidate(uid, headers(uid), links[uid], fetched[uid][0], identity))
         return candidates
 
-    def _subjects(self, uids: list[int]) -> dict[int, str]:
-        """Subjects for --dry-run's list (a real pass reads them from the whole letter)."""
-        if not uids:
-            return {}
-        fetched = self.client.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
-        return {
-            uid: parse_headers_only(next(iter(data.values()), b"") or b"", self.mailbox.imap_charset).subject
-            for uid, data in fetched.items()
-        }
-
     def _fetch_bodies(self, candidates: list[Candidate]) -> dict[int, tuple[ParsedLetter, bytes]]:
         """Whole letters for the matched ones; headers only for those over the size limit.
 
@@ -700,10 +774,11 @@ class FolderScanner:
             ("BODY.PEEK[HEADER]", b"BODY[HEADER]", parse_headers_only),
         ):
             uids = [c.uid for c in candidates if (c.size <= limit) == (parse is parse_letter)]
+            keep = {c.uid: keeping(c.links) for c in candidates}
             if uids:
                 for uid, data in self.client.fetch(uids, [item]).items():
                     raw = data.get(key) or b""
-                    out[uid] = (parse(raw, charset), raw)
+                    out[uid] = (parse(raw, charset, keep.get(uid)), raw)
         for c in candidates:
             if c.identity is None and c.uid in out:
                 c.identity = f"sha256:{fingerprint(out[c.uid][1])}"
@@ -798,6 +873,7 @@ class GraphScanner:
         self.graph, self.result, self.dry_run, self.progress = graph, result, dry_run, progress
         self.deadline = deadline
         self._folders: dict[str, GraphFolder] | None = None
+        self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         assert mailbox.id is not None
         with store.transaction():
             self.wanted = store.wanted_graph(mailbox.id)  # skipped letters a directory change made worth a look
@@ -818,6 +894,8 @@ class GraphScanner:
                 f"folder '{path}' is not in the mailbox: renamed or deleted? 'hanna-sync folders {self.mailbox.id}'"
                 f" lists the folders, 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
             )
+            if not self.dry_run:  # Graph listed the mailbox's folders, and this one is not among them
+                retire_gone_folder(self.store, self.mailbox, path)
             return
         self.result.folders_checked += 1
         with self.store.transaction():
@@ -939,14 +1017,15 @@ class GraphScanner:
 
         Letters without a Message-ID get their identity here, from a fingerprint of their content, as over IMAP.
         """
-        out = self._download([c.envelope.id for c in candidates])
+        out = self._download({c.envelope.id: keeping(c.links) for c in candidates})
         for c in candidates:
             if c.identity is None and c.envelope.id in out:
                 c.identity = f"sha256:{fingerprint(out[c.envelope.id][1].raw)}"
         return out
 
-    def _download(self, graph_ids: list[str]) -> dict[str, tuple[ParsedLetter, Mime]]:
-        """Originals by immutable id, parsed, at most MAX_IN_FLIGHT at once; those gone are left out."""
+    def _download(self, graph_ids: dict[str, Keep]) -> dict[str, tuple[ParsedLetter, Mime]]:
+        """Originals by immutable id, parsed (keeping the addresses that link each, however many
+        recipients it has), at most MAX_IN_FLIGHT at once; those gone are left out."""
         limit = self.config.max_letter_bytes
         charset = self.mailbox.imap_charset
 
@@ -955,7 +1034,8 @@ class GraphScanner:
                 mime = self.graph.mime(graph_id, limit)
             except MessageGone:
                 return None
-            return graph_id, (parse_headers_only if mime.truncated else parse_letter)(mime.raw, charset), mime
+            parse = parse_headers_only if mime.truncated else parse_letter
+            return graph_id, parse(mime.raw, charset, graph_ids[graph_id]), mime
 
         out: dict[str, tuple[ParsedLetter, Mime]] = {}
         with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
@@ -1002,8 +1082,7 @@ class GraphScanner:
                 batch.known[c.identity] = letter_id
                 self.result.archived += int(created)
             self.store.add_graph_location(letter_id, self.mailbox.id, path, c.envelope.id)
-            self.store.add_links(letter_id, c.links)
-            self.result.linked += 1
+            self.result.linked += int(self.store.add_links(letter_id, c.links) > 0)  # letters, as over IMAP
             self.result.backfilled += int(state is None)
         if batch.index is not None and skipped:
             self.directory.remember_directory(batch.index)
@@ -1036,8 +1115,8 @@ class GraphScanner:
                 self.store.forget_skipped_graph(self.mailbox.id, path, archived + [i for i in ids if i not in found])
 
     def _would_archive(self, path: str, candidates: list[GraphCandidate]) -> None:
+        self.result.linked += would_link(self.store, self.dry_linked, [(c.identity, c.links) for c in candidates])
         for c in candidates:
-            self.result.linked += 1
             self.result.would_archive.append({
                 "folder": path, "uid": None, "graph_id": c.envelope.id, "subject": c.envelope.subject,
                 "links": [f"{l.entity_type} {l.entity_id} ({l.rule})" for l in c.links],

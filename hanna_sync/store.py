@@ -961,6 +961,21 @@ class Store:
             list(row.values()),
         )
 
+    def retire_folder(self, mailbox_id: int, folder: str) -> int:
+        """A folder that is no longer scanned: gone from the server (LIST no longer returns it: renamed
+        or deleted) or from the mailbox's folder list. Its live locations are marked gone (the letters
+        stay in the archive), its state row and its skipped letters go (their keys are left to
+        `drop_orphan_keys`). Chosen again later, it is read from the start. Returns how many locations were
+        marked, None when the folder had no state row (retired before, or never scanned)."""
+        marked = self.db.execute(
+            "UPDATE letter_locations SET gone_at = ? WHERE mailbox_id = ? AND folder = ? AND gone_at IS NULL",
+            [utcnow(), mailbox_id, folder],
+        ).rowcount
+        self.db.execute("DELETE FROM skipped_letters WHERE mailbox_id = ? AND folder = ?", [mailbox_id, folder])
+        had_state = self.db.execute(
+            "DELETE FROM folder_states WHERE mailbox_id = ? AND folder = ?", [mailbox_id, folder]).rowcount
+        return marked if had_state or marked else None
+
     def mark_locations_gone(self, mailbox_id: int, folder: str, uidvalidity: int) -> int:
         """Locations under a UIDVALIDITY the server has dropped: their UIDs no longer mean anything."""
         cursor = self.db.execute(

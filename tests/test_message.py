@@ -26,6 +26,7 @@ from hanna_sync.message import (
     Address,
     Attachment,
     ParsedLetter,
+    address_tokens,
     fingerprint,
     parse_headers_only,
     parse_letter,
@@ -298,6 +299,22 @@ def test_address_cap() -> None:
     p = parse_letter(b"To: " + many + b"\n\n")
     assert len(p.to) == MAX_ADDRESSES_PER_HEADER
     assert p.to[0].email == "u0@x.lt"
+
+
+def test_an_address_past_the_caps_is_found_by_the_prefilter_and_kept_when_asked() -> None:
+    """The 60,000th recipient, 2.3 MB into a folded header: the byte prefilter sees it, and the parser
+    keeps it (and only it) past MAX_ADDRESSES_PER_HEADER and MAX_ADDRESS_HEADER_BYTES when asked to."""
+    fillers = [b"recipient-%05d@list-server.example" % i for i in range(59_999)]
+    header = b"To: " + b",\r\n ".join(fillers + [b"Ruta <Ruta@Azuolas.lt>"]) + b"\r\nSubject: x\r\n\r\n"
+    assert len(header) > 2 * 1024 * 1024
+
+    assert address_tokens(header)[-1] == "Ruta@Azuolas.lt" and len(address_tokens(header)) == 60_000
+    assert len(parse_headers_only(header).to) == MAX_ADDRESSES_PER_HEADER  # the bound stays
+    kept = parse_headers_only(header, keep=lambda a: a.lower() == "ruta@azuolas.lt")
+    assert len(kept.to) == MAX_ADDRESSES_PER_HEADER + 1
+    assert kept.to[-1] == Address("Ruta", "Ruta@Azuolas.lt") and kept.to[0].email == "recipient-00000@list-server.example"
+    whole = parse_letter(header + b"body\r\n", keep=lambda a: a.lower() == "ruta@azuolas.lt")
+    assert whole.to == kept.to and whole.subject == "x"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -875,3 +875,33 @@ def test_a_sign_in_of_another_account_than_the_mailboxs_gives_no_token(tmp_path,
     renamed = replace(box, email="ona@imone.lt", username=None)  # edited with --no-verify after the sign-in
     with pytest.raises(ReauthRequired, match="is another account's"):
         signer(env).token(renamed, oauth.GRAPH)
+
+
+def test_a_graph_folder_deleted_or_taken_off_the_folder_list_has_its_locations_marked_gone(tmp_path, ms):
+    graph_mailbox(ms)
+    ms.graph.deliver(STAFF, "Inbox/Projektai", letter("Rūta <ruta@azuolas.lt>", "Brėžiniai", "<plans@azuolas.lt>"))
+    env = o365_env(tmp_path, ms)
+    box, _ = add_scan(env, ms, folders=("Inbox", "Inbox/Projektai", "Sent Items"))
+    assert env.run().ok
+
+    def places(folder: str) -> tuple[int, int, int]:
+        """(live locations, gone locations, state rows) of a folder"""
+        return (count(env, f"SELECT count(*) FROM letter_locations WHERE folder = '{folder}' AND gone_at IS NULL"),
+                count(env, f"SELECT count(*) FROM letter_locations WHERE folder = '{folder}' AND gone_at IS NOT NULL"),
+                count(env, f"SELECT count(*) FROM folder_states WHERE folder = '{folder}'"))
+
+    inbox, sent = places("Inbox"), places("Sent Items")
+    assert places("Inbox/Projektai") == (1, 0, 1) and inbox[0] > 0 and sent[0] > 0
+
+    # Deleted in Outlook: Graph's folder list no longer has it.
+    projects = ms.graph.folder(STAFF, "Inbox/Projektai")
+    del ms.graph.mailboxes[STAFF.casefold()][projects.id]
+    m = env.run().mailboxes[0]
+    assert not m.ok and "folder 'Inbox/Projektai' is not in the mailbox" in m.errors[0], m.errors
+    assert places("Inbox/Projektai") == (0, 1, 0)
+    assert (places("Inbox"), places("Sent Items")) == (inbox, sent)
+
+    # Taken off the mailbox's folder list.
+    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["Inbox"]}, False, 10)
+    assert env.run().ok
+    assert places("Sent Items") == (0, sent[0], 0) and places("Inbox") == inbox

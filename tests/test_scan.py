@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -74,6 +75,61 @@ def test_second_pass_adds_nothing_and_new_mail_is_picked_up(env, imap_user):
     assert env.store.db["letters"].count == 9
 
 
+def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap_user):
+    """Gmail's layout (every letter in INBOX or Sent and again in All Mail), then a folder renamed on the
+    server and chosen again under its new name: `linked` counts letters that got links, once."""
+    from hanna_sync import mailboxes
+
+    dc = imap_user.dovecot
+    for folder, raw, flags in sample.mailbox_letters():
+        dc.deliver(imap_user.login, folder, raw, flags)
+        dc.deliver(imap_user.login, "Visi laiškai", raw, flags)
+    box = env.add(imap_user, folders=("INBOX", "Išsiųsti", "Visi laiškai"))
+    dry = env.run(dry_run=True).mailboxes[0]
+    assert (len(dry.would_archive), dry.linked) == (16, 8)  # every place listed, each letter counted once
+
+    result = env.run()
+    (m,) = result.mailboxes
+    assert m.ok, m.errors
+    linked_letters = env.store.db.execute("SELECT count(DISTINCT letter_id) FROM links").fetchone()[0]
+    assert (m.new, m.archived, m.linked) == (22, 8, 8) and linked_letters == 8
+    assert env.store.db["letter_locations"].count == 16
+    assert ", 8 archived, 8 linked," in result.summary_line()
+
+    dc.rename_folder(imap_user.login, "Visi laiškai", "Visi laiškai 2024")
+    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Išsiųsti", "Visi laiškai 2024"]}, False, 10)
+    links_before = env.store.db["links"].count
+    again = env.run().mailboxes[0]
+    assert again.ok, again.errors
+    assert (again.new, again.archived, again.linked) == (11, 0, 0)
+    assert env.store.db["links"].count == links_before
+
+
+def test_a_customer_after_the_first_thousand_recipients_still_links_and_keeps_its_link(env, imap_user):
+    """A mailing of 60,000 recipients (a 2.3 MB To header) whose last one is a customer's contact."""
+    from hanna_sync.relink import relink
+
+    fillers = [b"recipient-%05d@list-server.example" % i for i in range(59_999)]
+    raw = (b"From: " + sample.STAFF.encode() + b"\r\nTo: " + b",\r\n ".join(fillers + [b"Ruta <ruta@azuolas.lt>"])
+           + b"\r\nSubject: Kvietimas\r\nMessage-ID: <mailing@imone.lt>\r\nDate: Mon, 3 Mar 2025 10:00:00 +0200"
+           + b"\r\n\r\nSveiki.\r\n")
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", raw)
+    env.add(imap_user, folders=("INBOX",))
+
+    m = env.run().mailboxes[0]
+    assert (m.ok, m.archived, m.linked) == (True, 1, 1), m.errors
+    (card,) = env.store.letters(customer="C-1001")
+    assert card["subject"] == "Kvietimas"
+    assert [(l["entity_id"], l["rule"], l["address"]) for l in env.store.links_of(card["id"])] == [
+        ("C-1001", "customer_contact", "ruta@azuolas.lt")]
+    participants, to_addrs = env.store.db.execute(
+        "SELECT participants, to_addrs FROM letters WHERE id = ?", [card["id"]]).fetchone()
+    assert "ruta@azuolas.lt" in json.loads(participants) and "ruta@azuolas.lt" in json.loads(to_addrs)
+    assert len(json.loads(to_addrs)) == 1001  # the first 1,000 recipients, and the one that links it
+    relinked = relink(env.store, env.config, env.secrets)  # from the stored participants: the link stays
+    assert relinked.links_removed == 0 and len(env.store.links_of(card["id"])) == 1
+
+
 def test_letters_query_gives_the_customer_card(env, imap_user):
     deliver_sample(imap_user)
     env.add(imap_user)
@@ -101,7 +157,9 @@ def test_same_letter_in_two_mailboxes_is_stored_once_with_two_locations(env, ima
         env.add(user, folders=("INBOX",))
     result = env.run()
     assert sum(m.archived for m in result.mailboxes) == 2  # whichever mailbox came first stored them
-    assert [m.linked for m in result.mailboxes] == [2, 2]
+    # Linked once, by whichever mailbox came first: the other found them with their links already.
+    assert sorted(m.linked for m in result.mailboxes) == [0, 2]
+    assert env.store.db.execute("SELECT count(DISTINCT letter_id) FROM links").fetchone()[0] == 2
     assert env.store.db["letters"].count == 2
     assert env.store.db["letter_locations"].count == 4
 
@@ -185,6 +243,29 @@ def test_dry_run_writes_nothing(env, imap_user):
     assert env.store.db["letters"].count == 0
     assert env.store.db["folder_states"].count == 0
     assert env.store.db["scan_runs"].count == 0
+
+
+def test_dry_run_lists_each_letter_with_its_subject_in_the_table_and_in_json(env, imap_user):
+    from click.testing import CliRunner
+
+    from hanna_sync.cli import cli
+
+    deliver_sample(imap_user)
+    env.add(imap_user)
+    config = env.config_file()
+
+    as_json = CliRunner().invoke(cli, ["--config", str(config), "run", "--dry-run", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    listed = json.loads(as_json.stdout)["mailboxes"][0]["would_archive"]
+    shown = CliRunner().invoke(cli, ["--config", str(config), "run", "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+
+    env.run()  # the real pass: the subjects it archives are the ones the dry run must have shown
+    archived = sorted(s for (s,) in env.store.db.execute("SELECT subject FROM letters"))
+    assert len(archived) == 8 and "" not in archived
+    assert sorted(item["subject"] for item in listed) == archived
+    for subject in archived:
+        assert f"{subject!r} -> " in shown.output
 
 
 def test_killed_pass_then_rerun_equals_an_uninterrupted_pass(tmp_path, imap_user, dovecot):

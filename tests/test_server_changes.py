@@ -171,3 +171,120 @@ def test_thousands_of_letters_arriving_during_a_pass_are_all_archived_once(tmp_p
     env.store.save_folder_state(replace(state, gap_checked_at=OLD))
     assert env.run().mailboxes[0].gaps == 0
     check_consistent(env.store)
+
+
+def test_finding_letters_costs_round_trips_per_letters_not_per_uid_span(tmp_path, imap_user):
+    """Gmail's All Mail: two letters whose UIDs start at 3,000,000. The first pass and the gap check each
+    find them with one UID SEARCH (it was one per 20,000 UIDs of the span: 150 round trips)."""
+    dc = imap_user.dovecot
+    dc.create_folder(imap_user.login, "Visi laiškai")
+    dc.doveadm("mailbox", "update", "-u", imap_user.login, "--min-next-uid", "3000000", "Visi laiškai")
+    for i in range(2):
+        dc.deliver(imap_user.login, "Visi laiškai", sample.letter(
+            "ruta@azuolas.lt", sample.STAFF, f"Visi {i}", "x", message_id=f"<all-{i}@azuolas.lt>"))
+    env = Env(tmp_path)
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("Visi laiškai",))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert (m.ok, m.new, m.archived) == (True, 2, 2), m.errors
+        assert proxy.commands.count("UID SEARCH") == 1, proxy.commands
+        assert live_and_gone(env, box.id, "Visi laiškai") == ({3000000, 3000001}, set())
+
+        state = env.store.folder_state(box.id, "Visi laiškai")
+        env.store.save_folder_state(replace(state, gap_checked_at=OLD))
+        expunge(imap_user, "Visi laiškai", [3000000])
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.gaps == 0, m.errors
+        assert proxy.commands.count("UID SEARCH") == 1, proxy.commands
+        assert live_and_gone(env, box.id, "Visi laiškai") == ({3000001}, {3000000})
+
+
+def test_a_folder_larger_than_one_search_window_is_searched_in_windows_of_letters(tmp_path, imap_user, monkeypatch):
+    """Over SEARCH_WINDOW letters (here 4, for 11 letters): windows of sequence numbers, so each answer
+    stays small and every letter is found, in as many SEARCHes as windows of letters."""
+    from hanna_sync import scan
+
+    monkeypatch.setattr(scan, "SEARCH_WINDOW", 4)
+    deliver_sample(imap_user)  # 9 in INBOX
+    for i in range(2):
+        imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+            "ruta@azuolas.lt", sample.STAFF, f"Dar {i}", "x", message_id=f"<more-{i}@azuolas.lt>"))
+    env = Env(tmp_path)
+    with ImapProxy(imap_user.dovecot) as proxy:
+        box = env.add(imap_user, folders=("INBOX",))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.new == 11, m.errors
+        assert proxy.commands.count("UID SEARCH") == 3  # 11 letters: 4 + 4 + 3
+        live, _ = live_and_gone(env, box.id)
+
+        expunge(imap_user, "INBOX", sorted(live)[:2])
+        state = env.store.folder_state(box.id, "INBOX")
+        env.store.save_folder_state(replace(state, gap_checked_at=OLD))
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert m.ok and m.gaps == 0, m.errors
+        assert proxy.commands.count("UID SEARCH") == 3  # 9 letters left: 4 + 4 + 1
+        assert live_and_gone(env, box.id) == (live - set(sorted(live)[:2]), set(sorted(live)[:2]))
+    check_consistent(env.store)
+
+
+def test_a_folder_gone_from_the_server_or_from_the_folder_list_has_its_locations_marked_gone(tmp_path, imap_user):
+    deliver_sample(imap_user)
+    archive_folder(imap_user, 20)
+    imap_user.dovecot.deliver(imap_user.login, "Archyvas", sample.letter(
+        "x@spam.example", sample.STAFF, "Spam", "x", message_id="<spam-archyvas@spam.example>"))
+    env = Env(tmp_path)
+    dc = imap_user.dovecot
+    q = env.store.db.execute
+
+    def rows(table: str, folder: str) -> int:
+        return q(f"SELECT count(*) FROM {table} WHERE mailbox_id = ? AND folder = ?", [box.id, folder]).fetchone()[0]
+
+    with ImapProxy(dc) as proxy:
+        box = env.add(imap_user, folders=("INBOX", "Archyvas"))
+        env.store.update_mailbox(replace(box, imap_port=proxy.port))
+        assert env.run().ok
+        archived, _ = live_and_gone(env, box.id, "Archyvas")
+        inbox, _ = live_and_gone(env, box.id, "INBOX")
+        assert (len(archived), rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (20, 1, 1)
+
+        # Unreadable for a moment (the connection drops at its STATUS): nothing is marked gone.
+        proxy.reset()
+        assert env.run().ok
+        at = [i for i, name in enumerate(proxy.commands, 1) if name == "STATUS"][1]
+        proxy.reset(Fault("drop", at=at))
+        assert not env.run().ok
+        assert live_and_gone(env, box.id, "Archyvas") == (archived, set())
+        assert (rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (1, 1)
+
+        # Renamed on the server: LIST no longer returns it, so its places are gone; the letters stay.
+        letters = env.store.db["letters"].count
+        dc.rename_folder(imap_user.login, "Archyvas", "Archyvas-2024")
+        proxy.reset()
+        m = env.run().mailboxes[0]
+        assert not m.ok and m.errors[0].startswith("folder 'Archyvas' cannot be read ("), m.errors
+        assert live_and_gone(env, box.id, "Archyvas") == (set(), archived)
+        assert (rows("skipped_letters", "Archyvas"), rows("folder_states", "Archyvas")) == (0, 0)
+        assert live_and_gone(env, box.id, "INBOX") == (inbox, set())
+        assert env.store.db["letters"].count == letters
+        some = q("SELECT letter_id FROM letter_locations WHERE folder = 'Archyvas'").fetchone()[0]
+        assert all(loc["gone_at"] for loc in env.store.letter(some)["locations"])
+
+        # Chosen again under its new name: read from the start, nothing stored or linked twice.
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, False, 10)
+        m = env.run().mailboxes[0]
+        assert (m.ok, m.archived, m.linked, m.skipped) == (True, 0, 0, 1), m.errors
+        assert len(live_and_gone(env, box.id, "Archyvas-2024")[0]) == 20
+
+        # Taken off the folder list: the next pass marks its places gone, and drops its state and skipped rows.
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX"]}, False, 10)
+        assert env.run().ok
+        assert live_and_gone(env, box.id, "Archyvas-2024") == (set(), set(range(1, 21)))
+        assert (rows("skipped_letters", "Archyvas-2024"), rows("folder_states", "Archyvas-2024")) == (0, 0)
+        assert live_and_gone(env, box.id, "INBOX") == (inbox, set())
+    check_consistent(env.store)
