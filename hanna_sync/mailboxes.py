@@ -229,7 +229,7 @@ def unverified_notes(mailbox: Mailbox) -> list[str]:
     given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
     if mailbox.ca_file or not given or mailbox.kind == "o365-scan":
         return []
-    return [f"{' and '.join(given)} is set here but not for the timer, and the mailbox was not verified: if its"
+    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the mailbox was not verified: if its"
             " server's certificate is trusted only through it, give --ca-file (PEM) so the passes trust it too"]
 
 

@@ -10,6 +10,7 @@ import unicodedata
 import pytest
 from click.testing import CliRunner
 
+from hanna_sync import imap
 from hanna_sync.cli import cli
 from hanna_sync.sandbox import DOVECOT_BIN, Dovecot
 
@@ -263,3 +264,64 @@ def test_the_same_account_twice_is_refused_unless_allowed(hanna, imap_user):
     # Kept as a duplicate on purpose, it stays editable without repeating the option.
     assert hanna("edit-mailbox", "2", "--no-sync-leads").exit_code == 0
     assert hanna(*add_args(imap_user, "--allow-duplicate"), input=imap_user.password + "\n").exit_code == 2  # user+address
+
+
+# -- IMAP-only mailboxes: --no-smtp -------------------------------------------------------------------------
+
+def test_an_imap_only_mailbox_has_smtp_not_configured_and_can_get_it_back(hanna, imap_user):
+    dc = imap_user.dovecot
+    result = hanna(*add_args(imap_user, "--no-smtp", "--json"), input=imap_user.password + "\n")
+    assert result.exit_code == 0, result.output
+    box = json.loads(result.stdout)
+    assert (box["smtp_host"], box["smtp_port"], box["smtp_security"]) == (None, None, None)
+
+    # `test` passes: SMTP is not configured, not failed (the custom preset would point it at the IMAP host).
+    test = hanna("test", "1")
+    assert test.exit_code == 0, test.output
+    assert test.stdout.splitlines()[-1] == "IMAP passed; SMTP not configured."
+    data = json.loads(hanna("test", "1", "--json").stdout)
+    assert data["ok"] is True and data["mailbox"]["smtp"] is None
+    assert [(s["stage"], s["ok"], s["skipped"]) for s in data["stages"] if s["protocol"] == "smtp"] == [
+        ("host", True, True)]
+    assert next(s["detail"] for s in data["stages"] if s["protocol"] == "smtp").startswith("not configured")
+
+    # edit-mailbox adds an SMTP server again (the preset's security and port), and drops it.
+    result = hanna("edit-mailbox", "1", "--smtp-host", dc.host, "--json")
+    assert result.exit_code == 0, result.output
+    box = json.loads(result.stdout)
+    assert (box["smtp_host"], box["smtp_port"], box["smtp_security"]) == (dc.host, 465, "ssl")
+    result = hanna("edit-mailbox", "1", "--no-smtp", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["smtp_host"] is None
+
+
+
+# -- a CA trusted through SSL_CERT_FILE in the admin's shell ------------------------------------------------
+
+def test_a_ca_trusted_only_through_ssl_cert_file_is_kept_as_the_mailboxs_ca_file(hanna, imap_user, monkeypatch):
+    """The timer's environment has no SSL_CERT_FILE: without the CA kept, every pass would fail "not trusted"."""
+    ca = str(imap_user.dovecot.ca_file)
+    args = [a for a in add_args(imap_user, "--no-smtp", "--json") if a not in ("--ca-file", ca)]
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    imap._ssl_context.cache_clear()  # contexts are cached per process; this one must see the variable
+    result = hanna(*args, input=imap_user.password + "\n")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ca_file"] == ca
+    assert (f"Note: the certificate of 127.0.0.1 is trusted only through SSL_CERT_FILE, which the timer does not"
+            f" have: {ca} is saved as this mailbox's --ca-file") in result.stderr
+
+    # As the timer runs it: without the variable (and without the context cached while it was set).
+    monkeypatch.delenv("SSL_CERT_FILE")
+    imap._ssl_context.cache_clear()
+    test = hanna("test", "1")
+    assert test.exit_code == 0, test.output
+
+    # Not verified, nothing can be found out: a warning instead.
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    result = hanna("add-mailbox", "--user", "ona", "--email", "ona@example.test", "--imap-host", "127.0.0.1",
+                   "--no-verify", "--password-stdin", input="pw\n")
+    assert result.exit_code == 0, result.output
+    assert ("Note: SSL_CERT_FILE is set here but not for the timer, and the mailbox was not verified: if its server's"
+            " certificate is trusted only through it, give --ca-file") in result.stderr
+    imap._ssl_context.cache_clear()
