@@ -333,6 +333,9 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
       hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
           --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
       hanna-sync add-mailbox --kind o365-scan --user jonas --email jonas@imone.lt   # signs in with a code
+
+    Without --folder, INBOX and the Sent folder are scanned (flagged \\Sent, else the one with a usual
+    Sent name); a note says which, or that none was found.
     """
     from hanna_sync import mailboxes
 
@@ -1098,7 +1101,7 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     Stages, in order; a protocol stops at its first failure. IMAP: charset, dns, tcp, tls, greeting,
     capabilities, auth, folders, and folder for each one (opened read-only with EXAMINE). SMTP:
     charset, dns, tcp, tls, greeting, ehlo, auth, send (only with --send-to). With starttls the tls
-    stage comes after the greeting. SMTP is skipped when the mailbox has no SMTP server.
+    stage comes after the greeting. SMTP is "not configured" when the mailbox has none (--no-smtp).
 
     Office 365 mailboxes start each protocol with token (got as a scan gets it: from the token cache,
     renewed, or app-only) and claims (its audience, permissions and user, decoded here and compared

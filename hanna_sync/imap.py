@@ -369,9 +369,9 @@ def fetch_header_fields(client: IMAPClient, uids: list[int], fields: str) -> dic
 
 # Names mail programs and servers give the Sent folder, compared by `_folded` (case and accents ignored):
 # a server without SPECIAL-USE (RFC 6154) flags names it so, and Courier-style servers put it under "INBOX.".
-SENT_NAMES = frozenset(_name for _name in (
+SENT_NAMES = (
     "Sent", "Sent Items", "Sent Messages", "Sent Mail", "Sent-Mail", "Sent Objects",
-    "Išsiųsti", "Išsiųsti laiškai", "Išsiųstieji", "Siųsti laiškai",  # Lithuanian
+    "Išsiųsti", "Išsiųsti laiškai", "Išsiųsti elementai", "Išsiųstieji",  # Lithuanian
     "Enviados", "Elementos enviados", "Mensajes enviados", "Itens enviados",  # Spanish, Portuguese
     "Gesendet", "Gesendete Elemente", "Gesendete Objekte", "Gesendete Nachrichten",  # German
     "Éléments envoyés", "Envoyés", "Messages envoyés",  # French
@@ -382,7 +382,7 @@ SENT_NAMES = frozenset(_name for _name in (
     "Отправленные", "Надіслані",  # Russian, Ukrainian
     "Skickat", "Skickade objekt", "Sendt", "Sendte elementer", "Sendte", "Lähetetyt",  # Nordic
     "Odeslané", "Odoslané", "Elküldött",  # Czech, Slovak, Hungarian
-))
+)
 _INBOX_PREFIXES = ("inbox.", "inbox/")
 
 
@@ -450,8 +450,8 @@ class ResolvedFolders:
 
 def resolved_folders(chosen: list[str], folders: list[FolderInfo]) -> ResolvedFolders:
     """The chosen folders matched to the server's: exactly, INBOX in any case, or, for a name that differs
-    only in its Unicode form (typed decomposed, "Is\u030csiu\u0328sti", where the server lists "Išsiųsti"),
-    by its composed form; kept as the server spells them, since that is what SELECT must be given."""
+    only in its Unicode form (typed decomposed, as some terminals and macOS do, s + combining caron for "š",
+    where the server lists the composed "Išsiųsti"), by its composed form; kept as the server spells them, since that is what SELECT must be given."""
     names = [f.name for f in folders if f.selectable]
     by_form: dict[str, list[str]] = {}
     by_folded: dict[str, list[str]] = {}

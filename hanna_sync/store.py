@@ -392,8 +392,15 @@ def m009_folders_chosen(db: sqlite_utils.Database) -> None:
     """Whether a mailbox's folders were chosen with --folder (1) or found by default (0), so `test` says which.
 
     NULL for mailboxes saved before: their lists look the same either way, and `test` says "as saved".
+    Their lists lose a folder given twice (INBOX and inbox are one folder), which each pass scanned twice.
     """
+    from hanna_sync.imap import merged_folders
+
     db.execute("ALTER TABLE mailboxes ADD COLUMN folders_chosen INTEGER")
+    for mailbox_id, folders in db.execute("SELECT id, folders FROM mailboxes").fetchall():
+        merged = merged_folders(json.loads(folders))[0]
+        if merged != json.loads(folders):
+            db.execute("UPDATE mailboxes SET folders = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), mailbox_id])
 
 def participants_of(letter: ParsedLetter) -> list[str]:
     """Every address on the letter that may tie it to a customer or lead, lower-cased, each once."""

@@ -153,3 +153,17 @@ def test_writes_outside_a_transaction_are_committed_at_once(tmp_path):
     assert not store.db.conn.in_transaction
     other = sqlite3.connect(tmp_path / "a.db")
     assert other.execute("SELECT last_error FROM mailboxes").fetchone() == ("boom",)
+
+
+def test_m009_leaves_old_folder_lists_unknown_and_merges_a_folder_given_twice(tmp_path):
+    """A database from before m009: mailboxes saved with INBOX and inbox (scanned twice by every pass)."""
+    store = Store(tmp_path / "a.db")
+    store.add_mailbox(mailbox())
+    store.db.execute("UPDATE mailboxes SET folders = ?", ['["INBOX", "Išsiųsti", "inbox", "Išsiųsti"]'])
+    store.db.execute("ALTER TABLE mailboxes DROP COLUMN folders_chosen")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_folders_chosen'")
+    store.db.conn.commit()
+    store.close()
+    box = Store(tmp_path / "a.db").mailboxes()[0]
+    assert box.folders == ["INBOX", "Išsiųsti"]
+    assert box.folders_chosen is None  # "as saved": `test` cannot say whether they were chosen
