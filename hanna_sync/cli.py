@@ -240,6 +240,8 @@ def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--smtp-port", type=click.IntRange(1, 65535), help="SMTP port (465 with ssl, 587 starttls, 25 none)."),
         click.option("--smtp-security", type=security, help="ssl, starttls or none."),
         click.option("--smtp-charset", help="Charset used when sending."),
+        click.option("--no-smtp", is_flag=True, default=None,
+                     help="No SMTP server: the mailbox is only read (edit-mailbox: drop it; --smtp-host adds one again)."),
         click.option("--folder", "folders", multiple=True, metavar="NAME",
                      help="Folder to scan; repeat for several (default: INBOX and the Sent folder)."),
         click.option("--scan-active/--no-scan-active", default=None, help="Scan this mailbox every pass (default on)."),
@@ -318,7 +320,17 @@ def server_of(m: Any) -> str:
     return f"{m.imap_host}:{m.imap_port} {m.imap_security}" + (" XOAUTH2" if m.kind == "o365-client" else "")
 
 
+def allow_duplicate_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--allow-duplicate, for add-mailbox and edit-mailbox."""
+    return click.option(
+        "--allow-duplicate", is_flag=True,
+        help="Keep a second mailbox for an account another one already reads (its letters are scanned twice).",
+    )(f)
+
+
 def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
+    for note in saved.notes:  # on stderr, so --json output stays one object
+        click.echo(f"Note: {note}", err=True)
     if as_json:
         emit_json(saved.mailbox.public())
         return
@@ -336,10 +348,11 @@ def print_mailbox_saved(verb: str, saved: Any, as_json: bool) -> None:
               help="imap (a password), o365-scan (Microsoft Graph) or o365-client (IMAP and SMTP with XOAUTH2);"
                    " Office 365 kinds sign in with Microsoft: see 'hanna-sync setup-guide o365'.")
 @mailbox_settings_options
+@allow_duplicate_option
 @json_option
 @click.pass_obj
 def add_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
-                no_verify: bool, password_stdin: bool, as_json: bool, **options: Any) -> None:
+                no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool, **options: Any) -> None:
     """Connect a mailbox for a staff member.
 
     The connection is tested (login, and the folders exist) before anything is saved. The password
@@ -354,26 +367,31 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
       hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
           --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
       hanna-sync add-mailbox --kind o365-scan --user jonas --email jonas@imone.lt   # signs in with a code
+
+    Without --folder, INBOX and the Sent folder are scanned (flagged \\Sent, else the one with a usual
+    Sent name); a note says which, or that none was found.
     """
     from hanna_sync import mailboxes
 
     if kind != "imap":
-        add_o365_mailbox(app, user, email, provider, kind, no_verify, password_stdin, as_json, options)
+        add_o365_mailbox(app, user, email, provider, kind, no_verify, password_stdin, allow_duplicate, as_json, options)
         return
     mailbox = mailbox_from_options(user, email, provider, options)
     mailbox.kind = kind
-    app.store.check_unique(mailbox)
+    app.store.check_unique(mailbox, allow_duplicate)
     password = read_password(password_stdin, f"Password for {mailbox.login_name}")
-    saved = mailboxes.add(app.store, app.secrets, mailbox, password, not no_verify, app.timeout)
+    saved = mailboxes.add(app.store, app.secrets, mailbox, password, not no_verify, app.timeout, allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
 
 
 @cli.command("edit-mailbox")
 @click.argument("mailbox_id", metavar="ID", type=int)
 @mailbox_settings_options
+@allow_duplicate_option
 @json_option
 @click.pass_obj
-def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: bool, as_json: bool, **options: Any) -> None:
+def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool,
+                 **options: Any) -> None:
     """Change a mailbox's settings; only the options given change.
 
     --folder replaces the list of folders. When a connection setting changes, the mailbox is
@@ -389,7 +407,7 @@ def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: boo
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
     saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), not no_verify, app.timeout,
-                           app.sign_in)
+                           app.sign_in, allow_duplicate)
     print_mailbox_saved("Updated", saved, as_json)
 
 
@@ -1186,7 +1204,7 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
     Stages, in order; a protocol stops at its first failure. IMAP: charset, dns, tcp, tls, greeting,
     capabilities, auth, folders, and folder for each one (opened read-only with EXAMINE). SMTP:
     charset, dns, tcp, tls, greeting, ehlo, auth, send (only with --send-to). With starttls the tls
-    stage comes after the greeting. SMTP is skipped when the mailbox has no SMTP server.
+    stage comes after the greeting. SMTP is "not configured" when the mailbox has none (--no-smtp).
 
     Office 365 mailboxes start each protocol with token (got as a scan gets it: from the token cache,
     renewed, or app-only) and claims (its audience, permissions and user, decoded here and compared
@@ -1309,12 +1327,14 @@ def o365_mailbox_from_options(user: str | None, email: str | None, provider: str
 
 
 def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
-                     no_verify: bool, password_stdin: bool, as_json: bool, options: dict[str, Any]) -> None:
+                     no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool,
+                     options: dict[str, Any]) -> None:
     """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
     from hanna_sync import mailboxes
 
     mailbox = o365_mailbox_from_options(user, email, provider, kind, password_stdin, options)
-    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in)
+    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in,
+                               allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
     if no_verify and not app.sign_in.app_only:
         click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)

@@ -126,6 +126,8 @@ class Report:
             failed = [s.stage for s in stages if not s.ok]
             if failed:
                 parts.append(f"{label} failed at {failed[0]}")
+            elif [s.stage for s in stages] == ["host"]:
+                parts.append(f"{label} not configured")
             elif stages and all(s.skipped for s in stages):
                 parts.append(f"{label} not tested")
             elif stages:
@@ -253,7 +255,8 @@ class _Run:
 
     def run(self) -> None:
         if self.server is None:
-            self.skip("host", f"no {LABELS[self.protocol]} server set (--{self.protocol}-host): not tested")
+            self.skip("host", f"not configured: the mailbox has no {LABELS[self.protocol]} server"
+                      + (" (--no-smtp: it is only read); --smtp-host adds one" if self.protocol == "smtp" else ""))
             return
         try:
             with self.resources:
@@ -749,22 +752,54 @@ class _ImapRun(_Run):
         assert self.server is not None
         infos = imap.list_folders(client)
         names = sorted(f.name for f in infos if f.selectable)
-        chosen = list(self.mailbox.folders) or mailboxes.default_folders(self.mailbox, infos)
-        missing = [name for name in chosen if name not in names and name.upper() != "INBOX"]
         listing = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        if missing:
-            raise _StageFailed(
-                f"{self.server.host} has no folder {', '.join(repr(m) for m in missing)}",
-                f"choose folders it has with --folder, named as shown (the server has: {listing});"
-                " 'hanna-sync folders ID' lists them with counts",
-            )
-        hint = None
-        if not self.mailbox.folders and len(chosen) == 1:
-            sent = PROVIDERS[self.mailbox.provider].sent_folder
-            hint = (f"no Sent folder found (none flagged \\Sent, none named {sent!r}): add yours with --folder"
-                    f" so sent letters are archived too (the server has: {listing})")
-        how = "chosen with --folder" if self.mailbox.folders else "by default: INBOX and the Sent folder"
-        return _Passed(f"{len(infos)} folder{'' if len(infos) == 1 else 's'}; checking {', '.join(chosen)} ({how})", chosen, hint)
+        notes: list[str] = []
+        if self.mailbox.folders:
+            resolved = imap.resolved_folders(list(self.mailbox.folders), infos)
+            if resolved.missing:
+                near = [f"{name!r} differs from the server's {', '.join(repr(n) for n in resolved.near[name])}"
+                        " in case or accents" for name in resolved.missing if resolved.near[name]]
+                raise _StageFailed(
+                    f"{self.server.host} has no folder {', '.join(repr(m) for m in resolved.missing)}"
+                    + (f" ({'; '.join(near)})" if near else ""),
+                    f"choose folders it has with --folder, named as shown (the server has: {listing});"
+                    " 'hanna-sync folders ID' lists them with counts",
+                )
+            chosen, notes = resolved.names, resolved.notes
+        else:
+            chosen = mailboxes.default_folders(self.mailbox, infos)
+        how = _how_chosen(self.mailbox, "INBOX and the Sent folder")
+        if not self.mailbox.folders or (self.mailbox.folders_chosen is False and len(chosen) == 1):
+            sent = imap.sent_folder(infos, PROVIDERS[self.mailbox.provider].sent_folder)
+            if self.mailbox.folders:  # a saved mailbox whose default found no Sent folder then
+                notes.append(self._sent_now(sent, listing))
+            elif sent.name and not sent.flagged:
+                how += f"; {sent.name} by its name"
+                notes.append(f"{sent.name!r} is taken for the Sent folder by its name (no folder is flagged \\Sent):"
+                             f" if the sent letters are elsewhere, choose the folders with --folder (the server has:"
+                             f" {listing})")
+            elif not sent.name:
+                notes.append(self._no_sent(sent, listing))
+        return _Passed(f"{len(infos)} folder{'' if len(infos) == 1 else 's'}; checking {', '.join(chosen)} ({how})",
+                       chosen, "; ".join(notes) or None)
+
+    def _no_sent(self, sent: imap.SentFolder, listing: str) -> str:
+        if sent.candidates:
+            why = (f"none flagged \\Sent, and {len(sent.candidates)} have a Sent folder's name:"
+                   f" {', '.join(sent.candidates)}")
+        else:
+            why = "none flagged \\Sent, none with a Sent folder's name such as 'Sent', 'Sent Items' or 'Išsiųsti'"
+        return (f"no Sent folder found ({why}): add yours with --folder so sent letters are archived too"
+                f" (the server has: {listing})")
+
+    def _sent_now(self, sent: imap.SentFolder, listing: str) -> str:
+        """For a saved mailbox scanning INBOX only by default: whether the server has a Sent folder now."""
+        which = self.mailbox.id if self.mailbox.id is not None else "ID"
+        if sent.name:
+            return (f"no Sent folder was found when the mailbox was saved, and {sent.name!r} is one now: add it"
+                    f" with 'hanna-sync edit-mailbox {which} --folder INBOX --folder \"{sent.name}\"'")
+        return self._no_sent(sent, listing).replace("add yours with --folder",
+                                                    f"add yours with 'hanna-sync edit-mailbox {which} --folder ...'")
 
     def examine(self, client: IMAPClient, name: str) -> _Passed:
         try:
@@ -1025,6 +1060,18 @@ def _provider_of(mailbox: Mailbox, host: str) -> str:
 
 # -- small helpers --------------------------------------------------------------------------------
 
+def _how_chosen(mailbox: Mailbox, defaults: str) -> str:
+    """Where the folders being checked come from: --folder, the defaults found now, or those found when the
+    mailbox was saved (a list saved before hanna-sync recorded which is "as saved")."""
+    if not mailbox.folders:
+        return f"by default: {defaults}"
+    if mailbox.folders_chosen:
+        return "chosen with --folder"
+    if mailbox.folders_chosen is None:
+        return "as saved"
+    return f"found by default when the mailbox was saved: {defaults}"
+
+
 @dataclass(frozen=True)
 class _Certificate:
     """What a server's certificate says: the names it is for, who issued it, until when."""
@@ -1247,11 +1294,11 @@ class _GraphRun(_TokenStages):
     def folders(self, graph: GraphClient) -> _Passed:
         try:
             listing = graph.folders()
+            how = _how_chosen(self.mailbox, "Inbox and Sent Items")
             if self.mailbox.folders:
-                chosen, how = list(self.mailbox.folders), "chosen with --folder"
+                chosen = list(self.mailbox.folders)
             else:
                 chosen = [graph.well_known("inbox").path, graph.well_known("sentitems").path]
-                how = "by default: Inbox and Sent Items"
         except HannaError as exc:  # Graph's answer, or the renewed token a 401 asked for
             raise _StageFailed(str(exc), exit_code=ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT) from None
         by_path = {f.path.casefold(): f for f in listing}

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import imaplib
 import logging
+import os
 import re
 import socket
 import ssl
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +50,42 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
     return context
+
+
+def system_ssl_context() -> ssl.SSLContext:
+    """A verifying context with the system's CAs alone, as a service started without SSL_CERT_FILE or
+    SSL_CERT_DIR gets them: OpenSSL's built-in paths, the variables ignored."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile or capath:
+        context.load_verify_locations(cafile=cafile, capath=capath)
+    return context
+
+
+def trusted_without_environment(mailbox: Mailbox, timeout: float) -> bool | None:
+    """Whether the IMAP server's certificate is trusted by the system's CAs (and the mailbox's CA file)
+    without SSL_CERT_FILE/SSL_CERT_DIR; None when it could not be found out (no TLS, the server went away)."""
+    security = mailbox.imap_security or "ssl"
+    if security == "none":
+        return None
+    context = system_ssl_context()
+    try:
+        if mailbox.ca_file:
+            context.load_verify_locations(cafile=mailbox.ca_file)
+        client = IMAPClient(mailbox.imap_host, port=mailbox.imap_port, ssl=security == "ssl",
+                            ssl_context=context if security == "ssl" else None, timeout=timeout)
+        try:
+            if security == "starttls":
+                client.starttls(context)
+        finally:
+            _end(client)
+    except ssl.SSLCertVerificationError:
+        return False
+    except (OSError, IMAPClientError):
+        return None
+    return True
 
 
 def _transport_error(exc: BaseException, mailbox: Mailbox, timeout: float) -> ConnectError:
@@ -329,13 +367,111 @@ def fetch_header_fields(client: IMAPClient, uids: list[int], fields: str) -> dic
     return out
 
 
-def sent_folder(folders: list[FolderInfo], preset_name: str) -> str | None:
-    """The Sent folder: the one the server flags \\Sent (RFC 6154), else the provider's usual name."""
+# Names mail programs and servers give the Sent folder, compared by `_folded` (case and accents ignored):
+# a server without SPECIAL-USE (RFC 6154) flags names it so, and Courier-style servers put it under "INBOX.".
+SENT_NAMES = (
+    "Sent", "Sent Items", "Sent Messages", "Sent Mail", "Sent-Mail", "Sent Objects",
+    "Išsiųsti", "Išsiųsti laiškai", "Išsiųsti elementai", "Išsiųstieji",  # Lithuanian
+    "Enviados", "Elementos enviados", "Mensajes enviados", "Itens enviados",  # Spanish, Portuguese
+    "Gesendet", "Gesendete Elemente", "Gesendete Objekte", "Gesendete Nachrichten",  # German
+    "Éléments envoyés", "Envoyés", "Messages envoyés",  # French
+    "Inviati", "Posta inviata", "Elementi inviati",  # Italian
+    "Verzonden", "Verzonden items", "Verzonden berichten",  # Dutch
+    "Wysłane", "Elementy wysłane",  # Polish
+    "Nosūtītie", "Nosūtītās", "Saadetud", "Saadetud kirjad",  # Latvian, Estonian
+    "Отправленные", "Надіслані",  # Russian, Ukrainian
+    "Skickat", "Skickade objekt", "Sendt", "Sendte elementer", "Sendte", "Lähetetyt",  # Nordic
+    "Odeslané", "Odoslané", "Elküldött",  # Czech, Slovak, Hungarian
+)
+_INBOX_PREFIXES = ("inbox.", "inbox/")
+
+
+def _folded(name: str) -> str:
+    """A folder name as people mean it: Unicode form, case and accents ignored ("Išsiųsti" = "ISSIUSTI")."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()
+
+
+_SENT_FOLDED = frozenset(_folded(n) for n in SENT_NAMES)
+
+
+@dataclass(frozen=True)
+class SentFolder:
+    """Which folder is taken for the Sent folder, and why: what add-mailbox and `test` say about it."""
+
+    name: str | None
+    flagged: bool = False  # the server flags it \Sent
+    candidates: tuple[str, ...] = ()  # with no flag: the folders with a usual Sent name (one is taken)
+
+
+def sent_folder(folders: list[FolderInfo], preset_name: str) -> SentFolder:
+    """The Sent folder: the one the server flags \\Sent (RFC 6154), else the one folder with a usual Sent
+    name (the provider's, or one of SENT_NAMES, also under "INBOX." or "INBOX/"), case and accents ignored.
+
+    Two folders with such names (e.g. "Sent" and "Sent Items") leave the choice to the admin: archiving
+    the wrong one would miss the sent letters just as silently as archiving none.
+    """
     for folder in folders:
-        if "\\Sent" in folder.flags:
-            return folder.name
-    names = {f.name for f in folders}
-    return preset_name if preset_name in names else None
+        if "\\Sent" in folder.flags and folder.selectable:
+            return SentFolder(folder.name, flagged=True)
+    preset = _folded(preset_name)
+    candidates = []
+    for folder in folders:
+        folded = _folded(folder.name)
+        if folded.startswith(_INBOX_PREFIXES):
+            folded = folded[len("inbox."):]
+        if folder.selectable and (folded in _SENT_FOLDED or folded == preset):
+            candidates.append(folder.name)
+    return SentFolder(candidates[0] if len(candidates) == 1 else None, candidates=tuple(candidates))
+
+
+def merged_folders(names: list[str]) -> tuple[list[str], list[str]]:
+    """Each folder once, and the notes saying which were merged: INBOX is INBOX in any case (RFC 3501),
+    other names are compared exactly, as servers compare them."""
+    merged: list[str] = []
+    notes = []
+    for name in names:
+        key = "INBOX" if name.upper() == "INBOX" else name
+        if key in merged:
+            same = " (INBOX is the same folder in any case)" if key == "INBOX" and name != key else ""
+            notes.append(f"folder {name!r} was given twice{same}: it is scanned once, as {key!r}")
+        else:
+            merged.append(key)
+    return merged, notes
+
+
+@dataclass(frozen=True)
+class ResolvedFolders:
+    names: list[str]  # the chosen folders as the server spells them, each once
+    missing: list[str]  # chosen folders the server does not have
+    notes: list[str]  # what was merged or respelled
+    near: dict[str, list[str]]  # a missing folder -> server folders that differ from it in case or accents only
+
+
+def resolved_folders(chosen: list[str], folders: list[FolderInfo]) -> ResolvedFolders:
+    """The chosen folders matched to the server's: exactly, INBOX in any case, or, for a name that differs
+    only in its Unicode form (typed decomposed, as some terminals and macOS do, s + combining caron for "š",
+    where the server lists the composed "Išsiųsti"), by its composed form; kept as the server spells them, since that is what SELECT must be given."""
+    names = [f.name for f in folders if f.selectable]
+    by_form: dict[str, list[str]] = {}
+    by_folded: dict[str, list[str]] = {}
+    for name in names:
+        by_form.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+        by_folded.setdefault(_folded(name), []).append(name)
+    resolved, missing, notes, near = [], [], [], {}
+    for name in chosen:
+        same_form = by_form.get(unicodedata.normalize("NFC", name), [])
+        if name in names or name.upper() == "INBOX":
+            resolved.append(name)
+        elif len(same_form) == 1:
+            resolved.append(same_form[0])
+            notes.append(f"folder {name!r} differs from the server's {same_form[0]!r} only in its Unicode form"
+                         " (decomposed letters): the server's name is kept")
+        else:
+            missing.append(name)
+            near[name] = by_folded.get(_folded(name), [])
+    merged, merge_notes = merged_folders(resolved)
+    return ResolvedFolders(merged, missing, notes + merge_notes, near)
 
 
 def message_counts(client: IMAPClient, names: list[str]) -> dict[str, int]:

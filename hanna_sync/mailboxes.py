@@ -8,9 +8,10 @@ the same step, rolled back if the database write fails.
 from __future__ import annotations
 
 import codecs
+import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 SETTINGS = (
     "username", "imap_host", "imap_port", "imap_security", "imap_charset", "smtp_host", "smtp_port",
     "smtp_security", "smtp_charset", "folders", "scan_active", "sync_customers", "sync_leads", "main", "ca_file",
-    "allow_plaintext",
+    "allow_plaintext", "no_smtp",
 )
 CONNECTION_SETTINGS = ("username", "imap_host", "imap_port", "imap_security", "ca_file", "folders")
 # imap: a password over IMAP. o365-scan: Microsoft Graph. o365-client: IMAP and SMTP with XOAUTH2.
@@ -60,7 +61,7 @@ def new_mailbox(user: str, email: str, provider: str | None, settings: dict[str,
         smtp_security=preset.smtp_security,
     )
     mailbox = _apply(mailbox, settings)
-    if mailbox.smtp_host is None and preset.host_required:
+    if mailbox.smtp_host is None and preset.host_required and not settings.get("no_smtp"):
         mailbox.smtp_host = mailbox.imap_host  # serveriai.lt and most own servers do both on one host
     return _completed(mailbox)
 
@@ -95,11 +96,23 @@ def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
 
 
 def _apply(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
-    for key, value in settings.items():
+    for key in settings:
         if key not in SETTINGS:
             raise ValueError(f"not a mailbox setting: {key}")
-        if value is not None and value != ():
-            setattr(mailbox, key, list(value) if key == "folders" else value)
+    given = {key: value for key, value in settings.items() if value is not None and value != ()}
+    if given.pop("no_smtp", False):
+        smtp = [key for key in given if key.startswith("smtp_")]
+        if smtp:
+            raise InputError(f"--no-smtp and --{smtp[0].replace('_', '-')} contradict each other: give one of them")
+        mailbox.smtp_host = mailbox.smtp_port = mailbox.smtp_security = mailbox.smtp_charset = None
+    host = given.get("smtp_host")
+    if host is not None and host.strip().lower() in ("", "none"):
+        raise InputError(f"--smtp-host {host!r} is not a server name: for a mailbox that is only read (no SMTP"
+                         " server), give --no-smtp")
+    for key, value in given.items():
+        setattr(mailbox, key, list(value) if key == "folders" else value)
+    if "folders" in given:
+        mailbox.folders_chosen = True
     return mailbox
 
 
@@ -115,7 +128,13 @@ def _completed(mailbox: Mailbox) -> Mailbox:
         raise InputError(
             f"the {PROVIDERS[mailbox.provider].label} preset needs the server name: give --imap-host"
         )
+    if not mailbox.smtp_host:  # none (--no-smtp): only read; SMTP given again later starts from the preset
+        mailbox.smtp_host = mailbox.smtp_port = mailbox.smtp_security = None
+    elif mailbox.smtp_security is None:
+        mailbox.smtp_security = PROVIDERS[mailbox.provider].smtp_security
     for proto, ports in (("imap", IMAP_PORTS), ("smtp", SMTP_PORTS)):
+        if not getattr(mailbox, f"{proto}_host"):
+            continue
         security = getattr(mailbox, f"{proto}_security")
         if security not in SECURITY_MODES:
             raise InputError(f"--{proto}-security must be one of {', '.join(SECURITY_MODES)}, not '{security}'")
@@ -162,14 +181,17 @@ def check_plaintext(mailbox: Mailbox) -> None:
 
 @dataclass(frozen=True)
 class Verified:
-    folders: list[str]  # the folders to scan, with the default (INBOX + Sent) filled in
+    folders: list[str]  # the folders to scan, with the default (INBOX + Sent) filled in, as the server spells them
+    notes: list[str] = field(default_factory=list)  # what add-mailbox tells the admin: no Sent folder found, ...
+    ca_file: str | None = None  # the mailbox's CA file: --ca-file, or SSL_CERT_FILE when only it made the server trusted
 
 
 def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
     """Log in and check the chosen folders exist; picks INBOX and Sent when none were chosen.
 
     These are the IMAP stages of `hanna-sync test`, so a mailbox is refused with the same cause and fix
-    that command shows: its first failed stage becomes the error.
+    that command shows: its first failed stage becomes the error; the folders stage's note (no Sent
+    folder found, folders merged) is passed on.
     """
     # Imported here, not at the top: diagnose builds on this module (default_folders).
     from hanna_sync import diagnose
@@ -177,7 +199,42 @@ def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
     report = diagnose.check_imap(mailbox, password, diagnose.Options(timeout=timeout))
     if report.failure is not None:
         raise report.failure.error()
-    return Verified(folders=report.folders)
+    notes = [s.hint for s in report.stages if s.stage == "folders" and s.hint]
+    ca_file, trust_note = _kept_trust(mailbox, timeout)
+    return Verified(folders=report.folders, notes=notes + ([trust_note] if trust_note else []), ca_file=ca_file)
+
+
+TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def _kept_trust(mailbox: Mailbox, timeout: float) -> tuple[str | None, str | None]:
+    """The CA file to save, and a note, when the server's certificate was trusted only through SSL_CERT_FILE
+    (or SSL_CERT_DIR): set in an admin's shell, absent from the timer's environment, where every pass would
+    then fail with "not trusted". SSL_CERT_FILE becomes the mailbox's CA file; a directory cannot, so that
+    is a warning."""
+    given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
+    if mailbox.ca_file or not given or (mailbox.imap_security or "ssl") == "none":
+        return mailbox.ca_file, None
+    if imap.trusted_without_environment(mailbox, timeout) is not False:
+        return None, None
+    host = mailbox.imap_host
+    cert_file = os.environ.get("SSL_CERT_FILE")
+    if cert_file and Path(cert_file).is_file():
+        kept = str(Path(cert_file).resolve())
+        return kept, (f"the certificate of {host} is trusted only through SSL_CERT_FILE, which the timer does not"
+                      f" have: {kept} is saved as this mailbox's --ca-file")
+    return None, (f"the certificate of {host} is trusted only through {' and '.join(given)}, which the timer does"
+                  " not have, so its passes will refuse it: give --ca-file with the CA's certificate (PEM), or"
+                  " install the CA system-wide (update-ca-certificates)")
+
+
+def unverified_notes(mailbox: Mailbox) -> list[str]:
+    """What --no-verify leaves unknown that a pass started by the timer will find out."""
+    given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
+    if mailbox.ca_file or not given or mailbox.kind == "o365-scan":
+        return []
+    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the mailbox was not verified: if its"
+            " server's certificate is trusted only through it, give --ca-file (PEM) so the passes trust it too"]
 
 
 def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
@@ -185,7 +242,7 @@ def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = No
     preset = PROVIDERS[mailbox.provider].sent_folder
     if mailbox.kind == "o365-scan":
         return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
-    sent = imap.sent_folder(folders, preset) if folders is not None else preset
+    sent = imap.sent_folder(folders, preset).name if folders is not None else preset
     return ["INBOX"] + ([sent] if sent else [])
 
 
@@ -193,37 +250,59 @@ def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = No
 class Saved:
     mailbox: Mailbox
     previous_main: int | None  # a mailbox of the same user that is no longer main
+    notes: list[str] = field(default_factory=list)  # said to the admin on stderr: "Note: ..."
 
 
-def add(store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, verify_first: bool, timeout: float) -> Saved:
+def add(
+    store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, verify_first: bool, timeout: float,
+    allow_duplicate: bool = False,
+) -> Saved:
     """Verify (unless told not to), then save the mailbox and its password together."""
-    store.check_unique(mailbox)
+    store.check_unique(mailbox, allow_duplicate)
     check_plaintext(mailbox)
     if not password:
         raise InputError("the password is empty")
     if verify_first:
-        mailbox.folders = verify(mailbox, password, timeout).folders
+        verified = verify(mailbox, password, timeout)
+        mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
     elif not mailbox.folders:
-        mailbox.folders = default_folders(mailbox)
+        mailbox.folders, notes = default_folders(mailbox), unverified_notes(mailbox)
+    else:
+        mailbox.folders, notes = imap.merged_folders(mailbox.folders)
+        notes += unverified_notes(mailbox)
     mailbox.secret_ref = uuid.uuid4().hex
     secrets.set(mailbox.secret_ref, password)
     try:
-        previous_main = store.add_mailbox(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
     except BaseException:
         secrets.delete(mailbox.secret_ref)
         raise
-    return Saved(mailbox, previous_main)
+    return Saved(mailbox, previous_main, notes)
+
+
+ACCOUNT_SETTINGS = ("kind", "email", "login_name", "imap_host", "imap_port")
+
+
+def _account(mailbox: Mailbox) -> tuple[Any, ...]:
+    return tuple(str(getattr(mailbox, name)).lower() for name in ACCOUNT_SETTINGS)
 
 
 def edit(
     store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], verify_first: bool, timeout: float,
-    sign_in: MicrosoftSignIn | None = None,
+    sign_in: MicrosoftSignIn | None = None, allow_duplicate: bool = False,
 ) -> Saved:
-    """Change settings; verified again when anything that affects the connection changed."""
+    """Change settings; verified again when anything that affects the connection changed.
+
+    A change that makes it read the same account as another mailbox is refused as add-mailbox refuses it
+    (unless allowed); a mailbox kept as a duplicate before stays editable.
+    """
     old = store.mailbox(mailbox_id)
     mailbox = changed_mailbox(old, settings)
     check_plaintext(mailbox)
+    allow_duplicate = allow_duplicate or _account(old) == _account(mailbox)
+    store.check_unique(mailbox, allow_duplicate)
     reconnects = any(getattr(old, name) != getattr(mailbox, name) for name in CONNECTION_SETTINGS)
+    notes: list[str] = []
     if verify_first and reconnects and mailbox.kind in O365_KINDS:
         assert sign_in is not None, "Office 365 mailboxes are verified with their Microsoft sign-in"
         mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
@@ -231,8 +310,11 @@ def edit(
         password = secrets.get(mailbox.secret_ref)
         if password is None:
             raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
-        mailbox.folders = verify(mailbox, password, timeout).folders
-    return Saved(mailbox, store.update_mailbox(mailbox))
+        verified = verify(mailbox, password, timeout)
+        mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
+    elif mailbox.folders != old.folders:
+        mailbox.folders, notes = imap.merged_folders(mailbox.folders)
+    return Saved(mailbox, store.update_mailbox(mailbox, allow_duplicate), notes)
 
 
 def check_has_password(mailbox: Mailbox) -> None:
@@ -328,13 +410,13 @@ def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> V
 
 def add_o365(
     store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, verify_first: bool,
-    timeout: float, show: Callable[[str], None],
+    timeout: float, show: Callable[[str], None], allow_duplicate: bool = False,
 ) -> Saved:
     """Sign in (delegated), check the token and the folders, then save; nothing is kept when a step fails.
 
     Without verification a delegated mailbox is saved unsigned: `hanna-sync login ID` signs it in later.
     """
-    store.check_unique(mailbox)
+    store.check_unique(mailbox, allow_duplicate)
     check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
     mailbox.secret_ref = uuid.uuid4().hex  # the slot of its MSAL token cache in the secrets store
     signed_in = False
@@ -346,7 +428,7 @@ def add_o365(
             mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
         elif not mailbox.folders:
             mailbox.folders = default_folders(mailbox)
-        previous_main = store.add_mailbox(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
     except BaseException:
         if signed_in:
             secrets.delete(mailbox.secret_ref)

@@ -65,7 +65,10 @@ class Dovecot:
 
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, courier: bool = False) -> None:
+        """``courier``: folders named as Courier-IMAP names them, under "INBOX." ("INBOX.Sent"), as many
+        hosting servers still do (Dovecot's ``namespace inbox { separator = . prefix = INBOX. }``)."""
+        self.courier = courier
         self.root = Path(tempfile.mkdtemp(prefix="hanna-dovecot-", dir="/tmp"))
         self.root.chmod(0o755)  # Dovecot's unprivileged processes must traverse it
         atexit.register(self.close)  # a crashed test run must not leave a daemon behind
@@ -194,6 +197,10 @@ class Dovecot:
         maildir = self.home(user) / "Maildir"
         if folder.upper() == "INBOX":
             return maildir
+        if self.courier:  # "INBOX.Sent" is Maildir/.Sent there
+            if not folder.upper().startswith("INBOX."):
+                raise ValueError(f"a Courier-style folder name starts with 'INBOX.': {folder!r}")
+            folder = folder[len("INBOX."):].replace(".", "/")
         if any(not part or "." in part for part in folder.split("/")):
             raise ValueError(f"folder name not representable in Maildir++: {folder!r}")
         return maildir / ("." + imap_utf7.encode(folder).decode("ascii").replace("/", "."))
@@ -327,7 +334,8 @@ mail_fsync = never
 {unprivileged}
 namespace inbox {{
   inbox = yes
-  separator = /
+  separator = {"." if self.courier else "/"}
+{"  prefix = INBOX." if self.courier else ""}
 }}
 passdb {{
   driver = passwd-file

@@ -388,6 +388,22 @@ def m008_relink_and_backfill(db: sqlite_utils.Database) -> None:
         last = rows[-1][0]
 
 
+
+@migrations()
+def m009_folders_chosen(db: sqlite_utils.Database) -> None:
+    """Whether a mailbox's folders were chosen with --folder (1) or found by default (0), so `test` says which.
+
+    NULL for mailboxes saved before: their lists look the same either way, and `test` says "as saved".
+    Their lists lose a folder given twice (INBOX and inbox are one folder), which each pass scanned twice.
+    """
+    from hanna_sync.imap import merged_folders
+
+    db.execute("ALTER TABLE mailboxes ADD COLUMN folders_chosen INTEGER")
+    for mailbox_id, folders in db.execute("SELECT id, folders FROM mailboxes").fetchall():
+        merged = merged_folders(json.loads(folders))[0]
+        if merged != json.loads(folders):
+            db.execute("UPDATE mailboxes SET folders = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), mailbox_id])
+
 def participants_of(letter: ParsedLetter) -> list[str]:
     """Every address on the letter that may tie it to a customer or lead, lower-cased, each once."""
     groups = (letter.from_, letter.sender, letter.reply_to, letter.to, letter.cc, letter.bcc)
@@ -451,6 +467,7 @@ class Mailbox:
     smtp_security: str | None = None
     smtp_charset: str | None = None
     folders: list[str] = field(default_factory=list)
+    folders_chosen: bool | None = False  # given with --folder, or found by default (None: saved before recorded)
     scan_active: bool = True
     sync_customers: bool = True
     sync_leads: bool = True
@@ -492,6 +509,7 @@ def _mailbox_from_row(row: dict[str, Any]) -> Mailbox:
     row["user"] = row.pop("login")
     row["folders"] = json.loads(row["folders"])
     row["main"] = bool(row.pop("is_main"))
+    row["folders_chosen"] = None if row["folders_chosen"] is None else bool(row["folders_chosen"])
     for name in _BOOL_COLUMNS:
         row[name] = bool(row[name])
     for name in ("user_id", "created_at", "updated_at"):
@@ -732,11 +750,14 @@ class Store:
             row.pop(name)
         row["folders"] = json.dumps(mailbox.folders, ensure_ascii=False)
         row["is_main"] = int(mailbox.main)
+        row["folders_chosen"] = None if mailbox.folders_chosen is None else int(mailbox.folders_chosen)
         row["user_id"] = self._user_id(mailbox.user)
         row["updated_at"] = utcnow()
         return row
 
-    def check_unique(self, mailbox: Mailbox) -> None:
+    def check_unique(self, mailbox: Mailbox, allow_duplicate: bool = False) -> None:
+        """One mailbox per user and address; and, unless allowed, one per account: a second mailbox for the
+        same login on the same server (whoever's it is) would scan every letter twice."""
         clash = self.db.execute(
             "SELECT m.id FROM mailboxes m JOIN users u ON u.id = m.user_id"
             " WHERE u.login = ? AND m.email = ? AND m.id IS NOT ?",
@@ -747,6 +768,34 @@ class Store:
                 f"user {mailbox.user} already has mailbox {clash[0]} for {mailbox.email};"
                 f" change it with 'hanna-sync edit-mailbox {clash[0]}'"
             )
+        if allow_duplicate:
+            return
+        same = self.same_account(mailbox)
+        if same is not None:
+            account = (f"the Office 365 mailbox {same.email}" if "o365-scan" in (mailbox.kind, same.kind) else
+                       f"login {same.login_name} on {same.imap_host}:{same.imap_port}")
+            raise InputError(
+                f"mailbox {same.id} ({same.email} of {same.user}) is already {account}: a second one would scan"
+                f" every letter twice; change that one with 'hanna-sync edit-mailbox {same.id}', or give"
+                " --allow-duplicate to keep both"
+            )
+
+    def same_account(self, mailbox: Mailbox) -> Mailbox | None:
+        """Another mailbox reading the same account: the same login name on the same IMAP host and port
+        (names compared without regard to case), or, for the Office 365 kinds, the same address (one
+        tenant per configuration)."""
+        if mailbox.kind == "o365-scan":
+            where = "m.kind IN ('o365-scan', 'o365-client') AND lower(m.email) = lower(?)"
+            args: list[Any] = [mailbox.email]
+        else:
+            where = ("m.kind != 'o365-scan' AND lower(coalesce(m.username, m.email)) = lower(?)"
+                     " AND lower(m.imap_host) = lower(?) AND m.imap_port = ?")
+            args = [mailbox.login_name, mailbox.imap_host, mailbox.imap_port]
+            if mailbox.kind == "o365-client":
+                where = f"(({where}) OR (m.kind = 'o365-scan' AND lower(m.email) = lower(?)))"
+                args.append(mailbox.email)
+        rows = self._mailbox_rows(f"{where} AND m.id IS NOT ?", [*args, mailbox.id])
+        return rows[0] if rows else None
 
     def _clear_main(self, mailbox: Mailbox) -> int | None:
         """Make room for a new main mailbox; returns the id of the one that stops being main."""
@@ -762,20 +811,20 @@ class Store:
             return int(row[0])
         return None
 
-    def add_mailbox(self, mailbox: Mailbox) -> int | None:
+    def add_mailbox(self, mailbox: Mailbox, allow_duplicate: bool = False) -> int | None:
         """Save a new mailbox (sets its id); returns the id of a mailbox that stopped being main."""
         with self.transaction():
-            self.check_unique(mailbox)
+            self.check_unique(mailbox, allow_duplicate)
             previous_main = self._clear_main(mailbox)
             row = self._mailbox_row(mailbox)
             row["created_at"] = row["updated_at"]
             mailbox.id = int(self.db["mailboxes"].insert(row).last_pk)
         return previous_main
 
-    def update_mailbox(self, mailbox: Mailbox) -> int | None:
+    def update_mailbox(self, mailbox: Mailbox, allow_duplicate: bool = False) -> int | None:
         """Save changed settings of an existing mailbox; returns the id that stopped being main."""
         with self.transaction():
-            self.check_unique(mailbox)
+            self.check_unique(mailbox, allow_duplicate)
             previous_main = self._clear_main(mailbox)
             self.db["mailboxes"].update(mailbox.id, self._mailbox_row(mailbox))
         return previous_main

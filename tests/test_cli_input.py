@@ -99,6 +99,17 @@ TABLE = [
      2, "--allow-plaintext"),
     (["add-mailbox", "--user", "jonas", "--email", "jonas@gmail.com", "--no-verify", "--password-stdin"], "pw\n", 2,
      "already has mailbox 1"),
+    (["add-mailbox", "--user", "ona", "--email", "ona@gmail.com", "--username", "JONAS@gmail.com", "--no-verify",
+      "--password-stdin"], "pw\n", 2, "mailbox 1 (jonas@gmail.com of jonas) is already login jonas@gmail.com on"
+     " imap.gmail.com:993: a second one would scan every letter twice"),
+    (["add-mailbox", "--email", "a@firma.lt", "--imap-host", "mail.firma.lt", "--smtp-host", "", "--no-verify",
+      "--password-stdin"], "pw\n", 2, "--smtp-host '' is not a server name: for a mailbox that is only read (no SMTP"
+     " server), give --no-smtp"),
+    (["add-mailbox", "--email", "a@firma.lt", "--imap-host", "mail.firma.lt", "--smtp-host", "None", "--no-verify",
+      "--password-stdin"], "pw\n", 2, "--smtp-host 'None' is not a server name"),
+    (["add-mailbox", "--email", "a@firma.lt", "--imap-host", "mail.firma.lt", "--no-smtp", "--smtp-port", "465",
+      "--no-verify", "--password-stdin"], "pw\n", 2, "--no-smtp and --smtp-port contradict each other"),
+    (["edit-mailbox", "1", "--smtp-host", "none", "--no-verify"], None, 2, "give --no-smtp"),
     (["edit-mailbox", "1", "--imap-port", "99999"], None, 2, "99999 is not in the range"),
     (["edit-mailbox", "1", "--password-stdin"], "pw\n", 2, "use 'hanna-sync set-password ID'"),
     (["edit-mailbox", "1", "--imap-security", "none", "--no-verify"], None, 2, "--allow-plaintext"),

@@ -517,13 +517,16 @@ def test_smtp_implicit_tls_on_the_starttls_port_says_use_starttls(box, imap_user
     assert stage.hint.startswith("use --smtp-security starttls with this port (usually 587)")
 
 
-def test_no_smtp_server_skips_smtp_and_says_so(box, imap_user):
-    mailbox = box()
-    mailbox.smtp_host = None
+def test_an_imap_only_mailbox_reports_smtp_as_not_configured(box, imap_user):
+    mailbox = box(no_smtp=True)  # the custom preset would otherwise send through the IMAP host
+    assert (mailbox.smtp_host, mailbox.smtp_port, mailbox.smtp_security) == (None, None, None)
     report = diagnose.check(mailbox, imap_user.password, OPTIONS)
     assert report.exit_code == 0
-    assert [(s.stage, s.skipped) for s in report.stages if s.protocol == "smtp"] == [("host", True)]
-    assert report.summary() == "IMAP passed; SMTP not tested."
+    smtp_stages = [s for s in report.stages if s.protocol == "smtp"]
+    assert [(s.stage, s.ok, s.skipped) for s in smtp_stages] == [("host", True, True)]
+    assert smtp_stages[0].detail.startswith("not configured: the mailbox has no SMTP server (--no-smtp")
+    assert report.summary() == "IMAP passed; SMTP not configured."
+    assert report.as_dict()["mailbox"]["smtp"] is None
 
 
 # -- the command --------------------------------------------------------------------------------------

@@ -455,7 +455,7 @@ def test_a_graph_token_never_serves_imap_nor_an_outlook_token_graph(tmp_path, ms
     client = add_client(env, ms, imap_user)
     scanned = mailboxes.add_o365(env.store, env.secrets, signer(env),
                                  mailboxes.new_o365_mailbox("jonas", STAFF, "o365-scan", {}), True, 10,
-                                 lambda m: None).mailbox
+                                 lambda m: None, allow_duplicate=True).mailbox  # the same mailbox, on purpose
     assert env.run().ok and count(env, "SELECT count(DISTINCT mailbox_id) FROM letter_locations") == 2
     presented = [re.fullmatch(rb"user=.+\x01auth=Bearer (.+)\x01\x01", sasl).group(1).decode()
                  for sasl in ms.imap.sasl + ms.smtp.sasl]

@@ -91,10 +91,19 @@ def test_mailbox_round_trip_and_uniqueness(tmp_path):
     assert store.mailbox(first.id) == first
     with pytest.raises(InputError, match="already has mailbox"):
         store.add_mailbox(mailbox(secret_ref="other"))
-    # Another user may have the same address (a shared mailbox).
-    store.add_mailbox(mailbox(user="ona", secret_ref="other"))
+    # Another user's mailbox for the same login on the same server is the same account, scanned twice: refused,
+    # naming the one there is, unless allowed (a shared mailbox kept on purpose).
+    with pytest.raises(InputError, match=r"mailbox 1 \(jonas@acme.lt of jonas\) is already login jonas@acme.lt on"
+                                         r" h:993: .* --allow-duplicate"):
+        store.add_mailbox(mailbox(user="ona", email="JONAS@acme.lt", imap_host="H", secret_ref="other"))
+    store.add_mailbox(mailbox(user="ona", secret_ref="other"), allow_duplicate=True)
     assert [m.user for m in store.mailboxes()] == ["jonas", "ona"]
     assert [m.user for m in store.mailboxes("ona")] == ["ona"]
+    # The same address on another server, or another login on the same one, is another account.
+    store.add_mailbox(mailbox(user="petras", email="jonas@acme.lt", imap_host="h2", secret_ref="third"))
+    store.add_mailbox(mailbox(user="ona", email="ona@acme.lt", imap_host="h", secret_ref="fourth"))
+    with pytest.raises(InputError, match="is already login ona@acme.lt on h:993"):
+        store.add_mailbox(mailbox(user="petras", email="petras@acme.lt", username="Ona@Acme.lt", secret_ref="fifth"))
 
 
 def test_only_one_main_mailbox_per_user(tmp_path):
@@ -144,3 +153,17 @@ def test_writes_outside_a_transaction_are_committed_at_once(tmp_path):
     assert not store.db.conn.in_transaction
     other = sqlite3.connect(tmp_path / "a.db")
     assert other.execute("SELECT last_error FROM mailboxes").fetchone() == ("boom",)
+
+
+def test_m009_leaves_old_folder_lists_unknown_and_merges_a_folder_given_twice(tmp_path):
+    """A database from before m009: mailboxes saved with INBOX and inbox (scanned twice by every pass)."""
+    store = Store(tmp_path / "a.db")
+    store.add_mailbox(mailbox())
+    store.db.execute("UPDATE mailboxes SET folders = ?", ['["INBOX", "Išsiųsti", "inbox", "Išsiųsti"]'])
+    store.db.execute("ALTER TABLE mailboxes DROP COLUMN folders_chosen")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_folders_chosen'")
+    store.db.conn.commit()
+    store.close()
+    box = Store(tmp_path / "a.db").mailboxes()[0]
+    assert box.folders == ["INBOX", "Išsiųsti"]
+    assert box.folders_chosen is None  # "as saved": `test` cannot say whether they were chosen

@@ -169,7 +169,7 @@ def test_hung_servers_do_not_hold_up_the_others_beyond_their_timeout(tmp_path, i
     env.config = replace(env.config, network=replace(env.config.network, timeout=2.0))
     for n in range(2):
         hung = env.add(imap_user, email=f"hung{n}@imone.lt", verify=False)
-        env.store.update_mailbox(replace(hung, imap_port=silent_server))
+        env.store.update_mailbox(replace(hung, imap_port=silent_server), allow_duplicate=True)  # two, on purpose
     env.add(imap_user)
     started = time.monotonic()
     result = env.run()
