@@ -312,7 +312,7 @@ def edit(
             raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
         verified = verify(mailbox, password, timeout)
         mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
-    elif mailbox.folders != old.folders:
+    elif mailbox.folders != old.folders and mailbox.kind != "o365-scan":  # Graph's "Inbox" is no IMAP INBOX
         mailbox.folders, notes = imap.merged_folders(mailbox.folders)
     return Saved(mailbox, store.update_mailbox(mailbox, allow_duplicate), notes)
 

@@ -399,7 +399,8 @@ def m009_folders_chosen(db: sqlite_utils.Database) -> None:
     from hanna_sync.imap import merged_folders
 
     db.execute("ALTER TABLE mailboxes ADD COLUMN folders_chosen INTEGER")
-    for mailbox_id, folders in db.execute("SELECT id, folders FROM mailboxes").fetchall():
+    imap_read = "SELECT id, folders FROM mailboxes WHERE kind != 'o365-scan'"  # Graph's "Inbox" is no IMAP INBOX
+    for mailbox_id, folders in db.execute(imap_read).fetchall():
         merged = merged_folders(json.loads(folders))[0]
         if merged != json.loads(folders):
             db.execute("UPDATE mailboxes SET folders = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), mailbox_id])

@@ -160,10 +160,15 @@ def test_m009_leaves_old_folder_lists_unknown_and_merges_a_folder_given_twice(tm
     store = Store(tmp_path / "a.db")
     store.add_mailbox(mailbox())
     store.db.execute("UPDATE mailboxes SET folders = ?", ['["INBOX", "Išsiųsti", "inbox", "Išsiųsti"]'])
+    graph = mailbox(email="ona@imone.lt")
+    graph.kind = "o365-scan"
+    store.add_mailbox(graph)  # Graph names its inbox "Inbox", and it is no IMAP INBOX to rename
+    store.db.execute("UPDATE mailboxes SET folders = ? WHERE kind = 'o365-scan'", ['["Inbox", "Sent Items"]'])
     store.db.execute("ALTER TABLE mailboxes DROP COLUMN folders_chosen")
     store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_folders_chosen'")
     store.db.conn.commit()
     store.close()
-    box = Store(tmp_path / "a.db").mailboxes()[0]
+    box, graph = Store(tmp_path / "a.db").mailboxes()
     assert box.folders == ["INBOX", "Išsiųsti"]
+    assert graph.folders == ["Inbox", "Sent Items"]
     assert box.folders_chosen is None  # "as saved": `test` cannot say whether they were chosen
