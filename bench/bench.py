@@ -42,11 +42,12 @@ from typing import Any
 import mailgen
 from imapclient import imap_utf7
 
-from hanna_sync import __version__, mailboxes
+from hanna_sync import __version__
+from hanna_sync.admin import mailboxes
 from hanna_sync.config import load_config
 from hanna_sync.credentials import open_secret_store
-from hanna_sync.sandbox import Dovecot
-from hanna_sync.store import Store
+from hanna_sync.db.store import Store
+from hanna_sync.demo.sandbox import Dovecot
 
 ROOT = Path(__file__).resolve().parent.parent
 HANNA = ROOT / ".venv" / "bin" / "hanna-sync"

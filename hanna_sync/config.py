@@ -243,7 +243,9 @@ def _check(data: dict[str, Any], schema: dict[str, Any], where: Path, prefix: st
 
 
 def _domains(values: list[Any], name: str, where: Path) -> tuple[str, ...]:
-    from hanna_sync.addresses import normalise_domain  # local import keeps start-up light
+    from hanna_sync.mail.addresses import (
+        normalise_domain,  # local import keeps start-up light
+    )
 
     out = []
     for value in values:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hanna_sync.sandbox import DOVECOT_BIN, Dovecot, SandboxUser
+from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot, SandboxUser
 
 _user_numbers = itertools.count(1)
 

@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
-from hanna_sync.sandbox import CertificateAuthority, SandboxUser
+from hanna_sync.demo.sandbox import CertificateAuthority, SandboxUser
 
 
 def b64url(data: bytes) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hanna_sync.store import Store
+from hanna_sync.db.store import Store
 from hanna_sync.uidset import UidSet
 
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 
-from hanna_sync import mailboxes, sample
+from hanna_sync.admin import mailboxes
 from hanna_sync.config import Config, ScanConfig, SecretsConfig
 from hanna_sync.credentials import open_secret_store
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
 from hanna_sync.scan import run_pass
-from hanna_sync.store import Store
 
 
 class Env:

@@ -170,7 +170,7 @@ def test_import_and_list_customers_and_leads(run, tmp_path):
 def test_tables_stay_readable_at_80_columns(run, tmp_path, monkeypatch):
     """Headers break only between words, and a long error moves under the table instead of being
     folded into a narrow cell over dozens of lines."""
-    from hanna_sync.store import Store
+    from hanna_sync.db.store import Store
 
     monkeypatch.setenv("COLUMNS", "80")
     for n in (1, 2):

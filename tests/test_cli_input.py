@@ -16,10 +16,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample
 from hanna_sync.cli import cli
-from hanna_sync.message import parse_letter
-from hanna_sync.store import Store
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
+from hanna_sync.mail.message import parse_letter
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,7 @@ def test_search_path_finds_the_user_config(tmp_path):
 def test_the_package_ships_the_example_config_and_setup_guide_prints_it():
     """A pip install has no checkout: the errors point at `setup-guide config`, which prints the copy
     inside the package; the repository's config.example.toml is that same file, byte for byte."""
-    from hanna_sync.setup_guide import example_config
+    from hanna_sync.admin.setup_guide import example_config
 
     assert example_config() == (ROOT / "config.example.toml").read_text(encoding="utf-8")
     assert example_config() == (ROOT / "hanna_sync" / "config.example.toml").read_text(encoding="utf-8")

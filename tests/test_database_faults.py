@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample
 from hanna_sync.cli import cli
-from hanna_sync.store import DatabaseBusy, DatabaseError, Store, database_error
+from hanna_sync.db.store import DatabaseBusy, DatabaseError, Store, database_error
+from hanna_sync.demo import sample
 from tests.faults import Fault, ImapProxy, archive, check_consistent
 from tests.helpers import Env
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from hanna_sync import sample
 from hanna_sync.cli import cli
+from hanna_sync.demo import sample
 
 
 def test_the_demo_archives_the_sample_mailbox_then_backfills_a_customer_added_later(tmp_path):
@@ -56,9 +56,9 @@ def test_every_try_line_the_demo_prints_works_as_shown_from_anywhere(tmp_path):
 
 
 def test_a_saved_mailboxs_missing_ca_file_is_not_blamed_on_an_option_never_given(tmp_path):
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
+    from hanna_sync.db.store import Store
     from hanna_sync.errors import InputError
-    from hanna_sync.store import Store
 
     ca = tmp_path / "ca.pem"
     ca.write_text("placeholder")

@@ -27,9 +27,9 @@ from cryptography.x509.oid import NameOID
 
 from hanna_sync import cli as cli_module
 from hanna_sync import diagnose
+from hanna_sync.admin.mailboxes import new_mailbox
 from hanna_sync.cli import cli
 from hanna_sync.errors import ExitCode
-from hanna_sync.mailboxes import new_mailbox
 
 TIMEOUT = 1.0  # what a silent server is given: short, so the timeout cases stay quick
 OPTIONS = diagnose.Options(timeout=TIMEOUT)

@@ -4,12 +4,18 @@ import json
 
 import pytest
 
-from hanna_sync import sample
-from hanna_sync.addresses import is_listed, normalise_domain, normalise_email, registrable_domain
-from hanna_sync.directory import import_entities
-from hanna_sync.errors import InputError
 from hanna_sync.config import Config
-from hanna_sync.store import Contact, Entity, Store
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
+from hanna_sync.errors import InputError
+from hanna_sync.linking.directory import import_entities
+from hanna_sync.mail.addresses import (
+    is_listed,
+    normalise_domain,
+    normalise_email,
+    registrable_domain,
+)
+from hanna_sync.models import Contact, Entity
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample
+from hanna_sync.admin.export import export_letters
 from hanna_sync.cli import cli
-from hanna_sync.export import export_letters
+from hanna_sync.demo import sample
 from tests.helpers import Env, deliver_sample
 
 ROOT = Path(__file__).resolve().parent.parent

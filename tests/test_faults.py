@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from hanna_sync import sample
 from hanna_sync.config import Config, NetworkConfig, SecretsConfig
 from hanna_sync.credentials import open_secret_store
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
 from hanna_sync.scan import run_pass
-from hanna_sync.store import Store
 from tests.faults import (
     Archive,
     Fault,

@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hanna_sync import sample
 from hanna_sync.cli import cli
-from hanna_sync.filenames import MAX_BYTES, safe_filename
-from hanna_sync.match import Link
-from hanna_sync.message import (
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
+from hanna_sync.linking.match import Link
+from hanna_sync.mail.filenames import MAX_BYTES, safe_filename
+from hanna_sync.mail.message import (
     MAX_ADDRESSES_PER_HEADER,
     MAX_BODY_TEXT_CHARS,
     ParsedLetter,
@@ -31,7 +32,6 @@ from hanna_sync.message import (
     parse_headers_only,
     parse_letter,
 )
-from hanna_sync.store import Store
 from tests.helpers import Env
 
 DEFAULT = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

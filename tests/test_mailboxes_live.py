@@ -10,9 +10,9 @@ import unicodedata
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import imap
 from hanna_sync.cli import cli
-from hanna_sync.sandbox import DOVECOT_BIN, Dovecot
+from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot
+from hanna_sync.remote import imap
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hanna_sync.match import Directory, Link, match
-from hanna_sync.store import Contact, Entity
+from hanna_sync.linking.match import Directory, Link, match
+from hanna_sync.models import Contact, Entity
 
 CUSTOMERS = [
     Entity("C1", "Acme", "info@acme.lt", "acme.lt", [Contact("jonas@acme.lt"), Contact("ceo@gmail.com")]),
@@ -104,8 +104,8 @@ def test_ambiguous_domains_are_reported():
     b"FROM: UPPER@CASE.LT\r\nsender: s@s.lt\r\n",
 ])
 def test_address_tokens_are_a_superset_of_the_parsed_addresses(raw):
-    from hanna_sync.message import address_tokens, parse_headers_only
-    from hanna_sync.store import participants_of as participants
+    from hanna_sync.db.store import participants_of as participants
+    from hanna_sync.mail.message import address_tokens, parse_headers_only
 
     tokens = {t.lower() for t in address_tokens(raw)}
     assert {a.lower() for a in participants(parse_headers_only(raw))} <= tokens

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hanna_sync.message import (
+from hanna_sync.mail.message import (
     MAX_ADDRESSES_PER_HEADER,
     MAX_BODY_TEXT_CHARS,
     MAX_MIME_DEPTH,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hanna_sync import imap
 from hanna_sync.cli import cli
-from hanna_sync.store import Store
+from hanna_sync.db.store import Store
+from hanna_sync.remote import imap
 from tests.faults import ImapProxy
 from tests.helpers import Env, deliver_sample
 
@@ -57,7 +57,7 @@ def customers_csv(directory: Path) -> Path:
     """The sample customers as a CRM export."""
     import csv
 
-    from hanna_sync import sample
+    from hanna_sync.demo import sample
 
     path = directory / "customers.csv"
     with open(path, "w", newline="") as f:

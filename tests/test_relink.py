@@ -11,15 +11,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample
-from hanna_sync.backfill import SkipIndex
 from hanna_sync.cli import cli
 from hanna_sync.config import LinkingConfig
-from hanna_sync.match import Link, inherited_links
-from hanna_sync.message import is_automatic, parse_headers_only, thread_tokens
-from hanna_sync.relink import RELINK_DUE, relink
-from hanna_sync.scan import pass_lock
-from hanna_sync.store import Contact, Entity
+from hanna_sync.demo import sample
+from hanna_sync.linking.backfill import SkipIndex
+from hanna_sync.linking.match import Link, inherited_links
+from hanna_sync.linking.relink import RELINK_DUE, relink
+from hanna_sync.lock import pass_lock
+from hanna_sync.mail.message import is_automatic, parse_headers_only, thread_tokens
+from hanna_sync.models import Contact, Entity
 from tests.faults import ImapProxy
 from tests.helpers import Env
 
@@ -275,7 +275,7 @@ def test_an_import_during_a_pass_leaves_the_relink_to_that_pass(env, imap_user, 
     assert env.run().ok and env.store.skipped_count() == 1
     path = env.tmp / "c.csv"
     path.write_text("id,name,email,domain,contacts\nC-9,UAB Medis,jonas@medis.lt,,\n")
-    with pass_lock(env.config.database.parent / "hanna-sync.lock"):  # as if a pass were running
+    with pass_lock(env.config.database):  # as if a pass were running
         result = cli_run(env, "import", "customers", str(path))
         assert result.exit_code == 0 and "a pass is running; it relinks the archive at its end" in result.output
         busy = cli_run(env, "relink")
@@ -352,7 +352,7 @@ def test_status_tells_how_many_older_letters_the_next_pass_fetches(env, imap_use
 # -- what a review found: backfill that must not be lost, links that must not go, no churn ------------
 
 def test_purging_the_letter_a_reply_inherited_from_keeps_the_replys_link(env, imap_user, dovecot):
-    from hanna_sync.retention import purge
+    from hanna_sync.db.retention import purge
 
     dovecot.deliver(imap_user.login, "INBOX", sample.letter(
         "ruta@azuolas.lt", imap_user.login, "Lentos", "?", message_id="<k1@azuolas.lt>"))
@@ -380,7 +380,7 @@ def test_a_domain_two_customers_claimed_backfills_when_one_lets_go(env, imap_use
 
 
 def test_a_relink_whose_secrets_store_fails_leaves_the_backfill_to_the_next_pass(env, imap_user, dovecot, monkeypatch):
-    import hanna_sync.relink as relink_module
+    import hanna_sync.linking.relink as relink_module
     from hanna_sync.errors import SecretsError
 
     dovecot.deliver(imap_user.login, "INBOX", sample.letter("jonas@medis.lt", imap_user.login, "Pasiūlymas", "x"))
@@ -413,7 +413,7 @@ def test_relinking_again_does_not_fetch_skipped_replies_again(env, imap_user, do
 
 
 def test_a_new_skip_index_key_has_every_skipped_letter_looked_at_again(env, imap_user, dovecot):
-    from hanna_sync.backfill import SECRET_REF
+    from hanna_sync.linking.backfill import SECRET_REF
 
     dovecot.deliver(imap_user.login, "INBOX", sample.letter("jonas@medis.lt", imap_user.login, "Pasiūlymas", "x"))
     env.add(imap_user, folders=("INBOX",))
@@ -426,7 +426,7 @@ def test_a_new_skip_index_key_has_every_skipped_letter_looked_at_again(env, imap
 
 
 def test_a_forgotten_skipped_letters_keys_never_pass_to_another(env, imap_user):
-    from hanna_sync.backfill import LetterKeys
+    from hanna_sync.linking.backfill import LetterKeys
 
     box = env.add(imap_user, folders=("INBOX",))
     with env.store.transaction():

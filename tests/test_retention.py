@@ -14,12 +14,13 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import retention, sample
 from hanna_sync.cli import cli
 from hanna_sync.config import Config, RetentionConfig, load_config
+from hanna_sync.db import retention
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
 from hanna_sync.errors import ConfigError
-from hanna_sync.scan import pass_lock
-from hanna_sync.store import Store
+from hanna_sync.lock import pass_lock
 from tests.helpers import Env, deliver_sample
 
 
@@ -112,7 +113,7 @@ def test_purge_by_customer_asks_first_and_refuses_without_a_terminal(archived, m
 def test_purge_waits_for_no_pass(archived):
     env = archived
     order = letter_id(env, "order-17@azuolas.lt")
-    with pass_lock(env.config.database.parent / "hanna-sync.lock"):
+    with pass_lock(env.config.database):
         result = cli_run(env, "purge", str(order), "--yes")
     assert result.exit_code == 75 and "a scan pass is running; nothing was purged" in result.stderr
     assert traces(env, order)["letters"] == 1
@@ -269,9 +270,9 @@ def ms(tmp_path, monkeypatch):
 
 
 def test_graph_passes_skip_purged_and_too_old_letters_too(tmp_path, ms):
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
     from hanna_sync.config import O365Config
-    from hanna_sync.oauth import MicrosoftSignIn
+    from hanna_sync.remote.oauth import MicrosoftSignIn
 
     ms.graph.mailbox(sample.STAFF, ("Inbox", "Sent Items"))
     for folder, raw, _ in sample.mailbox_letters():

@@ -12,7 +12,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from hanna_sync.sandbox import Dovecot, SandboxUser
+from hanna_sync.demo.sandbox import Dovecot, SandboxUser
 
 LETTER = b"From: a@example.test\r\nSubject: Labas\r\n\r\nSveiki, \xc4\x8dia tekstas.\r\n"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hanna_sync import sample
+from hanna_sync.demo import sample
 from tests.helpers import Env, deliver_sample, server_bodies, server_flags
 
 
@@ -78,7 +78,7 @@ def test_second_pass_adds_nothing_and_new_mail_is_picked_up(env, imap_user):
 def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap_user):
     """Gmail's layout (every letter in INBOX or Sent and again in All Mail), then a folder renamed on the
     server and chosen again under its new name: `linked` counts letters that got links, once."""
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     dc = imap_user.dovecot
     for folder, raw, flags in sample.mailbox_letters():
@@ -107,7 +107,7 @@ def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap
 
 def test_a_customer_after_the_first_thousand_recipients_still_links_and_keeps_its_link(env, imap_user):
     """A mailing of 60,000 recipients (a 2.3 MB To header) whose last one is a customer's contact."""
-    from hanna_sync.relink import relink
+    from hanna_sync.linking.relink import relink
 
     fillers = [b"recipient-%05d@list-server.example" % i for i in range(59_999)]
     raw = (b"From: " + sample.STAFF.encode() + b"\r\nTo: " + b",\r\n ".join(fillers + [b"Ruta <ruta@azuolas.lt>"])

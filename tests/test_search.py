@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample
 from hanna_sync.cli import cli
+from hanna_sync.db.store import fts_query
+from hanna_sync.demo import sample
 from hanna_sync.errors import InputError
-from hanna_sync.store import fts_query
 from tests.helpers import Env, deliver_sample
 
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 from imapclient import DELETED, IMAPClient
 
-from hanna_sync import mailboxes, sample
+from hanna_sync.admin import mailboxes
+from hanna_sync.demo import sample
 from tests.faults import Fault, ImapProxy, check_consistent
 from tests.helpers import Env, deliver_sample
 

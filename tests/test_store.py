@@ -7,8 +7,9 @@ import stat
 import pytest
 import sqlite_utils
 
+from hanna_sync.db.store import DatabaseError, Store, migrations
 from hanna_sync.errors import InputError, NotFound
-from hanna_sync.store import DatabaseError, Entity, Mailbox, Store, migrations
+from hanna_sync.models import Entity, Mailbox
 
 ALL_TABLES = {
     "users", "mailboxes", "customers", "customer_contacts", "leads", "lead_contacts", "folder_states",

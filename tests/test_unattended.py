@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hanna_sync import sample, scan
+from hanna_sync import scan
 from hanna_sync.cli import JournalFormatter, cli
-from hanna_sync.scan import PassBusy, pass_lock
+from hanna_sync.demo import sample
+from hanna_sync.lock import PassBusy, pass_lock
 from tests.helpers import Env, deliver_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,7 +345,7 @@ def test_generated_units_pass_systemd_analyze_verify_as_printed(tmp_path, user):
 def test_the_checkouts_systemd_units_are_what_setup_guide_prints_for_the_readme_install():
     """systemd/ in the checkout is no second copy to drift: it is setup-guide's output for the path the
     README's install steps create (/opt/hanna-sync/bin/hanna-sync)."""
-    from hanna_sync.setup_guide import README_EXECUTABLE, systemd_unit
+    from hanna_sync.admin.setup_guide import README_EXECUTABLE, systemd_unit
 
     top = Path(__file__).resolve().parent.parent / "systemd"
     for user, folder in ((False, top), (True, top / "user")):
@@ -410,8 +411,8 @@ def test_the_user_unit_scans_the_database_add_mailbox_wrote_at_the_shell(tmp_pat
 def test_a_pass_over_a_database_with_no_mailbox_fails_loudly_and_names_the_other_database(tmp_path):
     """The trap's other half: a pass that opens a new, empty database says so in the journal (priority
     warning), exits 1 and leaves it on record for `status`, naming the known place that holds one."""
-    from hanna_sync import mailboxes
-    from hanna_sync.store import Store
+    from hanna_sync.admin import mailboxes
+    from hanna_sync.db.store import Store
 
     home = tmp_path / "home"
     env = shell_env(home)

@@ -16,9 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hanna_sync.config import Config
-from hanna_sync.credentials import DEFAULT_CREDENTIAL_NAME, EncryptedFileKeyring, existing_key
+from hanna_sync.credentials import (
+    DEFAULT_CREDENTIAL_NAME,
+    EncryptedFileKeyring,
+    existing_key,
+)
+from hanna_sync.db.store import DatabaseError, Store
 from hanna_sync.errors import ExitCode, SecretsError
-from hanna_sync.store import DatabaseError, Store
 
 
 @dataclass(frozen=True)

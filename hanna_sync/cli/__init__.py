@@ -46,7 +46,7 @@ class App:
 
     @cached_property
     def store(self):  # type: ignore[no-untyped-def]
-        from hanna_sync.store import Store
+        from hanna_sync.db.store import Store
 
         return Store(self.config.database)
 
@@ -59,7 +59,7 @@ class App:
 
     @cached_property
     def sign_in(self):  # type: ignore[no-untyped-def]
-        from hanna_sync.oauth import MicrosoftSignIn
+        from hanna_sync.remote.oauth import MicrosoftSignIn
 
         return MicrosoftSignIn.for_config(self.config, self.secrets)
 
@@ -88,7 +88,7 @@ class HannaGroup(click.Group):
         except Exception as exc:
             if isinstance(exc, sqlite3.Error) and ctx.obj is not None:
                 # Another writer, a full disk, a damaged file: conditions with a fix, not bugs.
-                from hanna_sync.store import database_error
+                from hanna_sync.db.store import database_error
 
                 explained = database_error(exc, ctx.obj.config.database)
                 if explained is not None:
@@ -279,14 +279,14 @@ def without_options(*names: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 
 def settings_from(options: dict[str, Any]) -> dict[str, Any]:
-    from hanna_sync.mailboxes import SETTINGS
+    from hanna_sync.admin.mailboxes import SETTINGS
 
     return {key: options[key] for key in SETTINGS if key in options}
 
 
 def mailbox_from_options(user: str | None, email: str | None, provider: str | None, options: dict[str, Any]) -> Any:
     """A new, unsaved mailbox from add-mailbox's options, asking for the email and server on a terminal."""
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     if not email:
         if not interactive():
@@ -371,7 +371,7 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
     Without --folder, INBOX and the Sent folder are scanned (flagged \\Sent, else the one with a usual
     Sent name); a note says which, or that none was found.
     """
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     if kind != "imap":
         add_o365_mailbox(app, user, email, provider, kind, no_verify, password_stdin, allow_duplicate, as_json, options)
@@ -402,7 +402,7 @@ def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: boo
     Example:
       hanna-sync edit-mailbox 3 --folder INBOX --folder "Išsiųsti" --no-sync-leads
     """
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
@@ -424,7 +424,7 @@ def set_password(app: App, mailbox_id: int, password_stdin: bool, no_verify: boo
       hanna-sync set-password 3                 # asks with a hidden prompt
       pass show mail/ona | hanna-sync set-password 3 --password-stdin
     """
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     mailbox = app.store.mailbox(mailbox_id)
     mailboxes.check_has_password(mailbox)
@@ -439,7 +439,7 @@ def set_password(app: App, mailbox_id: int, password_stdin: bool, no_verify: boo
 @click.pass_obj
 def remove_mailbox(app: App, mailbox_id: int, yes: bool) -> None:
     """Remove a mailbox and its stored password. Letters archived from it stay in the archive."""
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     mailbox = app.store.mailbox(mailbox_id)
     if not yes:
@@ -485,7 +485,7 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
 
     Use the names shown here with --folder (non-ASCII names such as "Išsiųsti" as they are shown).
     """
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     rows = mailboxes.folders(app.store, app.secrets, mailbox_id, app.timeout, app.sign_in)
     if as_json:
@@ -516,7 +516,11 @@ def import_group() -> None:
 
 
 def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: bool, allow_conflicts: bool) -> None:
-    from hanna_sync.directory import LinksWouldGo, describe_removed, import_entities
+    from hanna_sync.linking.directory import (
+        LinksWouldGo,
+        describe_removed,
+        import_entities,
+    )
 
     path = None if file == "-" else Path(file)
     if path is None and not fmt:
@@ -531,7 +535,7 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
         raise
     relinked = None
     if result.added or result.updated:
-        from hanna_sync.relink import relink_or_defer
+        from hanna_sync.linking.relink import relink_or_defer
 
         relinked = relink_or_defer(app.store, app.config, app.secrets)
     if as_json:
@@ -540,7 +544,7 @@ def _import(app: App, entity_type: str, file: str, fmt: str | None, as_json: boo
         click.echo(f"{entity_type.capitalize()}s: {result.added} added, {result.updated} updated,"
                    f" {result.unchanged} unchanged, {len(result.rejected)} rejected.")
         if relinked:
-            from hanna_sync.relink import summary_line
+            from hanna_sync.linking.relink import summary_line
 
             click.echo(summary_line(relinked))
         elif result.added or result.updated:
@@ -590,8 +594,8 @@ def relink_command(app: App, as_json: bool) -> None:
     Example:
       hanna-sync relink && hanna-sync run
     """
-    from hanna_sync.relink import relink_or_defer, summary_line
-    from hanna_sync.scan import PassBusy
+    from hanna_sync.linking.relink import relink_or_defer, summary_line
+    from hanna_sync.lock import PassBusy
 
     result = relink_or_defer(app.store, app.config, app.secrets)
     if result is None:
@@ -646,7 +650,13 @@ def _progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
     """A rich progress bar on a terminal; None elsewhere (the log lines tell the story there)."""
     if not enabled:
         return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console_err(), transient=True)
@@ -751,7 +761,11 @@ def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_j
     """
     from datetime import timedelta
 
-    from hanna_sync.status import database_warning, health, recorded_database_warning
+    from hanna_sync.admin.status import health
+    from hanna_sync.db.database_warning import (
+        database_warning,
+        recorded_database_warning,
+    )
 
     _check_user(app, user)
     rows = health(app.store, timedelta(minutes=fail_after), user)
@@ -840,7 +854,7 @@ def doctor(app: App, as_json: bool) -> None:
     Exit codes: 0 all well, 1 a permission or secrets problem, 74 the database is damaged or cannot
     be opened (restore a backup).
     """
-    from hanna_sync.doctor import examine
+    from hanna_sync.admin.doctor import examine
 
     report = examine(app.config)
     if as_json:
@@ -1071,7 +1085,7 @@ def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: st
       hanna-sync export --customer C-1001 -o c-1001/ --attachments c-1001/attachments
       hanna-sync export --search 'sąskaita' --since 2025-01-01 --format mbox -o invoices.mbox
     """
-    from hanna_sync import export as exporting
+    from hanna_sync.admin import export as exporting
 
     since = _since_date(since)
     _check_entities(app, customer, lead)
@@ -1120,7 +1134,7 @@ def purge(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: str
       hanna-sync purge 42 43
       hanna-sync purge --lead L-2001 --yes --json
     """
-    from hanna_sync import retention
+    from hanna_sync.db import retention
 
     # No _check_entities: a customer already deleted from the CRM may still have letters to purge.
     ids = retention.purge_selection(app.store, list(letter_ids), customer, lead)
@@ -1225,8 +1239,9 @@ def test_command(app: App, mailbox_id: int | None, email: str | None, provider: 
       hanna-sync test 3 --send-to me@example.com      # also sends a real test message
       hanna-sync test --kind o365-client --email jonas@imone.lt   # Office 365, not saved yet
     """
-    from hanna_sync import diagnose, mailboxes
-    from hanna_sync.addresses import normalise_email
+    from hanna_sync import diagnose
+    from hanna_sync.admin import mailboxes
+    from hanna_sync.mail.addresses import normalise_email
 
     if send_to and normalise_email(send_to) is None:
         raise InputError(f"--send-to '{send_to}' is not an email address")
@@ -1313,7 +1328,7 @@ def show_sign_in(message: str) -> None:
 def o365_mailbox_from_options(user: str | None, email: str | None, provider: str | None, kind: str,
                               password_stdin: bool, options: dict[str, Any]) -> Any:
     """A new, unsaved Office 365 mailbox from add-mailbox's (or test's) options: no password, no provider."""
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     if password_stdin:
         raise InputError(f"a {kind} mailbox has no password: it signs in with Microsoft")
@@ -1330,7 +1345,7 @@ def add_o365_mailbox(app: App, user: str | None, email: str | None, provider: st
                      no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool,
                      options: dict[str, Any]) -> None:
     """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     mailbox = o365_mailbox_from_options(user, email, provider, kind, password_stdin, options)
     saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in,
@@ -1361,7 +1376,7 @@ def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: b
       hanna-sync login --client-secret                   # asks with a hidden prompt
       printf '%s\\n' "$SECRET" | hanna-sync login --client-secret --secret-stdin
     """
-    from hanna_sync import mailboxes
+    from hanna_sync.admin import mailboxes
 
     if client_secret == (mailbox_id is not None):
         raise InputError("give a MAILBOX to sign in, or --client-secret to store the app's client secret")
@@ -1406,7 +1421,7 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
       hanna-sync setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service
       hanna-sync setup-guide config > ~/.config/hanna-sync/config.toml
     """
-    from hanna_sync import setup_guide as guides
+    from hanna_sync.admin import setup_guide as guides
 
     if topic != "systemd" and (user_units or unit):
         raise InputError(f"--user and --unit are for 'setup-guide systemd', not '{topic}'")
@@ -1433,10 +1448,9 @@ def demo(workdir: str | None) -> None:
     """
     import shlex
 
-    from hanna_sync import sample
-    from hanna_sync.demo import run_demo
-    from hanna_sync.relink import summary_line
-    from hanna_sync.setup_guide import executable
+    from hanna_sync.admin.setup_guide import executable
+    from hanna_sync.demo import run_demo, sample
+    from hanna_sync.linking.relink import summary_line
 
     result = run_demo(Path(workdir) if workdir else None)
     for name, imported in result.imported.items():

@@ -24,11 +24,17 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from hanna_sync.addresses import FREE_MAIL_DOMAINS, is_listed, normalise_domain, normalise_email
 from hanna_sync.config import Config
+from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
-from hanna_sync.match import Directory, Link
-from hanna_sync.store import ENTITY_TYPES, Contact, Entity, Store
+from hanna_sync.linking.match import Directory, Link
+from hanna_sync.mail.addresses import (
+    FREE_MAIL_DOMAINS,
+    is_listed,
+    normalise_domain,
+    normalise_email,
+)
+from hanna_sync.models import ENTITY_TYPES, Contact, Entity
 
 FORMATS = ("csv", "json")
 # The longest CSV field read, in characters: the csv module's own default field_size_limit(), named to say it.
@@ -374,7 +380,9 @@ def import_entities(
     entities = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
                  for t in ENTITY_TYPES}
     if any(stored.get(entity_id) != entity for entity_id, entity in planned.items()):
-        from hanna_sync.relink import links_removed  # relink builds on this module
+        from hanna_sync.linking.relink import (
+            links_removed,  # relink builds on this module
+        )
 
         result.removed_links = links_removed(store, config, build_directory(store, config, entities))
         if result.removed_links and not allow_conflicts:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync.backfill import SkipIndex, load_skip_index
 from hanna_sync.config import Config
-from hanna_sync.directory import build_directory
+from hanna_sync.db.store import Store
 from hanna_sync.errors import SecretsError
-from hanna_sync.match import Directory, Link, inherited_links, match
-from hanna_sync.store import Store
+from hanna_sync.linking.backfill import SkipIndex, load_skip_index
+from hanna_sync.linking.directory import build_directory
+from hanna_sync.linking.match import Directory, Link, inherited_links, match
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -274,10 +274,10 @@ def after_pass(
 def relink_or_defer(store: Store, config: Config, secrets: SecretStore | None) -> RelinkResult | None:
     """Relink now, under the pass lock; while a pass holds it, leave the relink due (that pass runs
     it at its end) and return None. What an import calls: an import never waits for a pass."""
-    from hanna_sync.scan import PassBusy, pass_lock  # scan imports this module
+    from hanna_sync.lock import PassBusy, pass_lock  # scan imports this module
 
     try:
-        with pass_lock(config.database.parent / "hanna-sync.lock"):
+        with pass_lock(config.database):
             return relink(store, config, secrets)
     except PassBusy:
         with store.transaction():

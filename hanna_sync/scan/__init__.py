@@ -13,10 +13,8 @@ batch starts, and a mailbox that refuses its login backed off instead of retried
 
 from __future__ import annotations
 
-import fcntl
 import imaplib
 import logging
-import os
 import socket
 import sqlite3
 import ssl
@@ -27,29 +25,53 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from hanna_sync import imap
 from hanna_sync.config import Config
-from hanna_sync.errors import AuthError, ExitCode, HannaError, ReauthRequired, SecretsError
-from hanna_sync.graph import (
-    MAX_IN_FLIGHT, DeltaExpired, DeltaPage, Envelope, GraphClient, GraphFolder, MessageGone, Mime,
+from hanna_sync.db.database_warning import (
+    DatabaseWarning,
+    database_warning,
+    record_database_warning,
 )
-from hanna_sync.backfill import LetterKeys, SkipIndex, load_skip_index
-from hanna_sync.relink import after_pass, linking_settings, verify_index
-from hanna_sync.directory import build_directory
-from hanna_sync.match import Directory, Link, inherited_links, match
-from hanna_sync.addresses import normalise_email
-from hanna_sync.message import (
-    Keep, ParsedLetter, address_tokens, fingerprint, is_automatic, parse_headers_only, parse_letter, thread_tokens,
+from hanna_sync.db.retention import apply_retention, refused
+from hanna_sync.db.store import Store, participants_of, utcnow
+from hanna_sync.errors import (
+    AuthError,
+    HannaError,
+    ReauthRequired,
+    SecretsError,
 )
-from hanna_sync.retention import apply_retention, refused
-from hanna_sync.status import DatabaseWarning, database_warning, record_database_warning
-from hanna_sync.store import FolderState, Mailbox, Store, participants_of, utcnow
+from hanna_sync.linking.backfill import LetterKeys, SkipIndex, load_skip_index
+from hanna_sync.linking.directory import build_directory
+from hanna_sync.linking.match import Directory, Link, inherited_links, match
+from hanna_sync.linking.relink import after_pass, linking_settings, verify_index
+from hanna_sync.lock import pass_lock
+from hanna_sync.mail.addresses import normalise_email
+from hanna_sync.mail.message import (
+    Keep,
+    ParsedLetter,
+    address_tokens,
+    fingerprint,
+    is_automatic,
+    parse_headers_only,
+    parse_letter,
+    thread_tokens,
+)
+from hanna_sync.models import FolderState, Mailbox
+from hanna_sync.remote import imap
+from hanna_sync.remote.graph import (
+    MAX_IN_FLIGHT,
+    DeltaExpired,
+    DeltaPage,
+    Envelope,
+    GraphClient,
+    GraphFolder,
+    MessageGone,
+    Mime,
+)
 from hanna_sync.uidset import UidSet
 
 if TYPE_CHECKING:
@@ -67,32 +89,6 @@ MAX_BACKOFF = timedelta(days=1)
 BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
-
-
-class PassBusy(HannaError):
-    """Another pass holds the lock: not an error, just not now."""
-
-    exit_code = ExitCode.TEMPFAIL
-
-
-@contextmanager
-def pass_lock(path: Path) -> Iterator[None]:
-    """Hold the one-pass-at-a-time lock. An flock belongs to the open file, so it can never go stale:
-    it is released when the process ends, however it ends (crash, kill, suspend and resume)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise PassBusy(f"another pass is running (pid {holder}, lock {path}); this one exits, try again later") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -245,7 +241,7 @@ def run_pass(
 
     Raises PassBusy when another pass is running. A dry run takes no lock: it writes nothing.
     """
-    with nullcontext() if dry_run else pass_lock(config.database.parent / "hanna-sync.lock"):
+    with nullcontext() if dry_run else pass_lock(config.database):
         return _run_pass(store, secrets, config, mailbox_ids, dry_run, progress)
 
 
@@ -801,7 +797,7 @@ def open_scanner(
         with imap.session(mailbox, password, config.network.timeout) as client:
             yield FolderScanner(store, config, mailbox, directory, client, result, dry_run, progress, deadline)
         return
-    from hanna_sync.oauth import IMAP, MicrosoftSignIn, TokenRefused
+    from hanna_sync.remote.oauth import IMAP, MicrosoftSignIn, TokenRefused
 
     sign_in = MicrosoftSignIn.for_config(config, secrets)
     if mailbox.kind == "o365-client":

@@ -311,7 +311,7 @@ class Dovecot:
             )
             no_chroot = "  chroot =\n"
         return f"""\
-# Written by hanna_sync.sandbox for one throwaway instance.
+# Written by hanna_sync.demo.sandbox for one throwaway instance.
 base_dir = {self.root}/run
 state_dir = {self.root}/state
 log_path = {self.log_path}

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from hanna_sync.store import Contact, Entity
+from hanna_sync.models import Contact, Entity
 
 STAFF = "jonas@imone.lt"
 OWN_DOMAINS = ("imone.lt",)

@@ -13,8 +13,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hanna_sync.addresses import FREE_MAIL_DOMAINS, domain_of, is_listed, normalise_email, registrable_domain
-from hanna_sync.store import Entity
+from hanna_sync.mail.addresses import (
+    FREE_MAIL_DOMAINS,
+    domain_of,
+    is_listed,
+    normalise_email,
+    registrable_domain,
+)
+from hanna_sync.models import Entity
 
 # Rule names as stored in links.rule; the order is their strength. "thread" is a link inherited from
 # the letters a reply answers (its address is the Message-ID it came through), never from an address.

@@ -23,11 +23,11 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from hanna_sync.config import Config
+from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError, NotFound
-from hanna_sync.store import Store
 
 if TYPE_CHECKING:
-    from hanna_sync.message import ParsedLetter
+    from hanna_sync.mail.message import ParsedLetter
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,10 @@ def purge(store: Store, config: Config, letter_ids: list[int], vacuum: bool = Tr
     Holds the pass lock meanwhile: a pass that had already looked a letter up would otherwise go on to
     add a location to a letter that is no longer there. Raises PassBusy while a pass runs.
     """
-    from hanna_sync.scan import PassBusy, pass_lock
+    from hanna_sync.lock import PassBusy, pass_lock
 
     try:
-        with pass_lock(config.database.parent / "hanna-sync.lock"):
+        with pass_lock(config.database):
             store.purge_letters(letter_ids, tombstone=True)
             return Removal(letter_ids, vacuum and _vacuum_if_due(store))
     except PassBusy:

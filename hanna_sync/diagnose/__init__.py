@@ -34,16 +34,32 @@ from cryptography.x509.oid import NameOID
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from hanna_sync import imap, mailboxes, smtp
-from hanna_sync.errors import AuthError, ConfigError, ConnectError, ExitCode, HannaError, InputError
-from hanna_sync.graph import GraphClient
-from hanna_sync.message import text_codec
-from hanna_sync.oauth import GRAPH, IMAP, SMTP, Resource, SignInLost, Token, TokenRefused
-from hanna_sync.providers import IMAP_PORTS, PROVIDERS, SMTP_PORTS
-from hanna_sync.store import Mailbox
+from hanna_sync.admin import mailboxes
+from hanna_sync.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    ExitCode,
+    HannaError,
+    InputError,
+)
+from hanna_sync.mail.message import text_codec
+from hanna_sync.models import Mailbox
+from hanna_sync.remote import imap, smtp
+from hanna_sync.remote.graph import GraphClient
+from hanna_sync.remote.oauth import (
+    GRAPH,
+    IMAP,
+    SMTP,
+    Resource,
+    SignInLost,
+    Token,
+    TokenRefused,
+)
+from hanna_sync.remote.providers import IMAP_PORTS, PROVIDERS, SMTP_PORTS
 
 if TYPE_CHECKING:
-    from hanna_sync.oauth import MicrosoftSignIn
+    from hanna_sync.remote.oauth import MicrosoftSignIn
 
 # The exit code of a failed stage, unless the failure names another family (e.g. a greeting that never
 # comes because the port waits for a TLS handshake is a TLS setting, 12).

@@ -33,10 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError, NotFound
-from hanna_sync.filenames import file_kind, safe_filename
-from hanna_sync.message import attachment_contents
-from hanna_sync.store import Store
+from hanna_sync.mail.filenames import file_kind, safe_filename
+from hanna_sync.mail.message import attachment_contents
 
 FORMATS = ("eml", "mbox")
 SUBJECT_CHARS = 80  # of the subject in an .eml's name: enough to recognise it in a file list

@@ -22,9 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync.addresses import domain_of, is_listed, normalise_email, registrable_domain
-from hanna_sync.match import Directory
-from hanna_sync.message import address_tokens, message_id_token, thread_tokens
+from hanna_sync.linking.match import Directory
+from hanna_sync.mail.addresses import (
+    domain_of,
+    is_listed,
+    normalise_email,
+    registrable_domain,
+)
+from hanna_sync.mail.message import address_tokens, message_id_token, thread_tokens
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore

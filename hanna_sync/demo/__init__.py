@@ -17,13 +17,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hanna_sync import mailboxes, sample
+from hanna_sync.admin import mailboxes
 from hanna_sync.config import load_config
 from hanna_sync.credentials import open_secret_store
-from hanna_sync.directory import ImportResult, import_entities
-from hanna_sync.relink import RelinkResult, relink_or_defer
+from hanna_sync.db.store import Store
+from hanna_sync.demo import sample
+from hanna_sync.linking.directory import ImportResult, import_entities
+from hanna_sync.linking.relink import RelinkResult, relink_or_defer
+from hanna_sync.models import Entity
 from hanna_sync.scan import PassResult, run_pass
-from hanna_sync.store import Entity, Store
 
 
 @dataclass
@@ -48,7 +50,9 @@ def _write_csv(path: Path, entities: list[Entity], with_domain: bool) -> None:
 
 
 def run_demo(workdir: Path | None = None) -> DemoResult:
-    from hanna_sync.sandbox import Dovecot  # needs Dovecot installed; only the demo and tests use it
+    from hanna_sync.demo.sandbox import (
+        Dovecot,  # needs Dovecot installed; only the demo and tests use it
+    )
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="hanna-sync-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

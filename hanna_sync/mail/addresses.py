@@ -71,7 +71,9 @@ def domain_of(email: str) -> str:
 
 @lru_cache(maxsize=1)
 def _suffix_list():  # type: ignore[no-untyped-def]
-    from publicsuffixlist import PublicSuffixList  # loading the list costs ~50 ms: only when used
+    from publicsuffixlist import (
+        PublicSuffixList,  # loading the list costs ~50 ms: only when used
+    )
 
     return PublicSuffixList()
 

@@ -45,10 +45,10 @@ from typing import Any, Callable, TypeVar
 import keyring
 import keyring.backend
 import keyring.errors
-from keyring.backends import chainer, fail, null
-from keyring.compat import properties
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from keyring.backends import chainer, fail, null
+from keyring.compat import properties
 
 from hanna_sync.errors import ConfigError, SecretsError
 

@@ -34,15 +34,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hanna_sync.errors import AuthError, ConfigError, ConnectError, InputError, ReauthRequired, SecretsError
-from hanna_sync.graph import network_reason
+from hanna_sync.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    InputError,
+    ReauthRequired,
+    SecretsError,
+)
+from hanna_sync.remote.graph import network_reason
 
 if TYPE_CHECKING:
     import msal
 
     from hanna_sync.config import Config, O365Config
-    from hanna_sync.graph import GraphClient
-    from hanna_sync.store import Mailbox
+    from hanna_sync.models import Mailbox
+    from hanna_sync.remote.graph import GraphClient
 
 log = logging.getLogger(__name__)
 # MSAL's HTTP session retries a failed connection once, and urllib3 logs a multi-line warning about it; the
@@ -351,7 +358,7 @@ class MicrosoftSignIn:
     def graph(self, mailbox: Mailbox) -> GraphClient:
         """A Graph client for this mailbox: /me for a delegated token (verified at sign-in to be the mailbox's
         own account), /users/{login} for an app-only one."""
-        from hanna_sync.graph import GraphClient
+        from hanna_sync.remote.graph import GraphClient
 
         return GraphClient(self.settings.graph_url, "me" if not self.app_only else f"users/{mailbox.login_name}",
                            self.token_source(mailbox, GRAPH), self.timeout)
@@ -476,9 +483,8 @@ class MicrosoftSignIn:
     @contextmanager
     def _talking(self) -> Iterator[None]:
         """The identity platform unreachable, or the authority not a usable URL: one line each."""
-        import requests
-
         import msal
+        import requests
 
         try:
             yield

@@ -18,14 +18,14 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 from functools import lru_cache
+from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from hanna_sync.errors import AuthError, ConnectError
-from hanna_sync.store import Mailbox
+from hanna_sync.models import Mailbox
 
 log = logging.getLogger(__name__)
 

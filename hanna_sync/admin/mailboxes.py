@@ -15,15 +15,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync import imap
-from hanna_sync.addresses import normalise_email
+from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
-from hanna_sync.providers import IMAP_PORTS, PROVIDERS, SECURITY_MODES, SMTP_PORTS, Provider, guess_provider
-from hanna_sync.store import Mailbox, Store
+from hanna_sync.mail.addresses import normalise_email
+from hanna_sync.models import Mailbox
+from hanna_sync.remote import imap
+from hanna_sync.remote.providers import (
+    IMAP_PORTS,
+    PROVIDERS,
+    SECURITY_MODES,
+    SMTP_PORTS,
+    Provider,
+    guess_provider,
+)
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
-    from hanna_sync.oauth import MicrosoftSignIn
+    from hanna_sync.remote.oauth import MicrosoftSignIn
 
 # Settings an admin may give on the command line, by their Mailbox field name.
 SETTINGS = (
@@ -362,7 +370,7 @@ def folders(
         assert sign_in is not None, "Office 365 mailboxes are read with their Microsoft sign-in"
         if mailbox.kind == "o365-scan":
             return _graph_folders(mailbox, sign_in)
-        from hanna_sync.oauth import IMAP
+        from hanna_sync.remote.oauth import IMAP
 
         session = imap.oauth_session(mailbox, sign_in.token_source(mailbox, IMAP), timeout)
     else:
@@ -439,7 +447,7 @@ def add_o365(
 def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callable[[str], None]) -> Mailbox:
     """Sign a mailbox in again (delegated), or check the app's tokens for it (app-only); either way a token for
     everything the kind uses is got, and the mailbox leaves its back-off and is scanned at the next pass."""
-    from hanna_sync.oauth import RESOURCES
+    from hanna_sync.remote.oauth import RESOURCES
 
     mailbox = store.mailbox(mailbox_id)
     if mailbox.kind not in O365_KINDS:

@@ -1,0 +1,1 @@
+"""What the admin commands do beyond a pass: mailboxes, export, status, doctor, setup guides."""

@@ -1,0 +1,1 @@
+"""Which letter belongs to which Customer or Lead: the rules, the CRM directory import, relink and backfill."""
