@@ -234,3 +234,18 @@ def test_config_help_names_every_place_a_config_is_looked_for(run, monkeypatch, 
     assert len(named) == 3
     positions = [text.index(path) for path in named]
     assert positions == sorted(positions), "the help lists them in the order they are tried"
+
+
+def test_a_table_too_wide_for_its_rules_drops_them_rather_than_being_cropped(monkeypatch, capsys):
+    """`run`'s nine columns do not fit 80 columns with their rules: rich would crop the right edge
+    (the last column half gone); the compact form keeps every column whole."""
+    from hanna_sync.cli import table
+
+    monkeypatch.setenv("COLUMNS", "80")
+    headers = ["ID", "Email", "Folders", "New", "Archived", "Linked", "Skipped", "Errors", "Seconds"]
+    table(None, headers, [[1, "jonas.petraitis@imone-su-ilgu-vardu.lt", 2, 11, 8, 8, 3, 0, "12.5"]])
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), lines
+    assert "Seconds" in "".join(lines) and "12.5" in "".join(lines) and "┃" not in "".join(lines)
+    table(None, ["ID", "Email"], [[1, "jonas@imone.lt"]])  # what fits keeps its rules
+    assert "┃ ID ┃ Email" in capsys.readouterr().out

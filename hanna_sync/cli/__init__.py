@@ -164,6 +164,7 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below
     """A table that stays readable on an 80-column terminal: a header breaks only between its words,
     and the long free-text columns named in `below` move under the table, one entry per row, when the
     table would not fit with them (a 300-character error folded into a 20-column cell is 15 lines)."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
@@ -171,12 +172,24 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     moved = [i for i, name in enumerate(columns) if name in below] if _width(columns, cells) > out.width else []
     kept = [i for i in range(len(columns)) if i not in moved]
-    t = Table(title=title, show_lines=False)
-    for i in kept:
-        t.add_column(columns[i], overflow="fold", min_width=max(len(word) for word in columns[i].split() or [""]))
-    for row in cells:
-        # Text, not str: a subject like "[/bold]" or "[link=...]" is what the sender wrote, not rich markup.
-        t.add_row(*(Text(row[i]) for i in kept))
+
+    def build(compact: bool) -> Table:
+        # Compact: no vertical rules, for a table too wide for its borders (one column less of text per rule).
+        t = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+                  pad_edge=not compact)
+        for i in kept:
+            t.add_column(columns[i], overflow="fold", min_width=max(len(word) for word in columns[i].split() or [""]))
+        for row in cells:
+            # Text, not str: a subject like "[/bold]" or "[link=...]" is what the sender wrote, not rich markup.
+            t.add_row(*(Text(row[i]) for i in kept))
+        return t
+
+    t = build(compact=False)
+    with out.capture() as capture:
+        out.print(t)
+    ruled = [line for line in Text.from_ansi(capture.get()).plain.splitlines() if line[:1] in "┏┃┡│└"]
+    if any(line.rstrip()[-1:] not in "┓┃┩│┘" for line in ruled):  # rich cropped its right rule: too wide
+        t = build(compact=True)
     out.print(t)
     for row in cells:
         for i in moved:
