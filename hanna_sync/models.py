@@ -112,3 +112,18 @@ class Backup:
     size: int  # bytes
     letters: int
     seconds: float
+
+
+def merged_folders(names: list[str]) -> tuple[list[str], list[str]]:
+    """Each folder once, and the notes saying which were merged: INBOX is INBOX in any case (RFC 3501),
+    other names are compared exactly, as servers compare them."""
+    merged: list[str] = []
+    notes = []
+    for name in names:
+        key = "INBOX" if name.upper() == "INBOX" else name
+        if key in merged:
+            same = " (INBOX is the same folder in any case)" if key == "INBOX" and name != key else ""
+            notes.append(f"folder {name!r} was given twice{same}: it is scanned once, as {key!r}")
+        else:
+            merged.append(key)
+    return merged, notes

@@ -9,7 +9,7 @@ import sqlite_utils
 
 from hanna_sync.db.store import DatabaseError, Store, migrations
 from hanna_sync.errors import InputError, NotFound
-from hanna_sync.models import Entity, Mailbox
+from hanna_sync.models import Entity, FolderState, Mailbox
 
 ALL_TABLES = {
     "users", "mailboxes", "customers", "customer_contacts", "leads", "lead_contacts", "folder_states",
@@ -173,3 +173,29 @@ def test_m009_leaves_old_folder_lists_unknown_and_merges_a_folder_given_twice(tm
     assert box.folders == ["INBOX", "Išsiųsti"]
     assert graph.folders == ["Inbox", "Sent Items"]
     assert box.folders_chosen is None  # "as saved": `test` cannot say whether they were chosen
+
+
+def test_m009_moves_the_scan_state_of_an_inbox_saved_as_inbox_with_its_name(tmp_path):
+    """"Inbox" saved alone becomes "INBOX": its state, locations and skipped letters follow it, so the next
+    pass neither takes it for a folder taken off the list nor reads INBOX again from the start."""
+    from hanna_sync.demo import sample
+    from hanna_sync.mail.message import parse_letter
+
+    store = Store(tmp_path / "a.db")
+    box = mailbox(folders=["Inbox", "Sent"])
+    store.add_mailbox(box)
+    box_id = box.id
+    store.save_folder_state(FolderState(mailbox_id=box_id, folder="Inbox", uidvalidity=7, last_uid=40))
+    raw = sample.letter("ruta@azuolas.lt", sample.STAFF, "Užsakymas", "Tekstas", message_id="<m9@azuolas.lt>")
+    letter_id, _ = store.archive_letter("mid:m9@azuolas.lt", parse_letter(raw), raw, len(raw))
+    store.add_location(letter_id, box_id, "Inbox", 7, 40)
+    store.db.execute("UPDATE mailboxes SET folders = ?", ['["Inbox", "Sent"]'])
+    store.db.execute("ALTER TABLE mailboxes DROP COLUMN folders_chosen")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_folders_chosen'")
+    store.db.conn.commit()
+    store.close()
+    store = Store(tmp_path / "a.db")
+    assert store.mailboxes()[0].folders == ["INBOX", "Sent"]
+    assert store.folder_state(box_id, "INBOX").last_uid == 40
+    assert [s.folder for s in store.folder_states(box_id)] == ["INBOX"]
+    assert [(loc["folder"], loc["gone_at"]) for loc in store.letter(letter_id)["locations"]] == [("INBOX", None)]

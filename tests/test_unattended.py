@@ -446,3 +446,20 @@ def test_a_pass_over_a_database_with_no_mailbox_fails_loudly_and_names_the_other
     # Once the database in use has a mailbox, nothing is said any more.
     Store(current).add_mailbox(mailboxes.new_mailbox("staff", "ona@imone.lt", "custom", {"imap_host": "127.0.0.1"}))
     assert json.loads(status("--json").stdout)["database_warning"] is None
+
+
+def test_an_archive_whose_mailboxes_were_all_removed_is_no_alarm(tmp_path, monkeypatch):
+    """Letters kept, every mailbox removed on purpose, no other database around: a choice, so neither
+    `run` nor `status` fails over it (a monitoring check would page forever)."""
+    from hanna_sync.db.database_warning import database_warning
+    from hanna_sync.db.store import Store
+    from hanna_sync.mail.message import parse_letter
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home" / "data"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    store = Store(tmp_path / "archive" / "hs.db")
+    assert database_warning(store, store.path) is not None  # empty: the loud case
+    raw = sample.letter("ruta@azuolas.lt", sample.STAFF, "Užsakymas", "Tekstas", message_id="<kept@azuolas.lt>")
+    store.archive_letter("mid:kept@azuolas.lt", parse_letter(raw), raw, len(raw))
+    assert database_warning(store, store.path) is None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
 from hanna_sync.mail.addresses import normalise_email
-from hanna_sync.models import Mailbox
+from hanna_sync.models import Mailbox, merged_folders
 from hanna_sync.remote import imap
 from hanna_sync.remote.providers import (
     IMAP_PORTS,
@@ -276,7 +276,7 @@ def add(
     elif not mailbox.folders:
         mailbox.folders, notes = default_folders(mailbox), unverified_notes(mailbox)
     else:
-        mailbox.folders, notes = imap.merged_folders(mailbox.folders)
+        mailbox.folders, notes = merged_folders(mailbox.folders)
         notes += unverified_notes(mailbox)
     mailbox.secret_ref = uuid.uuid4().hex
     secrets.set(mailbox.secret_ref, password)
@@ -321,7 +321,7 @@ def edit(
         verified = verify(mailbox, password, timeout)
         mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
     elif mailbox.folders != old.folders and mailbox.kind != "o365-scan":  # Graph's "Inbox" is no IMAP INBOX
-        mailbox.folders, notes = imap.merged_folders(mailbox.folders)
+        mailbox.folders, notes = merged_folders(mailbox.folders)
     return Saved(mailbox, store.update_mailbox(mailbox, allow_duplicate), notes)
 
 

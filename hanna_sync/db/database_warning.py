@@ -35,10 +35,16 @@ DATABASE_WARNING = "database_warning"  # archive_state name: what the last pass 
 
 
 def database_warning(store: Store, database: Path) -> DatabaseWarning | None:
-    """The warning for a database with no mailbox configured (none for one whose mailboxes are paused)."""
+    """The warning for a database with no mailbox configured (none for one whose mailboxes are paused).
+
+    An archive whose mailboxes were all removed on purpose (letters kept, no other database around) is a
+    state someone chose, not a misconfiguration: no warning, or `status` would page about it forever."""
     if store.db.execute("SELECT count(*) FROM mailboxes").fetchone()[0]:
         return None
-    return DatabaseWarning(str(database), other_databases(database))
+    others = other_databases(database)
+    if not others and store.db.execute("SELECT 1 FROM letters LIMIT 1").fetchone():
+        return None
+    return DatabaseWarning(str(database), others)
 
 
 def record_database_warning(store: Store, warning: DatabaseWarning | None) -> None:

@@ -24,13 +24,7 @@ import sqlite_utils
 
 from hanna_sync.errors import ExitCode, HannaError, InputError, NotFound
 from hanna_sync.mail.filenames import file_kind
-from hanna_sync.models import (
-    Backup,
-    Contact,
-    Entity,
-    FolderState,
-    Mailbox,
-)
+from hanna_sync.models import Backup, Contact, Entity, FolderState, Mailbox, merged_folders
 
 if TYPE_CHECKING:
     from hanna_sync.linking.backfill import LetterKeys
@@ -403,14 +397,23 @@ def m009_folders_chosen(db: sqlite_utils.Database) -> None:
     NULL for mailboxes saved before: their lists look the same either way, and `test` says "as saved".
     Their lists lose a folder given twice (INBOX and inbox are one folder), which each pass scanned twice.
     """
-    from hanna_sync.remote.imap import merged_folders
-
     db.execute("ALTER TABLE mailboxes ADD COLUMN folders_chosen INTEGER")
     imap_read = "SELECT id, folders FROM mailboxes WHERE kind != 'o365-scan'"  # Graph's "Inbox" is no IMAP INBOX
     for mailbox_id, folders in db.execute(imap_read).fetchall():
         merged = merged_folders(json.loads(folders))[0]
-        if merged != json.loads(folders):
-            db.execute("UPDATE mailboxes SET folders = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), mailbox_id])
+        if merged == json.loads(folders):
+            continue
+        db.execute("UPDATE mailboxes SET folders = ? WHERE id = ?", [json.dumps(merged, ensure_ascii=False), mailbox_id])
+        # "Inbox" saved alone becomes "INBOX": its scan state, locations and skipped letters follow, or the next
+        # pass would take "Inbox" for a folder taken off the list and read INBOX again from the start. Where
+        # both were scanned, INBOX's rows stay and the duplicate's are retired by that pass as off the list.
+        has_inbox = db.execute("SELECT 1 FROM folder_states WHERE mailbox_id = ? AND folder = 'INBOX'",
+                               [mailbox_id]).fetchone()
+        variants = [f for f in json.loads(folders) if f.upper() == "INBOX" and f != "INBOX"]
+        if not has_inbox and variants:
+            for table in ("folder_states", "letter_locations", "skipped_letters"):
+                db.execute(f"UPDATE {table} SET folder = 'INBOX' WHERE mailbox_id = ? AND folder = ?",
+                           [mailbox_id, variants[0]])
 
 def participants_of(letter: ParsedLetter) -> list[str]:
     """Every address on the letter that may tie it to a customer or lead, lower-cased, each once."""

@@ -25,7 +25,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from hanna_sync.errors import AuthError, ConnectError
-from hanna_sync.models import Mailbox
+from hanna_sync.models import Mailbox, merged_folders
 
 log = logging.getLogger(__name__)
 
@@ -423,21 +423,6 @@ def sent_folder(folders: list[FolderInfo], preset_name: str) -> SentFolder:
         if folder.selectable and (folded in _SENT_FOLDED or folded == preset):
             candidates.append(folder.name)
     return SentFolder(candidates[0] if len(candidates) == 1 else None, candidates=tuple(candidates))
-
-
-def merged_folders(names: list[str]) -> tuple[list[str], list[str]]:
-    """Each folder once, and the notes saying which were merged: INBOX is INBOX in any case (RFC 3501),
-    other names are compared exactly, as servers compare them."""
-    merged: list[str] = []
-    notes = []
-    for name in names:
-        key = "INBOX" if name.upper() == "INBOX" else name
-        if key in merged:
-            same = " (INBOX is the same folder in any case)" if key == "INBOX" and name != key else ""
-            notes.append(f"folder {name!r} was given twice{same}: it is scanned once, as {key!r}")
-        else:
-            merged.append(key)
-    return merged, notes
 
 
 @dataclass(frozen=True)
