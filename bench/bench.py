@@ -365,7 +365,8 @@ def targets(one: dict[str, Any], many: dict[str, Any] | None) -> list[dict[str, 
         ("peak RSS of any hanna-sync pass (MiB)", rss, "<=", RSS_MIB),
     ]
     if many:
-        out.append((f"{many['mailboxes']} mailboxes no-change pass (s)", many["runs"][-1].wall_s, "<", MANY_NO_CHANGE_S))
+        out.append((f"{many['mailboxes']} mailboxes no-change pass (s)", many["runs"][-1].wall_s, "<",
+                    MANY_NO_CHANGE_S))
     met = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
     return [{"what": what, "value": round(value, 3), "target": f"{op} {goal:g}", "met": met[op](float(value), goal)}
             for what, value, op, goal in out]
@@ -382,10 +383,10 @@ def machine() -> dict[str, Any]:
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     os_name = next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
                     if line.startswith("PRETTY_NAME=")), platform.system())
-    versions = {
-        "dovecot": subprocess.run(["dovecot", "--version"], capture_output=True, text=True, check=True).stdout.split()[0],
-        "mbsync": subprocess.run(["mbsync", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1],
-    }
+    def version(*command: str) -> list[str]:
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+
+    versions = {"dovecot": version("dovecot", "--version")[0], "mbsync": version("mbsync", "--version")[-1]}
     return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem_kib / 1024**2, 1), "os": os_name,
             "kernel": platform.release(), "python": platform.python_version(), "hanna_sync": __version__, **versions}
 

@@ -298,8 +298,8 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
     ):
         _positive(value, name, where)
     _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
-    for name, value in (("scan.concurrency", scan.get("concurrency", 1)), ("scan.batch_size", scan.get("batch_size", 1))):
-        _positive(value, name, where, minimum=1, strict=False)
+    for key in ("concurrency", "batch_size"):
+        _positive(scan.get(key, 1), f"scan.{key}", where, minimum=1, strict=False)
     for name in ("gap_check_hours", "auth_backoff_minutes"):
         _positive(scan.get(name, 0), f"scan.{name}", where, strict=False)
 
@@ -353,9 +353,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
             what = "is a directory, not a file" if candidate.is_dir() else "does not exist"
             raise ConfigError(f"config file {candidate} {what} (given by --config or $HANNA_SYNC_CONFIG)")
     else:
-        candidate = next((p for p in config_search_path() if p.is_file()), None)
-        if candidate is None:
+        found = next((p for p in config_search_path() if p.is_file()), None)
+        if found is None:
             return Config()
+        candidate = found
     try:
         with open(candidate, "rb") as fh:
             data = tomllib.load(fh)

@@ -34,7 +34,8 @@ def pass_lock(database: Path) -> Iterator[None]:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise PassBusy(f"another pass is running (pid {holder}, lock {path}); this one exits, try again later") from None
+        raise PassBusy(f"another pass is running (pid {holder}, lock {path}); this one exits,"
+                       " try again later") from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -10,6 +10,7 @@ for ever, or call a function (stop Dovecot, delete the folder). Nothing of this 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -256,26 +257,20 @@ class ImapProxy:
 
     def _kill(self) -> None:
         if self.victim is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _shutdown(sock: socket.socket) -> None:
     """End both directions without freeing the descriptor (another thread may still be using it)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _close(sock: socket.socket) -> None:
     _shutdown(sock)
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 # -- comparing archives ----------------------------------------------------------------------------
@@ -329,7 +324,7 @@ def check_consistent(store: Store, reference: Archive | None = None) -> None:
         assert state and state[0] == uidvalidity and uid in state[1], f"location {folder} {uid} not in the state"
     if reference is not None:
         here = {loc[1:5] for loc in archive(store).locations}
-        for identity, mailbox_id, folder, uidvalidity, uid, live in reference.locations:
+        for _identity, mailbox_id, folder, uidvalidity, uid, live in reference.locations:
             state = seen.get((mailbox_id, folder))
             if live and state and state[0] == uidvalidity and uid in state[1]:
                 assert (mailbox_id, folder, uidvalidity, uid) in here, f"{folder} UID {uid} looked at, not archived"

@@ -204,7 +204,7 @@ def test_hostile_attachment_names_stay_inside_their_folder(archived, tmp_path):
     names = [os.path.basename(p) for p in written]
     assert names == ["evil.sh", "evil", "win.bat", "_CON", "attachment", "bashrc", "same.txt", "same (2).txt",
                      "gnp.exe", "attachment (2)"]
-    for path, data in zip(written, contents):
+    for path, data in zip(written, contents, strict=True):
         assert Path(path).read_bytes() == data
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(files.stat().st_mode) == stat.S_IMODE(folder.stat().st_mode) == 0o700

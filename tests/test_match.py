@@ -26,7 +26,7 @@ DIRECTORY = Directory.build(
 
 
 def links(*addresses: str, customers: bool = True, leads: bool = True) -> set[tuple[str, str, str, str]]:
-    return {(l.entity_type, l.entity_id, l.rule, l.address) for l in match(addresses, DIRECTORY, customers, leads)}
+    return {(link.entity_type, link.entity_id, link.rule, link.address) for link in match(addresses, DIRECTORY, customers, leads)}
 
 
 @pytest.mark.parametrize("addresses, expected", [

@@ -474,9 +474,9 @@ def test_a_graph_token_never_serves_imap_nor_an_outlook_token_graph(tmp_path, ms
     problems = graph.claims.problems(oauth.IMAP, False, STAFF)
     assert problems[0][0] == "the token is for https://graph.microsoft.com, not IMAP (https://outlook.office.com)"
     assert outlook.claims.problems(oauth.GRAPH, False, STAFF)[0][0].startswith("the token is for https://outlook")
-    with pytest.raises(AuthError, match=r"refused the token for jonas@imone\.lt \(AUTHENTICATE failed"):
-        with imap.oauth_session(client, lambda fresh: graph.value, 10):
-            pass
+    with pytest.raises(AuthError, match=r"refused the token for jonas@imone\.lt \(AUTHENTICATE failed"), \
+            imap.oauth_session(client, lambda fresh: graph.value, 10):
+        pass
     wrong = GraphClient(ms.graph.url, "me", lambda fresh: outlook.value, 10)
     with pytest.raises(AuthError, match="Graph refused the token .401 InvalidAuthenticationToken.*Invalid audience"):
         wrong.folders()

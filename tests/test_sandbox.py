@@ -139,9 +139,9 @@ def test_served_certificate_can_be_for_another_host(imap_user: SandboxUser) -> N
         with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
             connect(imap_user)
         context = ssl.create_default_context(cafile=dc.ca_file)
-        with socket.create_connection((dc.host, dc.imaps_port), timeout=5) as sock:
-            with context.wrap_socket(sock, server_hostname="mail.other.test") as tls:
-                assert tls.recv(64).startswith(b"* OK")
+        with socket.create_connection((dc.host, dc.imaps_port), timeout=5) as sock, \
+                context.wrap_socket(sock, server_hostname="mail.other.test") as tls:
+            assert tls.recv(64).startswith(b"* OK")
     finally:
         dc.cert_file, dc.key_file = own
         dc.restart()

@@ -24,6 +24,7 @@ or a name inside an export directory that is anything but a regular file, is ref
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -117,7 +118,7 @@ def export_letters(
     stream = None
     if output is not None:
         output, stream = _target(output, to_directory, fmt)
-    sink = stream or stdout
+    sink = stream or stdout  # None only when the letters go to files
 
     result = ExportResult(len(letter_ids), fmt)
     staging = _Staging()
@@ -138,7 +139,7 @@ def export_letters(
                 result.headers_only.append(letter_id)
             if fmt == "mbox":
                 data = _from_line(letter) + _FROM_LINE.sub(rb">\1", raw) + b"\n"
-                (target or sink).write(data)
+                (target or sink).write(data)  # type: ignore[union-attr]  # see `sink`
                 result.bytes += len(data)
             else:
                 if target is None:
@@ -378,7 +379,5 @@ class _SyncedFile:
 
 def _quietly(operation: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """A clean-up step after a failure: the first error is what the admin needs to hear, not this one."""
-    try:
+    with contextlib.suppress(OSError):
         operation(*args, **kwargs)
-    except OSError:
-        pass

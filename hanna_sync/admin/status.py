@@ -125,7 +125,8 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         detail = f"no pass for {success_minutes:.0f} minutes: is the timer running? (systemctl list-timers hanna-sync)"
     elif behind:
         state, alert = "backfilling", False
-        detail = f"{percent if percent is not None else 0:g}% done; {len(behind)} folder(s) behind, continuing each pass"
+        done = percent if percent is not None else 0
+        detail = f"{done:g}% done; {len(behind)} folder(s) behind, continuing each pass"
     else:
         state, detail, alert = "ok", "up to date", False
     if state in ("ok", "backfilling") and any(f.gap_found for f in folders):

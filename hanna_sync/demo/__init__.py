@@ -93,5 +93,6 @@ def run_demo(workdir: Path | None = None) -> DemoResult:
         relinked = relink_or_defer(store, config, secret_store)
         backfill = run_pass(store, secret_store, config)
         # The sandbox server goes away with the demo; keep the mailbox from failing in later passes.
+        assert box.id is not None
         store.update_mailbox(mailboxes.changed_mailbox(store.mailbox(box.id), {"scan_active": False}))
     return DemoResult(workdir, config_path, imported, result, store, relinked, backfill)

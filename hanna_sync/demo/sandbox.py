@@ -13,6 +13,7 @@ of thousands of letters quickly.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import grp
 import ipaddress
@@ -143,10 +144,8 @@ class Dovecot:
         if proc is None:
             return
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -247,10 +246,7 @@ class Dovecot:
         if internaldate is not None:
             ts = internaldate.timestamp() if isinstance(internaldate, datetime) else internaldate
             os.utime(tmp, (ts, ts))
-        if flags:
-            final = box / "cur" / f"{name}:2,{''.join(sorted(set(flags)))}"
-        else:
-            final = box / "new" / name
+        final = box / "cur" / f"{name}:2,{''.join(sorted(set(flags)))}" if flags else box / "new" / name
         tmp.rename(final)  # atomic: a running Dovecot never sees a half-written letter
         return final
 
@@ -473,10 +469,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # all gone already
         os.killpg(pgid, sig)
-    except ProcessLookupError:  # all gone already
-        pass
 
 
 def _die_with_parent() -> None:

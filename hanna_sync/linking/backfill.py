@@ -97,7 +97,9 @@ class SkipIndex:
             self._cache[name] = keys
         return keys
 
-    def envelope_keys(self, addresses: Iterable[str], conversation_id: str | None, message_id: str | None) -> LetterKeys:
+    def envelope_keys(
+        self, addresses: Iterable[str], conversation_id: str | None, message_id: str | None
+    ) -> LetterKeys:
         """The keys of a letter Graph skipped: its addresses and their domains (as letter_keys), and
         its Outlook conversation, which Graph letters inherit links through."""
         keys = {key for address in addresses for key in self._token_keys(address)}

@@ -79,7 +79,7 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
     with store.transaction():
         for row, old, gone, fresh in _differences(rows, before, after):
             letter_id = row["id"]
-            added = sum(1 for l in fresh if (l.entity_type, l.entity_id) not in old)
+            added = sum(1 for link in fresh if (link.entity_type, link.entity_id) not in old)
             result.links_removed += len(gone)
             result.links_added += added
             result.links_changed += len(fresh) - added
@@ -113,12 +113,12 @@ def _differences(
     archived_ids = {i for row in rows for i in _thread_ids(row)}
     for row in rows:
         old = before.get(row["id"], {})
-        new = {(l.entity_type, l.entity_id): l for l in after.get(row["id"], [])}
+        new = {(link.entity_type, link.entity_id): link for link in after.get(row["id"], [])}
         for entity, (rule, address) in old.items():
             if rule == "thread" and address not in archived_ids and entity not in new:
                 new[entity] = Link(entity[0], entity[1], rule, address)
         gone = [entity for entity in old if entity not in new]
-        fresh = [l for entity, l in new.items() if old.get(entity) != (l.rule, l.address)]
+        fresh = [link for entity, link in new.items() if old.get(entity) != (link.rule, link.address)]
         if gone or fresh:
             yield row, old, gone, fresh
 
@@ -195,7 +195,7 @@ def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) 
     grew = True
     while grew:
         grew = False
-        linked = {thread_id: [(l.entity_type, l.entity_id) for i in ids for l in links[i]]
+        linked = {thread_id: [(link.entity_type, link.entity_id) for i in ids for link in links[i]]
                   for thread_id, ids in by_thread_id.items()}
         for row, answers in answering:
             if row["automatic"] and not config.linking.automatic:

@@ -77,8 +77,8 @@ class Envelope:
 
         def emails(value: Any) -> list[str]:
             entries = value if isinstance(value, list) else [value] if isinstance(value, dict) else []
-            return [str(e["emailAddress"]["address"]) for e in entries
-                    if isinstance(e, dict) and isinstance(e.get("emailAddress"), dict) and e["emailAddress"].get("address")]
+            return [str(e["emailAddress"]["address"]) for e in entries if isinstance(e, dict)
+                    and isinstance(e.get("emailAddress"), dict) and e["emailAddress"].get("address")]
 
         fields = ("from", "replyTo", "toRecipients", "ccRecipients", "bccRecipients")
         return cls(str(item["id"]), False, str(item.get("subject") or ""), item.get("internetMessageId") or None,

@@ -16,7 +16,7 @@ import socket
 import ssl
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -209,10 +209,8 @@ def _end(client: IMAPClient) -> None:
     try:
         client.logout()
     except Exception:  # the connection may already be gone; nothing left to release
-        try:
+        with suppress(Exception):
             client.shutdown()
-        except Exception:
-            pass
 
 
 # -- Office 365: XOAUTH2 ---------------------------------------------------------------------------
@@ -436,7 +434,8 @@ class ResolvedFolders:
 def resolved_folders(chosen: list[str], folders: list[FolderInfo]) -> ResolvedFolders:
     """The chosen folders matched to the server's: exactly, INBOX in any case, or, for a name that differs
     only in its Unicode form (typed decomposed, as some terminals and macOS do, s + combining caron for "š",
-    where the server lists the composed "Išsiųsti"), by its composed form; kept as the server spells them, since that is what SELECT must be given."""
+    where the server lists the composed "Išsiųsti"), by its composed form;
+    kept as the server spells them, since that is what SELECT must be given."""
     names = [f.name for f in folders if f.selectable]
     by_form: dict[str, list[str]] = {}
     by_folded: dict[str, list[str]] = {}
@@ -493,7 +492,7 @@ class _IMAP4OnSocket(imaplib.IMAP4):
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         return self._connected
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:  # type: ignore[override]  # imaplib only ever sends bytes
         if self._trace:
             line = data.decode("utf-8", "replace").rstrip("\r\n")
             self._trace("C", "***" if self._sasl else _LOGIN_COMMAND.sub(r"\1\2 ***", line))

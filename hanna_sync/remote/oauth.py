@@ -125,7 +125,8 @@ _AADSTS_FIXES = {
         " can exclude the app, or use app-only sign-in (auth = \"app\")"
     ),
     "50076": "multi-factor authentication is needed: sign in again with 'hanna-sync login ID' (the browser asks)",
-    "50173": "the sign-in was revoked (password changed, or sessions revoked): sign in again with 'hanna-sync login ID'",
+    "50173": "the sign-in was revoked (password changed, or sessions revoked):"
+             " sign in again with 'hanna-sync login ID'",
     "500011": "the tenant has no Exchange Online for this resource: is the mailbox licensed for Exchange Online?",
     "70011": "a scope was refused: check the API permissions of the app registration ('hanna-sync setup-guide o365')",
 }
@@ -463,7 +464,8 @@ class MicrosoftSignIn:
     def _lock(self) -> AbstractContextManager[None]:
         if self.lock_path is None:
             return nullcontext()
-        return _locked(self.lock_path, 4 * self.timeout + 10)  # a renewal takes one request; 4 scanner threads may queue
+        # A renewal takes one request; 4 scanner threads may queue.
+        return _locked(self.lock_path, 4 * self.timeout + 10)
 
     @contextmanager
     def _cache(self, ref: str, load: bool = True) -> Iterator[msal.SerializableTokenCache]:
@@ -504,7 +506,8 @@ class MicrosoftSignIn:
                 raise ConfigError(f"[o365] authority {self.authority} is not usable: {exc}") from None
             # Anything else (a reply that is not JSON: a proxy's error page) is the network's doing, not the config's.
             raise ConnectError(f"the Microsoft identity platform at {self.settings.authority} gave an answer that"
-                               f" is not a token reply ({' '.join(str(exc).split())[:120]}), perhaps from a proxy in between;"
+                               f" is not a token reply ({' '.join(str(exc).split())[:120]}),"
+                               " perhaps from a proxy in between;"
                                " the next pass tries again") from None
 
     def _public_app(self, cache: msal.SerializableTokenCache) -> msal.PublicClientApplication:
@@ -535,8 +538,9 @@ class MicrosoftSignIn:
         else:
             stored = self.secrets.get(CLIENT_SECRET_REF)
             if stored is None:
-                raise SecretsError('[o365] auth = "app" needs a client secret in the secrets store (store it with'
-                                   " 'hanna-sync login --client-secret') or certificate_file and certificate_thumbprint")
+                raise SecretsError('[o365] auth = "app" needs a client secret in the secrets store (store it'
+                                   " with 'hanna-sync login --client-secret') or certificate_file and"
+                                   " certificate_thumbprint")
             credential = stored
         return msal.ConfidentialClientApplication(self.settings.client_id, client_credential=credential,
                                                   authority=self.authority, token_cache=cache,
@@ -568,4 +572,5 @@ def _check_private_key(pem: str, path: Path) -> None:
         serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError) as exc:
         why = "it is encrypted: export it without a passphrase" if "encrypted" in str(exc) else "none was found"
-        raise ConfigError(f"[o365] certificate_file {path} must hold the certificate's PEM private key ({why})") from None
+        raise ConfigError(f"[o365] certificate_file {path} must hold the certificate's PEM private key"
+                          f" ({why})") from None

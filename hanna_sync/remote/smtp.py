@@ -35,7 +35,7 @@ class _SMTPOnSocket(smtplib.SMTP):
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return self._connected
 
-    def send(self, s: str | bytes) -> None:
+    def send(self, s: str | bytes) -> None:  # type: ignore[override]  # smtplib only ever sends str or bytes
         if self._trace:
             self._trace("C", self._masked(s))
         super().send(s)
