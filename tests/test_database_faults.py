@@ -49,8 +49,8 @@ def hanna(config: Path, *args: str):
 def one_error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and result.exception is None or isinstance(result.exception, SystemExit)
-    assert len([l for l in lines if l.startswith("Error:")]) == 1, result.stderr
-    return next(l for l in lines if l.startswith("Error:"))
+    assert len([line for line in lines if line.startswith("Error:")]) == 1, result.stderr
+    return next(line for line in lines if line.startswith("Error:"))
 
 
 # -- another writer --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ ALL_TABLES = {
 def test_fresh_database_has_every_table_and_is_private(tmp_path):
     path = tmp_path / "sub" / "a.db"
     store = Store(path)
-    assert ALL_TABLES <= set(store.db.table_names())
+    assert set(store.db.table_names()) >= ALL_TABLES
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert store.db.journal_mode == "wal"
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -37,7 +37,7 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path):
     assert "letters" not in sqlite_utils.Database(path).table_names()
 
     store = Store(path)
-    assert ALL_TABLES <= set(store.db.table_names())
+    assert set(store.db.table_names()) >= ALL_TABLES
     assert store.entity("customer", "C1") == Entity(id="C1", name="Acme", email="a@acme.lt")
     Store(path)  # opening again applies nothing twice
     assert len(migrations.applied(store.db)) == len(migrations._migrations)
@@ -199,3 +199,38 @@ def test_m009_moves_the_scan_state_of_an_inbox_saved_as_inbox_with_its_name(tmp_
     assert store.folder_state(box_id, "INBOX").last_uid == 40
     assert [s.folder for s in store.folder_states(box_id)] == ["INBOX"]
     assert [(loc["folder"], loc["gone_at"]) for loc in store.letter(letter_id)["locations"]] == [("INBOX", None)]
+
+
+def test_read_rows_have_exactly_the_fields_their_types_name(tmp_path):
+    """The TypedDicts are what the CLI and --json rely on: a column added to a query must be added to its type."""
+    from hanna_sync.db import rows
+    from hanna_sync.demo import sample
+    from hanna_sync.linking.match import Link
+    from hanna_sync.mail.message import parse_letter
+
+    store = Store(tmp_path / "a.db")
+    box = mailbox()
+    store.add_mailbox(box)
+    assert box.id is not None
+    raw = sample.letter("ruta@azuolas.lt", sample.STAFF, "Užsakymas", "Tekstas", message_id="<r1@azuolas.lt>")
+    letter_id, _ = store.archive_letter("mid:r1@azuolas.lt", parse_letter(raw), raw, len(raw))
+    store.add_location(letter_id, box.id, "INBOX", 7, 1)
+    store.add_links(letter_id, [Link("customer", "C1", "address", "ruta@azuolas.lt")])
+    store.finish_run(store.start_run(), "ok", [], budget_exhausted=False)
+
+    def fields(row: object) -> set[str]:
+        assert isinstance(row, dict)
+        return set(row)
+
+    def named(typed: type) -> set[str]:
+        return set(typed.__annotations__)
+
+    letter = store.letter(letter_id)
+    assert fields(letter) == named(rows.LetterRow)
+    assert fields(letter["locations"][0]) == named(rows.LocationRow)
+    assert fields(letter["links"][0]) == named(rows.LinkRow)
+    assert fields(store.letters()[0]) == named(rows.LetterSummary)
+    assert fields(store.search("Užsakymas")[0]) == named(rows.SearchHit)
+    assert fields(store.thread(letter_id)[0]) == named(rows.ThreadLetter)
+    assert fields(store.original(letter_id)) == named(rows.Original)
+    assert fields(store.last_run()) == named(rows.RunRow)

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hanna_sync.db.rows import Original
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError, NotFound
 from hanna_sync.mail.filenames import file_kind, safe_filename
@@ -228,12 +229,12 @@ def _open_stream(output: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _eml_name(letter: dict[str, Any]) -> str:
+def _eml_name(letter: Original) -> str:
     subject = safe_filename((letter["subject"] or "")[:SUBJECT_CHARS], fallback="no subject")
     return f"{letter['id']}-{letter['date'][:10]}-{subject}.eml"
 
 
-def _from_line(letter: dict[str, Any]) -> bytes:
+def _from_line(letter: Original) -> bytes:
     """mbox's separator: `From <sender> <asctime date>`, the sender without spaces (they would end it)."""
     sender = "".join(c for c in letter["from_addr"] or "" if c.isprintable() and not c.isspace()) or "MAILER-DAEMON"
     when = datetime.fromisoformat(letter["date"]).astimezone(timezone.utc).ctime()

@@ -1482,7 +1482,7 @@ def demo(workdir: str | None) -> None:
                    f" letters --customer {late.id} lists them.")
     rows = result.store.letters(customer="C-1001")
     table("Letters linked to customer C-1001 (UAB Ąžuolas)", ["ID", "Date (UTC)", "From", "Subject", "Linked by"],
-          [[r["id"], r["date_utc"][:16].replace("T", " "), r["from_addr"], r["subject"],
+          [[r["id"], _short_date(r["date_utc"]), r["from_addr"], r["subject"],
             ", ".join(l["rule"] for l in r["links"] if l["entity_id"] == "C-1001")] for r in rows])
     # Commands that work as shown, pasted anywhere: scripts/demo.sh leaves hanna-sync in .venv/bin, not on PATH.
     hs = f"{executable()} --config {shlex.quote(str(result.config_path.resolve()))}"

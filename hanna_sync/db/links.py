@@ -1,0 +1,110 @@
+"""Links between letters and customers or leads: added by a pass, re-judged by relink, inherited by replies."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from hanna_sync.db.connection import Connection, chunks
+
+if TYPE_CHECKING:
+    from hanna_sync.linking.match import Link
+
+
+class LinkQueries(Connection):
+    """Links, and what relinking and thread backfill read."""
+
+    def add_links(self, letter_id: int, links: list[Link]) -> int:
+        """Links a letter does not have yet (a link made earlier, e.g. from another mailbox, stays)."""
+        added = 0
+        for link in links:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO links (letter_id, entity_type, entity_id, rule, address) VALUES (?, ?, ?, ?, ?)",
+                [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
+            )
+            added += cursor.rowcount
+        return added
+
+    def thread_links(self, thread_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """The entities the archived letters these ids name are linked to: what a reply inherits.
+
+        A Message-ID names the letter that has it; "conversation:<id>" names every letter of that
+        Outlook conversation (letters read through Graph).
+        """
+        found: dict[str, list[tuple[str, str]]] = {}
+        unique = list(dict.fromkeys(thread_ids))
+        conversations = [i for i in unique if i.startswith("conversation:")]
+        message_ids = [i for i in unique if not i.startswith("conversation:")]
+        for ids, sql in (
+            (message_ids, "SELECT DISTINCT l.message_id, k.entity_type, k.entity_id FROM letters l"
+                          " JOIN links k ON k.letter_id = l.id WHERE l.message_id IN ({})"),
+            (conversations, "SELECT DISTINCT t.message_id, k.entity_type, k.entity_id FROM letter_thread_ids t"
+                            " JOIN links k ON k.letter_id = t.letter_id WHERE t.message_id IN ({})"),
+        ):
+            for chunk, marks in chunks(ids):
+                for thread_id, entity_type, entity_id in self.db.execute(
+                    sql.format(marks), chunk
+                ).fetchall():
+                    found.setdefault(thread_id, []).append((entity_type, entity_id))
+        return found
+
+    def linked_message_ids(self, after_letter_id: int) -> tuple[list[str], int]:
+        """The thread ids (Message-IDs, and "conversation:<id>" for Graph letters) of linked letters
+        archived after a letter id, and the highest letter id: what thread backfill has not looked for yet."""
+        top = self.db.execute("SELECT coalesce(max(id), 0) FROM letters").fetchone()[0]
+        ids: list[str] = []
+        for message_id, conversation_id in self.db.execute(
+            "SELECT l.message_id, l.conversation_id FROM letters l WHERE l.id > ? AND l.id <= ?"
+            " AND EXISTS (SELECT 1 FROM links k WHERE k.letter_id = l.id)", [after_letter_id, top],
+        ).fetchall():
+            if message_id:
+                ids.append(message_id)
+            if conversation_id:
+                ids.append(f"conversation:{conversation_id}")
+        return ids, int(top)
+
+    def relink_rows(self) -> list[dict[str, Any]]:
+        """Every archived letter with what relinking needs, oldest first (parents before their replies).
+
+        `customers`/`leads`: whether any mailbox the letter was seen in syncs them (both when it was
+        seen in none left, e.g. its mailbox was removed).
+        """
+        rows = list(self.db.query(
+            """
+            SELECT l.id, l.message_id, l.in_reply_to, l."references", l.conversation_id, l.participants, l.automatic,
+                coalesce(max(m.sync_customers), 1) AS customers, coalesce(max(m.sync_leads), 1) AS leads
+            FROM letters l
+            LEFT JOIN letter_locations p ON p.letter_id = l.id
+            LEFT JOIN mailboxes m ON m.id = p.mailbox_id
+            GROUP BY l.id ORDER BY l.date_utc, l.id
+            """
+        ))
+        for row in rows:
+            row["participants"] = json.loads(row["participants"])
+            row["references"] = json.loads(row["references"])
+        return rows
+
+    def all_links(self) -> dict[int, dict[tuple[str, str], tuple[str, str]]]:
+        """letter id -> (entity type, entity id) -> (rule, address), for every link."""
+        links: dict[int, dict[tuple[str, str], tuple[str, str]]] = {}
+        for letter_id, entity_type, entity_id, rule, address in self.db.execute(
+            "SELECT letter_id, entity_type, entity_id, rule, address FROM links"
+        ).fetchall():
+            links.setdefault(letter_id, {})[(entity_type, entity_id)] = (rule, address)
+        return links
+
+    def remove_links(self, letter_id: int, entities: list[tuple[str, str]]) -> None:
+        for entity_type, entity_id in entities:
+            self.db.execute(
+                "DELETE FROM links WHERE letter_id = ? AND entity_type = ? AND entity_id = ?",
+                [letter_id, entity_type, entity_id],
+            )
+
+    def set_links(self, letter_id: int, links: list[Link]) -> None:
+        """These links, replacing the letter's links to the same entities (a rule that changed)."""
+        for link in links:
+            self.db.execute(
+                "INSERT OR REPLACE INTO links (letter_id, entity_type, entity_id, rule, address)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
+            )
