@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from hanna_sync.cli import cli
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.demo import sample
@@ -125,7 +127,8 @@ def test_json_leads_with_contact_lists(store, tmp_path):
     ]))
     result = import_entities(store, "lead", path)
     assert result.added == 1
-    assert [(e.line, e.message) for e in result.rejected] == [(2, "'email' must be text, not list"), (3, "not an object")]
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (2, "'email' must be text, not list"), (3, "not an object")]
     lead = store.entity("lead", "7")
     assert lead.contacts == [Contact("p@lead.lt", "Petras"), Contact("q@lead.lt")]
 
@@ -169,10 +172,21 @@ def dump(store: Store) -> str:
     # The issue's file: the quote runs to the end, and would make one customer of the whole file.
     ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt\n',
      r"c\.csv, line 2: the quote opened in column 'name' never closes \(it runs to the end of the file\)"),
-    ('id,name,email\nC-Q0,Zeta,z@z.lt\nC-Q1,Acme,"acme@x.lt', r"line 3: the quote opened in column 'email' never closes"),
+    ('id,name,email\nC-Q0,Zeta,z@z.lt\nC-Q1,Acme,"acme@x.lt',
+     r"line 3: the quote opened in column 'email' never closes"),
     # A second stray quote closes the first: the row it makes has the wrong number of fields.
     ('id,name,email\nC-Q1,"Acme,acme@x.lt\nC-Q2,Beta,beta@y.lt"\nC-Q3,Gamma,g@g.lt\n',
      r"line 2: the quote opened in column 'name' runs on to line 3 and leaves 2 fields where the header has 3"),
+    # Closed by a later field's opening quote, the row has the header's 3 fields: strict csv stops at the text after it.
+    ('id,name,email\nC-26,"Acme,acme@x.lt\nC-27,Beta,beta@y.lt\nC-28,"Gamma",g@g.lt\n',
+     r"line 2: the quote opened in column 'name' runs on to line 4, where text follows its closing quote"),
+    # Closed at the end of a field, with the header's number of fields: no id, email or domain holds a line break.
+    ('id,name,email\nC-Q1,Acme,"acme@x.lt\nC-Q2,Beta,beta@y.lt"\nC-Q3,Gamma,g@g.lt\n',
+     r"line 2: the quote opened in column 'email' runs on to line 3, and an id, email or domain has no line break"),
+    ('id;name;email\n"C-Q1;Acme;acme@x.lt\nC-Q2";Beta;beta@y.lt\n',
+     r"line 2: the quote opened in column 'id' runs on"),
+    ('id,domain,name\nC-Q1,"acme.lt,Acme\nC-Q2,beta.lt",Beta\n',
+     r"line 2: the quote opened in column 'domain' runs on"),
 ])
 def test_a_stray_quote_stops_the_import_at_the_line_it_opened_and_writes_nothing(store, tmp_path, content, message):
     store.save_entity("customer", sample.CUSTOMERS[0], replace_contacts=True)
@@ -192,6 +206,15 @@ def test_a_quoted_field_with_a_line_break_that_closes_is_fine(store, tmp_path):
     assert store.entity("customer", "C1").name == "Acme\r\n(the old one)"
     # A one-line row with too few fields is that row's error, named by its line; the others import.
     assert [(e.line, e.message) for e in result.rejected] == [(5, "2 fields: fewer than the header's 3 columns")]
+
+
+def test_text_after_a_closing_quote_on_one_line_is_that_rows_error(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,name,email\nC1,"Acme" UAB,a@acme.lt\nC2,Beta,b@beta.lt\n')
+    result = import_entities(store, "customer", path)
+    assert result.added == 1
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (2, "text after the closing quote in column 'name': quote the whole field, doubling the quotes in it (\"\")")]
 
 
 LONG = "x" * (128 * 1024 + 1)
@@ -234,14 +257,16 @@ def test_a_column_spelled_otherwise_is_read_as_the_known_one(store, tmp_path):
     ("csv", "id,name,Email address\nC1,Acme,a@acme.lt\n", "column 'Email address' is not one hanna-sync reads"
      " (did you mean 'email'?): rename it, or remove it to import without it"),
     ("csv", "id;name;mail\nC1;Acme;a@acme.lt\n", "column 'mail' is not one hanna-sync reads (did you mean 'email'?)"),
-    ("csv", "customer_id,email\nC1,a@acme.lt\n", "column 'customer_id' is not one hanna-sync reads (did you mean 'id'?)"),
+    ("csv", "customer_id,email\nC1,a@acme.lt\n",
+     "column 'customer_id' is not one hanna-sync reads (did you mean 'id'?)"),
     ("csv", "id,email,Contact persons\nC1,a@acme.lt,b@acme.lt\n", "(did you mean 'contacts'?)"),
     ("csv", "id,email,E-mail\nC1,a@acme.lt,b@acme.lt\n", "columns 'email' and 'E-mail' both mean 'email': keep one"),
     ("csv", "id,email,email\nC1,a@acme.lt,b@acme.lt\n", "column 'email' is there twice: keep one"),
     ("json", json.dumps([{"id": "C1", "name": "Acme", "Emails": "a@acme.lt"}]), "column 'Emails' is not one"
      " hanna-sync reads (did you mean 'email'?)"),
 ])
-def test_a_column_that_only_looks_like_a_known_one_is_refused_with_a_did_you_mean(store, tmp_path, fmt, content, message):
+def test_a_column_that_only_looks_like_a_known_one_is_refused_with_a_did_you_mean(
+        store, tmp_path, fmt, content, message):
     store.save_entity("customer", sample.CUSTOMERS[0], replace_contacts=True)
     before = dump(store)
     path = tmp_path / f"c.{fmt}"
@@ -250,6 +275,44 @@ def test_a_column_that_only_looks_like_a_known_one_is_refused_with_a_did_you_mea
         import_entities(store, "customer", path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
     assert dump(store) == before
+
+
+def test_a_column_named_with_a_known_word_is_refused_when_its_values_look_like_that_columns(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email,Contact emails\nC1,Acme,a@acme.lt,a@x.lt\n")
+    with pytest.raises(InputError, match=r"column 'Contact emails' is not one hanna-sync reads \(did you mean"
+                                         r" 'contacts'\?\)"):
+        import_entities(store, "customer", path)
+    path.write_text("id,name,email,Email domain\nC1,Acme,a@acme.lt,acme.lt\n")
+    with pytest.raises(InputError, match=r"column 'Email domain' .* \(did you mean 'domain'\?\)"):
+        import_entities(store, "customer", path)
+
+
+@pytest.mark.parametrize("content, ignored", [
+    ("id,name,email,Last contact,Contact phone\nC1,Acme,a@acme.lt,2024-05-01,+370 600 00000\n",
+     ["Last contact", "Contact phone"]),
+    ("id,name,email,domain,Phone,Contact person\nC1,Acme,a@acme.lt,acme.lt,+370 600 00000,Jonas Jonaitis\n",
+     ["Phone", "Contact person"]),
+    ("id,email,First name,Last name\nC1,a@acme.lt,Jonas,Jonaitis\n", ["First name", "Last name"]),
+    # Excel's empty trailing columns: no columns at all.
+    ("id,name,email,,\nC1,Acme,a@acme.lt,,\n", []),
+    ("id;name;email;;;\r\nC1;Acme;a@acme.lt;;; \r\n", []),
+])
+def test_an_ordinary_crm_export_imports_with_its_other_columns_ignored(tmp_path, content, ignored):
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    (tmp_path / "config.toml").write_text(f'database = "{tmp_path / "hs.db"}"\n')
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "config.toml"), "import", "customers", str(path),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["added"] == 1 and json.loads(result.stdout)["ignored_columns"] == ignored
+
+
+def test_an_unnamed_column_with_values_is_still_a_column_and_named_as_ignored(store, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,name,email,,\nC1,Acme,a@acme.lt,x,\n")
+    result = import_entities(store, "customer", path)
+    assert result.added == 1 and result.ignored_columns == [""]
 
 
 def test_an_unknown_column_is_ignored_when_the_file_has_the_one_it_looks_like(store, tmp_path):
@@ -269,10 +332,12 @@ def test_a_row_needs_an_address_to_link_by(store, tmp_path):
         (2, "no address to link letters by: give an email, a domain or a contact")]
     assert store.entity("customer", "C1") is None
     path = tmp_path / "l.json"
-    path.write_text(json.dumps([{"id": "L1", "name": "Lead", "domain": "lead.lt"}, {"id": "L2", "contacts": ["p@x.lt"]}]))
+    path.write_text(json.dumps([{"id": "L1", "name": "Lead", "domain": "lead.lt"},
+                                {"id": "L2", "contacts": ["p@x.lt"]}]))
     result = import_entities(store, "lead", path)
     assert result.added == 1 and result.ignored_columns == ["domain"]
-    assert [(e.line, e.message) for e in result.rejected] == [(1, "no address to link letters by: give an email or a contact")]
+    assert [(e.line, e.message) for e in result.rejected] == [
+        (1, "no address to link letters by: give an email or a contact")]
 
 
 def test_a_column_the_file_lacks_keeps_the_stored_values(store, tmp_path):

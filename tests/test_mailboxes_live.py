@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import stat
+import subprocess
 import unicodedata
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from hanna_sync.cli import cli
-from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot
+from hanna_sync.demo.sandbox import DOVECOT_BIN, CertificateAuthority, Dovecot
 from hanna_sync.remote import imap
 
 
@@ -307,9 +311,14 @@ def test_a_ca_trusted_only_through_ssl_cert_file_is_kept_as_the_mailboxs_ca_file
     imap._ssl_context.cache_clear()  # contexts are cached per process; this one must see the variable
     result = hanna(*args, input=imap_user.password + "\n")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["ca_file"] == ca
+    kept = json.loads(result.stdout)["ca_file"]
+    assert kept.startswith(f"{hanna.db.parent}/ca/{imap_user.login}-") and kept.endswith(".pem")
     assert (f"Note: the certificate of 127.0.0.1 is trusted only through SSL_CERT_FILE, which the timer does not"
-            f" have: {ca} is saved as this mailbox's --ca-file") in result.stderr
+            f" have: a copy of {ca}, {kept}, is saved as this mailbox's --ca-file") in result.stderr
+    # A copy beside the database, which the service reads: the original may be under /home or /tmp, out of
+    # the system unit's reach. Only its owner reads it.
+    assert Path(kept).read_bytes() == imap_user.dovecot.ca_file.read_bytes()
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600
 
     # As the timer runs it: without the variable (and without the context cached while it was set).
     monkeypatch.delenv("SSL_CERT_FILE")
@@ -325,3 +334,28 @@ def test_a_ca_trusted_only_through_ssl_cert_file_is_kept_as_the_mailboxs_ca_file
     assert ("Note: SSL_CERT_FILE is set here but not for the timer, and the mailbox was not verified: if its server's"
             " certificate is trusted only through it, give --ca-file") in result.stderr
     imap._ssl_context.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the hashed CA directory")
+def test_ssl_cert_file_is_not_kept_when_the_trust_came_from_ssl_cert_dir(hanna, imap_user, monkeypatch, tmp_path):
+    """SSL_CERT_FILE set as well, but another CA: saving it would make every pass of the timer refuse the server."""
+    ca = str(imap_user.dovecot.ca_file)
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    subject_hash = subprocess.run(["openssl", "x509", "-subject_hash", "-noout", "-in", ca], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+    shutil.copyfile(ca, cert_dir / f"{subject_hash}.0")
+    other = CertificateAuthority(tmp_path / "other", name="another CA").ca_file
+    monkeypatch.setenv("SSL_CERT_DIR", str(cert_dir))
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    imap._ssl_context.cache_clear()
+    try:
+        args = [a for a in add_args(imap_user, "--no-smtp", "--json") if a not in ("--ca-file", ca)]
+        result = hanna(*args, input=imap_user.password + "\n")
+    finally:
+        imap._ssl_context.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ca_file"] is None
+    assert ("Note: the certificate of 127.0.0.1 is trusted only through SSL_CERT_FILE and SSL_CERT_DIR, which the"
+            " timer does not have, so its passes will refuse it: give --ca-file") in result.stderr
+    assert not (hanna.db.parent / "ca").exists()

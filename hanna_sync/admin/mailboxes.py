@@ -8,7 +8,9 @@ the same step, rolled back if the database write fails.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -191,15 +193,16 @@ def check_plaintext(mailbox: Mailbox) -> None:
 class Verified:
     folders: list[str]  # the folders to scan, with the default (INBOX + Sent) filled in, as the server spells them
     notes: list[str] = field(default_factory=list)  # what add-mailbox tells the admin: no Sent folder found, ...
-    ca_file: str | None = None  # the mailbox's CA file: --ca-file, or SSL_CERT_FILE when only it made the server trusted
+    ca_file: str | None = None  # the mailbox's CA file: --ca-file, or a copy of SSL_CERT_FILE when only it made
+    # the server trusted
 
 
-def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
+def verify(mailbox: Mailbox, password: str, timeout: float, *, ca_dir: Path) -> Verified:
     """Log in and check the chosen folders exist; picks INBOX and Sent when none were chosen.
 
     These are the IMAP stages of `hanna-sync test`, so a mailbox is refused with the same cause and fix
     that command shows: its first failed stage becomes the error; the folders stage's note (no Sent
-    folder found, folders merged) is passed on.
+    folder found, folders merged) is passed on. A CA file kept from SSL_CERT_FILE is copied into `ca_dir`.
     """
     # Imported here, not at the top: diagnose builds on this module (default_folders).
     from hanna_sync import diagnose
@@ -208,18 +211,22 @@ def verify(mailbox: Mailbox, password: str, timeout: float) -> Verified:
     if report.failure is not None:
         raise report.failure.error()
     notes = [s.hint for s in report.stages if s.stage == "folders" and s.hint]
-    ca_file, trust_note = _kept_trust(mailbox, timeout)
+    ca_file, trust_note = _kept_trust(mailbox, timeout, ca_dir)
     return Verified(folders=report.folders, notes=notes + ([trust_note] if trust_note else []), ca_file=ca_file)
 
 
 TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
-def _kept_trust(mailbox: Mailbox, timeout: float) -> tuple[str | None, str | None]:
+def _kept_trust(mailbox: Mailbox, timeout: float, ca_dir: Path) -> tuple[str | None, str | None]:
     """The CA file to save, and a note, when the server's certificate was trusted only through SSL_CERT_FILE
     (or SSL_CERT_DIR): set in an admin's shell, absent from the timer's environment, where every pass would
-    then fail with "not trusted". SSL_CERT_FILE becomes the mailbox's CA file; a directory cannot, so that
-    is a warning."""
+    then fail with "not trusted".
+
+    SSL_CERT_FILE is kept only if the system's CAs and it alone trust the server: with SSL_CERT_DIR set
+    too, the trust may have come from the directory, which cannot be kept, so that is a warning. It is
+    kept as a copy beside the database: the file itself may be where the service cannot read it (the
+    system unit has no /home and its own /tmp)."""
     given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
     if mailbox.ca_file or not given or (mailbox.imap_security or "ssl") == "none":
         return mailbox.ca_file, None
@@ -227,13 +234,32 @@ def _kept_trust(mailbox: Mailbox, timeout: float) -> tuple[str | None, str | Non
         return None, None
     host = mailbox.imap_host
     cert_file = os.environ.get("SSL_CERT_FILE")
-    if cert_file and Path(cert_file).is_file():
-        kept = str(Path(cert_file).resolve())
-        return kept, (f"the certificate of {host} is trusted only through SSL_CERT_FILE, which the timer does not"
-                      f" have: {kept} is saved as this mailbox's --ca-file")
+    if cert_file and Path(cert_file).is_file() and imap.trusted_without_environment(
+            replace(mailbox, ca_file=cert_file), timeout):
+        kept = _copy_ca(Path(cert_file), ca_dir / _file_name(mailbox.email))
+        return str(kept), (f"the certificate of {host} is trusted only through SSL_CERT_FILE, which the timer does"
+                           f" not have: a copy of {cert_file}, {kept}, is saved as this mailbox's --ca-file")
     return None, (f"the certificate of {host} is trusted only through {' and '.join(given)}, which the timer does"
                   " not have, so its passes will refuse it: give --ca-file with the CA's certificate (PEM), or"
                   " install the CA system-wide (update-ca-certificates)")
+
+
+def _file_name(email: str) -> str:
+    return re.sub(r"[^\w.@+-]", "_", email)
+
+
+def _copy_ca(source: Path, stem: Path) -> Path:
+    """`stem`-<digest>.pem, mode 0600, with the source's bytes: named by its content as well, so a second
+    mailbox of that address with another CA never overwrites the first one's."""
+    pem = source.read_bytes()
+    target = stem.with_name(f"{stem.name}-{hashlib.sha256(pem).hexdigest()[:12]}.pem")
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(pem)
+    os.replace(partial, target)
+    return target
 
 
 def unverified_notes(mailbox: Mailbox) -> list[str]:
@@ -241,8 +267,9 @@ def unverified_notes(mailbox: Mailbox) -> list[str]:
     given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
     if mailbox.ca_file or not given or mailbox.kind == "o365-scan":
         return []
-    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the mailbox was not verified: if its"
-            " server's certificate is trusted only through it, give --ca-file (PEM) so the passes trust it too"]
+    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the"
+            " mailbox was not verified: if its server's certificate is trusted only through it, give --ca-file (PEM)"
+            " so the passes trust it too"]
 
 
 def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
@@ -271,7 +298,7 @@ def add(
     if not password:
         raise InputError("the password is empty")
     if verify_first:
-        verified = verify(mailbox, password, timeout)
+        verified = verify(mailbox, password, timeout, ca_dir=_ca_dir(store))
         mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
     elif not mailbox.folders:
         mailbox.folders, notes = default_folders(mailbox), unverified_notes(mailbox)
@@ -286,6 +313,11 @@ def add(
         secrets.delete(mailbox.secret_ref)
         raise
     return Saved(mailbox, previous_main, notes)
+
+
+def _ca_dir(store: Store) -> Path:
+    """Where kept CA files go: beside the database, which the service reads."""
+    return store.path.resolve().parent / "ca"
 
 
 ACCOUNT_SETTINGS = ("kind", "email", "login_name", "imap_host", "imap_port")
@@ -318,7 +350,7 @@ def edit(
         password = secrets.get(mailbox.secret_ref)
         if password is None:
             raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
-        verified = verify(mailbox, password, timeout)
+        verified = verify(mailbox, password, timeout, ca_dir=_ca_dir(store))
         mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
     elif mailbox.folders != old.folders and mailbox.kind != "o365-scan":  # Graph's "Inbox" is no IMAP INBOX
         mailbox.folders, notes = merged_folders(mailbox.folders)

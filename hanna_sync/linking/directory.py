@@ -39,6 +39,8 @@ from hanna_sync.models import ENTITY_TYPES, Contact, Entity
 FORMATS = ("csv", "json")
 # The longest CSV field read, in characters: the csv module's own default field_size_limit(), named to say it.
 FIELD_LIMIT = 128 * 1024
+# A line break in these is a stray quote's doing, never data (a name or a note may hold one).
+SINGLE_LINE = ("id", "email", "domain")
 COLUMNS = {"customer": ("id", "name", "email", "domain", "contacts"), "lead": ("id", "name", "email", "contacts")}
 
 
@@ -150,7 +152,8 @@ def parse_row(
         if contact is None:
             raise InputError(f"contact {item!r} is not an email address (use 'Name <email>' or 'email')")
         contacts.setdefault(contact.email, contact)
-    entity = Entity(id=entity_id, name=text("name"), email=email, domain=domain, contacts=sorted(contacts.values(), key=lambda c: c.email))
+    entity = Entity(id=entity_id, name=text("name"), email=email, domain=domain,
+                    contacts=sorted(contacts.values(), key=lambda c: c.email))
     return ParsedRow(line=line, entity=entity, columns=frozenset(data))
 
 
@@ -190,16 +193,17 @@ def read_records(
 def read_csv(text: str, name: str) -> tuple[list[str], list[tuple[int, Any]]]:
     """(line where the row starts, record) pairs; a row whose field count is not the header's is a RowError.
 
-    A quoted field may hold a line break (a note), but only if it closes and its row then has the
-    header's number of fields: a stray quote would otherwise swallow every later row into one field,
-    so a quote that runs on past its row, or to the end of the file, stops the whole import at the
-    line where it opened.
+    A quoted field may hold a line break (a note), but only if it closes where a field may end and its
+    row then has the header's number of fields, with no line break in an id, email or domain: a stray
+    quote would otherwise swallow every later row into one field, so a quote that runs on past its row
+    stops the whole import at the line where it opened. An unnamed column with nothing in it (Excel's
+    empty trailing columns) is not a column.
     """
     lines = io.StringIO(text, newline="").readlines()  # split as csv splits: \n, \r\n or \r
     delimiter = max((",", ";", "\t"), key=lines[0].count) if lines else ","
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)  # strict: a quote closed mid-field is an error
     header: list[str] = []
-    records: list[tuple[int, Any]] = []
+    rows: list[tuple[int, list[str] | RowError]] = []
     end = 0  # the last line of the previous row
     while True:
         start = end + 1
@@ -208,7 +212,12 @@ def read_csv(text: str, name: str) -> tuple[list[str], list[tuple[int, Any]]]:
         except StopIteration:
             break
         except csv.Error as exc:
-            raise _csv_error(name, exc, lines, start, reader.line_num, delimiter, header) from None
+            end = reader.line_num
+            if header and end == start and "expected after" in str(exc):
+                rows.append((start, _text_after_quote(start, lines[start - 1], delimiter, header)))
+                continue
+            raise _csv_error(exc, name=name, lines=lines, start=start, line=end, delimiter=delimiter,
+                             header=header) from None
         end = reader.line_num
         if not header:
             if not row:
@@ -217,27 +226,36 @@ def read_csv(text: str, name: str) -> tuple[list[str], list[tuple[int, Any]]]:
             continue
         if not row:
             continue  # a blank line
-        if end > start or end == len(lines):
-            index, open_quote = _open_field(_join(lines, start, end), delimiter)
-            column = _column(header, index)
-            if open_quote:
-                raise InputError(f"{name}, line {start}: the quote opened in column {column} never closes (it runs"
-                                 " to the end of the file): remove the stray quote, or close the field")
+        broken = [i for i, f in enumerate(row) if "\n" in f or "\r" in f]
+        if broken and len(row) != len(header):
+            raise InputError(
+                f"{name}, line {start}: the quote opened in column {_column(header, broken[0])} runs on to line {end}"
+                f" and leaves {len(row)} fields where the header has {len(header)}: remove the stray quote, or"
+                " close the field")
+        if single := [i for i in broken if _spelling(header[i]) in SINGLE_LINE]:
+            raise InputError(
+                f"{name}, line {start}: the quote opened in column {_column(header, single[0])} runs on to line {end},"
+                " and an id, email or domain has no line break: remove the stray quote, or close the field")
         if len(row) != len(header):
-            if end > start:
-                column = _column(header, next(i for i, f in enumerate(row) if "\n" in f or "\r" in f))
-                raise InputError(
-                    f"{name}, line {start}: the quote opened in column {column} runs on to line {end} and leaves"
-                    f" {len(row)} fields where the header has {len(header)}: remove the stray quote, or close the field")
             more = "more" if len(row) > len(header) else "fewer"
             hint = " (quote fields with commas)" if more == "more" else ""
-            records.append((start, RowError(start, f"{len(row)} fields: {more} than the header's {len(header)}"
-                                                   f" columns{hint}")))
+            rows.append((start, RowError(start, f"{len(row)} fields: {more} than the header's {len(header)}"
+                                                f" columns{hint}")))
             continue
-        records.append((start, dict(zip(header, row))))
+        rows.append((start, row))
     if not header:
         raise InputError(f"{name} is empty: the first line must name the columns (id,name,email,...)")
-    return header, records
+    kept = [i for i, column in enumerate(header)
+            if column or any(row[i].strip() for _, row in rows if not isinstance(row, RowError))]
+    return [header[i] for i in kept], [
+        (line, row if isinstance(row, RowError) else {header[i]: row[i] for i in kept}) for line, row in rows]
+
+
+def _text_after_quote(start: int, line: str, delimiter: str, header: list[str]) -> RowError:
+    """A one-line row with text after a field's closing quote (`"Acme" UAB`): that row's error, naming the field."""
+    index, _ = _open_field(line, delimiter)
+    return RowError(start, f"text after the closing quote in column {_column(header, index)}: quote the whole field,"
+                       ' doubling the quotes in it ("")')
 
 
 def _spelling(column: str) -> str:
@@ -245,22 +263,60 @@ def _spelling(column: str) -> str:
     return re.sub(r"[\s_.\-]+", "", column.lower())
 
 
-def _looks_like(column: str, candidates: list[str]) -> list[str]:
-    """The known columns an unknown one may have been meant as: a word of it (`Email address`,
-    `customer_id`, `Contact persons`), or a near spelling (`mail`, `emails`)."""
+def _misspelled(column: str, candidates: list[str]) -> list[str]:
+    """The known columns a one-word unknown one is a near spelling of (`mail`, `Emails`); of more words
+    (`Contact person`), its words say what it is."""
+    if len(re.findall(r"[a-z0-9]+", column.lower())) > 1:
+        return []
+    return [known for known in candidates if difflib.SequenceMatcher(None, _spelling(column), known).ratio() >= 0.75]
+
+
+def _named_after(column: str, candidates: list[str]) -> list[str]:
+    """The known columns a word of an unknown one names (`Email address`, `customer_id`, `Contact persons`,
+    but also `Last contact` and `First name`): only a guess until its values say so."""
     words = re.findall(r"[a-z0-9]+", column.lower())
     spelled = _spelling(column)
     return [known for known in candidates
-            if known in words or known.rstrip("s") in words or (len(known) >= 4 and known in spelled)
-            or difflib.SequenceMatcher(None, spelled, known).ratio() >= 0.75]
+            if known in words or known.rstrip("s") in words or (len(known) >= 4 and known in spelled)]
 
 
-def resolve_columns(names: list[str], entity_type: str, source: str) -> tuple[dict[str, str], list[str]]:
+def _values(records: list[tuple[int, Any]], column: str) -> list[str]:
+    """The column's non-empty values as text (a JSON list's items each)."""
+    found: list[str] = []
+    for _, record in records:
+        value = record.get(column) if isinstance(record, dict) else None
+        items = value if isinstance(value, list) else [value]
+        found += [str(item).strip() for item in items if isinstance(item, (str, int)) and str(item).strip()]
+    return found
+
+
+def _holds(known: str, values: list[str]) -> bool:
+    """Whether values look like what the known column holds, so that ignoring them would lose them: an
+    address for email and contacts, a domain for domain. Any value could be an id, and without one no row
+    imports; nothing marks a value as a name, and a file without names imports fine."""
+    if known == "id":
+        return bool(values)
+    if known in ("email", "contacts"):
+        return any("@" in value for value in values)
+    if known == "domain":
+        return any(_domain_like(value) for value in values)
+    return False
+
+
+def _domain_like(value: str) -> bool:
+    domain = normalise_domain(value.removeprefix("@"))
+    return domain is not None and any(c.isalpha() for c in domain.rsplit(".", 1)[-1])
+
+
+def resolve_columns(names: list[str], records: list[tuple[int, Any]], entity_type: str, source: str
+                    ) -> tuple[dict[str, str], list[str]]:
     """Which known column each of the file's columns is, and the columns left unread.
 
     Case, spaces, hyphens, dots and underscores do not matter (`E-mail` is `email`). An unknown column
-    that looks like a known one the file lacks (`Email address`, `mail`) is refused with a did-you-mean:
-    ignoring it would import every row without that value. So are two columns meaning the same one.
+    that looks like a known one the file lacks is refused with a did-you-mean, since ignoring it would
+    import every row without that value: always when it is a near spelling (`mail`), and when a word of
+    it names one (`Email address`) if its values look like that one's (addresses). Two columns meaning
+    the same one are refused too. Other columns (`Last contact`, `First name`) are ignored and named.
     """
     known = COLUMNS[entity_type]
     mapping = {name: _spelling(name) for name in names if _spelling(name) in known}
@@ -274,7 +330,10 @@ def resolve_columns(names: list[str], entity_type: str, source: str) -> tuple[di
     ignored = [name for name in dict.fromkeys(names) if name not in mapping]
     lacking = [column for column in known if column not in given]
     for name in ignored:
-        if guesses := _looks_like(name, lacking):
+        values = _values(records, name)
+        guesses = [g for g in lacking if g in _misspelled(name, lacking)
+                   or (g in _named_after(name, lacking) and _holds(g, values))]
+        if guesses:
             meant = " or ".join(f"'{g}'" for g in guesses)
             problems.append(f"column '{name}' is not one hanna-sync reads (did you mean {meant}?): rename it,"
                             " or remove it to import without it")
@@ -292,12 +351,14 @@ def _column(header: list[str], index: int) -> str:
 
 
 def _open_field(text: str, delimiter: str, limit: int = FIELD_LIMIT) -> tuple[int, bool]:
-    """Where csv's reader stands at the end of `text` (one row's lines, from its start), or at the first
-    field longer than `limit`: that field's index, and whether it is inside quotes. Only for saying where
-    a row went wrong; the csv module reads the data."""
+    """Where csv's reader stands at the end of `text` (one row's lines, from its start), at text after a
+    closing quote, or at the first field longer than `limit`: that field's index, and whether it is inside
+    quotes. Only for saying where a row went wrong; the csv module reads the data."""
     index = length = 0
     state = "start"  # start of a field, "plain" text, "quoted", or a "quote" seen inside quotes
     for char in text:
+        if state == "quote" and char not in (delimiter, '"', "\r", "\n"):
+            break  # strict csv stops here too
         if state == "quoted":
             if char == '"':
                 state = "quote"
@@ -318,11 +379,17 @@ def _open_field(text: str, delimiter: str, limit: int = FIELD_LIMIT) -> tuple[in
     return index, state == "quoted"
 
 
-def _csv_error(name: str, exc: csv.Error, lines: list[str], start: int, line: int, delimiter: str,
+def _csv_error(exc: csv.Error, *, name: str, lines: list[str], start: int, line: int, delimiter: str,
                header: list[str]) -> InputError:
     """One line for a row the csv module gives up on: which line, which column, and what to do."""
     index, open_quote = _open_field(_join(lines, start, line), delimiter)
     column = _column(header, index)
+    if "unexpected end of data" in str(exc):
+        return InputError(f"{name}, line {start}: the quote opened in column {column} never closes (it runs"
+                          " to the end of the file): remove the stray quote, or close the field")
+    if "expected after" in str(exc) and line > start:
+        return InputError(f"{name}, line {start}: the quote opened in column {column} runs on to line {line}, where"
+                          " text follows its closing quote: remove the stray quote, or close the field")
     if "field limit" not in str(exc):
         return InputError(f"{name}, line {line}: not readable as CSV ({exc})")
     if open_quote and line > start:
@@ -349,7 +416,7 @@ def import_entities(
     transaction, after the checks: a refused import (bad file, links it would remove) writes nothing."""
     config = config or Config(database=store.path)
     names, records = read_records(path, detect_format(path, fmt), stdin_data)
-    mapping, ignored = resolve_columns(names, entity_type, str(path) if path else "standard input")
+    mapping, ignored = resolve_columns(names, records, entity_type, str(path) if path else "standard input")
     result = ImportResult(ignored_columns=ignored)
     free_mail = FREE_MAIL_DOMAINS + config.free_mail_domains
     stored = {e.id: e for e in store.entities(entity_type)}
@@ -368,7 +435,8 @@ def import_entities(
             result.rejected.append(RowError(line, str(exc)))
             continue
         if parsed.entity.id in seen_ids:
-            result.rejected.append(RowError(line, f"id {parsed.entity.id} already given on line {seen_ids[parsed.entity.id]}"))
+            first = seen_ids[parsed.entity.id]
+            result.rejected.append(RowError(line, f"id {parsed.entity.id} already given on line {first}"))
             continue
         entity = merged(parsed, stored.get(parsed.entity.id))
         if not (entity.email or entity.domain or entity.contacts):
@@ -422,7 +490,8 @@ def find_conflicts(entities: dict[str, list[Entity]]) -> list[str]:
                 conflicts.append(f"{email} belongs to {entity_type}s {', '.join(sorted(ids))}")
         for domain, ids in sorted(domains.items()):
             if len(ids) > 1:
-                conflicts.append(f"domain {domain} is claimed by customers {', '.join(sorted(ids))}: it links to neither")
+                conflicts.append(f"domain {domain} is claimed by customers {', '.join(sorted(ids))}:"
+                                 " it links to neither")
     return conflicts
 
 
