@@ -27,7 +27,8 @@ from typing import Any
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
-from hanna_sync.linking.match import Directory, Link
+from hanna_sync.linking.match import Link, build_directory
+from hanna_sync.linking.relink import links_removed
 from hanna_sync.mail.addresses import (
     FREE_MAIL_DOMAINS,
     is_listed,
@@ -448,9 +449,6 @@ def import_entities(
     entities = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
                  for t in ENTITY_TYPES}
     if any(stored.get(entity_id) != entity for entity_id, entity in planned.items()):
-        from hanna_sync.linking.relink import (
-            links_removed,  # relink builds on this module
-        )
 
         result.removed_links = links_removed(store, config, build_directory(store, config, entities))
         if result.removed_links and not allow_conflicts:
@@ -493,12 +491,3 @@ def find_conflicts(entities: dict[str, list[Entity]]) -> list[str]:
                 conflicts.append(f"domain {domain} is claimed by customers {', '.join(sorted(ids))}:"
                                  " it links to neither")
     return conflicts
-
-
-def build_directory(store: Store, config: Config, entities: dict[str, list[Entity]] | None = None) -> Directory:
-    """The directory as it is now (or with these customers and leads: as an import would make it),
-    with every mailbox address counted as staff."""
-    boxes = store.mailboxes()
-    staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
-    entities = entities or {t: store.entities(t) for t in ENTITY_TYPES}
-    return Directory.build(entities["customer"], entities["lead"], staff, config.own_domains, config.free_mail_domains)

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from hanna_sync.config import Config
+from hanna_sync.db.store import Store
 from hanna_sync.mail.addresses import (
     FREE_MAIL_DOMAINS,
     domain_of,
@@ -20,7 +22,7 @@ from hanna_sync.mail.addresses import (
     normalise_email,
     registrable_domain,
 )
-from hanna_sync.models import Entity
+from hanna_sync.models import ENTITY_TYPES, Entity
 
 # Rule names as stored in links.rule; the order is their strength. "thread" is a link inherited from
 # the letters a reply answers (its address is the Message-ID it came through), never from an address.
@@ -152,3 +154,12 @@ def inherited_links(
             if entity[0] in allowed and entity not in have and entity not in out:
                 out[entity] = Link(entity[0], entity[1], "thread", message_id)
     return sorted(out.values(), key=lambda link: (link.entity_type, link.entity_id))
+
+
+def build_directory(store: Store, config: Config, entities: dict[str, list[Entity]] | None = None) -> Directory:
+    """The directory as it is now (or with these customers and leads: as an import would make it),
+    with every mailbox address counted as staff."""
+    boxes = store.mailboxes()
+    staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
+    entities = entities or {t: store.entities(t) for t in ENTITY_TYPES}
+    return Directory.build(entities["customer"], entities["lead"], staff, config.own_domains, config.free_mail_domains)

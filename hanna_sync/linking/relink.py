@@ -23,8 +23,7 @@ from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import SecretsError
 from hanna_sync.linking.backfill import SkipIndex, load_skip_index
-from hanna_sync.linking.directory import build_directory
-from hanna_sync.linking.match import Directory, Link, inherited_links, match
+from hanna_sync.linking.match import Directory, Link, build_directory, inherited_links, match
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
