@@ -1,4 +1,4 @@
-"""IMAP's own stages after the greeting: STARTTLS, capabilities, the login, the folders and each one opened read-only."""
+"""IMAP's own stages after the greeting: STARTTLS, capabilities, the login, the folders, each one opened read-only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 import socket
 import ssl
 from contextlib import suppress
+from functools import partial
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -27,7 +28,7 @@ class ImapRun(NetworkRun):
         self.stage("auth", lambda: self.login(client))
         folders = self.stage("folders", lambda: self.folders(client))
         for name in folders:
-            self.stage("folder", lambda name=name: self.examine(client, name))
+            self.stage("folder", partial(self.examine, client, name))
         self.report.folders = folders
         with suppress(Exception):
             client.logout()
@@ -41,7 +42,8 @@ class ImapRun(NetworkRun):
             client = imap.client_on_socket(sock, s.host, s.port, s.timeout, self.trace)
         except TimeoutError:
             raise StageFailed(f"{s.where} sent no greeting (or no CAPABILITY reply) within {s.timeout:g} s",
-                               f"an overloaded server, or not an IMAP port: check {s.option}-port ({s.usual_ports})") from None
+                              f"an overloaded server, or not an IMAP port: check {s.option}-port"
+                              f" ({s.usual_ports})") from None
         except IMAPClientError as exc:
             text = self.said(imap.server_text(exc))
             if "EOF" in text:
@@ -81,7 +83,8 @@ class ImapRun(NetworkRun):
         assert self.server is not None
         capabilities = capabilities_of(client)
         mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
-        detail = f"{' '.join(sorted(c for c in capabilities if c.startswith('IMAP4')))}, AUTH {' '.join(mechanisms) or '(none listed)'}"
+        versions = " ".join(sorted(c for c in capabilities if c.startswith("IMAP4")))
+        detail = f"{versions}, AUTH {' '.join(mechanisms) or '(none listed)'}"
         if "LOGINDISABLED" in capabilities:
             if self.server.security == "none":
                 raise StageFailed(f"{self.server.host} refuses LOGIN without TLS (LOGINDISABLED); {detail}",
@@ -99,10 +102,12 @@ class ImapRun(NetworkRun):
             reply = self.authenticate(client, login)
         except IMAPClientError as exc:  # LoginError, or BAD
             text = self.said(imap.server_text(exc)) or "no reason given"
-            raise StageFailed(f"{self.server.host} refused the login for {login} ({text})", self.auth_hint(text)) from None
+            raise StageFailed(f"{self.server.host} refused the login for {login} ({text})",
+                              self.auth_hint(text)) from None
         # Servers list their extensions in full only now (Dovecot); a scan uses these.
         capabilities = capabilities_of(client)
-        features = ", ".join(f"{name} {'yes' if name in capabilities else 'no'}" for name in ("IDLE", "CONDSTORE", "QRESYNC"))
+        features = ", ".join(f"{name} {'yes' if name in capabilities else 'no'}"
+                             for name in ("IDLE", "CONDSTORE", "QRESYNC"))
         return Passed(f"logged in as {login} ({self.banner(reply)}); {features}")
 
     def authenticate(self, client: IMAPClient, login: str) -> bytes:
@@ -169,17 +174,19 @@ class ImapRun(NetworkRun):
                                "the folder may have been renamed or deleted, or this login may not read it;"
                                " 'hanna-sync folders ID' lists what it can read") from None
         count = status.get(b"EXISTS", "?")
-        parts = [f"{name}: {count} message{'' if count == 1 else 's'}", f"UIDVALIDITY {status.get(b'UIDVALIDITY', '?')}",
-                 f"UIDNEXT {status.get(b'UIDNEXT', '?')}"]
+        parts = [f"{name}: {count} message{'' if count == 1 else 's'}",
+                 f"UIDVALIDITY {status.get(b'UIDVALIDITY', '?')}", f"UIDNEXT {status.get(b'UIDNEXT', '?')}"]
         if b"HIGHESTMODSEQ" in status:
             parts.append(f"HIGHESTMODSEQ {status[b'HIGHESTMODSEQ']}")
         if b"READ-ONLY" in status:
             return Passed(", ".join(parts) + ", opened read-only (EXAMINE)")
         return Passed(", ".join(parts) + ", opened with EXAMINE",
-                       hint="the server did not confirm [READ-ONLY]; scans read with BODY.PEEK, so no flag changes anyway")
+                      hint="the server did not confirm [READ-ONLY]; scans read with BODY.PEEK, so no flag changes"
+                           " anyway")
 
 
 def capabilities_of(client: IMAPClient) -> set[str]:
-    return {c.decode("ascii", "replace").upper() if isinstance(c, bytes) else str(c).upper() for c in client.capabilities()}
+    return {c.decode("ascii", "replace").upper() if isinstance(c, bytes) else str(c).upper()
+            for c in client.capabilities()}
 
 

@@ -40,13 +40,14 @@ class NetworkRun(Run):
     def charset(self) -> Passed:
         label = getattr(self.mailbox, f"{self.protocol}_charset")
         if not label:
-            return Passed("not set: " + ("letters with no or a wrong charset are read as UTF-8, then windows-1257, then latin-1"
-                                          if self.protocol == "imap" else "UTF-8 is used when sending"))
+            return Passed("not set: " + ("letters with no or a wrong charset are read as UTF-8, then windows-1257,"
+                                         " then latin-1" if self.protocol == "imap" else "UTF-8 is used when sending"))
         codec = text_codec(label)
         if codec is None:
             raise StageFailed(
                 f"{label!r} is not a text charset hanna-sync can use",
-                f"set --{self.protocol}-charset to one such as utf-8, windows-1257 (Baltic) or iso-8859-13, or leave it unset",
+                f"set --{self.protocol}-charset to one such as utf-8, windows-1257 (Baltic) or iso-8859-13,"
+                " or leave it unset",
             )
         return Passed(f"{label} is a known charset (Python codec {codec})")
 
@@ -60,7 +61,7 @@ class NetworkRun(Run):
         addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
         if _is_ip(host):
             return Passed(f"{host} is an IP address: nothing to resolve", addresses)
-        ips = [sockaddr[0] for _, sockaddr in addresses]
+        ips = [str(sockaddr[0]) for _, sockaddr in addresses]
         more = f" and {len(ips) - 4} more" if len(ips) > 4 else ""
         return Passed(f"{host} resolves to {', '.join(ips[:4])}{more}", addresses)
 
@@ -110,11 +111,15 @@ class NetworkRun(Run):
         s = self.server
         ip, exc = failures[0]
         where = f"{ip} port {s.port}"
-        others = f" (and {len(failures) - 1} other address{'es' if len(failures) > 2 else ''})" if len(failures) > 1 else ""
-        mismatch = "" if s.port == s.usual_port(s.security) else f"; with {s.security} the usual port is {s.usual_port(s.security)}"
+        others = ""
+        if len(failures) > 1:
+            others = f" (and {len(failures) - 1} other address{'es' if len(failures) > 2 else ''})"
+        usual = s.usual_port(s.security)
+        mismatch = "" if s.port == usual else f"; with {s.security} the usual port is {usual}"
         if isinstance(exc, ConnectionRefusedError):
             return (f"{where} refused the connection{others}",
-                    f"nothing listens there, or a firewall rejects it: check {s.option}-port ({s.usual_ports}){mismatch}")
+                    f"nothing listens there, or a firewall rejects it: check {s.option}-port"
+                    f" ({s.usual_ports}){mismatch}")
         if isinstance(exc, TimeoutError):
             return (f"no answer from {where} within {s.timeout:g} s{others}",
                     f"a firewall drops the connection (on this network, e.g. outgoing port {s.port} blocked, or at"
@@ -188,7 +193,8 @@ class NetworkRun(Run):
                     f" wrong (check it with date){insecure}")
         if exc.verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
             return (f"the certificate of {host} is not valid yet ({about})",
-                    f"this machine's clock is probably wrong: check it with date, and keep it synchronised (NTP){insecure}")
+                    "this machine's clock is probably wrong: check it with date, and keep it synchronised"
+                    f" (NTP){insecure}")
         if exc.verify_code == 18 or (cert and cert.self_signed):  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
             return (f"the certificate of {host} is not trusted: it is self-signed ({about})",
                     "if the server is yours, trust its certificate for this mailbox with --ca-file CERT.pem;"
@@ -202,7 +208,8 @@ class NetworkRun(Run):
         s = self.server
         if isinstance(exc, TimeoutError):
             return (f"{s.where} accepted the connection but did not answer the TLS handshake within {s.timeout:g} s",
-                    "an overloaded server, or a firewall or proxy that intercepts the port; try again, and from another network")
+                    "an overloaded server, or a firewall or proxy that intercepts the port; try again, and from"
+                    " another network")
         if s.security == "ssl" and (first := self._first_line()):
             return self._plaintext_port(first)
         reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
@@ -232,8 +239,7 @@ class NetworkRun(Run):
         s = self.server
         speaker = _speaker(first)
         if speaker and speaker != s.label:
-            return (f"{s.where} is {_article(speaker)} {speaker} server, not {s.label}: it greets with {self.banner(first)!r}",
-                    f"check {s.option}-port: {s.usual_ports}")
+            return self._other_protocol(speaker, first)
         offers = "; the server offers STARTTLS" if "STARTTLS" in first.upper() else ""
         return (f"{s.where} does not speak implicit TLS: it answered in plaintext ({self.banner(first)!r})",
                 f"use {s.option}-security starttls with this port (usually {s.usual_port('starttls')}{offers}),"
@@ -266,15 +272,13 @@ class NetworkRun(Run):
         if not data:
             raise StageFailed(
                 f"{s.where} closed the connection without a greeting",
-                "the server may refuse this machine's address (a blocklist, or fail2ban after failed logins); its log says why",
+                "the server may refuse this machine's address (a blocklist, or fail2ban after failed logins);"
+                " its log says why",
             )
         first = data.decode("utf-8", "replace").splitlines()[0].strip()
         speaker = _speaker(first)
         if speaker and speaker != s.label:
-            raise StageFailed(
-                f"{s.where} is {_article(speaker)} {speaker} server, not {s.label}: it greets with {self.banner(first)!r}",
-                f"check {s.option}-port: {s.usual_ports}",
-            )
+            raise StageFailed(*self._other_protocol(speaker, first))
 
     def _speaks_tls(self) -> bool:
         assert self.server is not None
@@ -323,14 +327,20 @@ class NetworkRun(Run):
                          else re.sub(r"\[CAPABILITY [^\]]*\]\s*", "", line or ""))
         return text if len(text) <= 160 else text[:157] + "..."
 
+    def _other_protocol(self, speaker: str, line: str) -> tuple[str, str]:
+        """A greeting in another protocol's words: the port is another service's."""
+        assert self.server is not None
+        s = self.server
+        return (f"{s.where} is {_article(speaker)} {speaker} server, not {s.label}:"
+                f" it greets with {self.banner(line)!r}", f"check {s.option}-port: {s.usual_ports}")
+
     def refused_session(self, text: str) -> tuple[str, str]:
         """A greeting that turns the session down (BYE, 421, 554), or is not the protocol's at all."""
         assert self.server is not None
         s = self.server
         speaker = _speaker(text)
         if speaker and speaker != s.label:
-            return (f"{s.where} is {_article(speaker)} {speaker} server, not {s.label}: it greets with {self.banner(text)!r}",
-                    f"check {s.option}-port: {s.usual_ports}")
+            return self._other_protocol(speaker, text)
         if speaker is None:
             return (f"{s.where} does not greet like {_article(s.label)} {s.label} server: {self.banner(text)!r}",
                     f"check {s.option}-port: {s.usual_ports}")
@@ -339,7 +349,8 @@ class NetworkRun(Run):
                     "its address may be on a blocklist, or the server takes mail only from its own network:"
                     " ask the mail admin, or send through the provider's port 587 or 465 with a login")
         return (f"{s.host} turned the session down: {self.banner(text)}",
-                explain(text, self.mailbox, self.protocol) or "try again later; the server's log says why (maintenance, a blocked address)")
+                explain(text, self.mailbox, self.protocol)
+                or "try again later; the server's log says why (maintenance, a blocked address)")
 
     def auth_hint(self, text: str) -> str:
         assert self.server is not None
@@ -363,7 +374,8 @@ class _Certificate:
         cert = x509.load_der_x509_certificate(der)
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names = [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+            names = [*san.get_values_for_type(x509.DNSName),
+                     *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
         except x509.ExtensionNotFound:
             names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -371,7 +383,8 @@ class _Certificate:
                    cert.issuer == cert.subject, cert.not_valid_after_utc)
 
     def describe(self) -> str:
-        return f"certificate for {', '.join(self.names) or 'no names'} from {self.issuer}, valid until {self.not_after:%Y-%m-%d}"
+        return (f"certificate for {', '.join(self.names) or 'no names'} from {self.issuer},"
+                f" valid until {self.not_after:%Y-%m-%d}")
 
 
 def _unverified_context() -> ssl.SSLContext:

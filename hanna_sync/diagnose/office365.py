@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import smtplib
 from contextlib import ExitStack
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -68,7 +69,8 @@ class TokenStages(Run):
         try:
             self.sign_in.token(self.mailbox, self.resource, fresh=True)
         except (SignInLost, TokenRefused) as exc:
-            return f"the token is no longer honoured: renewing it fails ({exc.said})" + (f"; {exc.fix}" if exc.fix else "")
+            fix = f"; {exc.fix}" if exc.fix else ""
+            return f"the token is no longer honoured: renewing it fails ({exc.said}){fix}"
         except HannaError:
             pass  # the identity platform unreachable: nothing learnt, the server's own words stand
         return None
@@ -103,7 +105,8 @@ class OAuthImapRun(TokenStages, ImapRun):
         return b" ".join(lines)
 
     def auth_hint(self, text: str) -> str:
-        return self.lost_sign_in() or explain(text, self.mailbox, self.protocol) or imap.XOAUTH2_HINT.format(login=self.mailbox.login_name)
+        return (self.lost_sign_in() or explain(text, self.mailbox, self.protocol)
+                or imap.XOAUTH2_HINT.format(login=self.mailbox.login_name))
 
 
 class OAuthSmtpRun(TokenStages, SmtpRun):
@@ -156,8 +159,7 @@ class GraphRun(TokenStages):
         self.resources.callback(graph.close)
         chosen = self.stage("folders", lambda: self.folders(graph))
         for path, total, unread in chosen:
-            self.stage("folder", lambda path=path, total=total, unread=unread: Passed(
-                f"{path}: {total} message{'' if total == 1 else 's'}, {unread} unread"))
+            self.stage("folder", partial(_counted, path, total, unread))
         self.report.folders = [path for path, _, _ in chosen]
 
     def folders(self, graph: GraphClient) -> Passed:
@@ -169,7 +171,8 @@ class GraphRun(TokenStages):
             else:
                 chosen = [graph.well_known("inbox").path, graph.well_known("sentitems").path]
         except HannaError as exc:  # Graph's answer, or the renewed token a 401 asked for
-            raise StageFailed(str(exc), exit_code=ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT) from None
+            family = ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT
+            raise StageFailed(str(exc), exit_code=family) from None
         by_path = {f.path.casefold(): f for f in listing}
         names = sorted(f.path for f in listing)
         shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
@@ -181,3 +184,8 @@ class GraphRun(TokenStages):
         found = [(path, by_path[path.casefold()].total, by_path[path.casefold()].unread) for path in chosen]
         return Passed(f"{len(listing)} folder{'' if len(listing) == 1 else 's'}; checking {', '.join(chosen)} ({how})",
                        found)
+
+
+def _counted(path: str, total: int, unread: int) -> Passed:
+    """A Graph folder's stage: its counts came with the listing, so nothing more is asked."""
+    return Passed(f"{path}: {total} message{'' if total == 1 else 's'}, {unread} unread")

@@ -79,8 +79,9 @@ class Run:
         self.mailbox, self.password, self.options, self.report = mailbox, password, options, report
         host = getattr(mailbox, f"{self.protocol}_host")
         security = getattr(mailbox, f"{self.protocol}_security") or "ssl"
-        port = getattr(mailbox, f"{self.protocol}_port") or (IMAP_PORTS if self.protocol == "imap" else SMTP_PORTS)[security]
-        self.server = Server(self.protocol, host, int(port), security, mailbox.ca_file, options.timeout) if host else None
+        usual = (IMAP_PORTS if self.protocol == "imap" else SMTP_PORTS)[security]
+        port = int(getattr(mailbox, f"{self.protocol}_port") or usual)
+        self.server = Server(self.protocol, host, port, security, mailbox.ca_file, options.timeout) if host else None
         self.addresses: list[tuple[int, Any]] = []
         self.address: tuple[int, Any] | None = None  # the (family, sockaddr) that answered
         self.resources = ExitStack()  # every socket and session opened, closed when the run ends
@@ -143,7 +144,8 @@ class Run:
         assert self.server is not None
         if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):  # smtplib wraps timeouts
             return (f"{self.server.where} stopped answering: nothing within {self.server.timeout:g} s",
-                    "an overloaded server or network, or a firewall cutting the connection; try again, with a longer --timeout")
+                    "an overloaded server or network, or a firewall cutting the connection; try again, with a"
+                    " longer --timeout")
         reason = self.said(imap.server_text(exc) if isinstance(exc, IMAPClientError)
                            else getattr(exc, "strerror", None) or str(exc))
         return (f"the connection to {self.server.where} broke ({reason})",

@@ -38,12 +38,13 @@ class SmtpRun(NetworkRun):
         try:
             session = smtp.session_on_socket(sock, s.host, s.port, s.timeout, self.trace)
         except smtplib.SMTPConnectError as exc:
-            code = f"{exc.smtp_code} " if exc.smtp_code > 0 else ""
-            raise StageFailed(*self.refused_session(f"{code}{self.said(exc.smtp_error)}")) from None
+            number = f"{exc.smtp_code} " if exc.smtp_code > 0 else ""
+            raise StageFailed(*self.refused_session(f"{number}{self.said(exc.smtp_error)}")) from None
         except smtplib.SMTPServerDisconnected as exc:
             if isinstance(exc.__context__, TimeoutError):
                 raise StageFailed(f"{s.where} sent no greeting within {s.timeout:g} s",
-                                   f"an overloaded server, or not an SMTP port: check {s.option}-port ({s.usual_ports})") from None
+                                  f"an overloaded server, or not an SMTP port: check {s.option}-port"
+                                  f" ({s.usual_ports})") from None
             raise StageFailed(f"{s.where} closed the connection without a greeting",
                                "the server may refuse this machine's address (a blocklist, or fail2ban after failed"
                                " logins); its log says why") from None
@@ -95,11 +96,13 @@ class SmtpRun(NetworkRun):
         login = self.mailbox.login_name
         if not session.has_extn("auth"):
             if s.security == "none":
-                hint = "the server may offer a login only over TLS: use --smtp-security starttls (port 587) or ssl (port 465)"
+                hint = ("the server may offer a login only over TLS: use --smtp-security starttls (port 587)"
+                        " or ssl (port 465)")
             elif s.port == 25:
                 hint = "port 25 is for mail between servers and has no login: use 587 (starttls) or 465 (ssl)"
             else:
-                hint = "this port takes no login: ask the mail admin which port is for sending with a password (usually 587 or 465)"
+                hint = ("this port takes no login: ask the mail admin which port is for sending with a password"
+                        " (usually 587 or 465)")
             raise StageFailed(f"{s.host} offers no login (no AUTH in its EHLO reply)", hint, exit_code=ExitCode.SERVER)
         try:
             code, reply = self.authenticate(session, login)
@@ -122,7 +125,8 @@ class SmtpRun(NetworkRun):
     def send(self, session: smtplib.SMTP) -> Passed:
         assert self.server is not None and self.options.send_to
         host, to = self.server.host, self.options.send_to
-        message = smtp.diagnostic_message(self.mailbox.email, to, self.server.where, text_codec(self.mailbox.smtp_charset))
+        charset = text_codec(self.mailbox.smtp_charset)
+        message = smtp.diagnostic_message(self.mailbox.email, to, self.server.where, charset)
         try:
             session.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -131,7 +135,8 @@ class SmtpRun(NetworkRun):
             raise StageFailed(f"{host} refused the recipient {to} ({text})", self.send_hint(text)) from None
         except smtplib.SMTPSenderRefused as exc:
             text = f"{exc.smtp_code} {self.said(exc.smtp_error)}"
-            raise StageFailed(f"{host} refused the sender {self.mailbox.email} ({text})", self.send_hint(text)) from None
+            raise StageFailed(f"{host} refused the sender {self.mailbox.email} ({text})",
+                              self.send_hint(text)) from None
         except smtplib.SMTPResponseException as exc:
             text = f"{exc.smtp_code} {self.said(exc.smtp_error)}"
             raise StageFailed(f"{host} refused the test message ({text})", self.send_hint(text)) from None
@@ -149,13 +154,16 @@ class SmtpRun(NetworkRun):
         assert self.server is not None
         what = "login name" if not self.mailbox.login_name.isascii() else "password"
         return StageFailed(
-            f"the {what} has characters outside ASCII (such as ą or š), which the {self.server.label} login cannot send",
-            f"change the {what} at the provider to ASCII letters, digits and punctuation, then give hanna-sync the new one",
+            f"the {what} has characters outside ASCII (such as ą or š), which the {self.server.label} login"
+            " cannot send",
+            f"change the {what} at the provider to ASCII letters, digits and punctuation, then give hanna-sync"
+            " the new one",
             exit_code=ExitCode.AUTH,
         )
 
 
 def _features(session: smtplib.SMTP) -> str:
-    return "; ".join(" ".join(f"{name.upper()} {value}".split()) for name, value in session.esmtp_features.items()) or "no extensions"
+    features = session.esmtp_features.items()
+    return "; ".join(" ".join(f"{name.upper()} {value}".split()) for name, value in features) or "no extensions"
 
 
