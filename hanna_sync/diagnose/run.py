@@ -107,20 +107,20 @@ class Run:
         try:
             result = step()
         except StageFailed as failure:
-            self._record(name, started, False, failure.detail, failure.hint, failure.exit_code)
+            self._record(name, started, ok=False, detail=failure.detail, hint=failure.hint, exit_code=failure.exit_code)
             raise
         except (OSError, IMAPClientError, smtplib.SMTPException) as exc:  # the connection broke mid-stage
             detail, hint = self._broken(exc)
-            self._record(name, started, False, detail, hint, None)
+            self._record(name, started, ok=False, detail=detail, hint=hint)
             raise StageFailed(detail) from None
-        self._record(name, started, not result.failed, result.detail, result.hint, None)
+        self._record(name, started, ok=not result.failed, detail=result.detail, hint=result.hint)
         return result.value
 
     def skip(self, name: str, detail: str) -> None:
         self._add(Stage(self.protocol, name, True, 0.0, detail, skipped=True))
 
-    def _record(self, name: str, started: float, ok: bool, detail: str, hint: str | None,
-                exit_code: ExitCode | None) -> None:
+    def _record(self, name: str, started: float, *, ok: bool, detail: str, hint: str | None,
+                exit_code: ExitCode | None = None) -> None:
         family = ExitCode.OK if ok else (exit_code or FAMILIES[name])
         self._add(Stage(self.protocol, name, ok, time.perf_counter() - started, detail, hint, exit_code=family))
 
