@@ -28,6 +28,7 @@ from hanna_sync.remote.providers import (
     SECURITY_MODES,
     SMTP_PORTS,
     Provider,
+    default_folders,
     guess_provider,
 )
 
@@ -204,7 +205,7 @@ def verify(mailbox: Mailbox, password: str, timeout: float, *, ca_dir: Path) -> 
     that command shows: its first failed stage becomes the error; the folders stage's note (no Sent
     folder found, folders merged) is passed on. A CA file kept from SSL_CERT_FILE is copied into `ca_dir`.
     """
-    # Imported here, not at the top: diagnose builds on this module (default_folders).
+    # Imported here, not at the top: only verifying loads diagnose's TLS and certificate machinery.
     from hanna_sync import diagnose
 
     report = diagnose.check_imap(mailbox, password, diagnose.Options(timeout=timeout))
@@ -270,15 +271,6 @@ def unverified_notes(mailbox: Mailbox) -> list[str]:
     return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the"
             " mailbox was not verified: if its server's certificate is trusted only through it, give --ca-file (PEM)"
             " so the passes trust it too"]
-
-
-def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
-    """INBOX and the Sent folder: what a CRM needs to see both sides of a conversation."""
-    preset = PROVIDERS[mailbox.provider].sent_folder
-    if mailbox.kind == "o365-scan":
-        return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
-    sent = imap.sent_folder(folders, preset).name if folders is not None else preset
-    return ["INBOX"] + ([sent] if sent else [])
 
 
 @dataclass(frozen=True)

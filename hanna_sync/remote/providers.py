@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hanna_sync.models import Mailbox
+from hanna_sync.remote import imap
+
 SECURITY_MODES = ("ssl", "starttls", "none")
 IMAP_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
 SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
@@ -57,3 +60,12 @@ def guess_provider(email: str) -> str:
         if domain in provider.domains:
             return provider.name
     return "custom"
+
+
+def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
+    """INBOX and the Sent folder: what a CRM needs to see both sides of a conversation."""
+    preset = PROVIDERS[mailbox.provider].sent_folder
+    if mailbox.kind == "o365-scan":
+        return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
+    sent = imap.sent_folder(folders, preset).name if folders is not None else preset
+    return ["INBOX"] + ([sent] if sent else [])

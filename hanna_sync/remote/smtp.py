@@ -65,7 +65,7 @@ class _SMTPOnSocket(smtplib.SMTP):
 
 def session_on_socket(
     sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None = None
-) -> smtplib.SMTP:
+) -> _SMTPOnSocket:
     """An smtplib session on a connected socket, its greeting read (a 220, else `SMTPConnectError`).
 
     The greeting is kept as `.greeting` (code, text); a silent or vanished server raises
