@@ -38,7 +38,7 @@ def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | 
     check_entities(app, customer, lead)
     if mailbox_id is not None:
         app.store.mailbox(mailbox_id)  # an unknown id is an error, not "No letters."
-    rows = app.store.letters(customer, lead, mailbox_id, since, limit)
+    rows = app.store.letters(customer=customer, lead=lead, mailbox_id=mailbox_id, since=since, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -141,7 +141,7 @@ def search(app: App, words: tuple[str, ...], customer: str | None, lead: str | N
     """
     since = since_date(since)
     check_entities(app, customer, lead)
-    rows = app.store.search(" ".join(words), customer, lead, since, limit)
+    rows = app.store.search(" ".join(words), customer=customer, lead=lead, since=since, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -213,11 +213,12 @@ def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: st
     check_entities(app, customer, lead)
     if as_json and output is None:
         raise InputError("--json prints the summary on stdout: write the letters elsewhere with -o PATH")
-    ids = exporting.select(app.store, list(letter_ids), customer, lead, query, since)
+    ids = exporting.select(app.store, list(letter_ids), customer=customer, lead=lead, query=query, since=since)
     bar, report = progress_reporter(sys.stderr.isatty() and not as_json and not app.quiet and len(ids) > 1)
     with bar or nullcontext():
         result = exporting.export_letters(
-            app.store, ids, fmt, output, attachments_dir, one_file=len(letter_ids) == 1, progress=report,
+            app.store, ids, fmt=fmt, output=output, attachments=attachments_dir, one_file=len(letter_ids) == 1,
+            progress=report,
             stdout=None if output else sys.stdout.buffer,
         )
     if as_json:

@@ -48,7 +48,7 @@ def _import(app: App, *, entity_type: str, file: str, fmt: str | None, as_json: 
         raise InputError("reading standard input: give --format csv or --format json")
     stdin_data = sys.stdin.buffer.read() if path is None else None
     try:
-        result = import_entities(app.store, entity_type, path, fmt, stdin_data, config=app.config,
+        result = import_entities(app.store, entity_type, path, fmt=fmt, stdin_data=stdin_data, config=app.config,
                                  allow_conflicts=allow_conflicts)
     except LinksWouldGo as exc:
         for line in exc.details:

@@ -173,7 +173,8 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
     mailbox.kind = kind
     app.store.check_unique(mailbox, allow_duplicate)
     password = read_password(password_stdin, f"Password for {mailbox.login_name}")
-    saved = mailboxes.add(app.store, app.secrets, mailbox, password, not no_verify, app.timeout, allow_duplicate)
+    saved = mailboxes.add(app.store, app.secrets, mailbox, password, verify_first=not no_verify, timeout=app.timeout,
+                          allow_duplicate=allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
 
 
@@ -199,8 +200,8 @@ def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: boo
 
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
-    saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), not no_verify, app.timeout,
-                           app.sign_in, allow_duplicate)
+    saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), verify_first=not no_verify,
+                           timeout=app.timeout, sign_in=app.sign_in, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Updated", saved, as_json)
 
 
@@ -222,7 +223,8 @@ def set_password(app: App, mailbox_id: int, password_stdin: bool, no_verify: boo
     mailbox = app.store.mailbox(mailbox_id)
     mailboxes.check_has_password(mailbox)
     password = read_password(password_stdin, f"New password for {mailbox.login_name}")
-    mailboxes.set_password(app.store, app.secrets, mailbox_id, password, not no_verify, app.timeout)
+    mailboxes.set_password(app.store, app.secrets, mailbox_id, password, verify_first=not no_verify,
+                           timeout=app.timeout)
     click.echo(f"Password of mailbox {mailbox_id} ({mailbox.email}) updated.")
 
 
@@ -280,7 +282,7 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
     """
     from hanna_sync.admin import mailboxes
 
-    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, app.timeout, app.sign_in)
+    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, timeout=app.timeout, sign_in=app.sign_in)
     if as_json:
         emit_json([{"id": r.name, **asdict(r)} for r in rows])
         return
@@ -289,7 +291,7 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
 
 
 
-# -- Office 365 --------------------------------------------------------------------------------------------
+# -- Office 365 -------------------------------------------------------------------------------------
 
 def show_sign_in(message: str) -> None:
     """MSAL's device-code instructions (the URL and the code), on stderr so that --json output stays clean."""
@@ -321,8 +323,8 @@ def add_o365_mailbox(app: App, *, user: str | None, email: str | None, provider:
 
     mailbox = o365_mailbox_from_options(user=user, email=email, provider=provider, kind=kind,
                                         password_stdin=password_stdin, options=options)
-    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, not no_verify, app.timeout, show_sign_in,
-                               allow_duplicate)
+    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, verify_first=not no_verify,
+                               timeout=app.timeout, show=show_sign_in, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
     if no_verify and not app.sign_in.app_only:
         click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)

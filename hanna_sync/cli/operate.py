@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,10 +46,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         from rich.logging import RichHandler
 
         logging.getLogger().handlers[:] = [RichHandler(console=bar.console, show_path=False)]
-        with bar:
-            result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
-    else:
-        result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
+    with bar or nullcontext():
+        result = run_pass(app.store, app.secrets, app.config, mailbox_ids=list(mailbox_ids) or None, dry_run=dry_run,
+                          progress=report)
     warning = result.database_warning
     if as_json:
         emit_json({"ok": result.ok, "dry_run": dry_run, "budget_exhausted": result.budget_exhausted,

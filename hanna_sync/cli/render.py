@@ -1,6 +1,6 @@
 """Everything the commands print: JSON, tables that fit 80 columns, progress bars, journald lines, test stages.
 
-Kept in one place so that every command renders alike, and a web face can reuse none of it by accident.
+Kept in one place so that every command renders alike; the core returns data and never formats for a terminal.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ def console() -> Console:
     from rich.console import Console
 
     return Console()
+
+
+def console_err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below: tuple[str, ...] = ()) -> None:
@@ -119,12 +125,6 @@ def progress_reporter(enabled: bool) -> tuple[Progress, Reporter] | tuple[None, 
         bar.update(tasks[label], completed=done, total=total)
 
     return bar, report
-
-
-def console_err() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def short_date(date_utc: str | None) -> str:
