@@ -6,7 +6,7 @@ import itertools
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,7 @@ from hanna_sync.errors import InputError
 
 if TYPE_CHECKING:
     from hanna_sync.cli import App
+    from hanna_sync.db.rows import LetterSummary
 
 
 @click.command("letters")
@@ -46,7 +47,7 @@ def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | 
         click.echo("No letters.")
         return
 
-    def rule_of(row: dict[str, Any]) -> str:
+    def rule_of(row: LetterSummary) -> str:
         wanted = [link for link in row["links"]
                   if (customer and link["entity_id"] == customer and link["entity_type"] == "customer")
                   or (lead and link["entity_id"] == lead and link["entity_type"] == "lead")] or row["links"]
