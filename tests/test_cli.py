@@ -239,7 +239,7 @@ def test_config_help_names_every_place_a_config_is_looked_for(run, monkeypatch, 
 def test_a_table_too_wide_for_its_rules_drops_them_rather_than_being_cropped(monkeypatch, capsys):
     """`run`'s nine columns do not fit 80 columns with their rules: rich would crop the right edge
     (the last column half gone); the compact form keeps every column whole."""
-    from hanna_sync.cli import table
+    from hanna_sync.cli.render import table
 
     monkeypatch.setenv("COLUMNS", "80")
     headers = ["ID", "Email", "Folders", "New", "Archived", "Linked", "Skipped", "Errors", "Seconds"]

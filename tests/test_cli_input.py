@@ -166,10 +166,7 @@ TABLE = [
 def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(home, args, stdin, code, says):
     before = state_of(home)
     args = [a.replace("{home}", str(home)) for a in args]
-    if args[0] == "--config":
-        result = CliRunner().invoke(cli, args, input=stdin)
-    else:
-        result = invoke(home, *args, input=stdin)
+    result = CliRunner().invoke(cli, args, input=stdin) if args[0] == "--config" else invoke(home, *args, input=stdin)
     assert_one_line_error(result, code, says.replace("{home}", str(home)))
     assert state_of(home) == before
     assert not [p for p in home.rglob(".*.tmp")], "a temp file was left behind"

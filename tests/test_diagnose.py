@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hanna_sync import cli as cli_module
 from hanna_sync import diagnose
 from hanna_sync.admin.mailboxes import new_mailbox
 from hanna_sync.cli import cli
+from hanna_sync.cli import diagnostics as cli_diagnostics
 from hanna_sync.errors import ExitCode
 
 TIMEOUT = 1.0  # what a silent server is given: short, so the timeout cases stay quick
@@ -596,7 +596,7 @@ def test_cli_trace_masks_the_password(hanna, imap_user, smtp):
 
 
 def test_cli_table_on_a_terminal(hanna, imap_user, smtp, monkeypatch):
-    monkeypatch.setattr(cli_module, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(cli_diagnostics, "stdout_is_terminal", lambda: True)
     result = hanna(*adhoc_args(imap_user, smtp), input="wrong-password\n")
     assert result.exit_code == ExitCode.AUTH
     assert "hanna-sync test: " in result.stdout and "FAILED" in result.stdout

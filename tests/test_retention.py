@@ -89,7 +89,7 @@ def test_purge_by_customer_asks_first_and_refuses_without_a_terminal(archived, m
     result = cli_run(env, "purge", "--lead", "L-2001")
     assert result.exit_code == 2 and result.stderr.strip() == (
         "Error: give --yes to purge without a terminal to confirm on")
-    monkeypatch.setattr("hanna_sync.cli.interactive", lambda: True)
+    monkeypatch.setattr("hanna_sync.cli.archive.interactive", lambda: True)
     result = cli_run(env, "purge", "--lead", "L-2001", input="n\n")
     assert result.exit_code == 1 and "Domina jūsų paslaugos" in result.output
     assert env.store.export_ids(lead="L-2001") == linked
