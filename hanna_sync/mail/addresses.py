@@ -10,8 +10,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import idna
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 # Public mail services: one address there says nothing about which company a person works for,
 # so their domains never link a letter to a customer. `free_mail_domains` in the config extends this.
@@ -70,10 +74,8 @@ def domain_of(email: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _suffix_list():  # type: ignore[no-untyped-def]
-    from publicsuffixlist import (
-        PublicSuffixList,  # loading the list costs ~50 ms: only when used
-    )
+def _suffix_list() -> PublicSuffixList:
+    from publicsuffixlist import PublicSuffixList  # loading the list costs ~50 ms: only when used
 
     return PublicSuffixList()
 
