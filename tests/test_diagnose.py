@@ -461,7 +461,7 @@ def test_smtp_stages_pass_and_send_a_real_test_message(box, imap_user, smtp, sec
     assert (message.mail_from, message.rcpt_tos) == (imap_user.login, ["ona@example.test"])
     assert b"Subject: hanna-sync test message" in message.content
     assert "SMTP C: AUTH PLAIN ***" in lines
-    assert any(l.startswith("IMAP C: ") and l.endswith(f" LOGIN {imap_user.login} ***") for l in lines)
+    assert any(line.startswith("IMAP C: ") and line.endswith(f" LOGIN {imap_user.login} ***") for line in lines)
     assert not any(imap_user.password in line for line in lines)
 
 
@@ -573,7 +573,7 @@ def test_cli_plain_lines_for_a_saved_mailbox_and_another_password(hanna, imap_us
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["IMAP", "charset", "ok"]
-    assert any(l.split()[:3] == ["SMTP", "send", "skipped"] for l in lines)
+    assert any(line.split()[:3] == ["SMTP", "send", "skipped"] for line in lines)
     assert lines[-1] == "IMAP passed; SMTP passed."
 
     result = hanna("test", "1", "--password-stdin", input="wrong-password\n")

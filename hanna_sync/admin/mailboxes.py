@@ -100,9 +100,9 @@ def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
     changed = _apply(replace(mailbox, folders=list(mailbox.folders)), settings)
     for proto, ports in (("imap", IMAP_PORTS), ("smtp", SMTP_PORTS)):
         old_security = getattr(mailbox, f"{proto}_security")
-        if settings.get(f"{proto}_security") and settings.get(f"{proto}_port") is None:
-            if getattr(mailbox, f"{proto}_port") == ports.get(old_security or "", None):
-                setattr(changed, f"{proto}_port", None)
+        if (settings.get(f"{proto}_security") and settings.get(f"{proto}_port") is None
+                and getattr(mailbox, f"{proto}_port") == ports.get(old_security or "", None)):
+            setattr(changed, f"{proto}_port", None)
     return _completed(changed)
 
 

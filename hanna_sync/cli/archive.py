@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many, newest first.")
 @json_option
 @click.pass_obj
-def letters(app: App, customer: str | None, lead: str | None, mailbox_id: int | None, since: str | None,
+def letters(app: App, *, customer: str | None, lead: str | None, mailbox_id: int | None, since: str | None,
             limit: int | None, as_json: bool) -> None:
     """List archived letters, newest first, with the rule that linked them.
 
@@ -127,7 +127,7 @@ class WordsCommand(click.Command):
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="At most this many, best first.")
 @json_option
 @click.pass_obj
-def search(app: App, words: tuple[str, ...], customer: str | None, lead: str | None, since: str | None, limit: int,
+def search(app: App, *, words: tuple[str, ...], customer: str | None, lead: str | None, since: str | None, limit: int,
            as_json: bool) -> None:
     """Find letters by words in the subject, text, addresses or attachment names, best match first.
 
@@ -191,7 +191,7 @@ def thread(app: App, letter_id: int, as_json: bool) -> None:
               help="Also extract the letters' attachments, to DIR/<letter id>/<name>.")
 @json_option
 @click.pass_obj
-def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, query: str | None,
+def export(app: App, *, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, query: str | None,
            since: str | None, fmt: str, output: Path | None, attachments_dir: Path | None, as_json: bool) -> None:
     """Write archived letters byte for byte as the server had them: .eml files or one mbox.
 
@@ -243,7 +243,7 @@ def export(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: st
 @click.option("--no-vacuum", is_flag=True, help="Do not VACUUM afterwards, even when a quarter of the file is free.")
 @json_option
 @click.pass_obj
-def purge(app: App, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, yes: bool,
+def purge(app: App, *, letter_ids: tuple[int, ...], customer: str | None, lead: str | None, yes: bool,
           no_vacuum: bool, as_json: bool) -> None:
     """Delete letters for good, for a privacy request: the named LETTERs and/or a customer's or lead's.
 

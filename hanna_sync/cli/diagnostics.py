@@ -47,7 +47,7 @@ def stdout_is_terminal() -> bool:
 @click.option("--trace", is_flag=True, help="Show the protocol exchange on stderr, passwords and tokens masked.")
 @json_option
 @click.pass_obj
-def test_command(app: App, mailbox_id: int | None, email: str | None, provider: str | None, kind: str | None,
+def test_command(app: App, *, mailbox_id: int | None, email: str | None, provider: str | None, kind: str | None,
                  password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None,
                  trace: bool, as_json: bool, **options: Any) -> None:
     """Test a mailbox's IMAP and SMTP servers stage by stage: why it fails, and what to do.

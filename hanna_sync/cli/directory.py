@@ -89,7 +89,7 @@ def import_command(entity_type: str) -> Callable[..., Any]:
                   help="Import even when the relink would take links off archived letters (they are listed).")
     @json_option
     @click.pass_obj
-    def command(app: App, file: str, fmt: str | None, as_json: bool, allow_conflicts: bool) -> None:
+    def command(app: App, *, file: str, fmt: str | None, as_json: bool, allow_conflicts: bool) -> None:
         _import(app, entity_type=entity_type, file=file, fmt=fmt, as_json=as_json, allow_conflicts=allow_conflicts)
 
     command.__doc__ = f"Import {entity_type}s from FILE (.csv or .json; - for stdin with --format)."

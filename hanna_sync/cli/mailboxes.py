@@ -142,7 +142,7 @@ def print_mailbox_saved(verb: str, saved: Saved, as_json: bool) -> None:
 @allow_duplicate_option
 @json_option
 @click.pass_obj
-def add_mailbox(app: App, user: str | None, email: str | None, provider: str | None, kind: str,
+def add_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, kind: str,
                 no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool, **options: Any) -> None:
     """Connect a mailbox for a staff member.
 
@@ -184,8 +184,8 @@ def add_mailbox(app: App, user: str | None, email: str | None, provider: str | N
 @allow_duplicate_option
 @json_option
 @click.pass_obj
-def edit_mailbox(app: App, mailbox_id: int, no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool,
-                 **options: Any) -> None:
+def edit_mailbox(app: App, *, mailbox_id: int, no_verify: bool, password_stdin: bool, allow_duplicate: bool,
+                 as_json: bool, **options: Any) -> None:
     """Change a mailbox's settings; only the options given change.
 
     --folder replaces the list of folders. When a connection setting changes, the mailbox is

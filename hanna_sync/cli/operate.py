@@ -87,7 +87,7 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 @click.option("--folders", "show_folders", is_flag=True, help="Also list every folder's progress.")
 @json_option
 @click.pass_obj
-def status(app: App, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
+def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
     """Show each mailbox's health: ok, new, backfilling, failing, auth failed, needs re-authorisation,
     stale or paused.
 
