@@ -718,9 +718,11 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 
         logging.getLogger().handlers[:] = [RichHandler(console=bar.console, show_path=False)]
         with bar:
-            result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
+            result = run_pass(app.store, app.secrets, app.config, mailbox_ids=list(mailbox_ids) or None,
+                              dry_run=dry_run, progress=report)
     else:
-        result = run_pass(app.store, app.secrets, app.config, list(mailbox_ids) or None, dry_run, report)
+        result = run_pass(app.store, app.secrets, app.config, mailbox_ids=list(mailbox_ids) or None,
+                          dry_run=dry_run, progress=report)
     warning = result.database_warning
     if as_json:
         emit_json({"ok": result.ok, "dry_run": dry_run, "budget_exhausted": result.budget_exhausted,
@@ -745,9 +747,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         if dry_run:
             for m in result.mailboxes:
                 for item in m.would_archive:
-                    where = f"Graph id {item['graph_id']}" if item.get("graph_id") else f"UID {item['uid']}"
-                    click.echo(f"  {m.email} {item['folder']} {where}: {item['subject']!r} -> "
-                               f"{', '.join(item['links'])}")
+                    where = f"Graph id {item.graph_id}" if item.graph_id else f"UID {item.uid}"
+                    click.echo(f"  {m.email} {item.folder} {where}: {item.subject!r} -> {', '.join(item.links)}")
     if not result.ok:
         sys.exit(ExitCode.FAILURE)
 
