@@ -742,7 +742,7 @@ def test_a_graph_mailbox_backfills_a_customer_added_later_fetching_only_its_lett
     env.store.save_entity("customer", sample.Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
     assert relink(env.store, env.config, env.secrets).backfill_wanted == 1
     dry = env.run(dry_run=True).mailboxes[0]  # lists it, as IMAP's dry run does; downloads nothing
-    assert [item["graph_id"] for item in dry.would_archive] == [wanted.id] and ms.graph.value_requests == []
+    assert [item.graph_id for item in dry.would_archive] == [wanted.id] and ms.graph.value_requests == []
     ms.graph.envelope_requests.clear()
     second = env.run().mailboxes[0]
     assert second.ok and (second.backfilled, second.archived, second.new) == (1, 1, 0)

@@ -206,9 +206,9 @@ def test_finding_letters_costs_round_trips_per_letters_not_per_uid_span(tmp_path
 def test_a_folder_larger_than_one_search_window_is_searched_in_windows_of_letters(tmp_path, imap_user, monkeypatch):
     """Over SEARCH_WINDOW letters (here 4, for 11 letters): windows of sequence numbers, so each answer
     stays small and every letter is found, in as many SEARCHes as windows of letters."""
-    from hanna_sync import scan
+    from hanna_sync.scan import imap_source
 
-    monkeypatch.setattr(scan, "SEARCH_WINDOW", 4)
+    monkeypatch.setattr(imap_source, "SEARCH_WINDOW", 4)
     deliver_sample(imap_user)  # 9 in INBOX
     for i in range(2):
         imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(

@@ -76,7 +76,7 @@ def test_a_second_run_exits_75_while_one_runs_and_nothing_is_duplicated(tmp_path
 
 
 class SteppingClock:
-    """time.monotonic for the scan module that moves one second per look: a budget of N seconds
+    """time.monotonic for the pass's budget clock (scan.context) that moves one second per look: a budget of N seconds
     runs out after a fixed number of steps, whatever the machine's speed."""
 
     def __init__(self) -> None:
@@ -100,7 +100,7 @@ def test_time_budget_stops_mid_backfill_and_the_next_pass_completes(tmp_path, im
     env = Env(tmp_path / "budget", batch_size=10)
     env.add(imap_user, folders=("INBOX",))
     env.config = replace(env.config, scan=replace(env.config.scan, time_budget_minutes=0.2))  # 12 clock steps
-    monkeypatch.setattr(scan, "time", SteppingClock())
+    monkeypatch.setattr(scan.context, "time", SteppingClock())
     passes = []
     while not passes or passes[-1].budget_exhausted:
         passes.append(env.run())
@@ -241,7 +241,7 @@ def test_status_shows_backfill_progress_and_staleness(tmp_path, imap_user, monke
     env = Env(tmp_path, batch_size=10)
     box = env.add(imap_user, folders=("INBOX",))
     env.config = replace(env.config, scan=replace(env.config.scan, time_budget_minutes=0.15))
-    monkeypatch.setattr(scan, "time", SteppingClock())
+    monkeypatch.setattr(scan.context, "time", SteppingClock())
     assert env.run().budget_exhausted
     report = json.loads(hanna(env, "status", "--json").stdout)
     (mailbox,) = report["mailboxes"]

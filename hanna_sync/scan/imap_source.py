@@ -1,0 +1,395 @@
+"""Folders read over IMAP (with a password, or XOAUTH2 for o365-client): STATUS first (one round trip; an
+unchanged folder costs nothing more), then EXAMINE (read-only), then new UIDs in windows, their header
+fields in batches, matched locally, and whole letters fetched with BODY.PEEK (never setting \\Seen) only
+for the matched ones not archived yet. UIDVALIDITY changes, expunged letters and never-seen gaps are this
+module's; the batch commit is archiving.py's."""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import cast
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from hanna_sync.db.store import participants_of, utcnow
+from hanna_sync.errors import AuthError, ReauthRequired, SecretsError
+from hanna_sync.linking.backfill import LetterKeys
+from hanna_sync.linking.match import Link, inherited_links, match
+from hanna_sync.mail.message import (
+    Keep,
+    ParsedLetter,
+    address_tokens,
+    is_automatic,
+    parse_headers_only,
+    parse_letter,
+    thread_tokens,
+)
+from hanna_sync.models import FolderState, Mailbox
+from hanna_sync.remote import imap
+from hanna_sync.scan import archiving
+from hanna_sync.scan.archiving import keeping, retire_gone_folder
+from hanna_sync.scan.context import PassContext
+from hanna_sync.scan.results import MailboxResult
+from hanna_sync.scan.source import Candidate, Original
+from hanna_sync.uidset import UidSet
+
+log = logging.getLogger(__name__)
+
+# The only header fields a pass reads of every letter, instead of whole letters: the addresses matching
+# needs, the Message-ID that tells whether the letter is archived already, the ids of the letters it
+# answers (thread links), and what marks it as sent by a program. Everything else comes from the whole
+# letter, fetched for the matched ones only.
+HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
+SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
+
+
+@contextmanager
+def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterator[ImapSource]:
+    """The mailbox's IMAP session: with its password, or with XOAUTH2 (o365-client)."""
+    if mailbox.kind == "imap":
+        password = ctx.secrets.get(mailbox.secret_ref)
+        if password is None:
+            raise SecretsError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
+        with imap.session(mailbox, password, ctx.config.network.timeout) as client:
+            yield ImapSource(ctx, mailbox, client, result)
+        return
+    from hanna_sync.remote.oauth import IMAP, MicrosoftSignIn, TokenRefused
+
+    sign_in = MicrosoftSignIn.for_config(ctx.config, ctx.secrets)
+    token = sign_in.token_source(mailbox, IMAP)
+    try:
+        renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
+    except (ReauthRequired, TokenRefused):
+        raise
+    except AuthError:
+        # Exchange refuses a token it no longer honours (the sign-in revoked: continuous access evaluation
+        # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission.
+        # Renewing tells them apart: a lost sign-in says so (needs re-authorisation), a permission fails again.
+        sign_in.token(mailbox, IMAP, fresh=True)
+        renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
+    try:
+        client = cast(IMAPClient, renewing)  # passes every IMAPClient method through
+        yield ImapSource(ctx, mailbox, client, result)
+    finally:
+        renewing.end()
+
+
+def connection_failed(exc: BaseException, mailbox: Mailbox, timeout: float) -> str:
+    """One line for a session that broke mid-pass. Never what the server was sending (a cut-off line may
+    quote a letter), and saying what the admin wants to know: nothing saved is lost, the next pass goes on."""
+    where = f"{mailbox.imap_host}:{mailbox.imap_port}" if mailbox.imap_host else "the server"
+    text = imap.server_text(exc) if isinstance(exc, IMAPClientError) else str(exc)
+    if isinstance(exc, TimeoutError) or "timed out" in text:
+        what = f"no answer within {timeout:g} s"
+    else:
+        # imaplib says "command: UID => socket error: unterminated line: b'* 10 FETCH ...'": keep the reason only.
+        what = text.split(" => ", 1)[-1].split(": b'", 1)[0].split(': b"', 1)[0][:200] or type(exc).__name__
+    if isinstance(exc, IMAPClientError) and not isinstance(exc, imaplib.IMAP4.abort):
+        return f"{where} answered with an error ({what}); the letters saved so far stay, the next pass tries again"
+    return f"connection to {where} broke ({what}); the letters saved so far stay, the next pass goes on from there"
+
+
+class ImapSource:
+    """Scans folders of one logged-in IMAP mailbox; letters are located by UID under UIDVALIDITY."""
+
+    records_refused = False  # the folder state's seen UIDs say they were looked at
+
+    def __init__(self, ctx: PassContext, mailbox: Mailbox, client: IMAPClient, result: MailboxResult) -> None:
+        self.ctx, self.store, self.config = ctx, ctx.store, ctx.config
+        self.mailbox, self.client, self.result = mailbox, client, result
+        self.condstore = b"CONDSTORE" in client.capabilities()
+        self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
+        self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
+        assert mailbox.id is not None
+        with self.store.transaction():
+            # Skipped letters a directory change made worth a look (see backfill.py): folder -> UIDVALIDITY -> UIDs.
+            self.wanted = self.store.wanted_skipped(mailbox.id)
+
+    def scan(self, folder: str) -> None:
+        assert self.mailbox.id is not None
+        try:
+            status = self.client.folder_status(folder, self._status_items())
+        except IMAPClientError as exc:
+            self.result.fail(
+                "folder",
+                f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
+                f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
+                f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
+            )
+            if not self.ctx.dry_run and not self._listed(folder):
+                retire_gone_folder(self.store, self.mailbox, folder)
+            return
+        self.result.folders_checked += 1
+        with self.store.transaction():
+            state = self.store.folder_state(self.mailbox.id, folder)
+        uidvalidity = int(status[b"UIDVALIDITY"])
+        uidnext = int(status[b"UIDNEXT"])
+        messages = int(status[b"MESSAGES"])
+        gap_check_due = self._gap_check_due(state)
+        expunged = self._expunged(state, uidvalidity, uidnext, messages)
+        wanted = self.wanted.get(folder, {}).get(uidvalidity, [])
+        if (state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due and not expunged
+                and not wanted):
+            log.debug("%s: unchanged", folder)
+            return
+        self.remapping = False
+        if state.uidvalidity is not None and state.uidvalidity != uidvalidity:
+            self.remapping = True
+            log.warning("%s: UIDVALIDITY changed (%s -> %s): re-mapping by Message-ID", folder, state.uidvalidity,
+                        uidvalidity)
+            if not self.ctx.dry_run:
+                with self.store.transaction():
+                    self.store.mark_locations_gone(self.mailbox.id, folder, state.uidvalidity)
+                    self.store.forget_skipped_folder(self.mailbox.id, folder, keep_uidvalidity=uidvalidity)
+            state = FolderState(self.mailbox.id, folder)
+        state.uidvalidity = uidvalidity
+        state.server_uidnext = uidnext
+        state.server_messages = messages
+        remapped_before = self.result.remapped
+        seen = UidSet.parse(state.seen_uids)
+        selected = self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        exists = int(selected.get(b"EXISTS", messages))
+
+        if (gap_check_due or expunged) and state.last_uid > 0:
+            present = self._uids_between(1, state.last_uid, exists)
+            if not self.ctx.dry_run:
+                with self.store.transaction():
+                    gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
+                    self.store.prune_skipped(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
+                if gone:
+                    log.info("%s: %d archived letters were expunged on the server: the archive keeps them,"
+                             " their locations are marked gone", folder, gone)
+        if gap_check_due and state.last_uid > 0:
+            missing = seen.missing(present)
+            if missing:
+                log.warning("%s: %d letters below UID %d were never looked at: reading them now", folder,
+                            len(missing), state.last_uid)
+            if not self._process(state, seen, missing, moves_high_water=False):
+                return
+            state.gap_found = len(missing)
+            state.gap_checked_at = utcnow()
+            self.result.gaps += len(missing)
+
+        uids = self._uids_between(state.last_uid + 1, uidnext - 1, exists)
+        if not self._process(state, seen, uids, moves_high_water=True):
+            return
+        # The folder is done to UIDNEXT: only now may a later pass skip it as unchanged.
+        state.last_uid = max(state.last_uid, uidnext - 1)
+        state.uidnext = uidnext
+        state.messages = state.server_messages
+        state.highestmodseq = int(status[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in status else None
+        if state.gap_checked_at is None:
+            state.gap_checked_at = utcnow()  # everything up to here was just looked at
+        if not self.ctx.dry_run:
+            with self.store.transaction():
+                self.store.save_folder_state(state)
+        if wanted and not self.remapping:
+            log.info("%s: looking again at %d skipped letters the directory now concerns", folder, len(wanted))
+            if not self._process(state, seen, wanted, moves_high_water=False, backfill=True):
+                return
+        if self.remapping:
+            log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
+                        self.result.remapped - remapped_before)
+
+    def _listed(self, folder: str) -> bool:
+        """Whether the server's LIST still returns the folder. Only a LIST that answers without it says a
+        folder is gone: when LIST fails too (the connection dropped), the folder may well still be there."""
+        try:
+            names = {f.name for f in imap.list_folders(self.client)}
+        except (IMAPClientError, OSError, ssl.SSLError, TimeoutError):
+            return True
+        return folder in names or (folder.upper() == "INBOX" and any(n.upper() == "INBOX" for n in names))
+
+    @staticmethod
+    def _expunged(state: FolderState, uidvalidity: int, uidnext: int, messages: int) -> bool:
+        """Whether letters left the folder since it was last scanned to the end: it holds fewer than it did
+        then plus every UID given out since. Numbers STATUS returns anyway, so the check is free; the
+        SEARCH that finds which letters left runs only when it says so (or at the gap check)."""
+        if state.uidvalidity != uidvalidity or state.messages is None or state.uidnext is None:
+            return False
+        return messages < state.messages + (uidnext - state.uidnext)
+
+    def _gap_check_due(self, state: FolderState) -> bool:
+        hours = self.config.scan.gap_check_hours
+        if hours <= 0 or state.last_uid == 0 or state.gap_checked_at is None:
+            return False
+        return datetime.fromisoformat(state.gap_checked_at) < datetime.now(timezone.utc) - timedelta(hours=hours)
+
+    def _process(
+        self, state: FolderState, seen: UidSet, uids: list[int], *, moves_high_water: bool, backfill: bool = False,
+    ) -> bool:
+        """Run the UIDs through batches; False when the time budget ran out first."""
+        batch_size = self.config.scan.batch_size
+        for start in range(0, len(uids), batch_size):
+            if self.ctx.out_of_time():
+                self.result.budget_exhausted = True
+                return False
+            batch = uids[start : start + batch_size]
+            self._batch(state, seen, batch, moves_high_water=moves_high_water, backfill=backfill)
+            if self.ctx.progress:
+                self.ctx.progress(f"{self.mailbox.email} {state.folder}", start + len(batch), len(uids))
+        return True
+
+    def _status_items(self) -> list[bytes]:
+        items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        return items + [b"HIGHESTMODSEQ"] if self.condstore else items
+
+    def _uids_between(self, low: int, high: int, exists: int) -> list[int]:
+        """UIDs in [low, high] on the server, in as many SEARCHes as the answer needs, never as the UIDs'
+        span would: a folder of two letters at UID 3,000,000 (Gmail's All Mail) is one round trip.
+
+        One `UID SEARCH UID low:high` when at most SEARCH_WINDOW UIDs can come back (the folder holds
+        `exists` letters, the range has high - low + 1 UIDs). Else windows of SEARCH_WINDOW sequence numbers
+        with the same UID range, from the top down: a letter expunged meanwhile moves the others down, into
+        a window still to come, never past it (one seen twice is counted once).
+        """
+        if low > high:
+            return []
+        span = f"{low}:{high}"
+        if min(exists, high - low + 1) <= SEARCH_WINDOW:
+            windows = [["UID", span]]
+        else:
+            tops = range(exists, 0, -SEARCH_WINDOW)
+            windows = [[f"{max(1, top - SEARCH_WINDOW + 1)}:{'*' if top == exists else top}", "UID", span]
+                       for top in tops]
+        uids: set[int] = set()
+        for criteria in windows:
+            # Servers may answer `n:m` with a message outside it (as for `n:*`): keep only the range.
+            uids.update(u for u in self.client.search(criteria) if low <= u <= high)
+        return sorted(uids)
+
+    def _batch(
+        self, state: FolderState, seen: UidSet, uids: list[int], *, moves_high_water: bool, backfill: bool,
+    ) -> None:
+        """One batch: header fields, matching, originals of the matched, and one transaction.
+
+        A backfill batch looks again at letters skipped earlier that a directory change made worth it:
+        the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
+        those the server no longer has leave it too.
+        """
+        # A dry run lists each matched letter with its subject: one more field in the same FETCH.
+        fields = HEADER_FIELDS + " SUBJECT" if self.ctx.dry_run else HEADER_FIELDS
+        fetched = imap.fetch_header_fields(self.client, uids, fields)
+        wanted = set(uids)
+        looked_at = sorted(uid for uid in fetched if uid in wanted)
+        tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
+        answers = {uid: thread_tokens(fetched[uid][1]) for uid in looked_at}
+        candidates = self._match({uid: fetched[uid] for uid in looked_at}, tokens, answers)
+        matched = {c.key for c in candidates}
+        skipped = [uid for uid in looked_at if uid not in matched]
+        if not backfill:
+            self.result.new += len(looked_at)
+            self.result.skipped += len(skipped)
+        if self.ctx.dry_run:
+            archiving.would_archive(self.ctx, self.result, folder=state.folder, candidates=candidates,
+                                    counted=self.dry_linked)
+            return
+
+        batch = archiving.prepare(self.ctx, self, candidates, skipped,
+                                  lambda index, uid: index.letter_keys(fetched[uid][1], tokens[uid], answers[uid]))
+        assert self.mailbox.id is not None and state.uidvalidity is not None
+        with self.store.transaction():
+            archiving.commit(self.ctx, self, batch, state=state, result=self.result, backfill=backfill,
+                             remapping=self.remapping)
+            if backfill:  # archived now, or no longer on the server
+                done = [c.key for c in batch.candidates] + [uid for uid in uids if uid not in fetched]
+                self.store.forget_skipped(self.mailbox.id, state.folder, state.uidvalidity, done)
+            else:
+                state.skipped += len(skipped)
+            # A UID the server did not return stays out of `seen`: the gap check finds it if it still exists.
+            seen.add(looked_at)
+            state.seen_uids = str(seen)
+            if moves_high_water:
+                state.last_uid = max(state.last_uid, max(uids))
+            self.store.save_folder_state(state)
+
+    def _match(
+        self, fetched: dict[int, tuple[int, bytes]], tokens: dict[int, list[str]], answered: dict[int, list[str]],
+    ) -> list[Candidate[int]]:
+        """The letters of a batch that concern the directory, with their links: by their own addresses,
+        and (linking.thread_replies) inherited from the linked letters they answer, archived already or
+        in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
+        charset = self.mailbox.imap_charset
+        directory = self.ctx.directory.get()
+        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        parsed: dict[int, ParsedLetter] = {}
+        keep: dict[int, Keep] = {}  # the addresses the prefilter matched, wherever in the header they are
+
+        def headers(uid: int) -> ParsedLetter:
+            if uid not in parsed:
+                parsed[uid] = parse_headers_only(fetched[uid][1], charset, keep.get(uid))
+            return parsed[uid]
+
+        def may_link(uid: int) -> bool:
+            return self.config.linking.automatic or not is_automatic(headers(uid))
+
+        links: dict[int, list[Link]] = {}
+        for uid in fetched:
+            # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
+            prefiltered = match(tokens[uid], directory, *flags)
+            if prefiltered:
+                keep[uid] = keeping(prefiltered)
+                found = match(participants_of(headers(uid)), directory, *flags)
+                if found and may_link(uid):
+                    links[uid] = found
+
+        answers = {uid: ids for uid, ids in answered.items() if ids}
+        if self.config.linking.thread_replies and answers:
+            with self.store.transaction():
+                linked = self.store.thread_links([i for ids in answers.values() for i in ids])
+
+            def publish(uid: int) -> None:  # a letter of this batch that others in it may answer
+                message_id = headers(uid).message_id
+                if message_id:
+                    linked.setdefault(message_id, []).extend((link.entity_type, link.entity_id) for link in links[uid])
+
+            for uid in list(links):
+                publish(uid)
+            grew = True
+            while grew:  # until no reply inherits more: a chain of replies within one batch
+                grew = False
+                for uid, ids in answers.items():
+                    extra = inherited_links(ids, linked, links.get(uid, ()), *flags)
+                    if extra and (uid in links or may_link(uid)):
+                        links[uid] = links.get(uid, []) + extra
+                        publish(uid)
+                        grew = True
+
+        candidates = []
+        for uid in sorted(links):
+            letter = headers(uid)
+            identity = f"mid:{letter.message_id}" if letter.message_id else None
+            candidates.append(Candidate(uid, letter.subject, links[uid], identity, size=fetched[uid][0]))
+        return candidates
+
+    def originals(self, candidates: list[Candidate[int]]) -> dict[int, Original]:
+        """Whole letters for the matched ones; headers only for those over the size limit."""
+        limit = self.config.max_letter_bytes
+        charset = self.mailbox.imap_charset
+        sizes = {c.key: c.size for c in candidates}
+        keep = {c.key: keeping(c.links) for c in candidates}
+        out: dict[int, Original] = {}
+        for item, key, parse in (
+            ("BODY.PEEK[]", b"BODY[]", parse_letter),
+            ("BODY.PEEK[HEADER]", b"BODY[HEADER]", parse_headers_only),
+        ):
+            uids = [c.key for c in candidates if (c.size <= limit) == (parse is parse_letter)]
+            if uids:
+                for uid, data in self.client.fetch(uids, [item]).items():
+                    raw = data.get(key) or b""
+                    out[uid] = Original(parse(raw, charset, keep.get(uid)), raw, sizes.get(uid) or len(raw))
+        return out
+
+    def locate(self, letter_id: int, state: FolderState, key: int) -> None:
+        assert self.mailbox.id is not None and state.uidvalidity is not None
+        self.store.add_location(letter_id, self.mailbox.id, state.folder, state.uidvalidity, key)
+
+    def record_skipped(self, state: FolderState, keys: dict[int, LetterKeys]) -> None:
+        assert self.mailbox.id is not None and state.uidvalidity is not None
+        self.store.record_skipped(self.mailbox.id, state.folder, state.uidvalidity, keys)
