@@ -144,7 +144,7 @@ def median(runs: list[Run]) -> Run:
 def deliver(dovecot: Dovecot, login: str, letters: list[mailgen.Letter]) -> tuple[int, int]:
     """Put letters into the user's Maildir; returns (letters, bytes as IMAP reports them)."""
     for letter in letters:
-        dovecot.deliver(login, letter.folder, letter.raw, letter.flags, letter.date)
+        dovecot.deliver(login, letter.folder, letter.raw, letter.flags, internaldate=letter.date)
     # Let Dovecot index the folders now, so neither tool's first run pays for noticing the new files.
     dovecot.doveadm("mailbox", "status", "-u", login, "messages", "*")
     return len(letters), sum(len(letter.raw) for letter in letters)
@@ -330,7 +330,7 @@ def many_mailboxes(
         staff = mailgen.Person(f"Darbuotojas {number}", user.login)
         letters = list(world.mailbox(SMALL_MAILBOX_LETTERS, stream=f"u{number}", staff=staff, small=True))
         for letter in letters:
-            dovecot.deliver(user.login, letter.folder, letter.raw, letter.flags, letter.date)
+            dovecot.deliver(user.login, letter.folder, letter.raw, letter.flags, internaldate=letter.date)
         users.append((user.login, user.password))
         n, nbytes = n + len(letters), nbytes + sum(len(letter.raw) for letter in letters)
     (tmp / "many").mkdir()

@@ -256,7 +256,7 @@ def _domains(values: list[Any], name: str, where: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _positive(value: float, name: str, where: Path, minimum: float = 0, strict: bool = True) -> None:
+def _positive(value: float, name: str, where: Path, minimum: float = 0, *, strict: bool = True) -> None:
     if value < minimum or (strict and value == minimum):
         raise ConfigError(f"{where}: '{name}' must be {'>' if strict else '>='} {minimum}, not {value!r}")
 

@@ -110,3 +110,16 @@ def test_no_import_circles():
 def test_no_module_over_600_lines():
     long = {module_name(p): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}, f"split these along their seams: {long}"
+
+
+def test_a_function_of_more_than_four_parameters_takes_the_rest_by_name():
+    """Past four, positional arguments are read by counting: `add(store, secrets, box, pw, True, 10, False)`
+    says nothing about what True and 10 are, and a reordering breaks every caller silently."""
+    crowded = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if len(positional) > 4:
+                    crowded.append(f"{module_name(path)}.{node.name}({', '.join(positional)})")
+    assert crowded == [], "make the parameters past the fourth keyword-only:\n  " + "\n  ".join(crowded)

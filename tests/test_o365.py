@@ -82,7 +82,7 @@ def add_scan(env: Env, ms: Microsoft, folders: tuple[str, ...] = (), verify: boo
     ms.identity.approve_as = STAFF
     shown: list[str] = []
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {"folders": list(folders)})
-    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify, 10, shown.append)
+    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=verify, timeout=10, show=shown.append)
     return saved.mailbox, shown
 
 
@@ -179,7 +179,7 @@ def test_signing_in_as_another_account_is_refused_and_nothing_is_kept(tmp_path, 
     ms.identity.approve_as = "boss@imone.lt"
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
     with pytest.raises(AuthError, match="signed in as boss@imone.lt, but the mailbox is jonas@imone.lt"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.store.mailboxes() == [] and env.secrets.get(box.secret_ref) is None
 
 
@@ -212,7 +212,7 @@ def test_app_only_with_a_client_secret_from_the_secrets_store(tmp_path, ms):
     assert ms.identity.client_secret.encode() not in env.config.secrets_file.read_bytes()
 
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, sign_in, box, True, 10, lambda m: pytest.fail("no device code"))
+    mailboxes.add_o365(env.store, env.secrets, sign_in, box, verify_first=True, timeout=10, show=lambda m: pytest.fail("no device code"))
     assert env.run().ok
     assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
     assert set(ms.identity.grants) == {"client_credentials"}
@@ -411,7 +411,7 @@ def test_a_letter_in_an_imap_and_a_graph_mailbox_is_archived_once(tmp_path, ms, 
         ms.graph.deliver("ona@imone.lt", "Inbox" if folder == "INBOX" else "Sent Items", raw)
     ms.identity.approve_as = "ona@imone.lt"
     box = mailboxes.new_o365_mailbox("staff", "ona@imone.lt", "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.run().ok
     assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
     assert count(env, "SELECT count(*) FROM letter_locations") == 2 * SAMPLE_MATCHED
@@ -430,7 +430,7 @@ def add_client(env: Env, ms: Microsoft, imap_user) -> object:
     ms.imap.accounts[STAFF] = imap_user
     ms.identity.approve_as = STAFF
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
-    return mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None).mailbox
+    return mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None).mailbox
 
 
 def test_o365_client_scans_over_imap_with_xoauth2_and_reconnects_when_the_token_expires(tmp_path, ms, imap_user):
@@ -461,8 +461,8 @@ def test_a_graph_token_never_serves_imap_nor_an_outlook_token_graph(tmp_path, ms
     env = o365_env(tmp_path, ms)
     client = add_client(env, ms, imap_user)
     scanned = mailboxes.add_o365(env.store, env.secrets, signer(env),
-                                 mailboxes.new_o365_mailbox("jonas", STAFF, "o365-scan", {}), True, 10,
-                                 lambda m: None, allow_duplicate=True).mailbox  # the same mailbox, on purpose
+                                 mailboxes.new_o365_mailbox("jonas", STAFF, "o365-scan", {}), verify_first=True, timeout=10,
+                                 show=lambda m: None, allow_duplicate=True).mailbox  # the same mailbox, on purpose
     assert env.run().ok and count(env, "SELECT count(DISTINCT mailbox_id) FROM letter_locations") == 2
     presented = [re.fullmatch(rb"user=.+\x01auth=Bearer (.+)\x01\x01", sasl).group(1).decode()
                  for sasl in ms.imap.sasl + ms.smtp.sasl]
@@ -567,9 +567,9 @@ def test_app_only_imap_without_the_exchange_service_principal_says_so(tmp_path, 
     ms.imap.accounts[STAFF] = imap_user
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
     with pytest.raises(AuthError, match="User is authenticated but not connected.*New-ServicePrincipal"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     ms.imap.app_mailboxes.add(STAFF)  # New-ServicePrincipal + Add-MailboxPermission done
-    mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda m: None)
+    mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.run().mailboxes[0].archived == SAMPLE_MATCHED
 
 
@@ -832,7 +832,7 @@ def test_a_device_code_nobody_used_says_so(tmp_path, ms):
     ms.identity.approve_as = None  # nobody signs in
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
     with pytest.raises(AuthError, match="nobody signed in within 1 minute, so the code expired; run 'hanna-sync login"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, True, 10, lambda _: None)
+        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda _: None)
 
 
 def test_a_certificate_file_without_a_usable_key_is_a_config_error(tmp_path, ms):
@@ -869,7 +869,7 @@ def test_default_folders_are_found_in_the_mailboxs_language_even_without_verific
     env = o365_env(tmp_path, ms)
     ms.identity.approve_as = STAFF
     box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
-    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, False, 10, lambda _: None).mailbox
+    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=False, timeout=10, show=lambda _: None).mailbox
     mailboxes.login(env.store, signer(env), saved.id, lambda _: None)
     assert env.store.mailbox(saved.id).folders == ["Inbox", "Sent Items"]
     result = env.run().mailboxes[0]
@@ -910,6 +910,6 @@ def test_a_graph_folder_deleted_or_taken_off_the_folder_list_has_its_locations_m
     assert (places("Inbox"), places("Sent Items")) == (inbox, sent)
 
     # Taken off the mailbox's folder list.
-    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["Inbox"]}, False, 10)
+    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["Inbox"]}, verify_first=False, timeout=10)
     assert env.run().ok
     assert places("Sent Items") == (0, sent[0], 0) and places("Inbox") == inbox

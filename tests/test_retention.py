@@ -283,8 +283,8 @@ def test_graph_passes_skip_purged_and_too_old_letters_too(tmp_path, ms):
         graph_url=ms.graph.url))
     ms.identity.approve_as = sample.STAFF
     box = mailboxes.new_o365_mailbox("staff", sample.STAFF, "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, MicrosoftSignIn.for_config(env.config, env.secrets), box, True, 10,
-                       lambda _: None)
+    mailboxes.add_o365(env.store, env.secrets, MicrosoftSignIn.for_config(env.config, env.secrets), box, verify_first=True, timeout=10,
+                       show=lambda _: None)
     assert env.run().ok
     letters = env.store.db["letters"].count
     assert cli_run(env, "purge", str(letter_id(env, "order-17@azuolas.lt")), "--yes").exit_code == 0

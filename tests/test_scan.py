@@ -97,7 +97,7 @@ def test_linked_counts_letters_newly_linked_not_their_folder_locations(env, imap
     assert ", 8 archived, 8 linked," in result.summary_line()
 
     dc.rename_folder(imap_user.login, "Visi laiškai", "Visi laiškai 2024")
-    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Išsiųsti", "Visi laiškai 2024"]}, False, 10)
+    mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Išsiųsti", "Visi laiškai 2024"]}, verify_first=False, timeout=10)
     links_before = env.store.db["links"].count
     again = env.run().mailboxes[0]
     assert again.ok, again.errors
@@ -120,7 +120,7 @@ def test_a_customer_after_the_first_thousand_recipients_still_links_and_keeps_it
     assert (m.ok, m.archived, m.linked) == (True, 1, 1), m.errors
     (card,) = env.store.letters(customer="C-1001")
     assert card["subject"] == "Kvietimas"
-    assert [(l["entity_id"], l["rule"], l["address"]) for l in env.store.links_of(card["id"])] == [
+    assert [(link["entity_id"], link["rule"], link["address"]) for link in env.store.links_of(card["id"])] == [
         ("C-1001", "customer_contact", "ruta@azuolas.lt")]
     participants, to_addrs = env.store.db.execute(
         "SELECT participants, to_addrs FROM letters WHERE id = ?", [card["id"]]).fetchone()
@@ -311,7 +311,7 @@ def test_killed_pass_then_rerun_equals_an_uninterrupted_pass(tmp_path, imap_user
 
     def normalised(snapshot):
         letters, sources, locations, links, states = snapshot
-        return letters, sources, [l[:1] + l[2:] for l in locations], links, [s[1:] for s in states]
+        return letters, sources, [loc[:1] + loc[2:] for loc in locations], links, [s[1:] for s in states]
 
     assert normalised(Env.snapshot(env)) == normalised(Env.snapshot(clean_env))
     assert env.store.db["letters"].count == 400

@@ -109,7 +109,7 @@ def test_a_folder_renamed_mid_pass_is_reported_and_its_letters_are_not_stored_tw
         assert f"'hanna-sync folders {box.id}' lists the folders" in error
         assert env.store.db["letters"].count == kept
 
-        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, False, 10)
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, verify_first=False, timeout=10)
         third = env.run().mailboxes[0]
         assert third.ok, third.errors
         assert third.archived == 6 + 20 - kept  # only what was never stored
@@ -277,13 +277,13 @@ def test_a_folder_gone_from_the_server_or_from_the_folder_list_has_its_locations
         assert all(loc["gone_at"] for loc in env.store.letter(some)["locations"])
 
         # Chosen again under its new name: read from the start, nothing stored or linked twice.
-        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, False, 10)
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX", "Archyvas-2024"]}, verify_first=False, timeout=10)
         m = env.run().mailboxes[0]
         assert (m.ok, m.archived, m.linked, m.skipped) == (True, 0, 0, 1), m.errors
         assert len(live_and_gone(env, box.id, "Archyvas-2024")[0]) == 20
 
         # Taken off the folder list: the next pass marks its places gone, and drops its state and skipped rows.
-        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX"]}, False, 10)
+        mailboxes.edit(env.store, env.secrets, box.id, {"folders": ["INBOX"]}, verify_first=False, timeout=10)
         assert env.run().ok
         assert live_and_gone(env, box.id, "Archyvas-2024") == (set(), set(range(1, 21)))
         assert (rows("skipped_letters", "Archyvas-2024"), rows("folder_states", "Archyvas-2024")) == (0, 0)

@@ -188,7 +188,7 @@ def test_m009_moves_the_scan_state_of_an_inbox_saved_as_inbox_with_its_name(tmp_
     store.save_folder_state(FolderState(mailbox_id=box_id, folder="Inbox", uidvalidity=7, last_uid=40))
     raw = sample.letter("ruta@azuolas.lt", sample.STAFF, "Užsakymas", "Tekstas", message_id="<m9@azuolas.lt>")
     letter_id, _ = store.archive_letter("mid:m9@azuolas.lt", parse_letter(raw), raw, len(raw))
-    store.add_location(letter_id, box_id, "Inbox", 7, 40)
+    store.add_location(letter_id, box_id, "Inbox", 7, uid=40)
     store.db.execute("UPDATE mailboxes SET folders = ?", ['["Inbox", "Sent"]'])
     store.db.execute("ALTER TABLE mailboxes DROP COLUMN folders_chosen")
     store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_folders_chosen'")
@@ -214,7 +214,7 @@ def test_read_rows_have_exactly_the_fields_their_types_name(tmp_path):
     assert box.id is not None
     raw = sample.letter("ruta@azuolas.lt", sample.STAFF, "Užsakymas", "Tekstas", message_id="<r1@azuolas.lt>")
     letter_id, _ = store.archive_letter("mid:r1@azuolas.lt", parse_letter(raw), raw, len(raw))
-    store.add_location(letter_id, box.id, "INBOX", 7, 1)
+    store.add_location(letter_id, box.id, "INBOX", 7, uid=1)
     store.add_links(letter_id, [Link("customer", "C1", "address", "ruta@azuolas.lt")])
     store.finish_run(store.start_run(), "ok", [], budget_exhausted=False)
 

@@ -3,6 +3,7 @@ the gap check, journald logging and the systemd units."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,20 +37,18 @@ def fill(user, letters: int) -> None:
 
 
 def test_lock_is_exclusive_and_released_when_its_holder_dies(tmp_path):
-    lock = tmp_path / "hanna-sync.lock"
-    with pass_lock(lock):
-        with pytest.raises(PassBusy, match=rf"another pass is running \(pid {os.getpid()}"):
-            with pass_lock(lock):
-                pass
+    lock = tmp_path / "hs.db"  # the lock of the pass over this database
+    with pass_lock(lock), pytest.raises(PassBusy, match=rf"another pass is running \(pid {os.getpid()}"), \
+            pass_lock(lock):
+        pass
     # A holder killed with SIGKILL leaves no stale lock.
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from hanna_sync.scan import pass_lock\n"
+        "import sys, time; from pathlib import Path; from hanna_sync.lock import pass_lock\n"
         f"with pass_lock(Path({str(lock)!r})):\n print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(PassBusy):
-        with pass_lock(lock):
-            pass
+    with pytest.raises(PassBusy), pass_lock(lock):
+        pass
     holder.kill()
     holder.wait()
     with pass_lock(lock):
@@ -132,7 +131,7 @@ def test_parallel_pass_over_20_mailboxes_equals_the_serial_pass(tmp_path, doveco
             env.add(user)
     serial_result, parallel_result = serial.run(), parallel.run()
     assert serial_result.ok and parallel_result.ok
-    for part, (a, b) in enumerate(zip(serial.snapshot(), parallel.snapshot())):
+    for part, (a, b) in enumerate(zip(serial.snapshot(), parallel.snapshot(), strict=True)):
         assert a == b, f"part {part}: {set(a) ^ set(b)}"
     assert sum(m.archived for m in parallel_result.mailboxes) == 8 + 20
 
@@ -149,10 +148,8 @@ def silent_server():
     def accept():
         listener.settimeout(0.1)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 accepted.append(listener.accept()[0])
-            except OSError:
-                pass
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()

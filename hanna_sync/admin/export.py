@@ -65,7 +65,7 @@ class ExportResult:
 
 def select(
     store: Store, letter_ids: list[int], customer: str | None = None, lead: str | None = None,
-    query: str | None = None, since: str | None = None,
+    *, query: str | None = None, since: str | None = None,
 ) -> list[int]:
     """The letters an export covers: those named, or a customer's, a lead's or a search's, oldest first.
 
@@ -97,8 +97,8 @@ def export_letters(
     letter_ids: list[int],
     fmt: str = "eml",
     output: Path | None = None,
-    attachments: Path | None = None,
     *,
+    attachments: Path | None = None,
     one_file: bool = False,
     stdout: BinaryIO | None = None,
     progress: Progress | None = None,

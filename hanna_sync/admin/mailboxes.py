@@ -281,7 +281,7 @@ class Saved:
 
 
 def add(
-    store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, verify_first: bool, timeout: float,
+    store: Store, secrets: SecretStore, mailbox: Mailbox, password: str, *, verify_first: bool, timeout: float,
     allow_duplicate: bool = False,
 ) -> Saved:
     """Verify (unless told not to), then save the mailbox and its password together."""
@@ -320,7 +320,8 @@ def _account(mailbox: Mailbox) -> tuple[Any, ...]:
 
 
 def edit(
-    store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], verify_first: bool, timeout: float,
+    store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], *, verify_first: bool,
+    timeout: float,
     sign_in: MicrosoftSignIn | None = None, allow_duplicate: bool = False,
 ) -> Saved:
     """Change settings; verified again when anything that affects the connection changed.
@@ -356,7 +357,9 @@ def check_has_password(mailbox: Mailbox) -> None:
                          f" Microsoft ('hanna-sync login {mailbox.id}')")
 
 
-def set_password(store: Store, secrets: SecretStore, mailbox_id: int, password: str, verify_first: bool, timeout: float) -> Mailbox:
+def set_password(
+    store: Store, secrets: SecretStore, mailbox_id: int, password: str, *, verify_first: bool, timeout: float
+) -> Mailbox:
     mailbox = store.mailbox(mailbox_id)
     check_has_password(mailbox)
     if not password:
@@ -386,7 +389,7 @@ class FolderRow:
 
 
 def folders(
-    store: Store, secrets: SecretStore, mailbox_id: int, timeout: float, sign_in: MicrosoftSignIn | None = None
+    store: Store, secrets: SecretStore, mailbox_id: int, timeout: float, *, sign_in: MicrosoftSignIn | None = None
 ) -> list[FolderRow]:
     """The server's folders with message counts, marking those this mailbox scans."""
     mailbox = store.mailbox(mailbox_id)
@@ -441,7 +444,7 @@ def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> V
 
 
 def add_o365(
-    store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, verify_first: bool,
+    store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, *, verify_first: bool,
     timeout: float, show: Callable[[str], None], allow_duplicate: bool = False,
 ) -> Saved:
     """Sign in (delegated), check the token and the folders, then save; nothing is kept when a step fails.

@@ -73,9 +73,8 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
         if dry_run:
             for m in result.mailboxes:
                 for item in m.would_archive:
-                    where = f"Graph id {item['graph_id']}" if item.get("graph_id") else f"UID {item['uid']}"
-                    click.echo(f"  {m.email} {item['folder']} {where}: {item['subject']!r} -> "
-                               f"{', '.join(item['links'])}")
+                    where = f"Graph id {item.graph_id}" if item.graph_id else f"UID {item.uid}"
+                    click.echo(f"  {m.email} {item.folder} {where}: {item.subject!r} -> {', '.join(item.links)}")
     if not result.ok:
         sys.exit(ExitCode.FAILURE)
 

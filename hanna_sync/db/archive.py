@@ -39,7 +39,7 @@ class ArchiveQueries(Connection):
         return found
 
     def archive_letter(
-        self, identity: str, letter: ParsedLetter, raw: bytes, size: int, conversation_id: str | None = None
+        self, identity: str, letter: ParsedLetter, raw: bytes, size: int, *, conversation_id: str | None = None
     ) -> tuple[int, bool]:
         """Store a letter once (by identity) with its original bytes; returns its id and whether it is new.
         `conversation_id`: Graph's, for letters read through Graph."""
@@ -82,7 +82,7 @@ class ArchiveQueries(Connection):
         self.db.execute("INSERT INTO letter_sources (letter_id, raw) VALUES (?, ?)", [letter_id, raw])
         return letter_id, True
 
-    def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, uid: int) -> None:
+    def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, *, uid: int) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO letter_locations (letter_id, mailbox_id, folder, uidvalidity, uid, seen_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",

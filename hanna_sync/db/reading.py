@@ -66,7 +66,7 @@ class ReadingQueries(Connection):
         lead: str | None = None,
         mailbox_id: int | None = None,
         since: str | None = None,
-        limit: int | None = None,
+        *, limit: int | None = None,
     ) -> list[LetterSummary]:
         """Archived letters, newest first, each with its links ("rule" is the link to the entity asked for)."""
         where, args = _letter_filters(customer, lead, since, mailbox_id)
@@ -114,7 +114,7 @@ class ReadingQueries(Connection):
         customer: str | None = None,
         lead: str | None = None,
         since: str | None = None,
-        limit: int = 20,
+        *, limit: int = 20,
     ) -> list[SearchHit]:
         """Letters matching every word of `query` (see fts_query), best first, each with a snippet and its links.
 

@@ -62,7 +62,7 @@ class ScanStateQueries(Connection):
         )
         return cursor.rowcount
 
-    def mark_expunged(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], up_to: int) -> int:
+    def mark_expunged(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], *, up_to: int) -> int:
         """Locations whose UID (at most `up_to`) the server no longer has: the letter was expunged there.
 
         The letter stays in the archive; only this place is marked gone. Returns how many were marked.

@@ -106,7 +106,7 @@ class SkipIndexQueries(Connection):
             [mailbox_id, folder, keep_uidvalidity],
         )
 
-    def prune_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], up_to: int) -> int:
+    def prune_skipped(self, mailbox_id: int, folder: str, uidvalidity: int, present: list[int], *, up_to: int) -> int:
         """Skipped letters (UID at most `up_to`) the server no longer has, found by the gap check."""
         on_server = set(present)
         gone = [uid for (uid,) in self.db.execute(

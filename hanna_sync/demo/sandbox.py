@@ -218,7 +218,7 @@ class Dovecot:
         folder: str,
         raw: bytes,
         flags: str = "",
-        internaldate: datetime | float | None = None,
+        *, internaldate: datetime | float | None = None,
     ) -> Path:
         """Drop a letter straight into a Maildir folder (created if missing) and return its file.
 

@@ -39,7 +39,7 @@ class ImapRun(NetworkRun):
         if not isinstance(sock, ssl.SSLSocket):
             self.await_greeting(sock)
         try:
-            client = imap.client_on_socket(sock, s.host, s.port, s.timeout, self.trace)
+            client = imap.client_on_socket(sock, s.host, s.port, s.timeout, trace=self.trace)
         except TimeoutError:
             raise StageFailed(f"{s.where} sent no greeting (or no CAPABILITY reply) within {s.timeout:g} s",
                               f"an overloaded server, or not an IMAP port: check {s.option}-port"
@@ -67,7 +67,7 @@ class ImapRun(NetworkRun):
         def attempt(context: ssl.SSLContext, again: bool) -> tuple[IMAPClient, ssl.SSLSocket]:
             session = client
             if again:
-                session = imap.client_on_socket(self.reconnect(), s.host, s.port, s.timeout, self.trace)
+                session = imap.client_on_socket(self.reconnect(), s.host, s.port, s.timeout, trace=self.trace)
                 self.resources.callback(close_quietly, session)
             try:
                 session.starttls(context)

@@ -36,7 +36,7 @@ class SmtpRun(NetworkRun):
         if not isinstance(sock, ssl.SSLSocket):
             self.await_greeting(sock)
         try:
-            session = smtp.session_on_socket(sock, s.host, s.port, s.timeout, self.trace)
+            session = smtp.session_on_socket(sock, s.host, s.port, s.timeout, trace=self.trace)
         except smtplib.SMTPConnectError as exc:
             number = f"{exc.smtp_code} " if exc.smtp_code > 0 else ""
             raise StageFailed(*self.refused_session(f"{number}{self.said(exc.smtp_error)}")) from None
@@ -73,7 +73,7 @@ class SmtpRun(NetworkRun):
         def attempt(context: ssl.SSLContext, again: bool) -> tuple[smtplib.SMTP, ssl.SSLSocket]:
             current = session
             if again:
-                current = smtp.session_on_socket(self.reconnect(), s.host, s.port, s.timeout, self.trace)
+                current = smtp.session_on_socket(self.reconnect(), s.host, s.port, s.timeout, trace=self.trace)
                 self.resources.callback(close_quietly, current)
                 current.ehlo()
             try:

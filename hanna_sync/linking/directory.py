@@ -410,8 +410,8 @@ def detect_format(path: Path | None, fmt: str | None) -> str:
 
 
 def import_entities(
-    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, stdin_data: bytes | None = None,
-    *, config: Config | None = None, allow_conflicts: bool = False,
+    store: Store, entity_type: str, path: Path | None, fmt: str | None = None, *, stdin_data: bytes | None = None,
+    config: Config | None = None, allow_conflicts: bool = False,
 ) -> ImportResult:
     """Upsert every good row on the CRM id; report bad rows and conflicts. All rows go in one
     transaction, after the checks: a refused import (bad file, links it would remove) writes nothing."""

@@ -53,6 +53,7 @@ class Directory:
         customers: Iterable[Entity],
         leads: Iterable[Entity],
         staff_addresses: Iterable[str] = (),
+        *,
         own_domains: Iterable[str] = (),
         free_mail_domains: Iterable[str] = (),
     ) -> Directory:
@@ -139,6 +140,7 @@ def inherited_links(
     answers: Iterable[str],
     linked: Mapping[str, Iterable[tuple[str, str]]],
     own: Iterable[Link] = (),
+    *,
     sync_customers: bool = True,
     sync_leads: bool = True,
 ) -> list[Link]:
@@ -162,4 +164,5 @@ def build_directory(store: Store, config: Config, entities: dict[str, list[Entit
     boxes = store.mailboxes()
     staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
     entities = entities or {t: store.entities(t) for t in ENTITY_TYPES}
-    return Directory.build(entities["customer"], entities["lead"], staff, config.own_domains, config.free_mail_domains)
+    return Directory.build(entities["customer"], entities["lead"], staff, own_domains=config.own_domains,
+                           free_mail_domains=config.free_mail_domains)

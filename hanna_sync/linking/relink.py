@@ -95,7 +95,7 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
         log.warning("relinked; skipped letters are looked for when the secrets store answers (%s)", exc)
         index = None
     if index is not None:
-        result.backfill_wanted = mark_backfill(store, config, index, directory, grown)
+        result.backfill_wanted = mark_backfill(store, config, index, directory, thread_ids=grown)
     result.seconds = time.monotonic() - started
     return result
 
@@ -132,7 +132,9 @@ def links_removed(store: Store, config: Config, directory: Directory) -> list[tu
             for row, old, gone, _ in _differences(rows, before, _evaluate(rows, directory, config)) for entity in gone]
 
 
-def mark_backfill(store: Store, config: Config, index: SkipIndex, directory: Directory, thread_ids: list[str]) -> int:
+def mark_backfill(
+    store: Store, config: Config, index: SkipIndex, directory: Directory, *, thread_ids: list[str]
+) -> int:
     """The skipped letters a directory change concerns (new or changed keys), and those answering
     letters that gained a link, marked wanted in one transaction with clearing BACKFILL_DUE: a kill
     or a refusing secrets store leaves it due, never half done."""
@@ -199,7 +201,8 @@ def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) 
         for row, answers in answering:
             if row["automatic"] and not config.linking.automatic:
                 continue
-            extra = inherited_links(answers, linked, links[row["id"]], bool(row["customers"]), bool(row["leads"]))
+            extra = inherited_links(answers, linked, links[row["id"]], sync_customers=bool(row["customers"]),
+                                    sync_leads=bool(row["leads"]))
             if extra:
                 links[row["id"]] += extra
                 grew = True
@@ -253,7 +256,7 @@ def mark_thread_backfill(store: Store, index: Callable[[], SkipIndex | None], co
 
 def after_pass(
     store: Store, config: Config, secrets: SecretStore, directory: Callable[[], Directory],
-    index: Callable[[], SkipIndex | None],
+    *, index: Callable[[], SkipIndex | None],
 ) -> None:
     """The backfill bookkeeping at the end of a pass (under its lock): a relink an import left due, a
     marking a relink could not finish, and the skipped replies the pass's new letters make worth
@@ -262,7 +265,7 @@ def after_pass(
         log.info("%s (an import during the pass left it due)", summary_line(relink(store, config, secrets)))
         return
     if store.state_value(BACKFILL_DUE) and (keys := index()) is not None:
-        marked = mark_backfill(store, config, keys, directory(), store.linked_message_ids(0)[0])
+        marked = mark_backfill(store, config, keys, directory(), thread_ids=store.linked_message_ids(0)[0])
         log.info("%d skipped letters the last directory change concerns: the next pass fetches them", marked)
     with store.transaction():
         marked = mark_thread_backfill(store, index, config)

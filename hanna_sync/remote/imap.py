@@ -513,7 +513,7 @@ class _IMAP4OnSocket(imaplib.IMAP4):
 
 
 class _ClientOnSocket(IMAPClient):
-    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None) -> None:
+    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float, *, trace: Trace | None) -> None:
         self._given = sock, trace
         super().__init__(host, port=port, ssl=isinstance(sock, ssl.SSLSocket), timeout=timeout)
 
@@ -523,10 +523,10 @@ class _ClientOnSocket(IMAPClient):
 
 
 def client_on_socket(
-    sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None = None
+    sock: socket.socket, host: str, port: int, timeout: float, *, trace: Trace | None = None
 ) -> IMAPClient:
     """A client on a connected socket: it reads the greeting and asks CAPABILITY, as `connect` does.
 
     Raises what imapclient raises (`IMAPClientError`, `OSError`); `hanna-sync test` explains each.
     """
-    return _ClientOnSocket(sock, host, port, timeout, trace)
+    return _ClientOnSocket(sock, host, port, timeout, trace=trace)

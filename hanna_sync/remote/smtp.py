@@ -25,7 +25,7 @@ class _SMTPOnSocket(smtplib.SMTP):
     name (smtplib sends PLAIN's credentials right there); the message after a 354 is shown as its size.
     """
 
-    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None) -> None:
+    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float, *, trace: Trace | None) -> None:
         self._connected = sock
         self._trace = trace
         self._last_code = 0
@@ -64,14 +64,14 @@ class _SMTPOnSocket(smtplib.SMTP):
 
 
 def session_on_socket(
-    sock: socket.socket, host: str, port: int, timeout: float, trace: Trace | None = None
+    sock: socket.socket, host: str, port: int, timeout: float, *, trace: Trace | None = None
 ) -> _SMTPOnSocket:
     """An smtplib session on a connected socket, its greeting read (a 220, else `SMTPConnectError`).
 
     The greeting is kept as `.greeting` (code, text); a silent or vanished server raises
     `SMTPServerDisconnected`, with the `TimeoutError` as its context when it was silence.
     """
-    return _SMTPOnSocket(sock, host, port, timeout, trace)
+    return _SMTPOnSocket(sock, host, port, timeout, trace=trace)
 
 
 def xoauth2(session: smtplib.SMTP, user: str, token: str) -> tuple[int, bytes]:

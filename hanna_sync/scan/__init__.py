@@ -96,7 +96,7 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
         results = list(pool.map(one, boxes))
     if not dry_run:
         try:
-            after_pass(store, config, ctx.secrets, ctx.directory.get, ctx.directory.skip_index)
+            after_pass(store, config, ctx.secrets, ctx.directory.get, index=ctx.directory.skip_index)
         except (HannaError, sqlite3.Error) as exc:  # bookkeeping for the next pass: never fails this one
             log.warning("backfill bookkeeping failed (%s); the next pass tries again", exc)
     outcome = PassResult(sorted(results + waiting, key=lambda r: r.mailbox_id), dry_run,

@@ -45,7 +45,7 @@ def keeping(links: list[Link]) -> Keep:
 
 def prepare(
     ctx: PassContext, source: FolderSource[K], candidates: list[Candidate[K]], passed: list[K],
-    keys_of: Callable[[SkipIndex, K], LetterKeys],
+    *, keys_of: Callable[[SkipIndex, K], LetterKeys],
 ) -> Batch[K]:
     """Everything a batch needs from the network, before its transaction: the originals of the matched
     letters not archived yet, and the skip-index keys (`keys_of`) of the letters that may stay skipped.
@@ -87,7 +87,7 @@ def commit(
                     skipped.append(c.key)
                 continue
             letter_id, created = store.archive_letter(
-                c.identity, original.parsed, original.raw, original.size, c.conversation_id)
+                c.identity, original.parsed, original.raw, original.size, conversation_id=c.conversation_id)
             batch.known[c.identity] = letter_id
             result.archived += int(created)
         elif remapping:

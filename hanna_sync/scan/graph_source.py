@@ -162,7 +162,7 @@ class GraphSource:
             archiving.would_archive(self.ctx, self.result, folder=path, candidates=candidates, counted=self.dry_linked)
             return
 
-        batch = archiving.prepare(self.ctx, self, candidates, [e.id for e in passed], self._keys_of(fresh))
+        batch = archiving.prepare(self.ctx, self, candidates, [e.id for e in passed], keys_of=self._keys_of(fresh))
         with self.store.transaction():
             archiving.commit(self.ctx, self, batch, state=state, result=self.result, backfill=False)
             self.store.mark_graph_locations_gone(self.mailbox.id, path, removed)
@@ -188,10 +188,10 @@ class GraphSource:
         if not envelopes:
             return [], []
         directory = self.ctx.directory.get()
-        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        flags = {"sync_customers": self.mailbox.sync_customers, "sync_leads": self.mailbox.sync_leads}
         links: dict[str, list[Link]] = {}
         for e in envelopes:
-            found = match(e.addresses, directory, *flags)
+            found = match(e.addresses, directory, **flags)
             if found:
                 links[e.id] = found
         conversations = {e.id: f"conversation:{e.conversation_id}" for e in envelopes if e.conversation_id}
@@ -202,7 +202,7 @@ class GraphSource:
             with self.store.transaction():
                 linked = self.store.thread_links(list(set(conversations.values())))
             for graph_id, conversation in conversations.items():
-                extra = inherited_links([conversation], linked, links.get(graph_id, ()), *flags)
+                extra = inherited_links([conversation], linked, links.get(graph_id, ()), **flags)
                 if extra:
                     links[graph_id] = links.get(graph_id, []) + extra
         candidates: list[Candidate[str]] = []
@@ -270,7 +270,8 @@ class GraphSource:
                 archiving.would_archive(self.ctx, self.result, folder=state.folder, candidates=candidates,
                                         counted=self.dry_linked)
                 continue
-            batch = archiving.prepare(self.ctx, self, candidates, [e.id for e in passed], self._keys_of(envelopes))
+            batch = archiving.prepare(self.ctx, self, candidates, [e.id for e in passed],
+                                      keys_of=self._keys_of(envelopes))
             with self.store.transaction():
                 still_skipped = set(archiving.commit(self.ctx, self, batch, state=state, result=self.result,
                                                      backfill=True))

@@ -160,8 +160,8 @@ class ImapSource:
             present = self._uids_between(1, state.last_uid, exists)
             if not self.ctx.dry_run:
                 with self.store.transaction():
-                    gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
-                    self.store.prune_skipped(self.mailbox.id, folder, uidvalidity, present, state.last_uid)
+                    gone = self.store.mark_expunged(self.mailbox.id, folder, uidvalidity, present, up_to=state.last_uid)
+                    self.store.prune_skipped(self.mailbox.id, folder, uidvalidity, present, up_to=state.last_uid)
                 if gone:
                     log.info("%s: %d archived letters were expunged on the server: the archive keeps them,"
                              " their locations are marked gone", folder, gone)
@@ -292,7 +292,8 @@ class ImapSource:
             return
 
         batch = archiving.prepare(self.ctx, self, candidates, skipped,
-                                  lambda index, uid: index.letter_keys(fetched[uid][1], tokens[uid], answers[uid]))
+                                  keys_of=lambda index, uid: index.letter_keys(fetched[uid][1], tokens[uid],
+                                                                               answers[uid]))
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
             archiving.commit(self.ctx, self, batch, state=state, result=self.result, backfill=backfill,
@@ -317,7 +318,7 @@ class ImapSource:
         in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
         charset = self.mailbox.imap_charset
         directory = self.ctx.directory.get()
-        flags = (self.mailbox.sync_customers, self.mailbox.sync_leads)
+        flags = {"sync_customers": self.mailbox.sync_customers, "sync_leads": self.mailbox.sync_leads}
         parsed: dict[int, ParsedLetter] = {}
         keep: dict[int, Keep] = {}  # the addresses the prefilter matched, wherever in the header they are
 
@@ -332,10 +333,10 @@ class ImapSource:
         links: dict[int, list[Link]] = {}
         for uid in fetched:
             # Cheap prefilter first: most letters concern nobody, and a superset of their addresses says so.
-            prefiltered = match(tokens[uid], directory, *flags)
+            prefiltered = match(tokens[uid], directory, **flags)
             if prefiltered:
                 keep[uid] = keeping(prefiltered)
-                found = match(participants_of(headers(uid)), directory, *flags)
+                found = match(participants_of(headers(uid)), directory, **flags)
                 if found and may_link(uid):
                     links[uid] = found
 
@@ -355,7 +356,7 @@ class ImapSource:
             while grew:  # until no reply inherits more: a chain of replies within one batch
                 grew = False
                 for uid, ids in answers.items():
-                    extra = inherited_links(ids, linked, links.get(uid, ()), *flags)
+                    extra = inherited_links(ids, linked, links.get(uid, ()), **flags)
                     if extra and (uid in links or may_link(uid)):
                         links[uid] = links.get(uid, []) + extra
                         publish(uid)
@@ -388,7 +389,7 @@ class ImapSource:
 
     def locate(self, letter_id: int, state: FolderState, key: int) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
-        self.store.add_location(letter_id, self.mailbox.id, state.folder, state.uidvalidity, key)
+        self.store.add_location(letter_id, self.mailbox.id, state.folder, state.uidvalidity, uid=key)
 
     def record_skipped(self, state: FolderState, keys: dict[int, LetterKeys]) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
