@@ -126,6 +126,21 @@ class LinkingConfig:
 
     thread_replies: bool = True  # a reply in a conversation linked to a customer is linked too (rule "thread")
     automatic: bool = False  # link auto-replies, bulk and mailing-list letters (Auto-Submitted, Precedence, List-Id)
+    blocked: tuple[str, ...] = ()  # address or domain globs (lower case) that never cause a link or an archive
+
+
+DIRECTORY_COLUMNS = ("id", "name", "email", "domain", "contacts")
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """Where the CRM's customers and leads come from, so the directory follows the CRM by itself."""
+
+    customers: str | None = None  # a SOURCE: a path, an https:// URL, or cmd:COMMAND; None: imports by hand
+    leads: str | None = None
+    refresh_minutes: float = 60.0  # `run` refreshes a source older than this, as a snapshot
+    max_removed_percent: float = 10.0  # a snapshot removing more of the entities than this is refused
+    columns: dict[str, str] = field(default_factory=dict)  # our column -> the CRM's column name
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,7 @@ class Config:
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     o365: O365Config = field(default_factory=O365Config)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     source: Path | None = None  # the file it came from, None for built-in defaults
 
     @property
@@ -207,6 +223,14 @@ _SCHEMA: dict[str, Any] = {
     "linking": {
         "thread_replies": (bool, "true or false"),
         "automatic": (bool, "true or false"),
+        "blocked": (list, "a list of address or domain globs, e.g. \"noreply@*\", \"*@notifications.example\""),
+    },
+    "directory": {
+        "customers": (str, "a SOURCE: a path, an https:// URL or cmd:COMMAND"),
+        "leads": (str, "a SOURCE: a path, an https:// URL or cmd:COMMAND"),
+        "refresh_minutes": ((int, float), "a number of minutes > 0"),
+        "max_removed_percent": ((int, float), "a percentage from 0 to 100"),
+        "columns": {name: (str, "the CRM's name of this column") for name in DIRECTORY_COLUMNS},
     },
     "o365": {
         "tenant_id": (str, "the directory (tenant) ID or domain of the Microsoft 365 organisation"),
@@ -256,6 +280,18 @@ def _domains(values: list[Any], name: str, where: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _globs(values: list[Any], name: str, where: Path) -> list[str]:
+    """Address or domain globs as `fnmatch` reads them, lower case: "noreply@*", "*@notifications.example",
+    "billing@vendor.lt"; a bare domain ("vendor.lt") means every address at it."""
+    out = []
+    for value in values:
+        if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+            raise ConfigError(f"{where}: '{name}' must be a list of address or domain globs; {value!r} is not one")
+        glob = value.strip().lower()
+        out.append(glob if "@" in glob else f"*@{glob}")
+    return out
+
+
 def _positive(value: float, name: str, where: Path, minimum: float = 0, *, strict: bool = True) -> None:
     if value < minimum or (strict and value == minimum):
         raise ConfigError(f"{where}: '{name}' must be {'>' if strict else '>='} {minimum}, not {value!r}")
@@ -279,6 +315,8 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
     linking = data.get("linking", {})
     o365 = data.get("o365", {})
     retention = data.get("retention", {})
+    directory = data.get("directory", {})
+    blocked = tuple(_globs(linking.get("blocked", []), "linking.blocked", where))
     if o365.get("auth", "delegated") not in O365_AUTH_MODES:
         raise ConfigError(f"{where}: 'o365.auth' must be \"delegated\" or \"app\", not {o365['auth']!r}")
     for name in ("authority", "graph_url"):
@@ -295,8 +333,12 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
         ("network.timeout", network.get("timeout", 1)),
         ("retention.years", retention.get("years", 1)),
+        ("directory.refresh_minutes", directory.get("refresh_minutes", 1)),
     ):
         _positive(value, name, where)
+    if not 0 <= directory.get("max_removed_percent", 0) <= 100:
+        raise ConfigError(f"{where}: 'directory.max_removed_percent' must be a percentage from 0 to 100,"
+                          f" not {directory['max_removed_percent']!r}")
     _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
     for key in ("concurrency", "batch_size"):
         _positive(scan.get(key, 1), f"scan.{key}", where, minimum=1, strict=False)
@@ -326,6 +368,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         linking=LinkingConfig(
             thread_replies=linking.get("thread_replies", LinkingConfig.thread_replies),
             automatic=linking.get("automatic", LinkingConfig.automatic),
+            blocked=blocked,
         ),
         o365=O365Config(
             tenant_id=o365.get("tenant_id"),
@@ -337,6 +380,13 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             graph_url=o365.get("graph_url", O365Config.graph_url).rstrip("/"),
         ),
         retention=RetentionConfig(years=float(retention["years"]) if "years" in retention else None),
+        directory=DirectoryConfig(
+            customers=directory.get("customers"),
+            leads=directory.get("leads"),
+            refresh_minutes=float(directory.get("refresh_minutes", DirectoryConfig.refresh_minutes)),
+            max_removed_percent=float(directory.get("max_removed_percent", DirectoryConfig.max_removed_percent)),
+            columns=dict(directory.get("columns", {})),
+        ),
         source=where,
     )
 

@@ -92,13 +92,16 @@ def test_example_config_mentions_every_key():
     from hanna_sync.config import _SCHEMA
 
     text = (ROOT / "config.example.toml").read_text()
-    for key, value in _SCHEMA.items():
-        if isinstance(value, dict):
-            assert f"[{key}]" in text
-            for sub in value:
-                assert f"{sub} =" in text, f"{key}.{sub} undocumented"
-        else:
-            assert f"{key} =" in text, f"{key} undocumented"
+
+    def documented(schema: dict, table: str) -> None:
+        for key, value in schema.items():
+            if isinstance(value, dict):
+                assert f"[{table}{key}]" in text, f"[{table}{key}] undocumented"
+                documented(value, f"{table}{key}.")
+            else:
+                assert f"{key} =" in text, f"{table}{key} undocumented"
+
+    documented(_SCHEMA, "")
 
 
 def test_values_and_relative_paths(tmp_path):
@@ -137,6 +140,10 @@ timeout = 5
     ('[secrets]\nstore = "vault"', "'secrets.store' must be \"file\" or \"system\""),
     ('scan = 3', "'scan' must be a table"),
     ('database = ', "not valid TOML"),
+    ('[linking]\nblocked = ["ok@x.lt", "no spaces@x.lt"]', "'linking.blocked' must be a list of address or domain globs"),
+    ('[directory]\nmax_removed_percent = 150', "'directory.max_removed_percent' must be a percentage from 0 to 100"),
+    ('[directory]\nrefresh_minutes = 0', "'directory.refresh_minutes' must be > 0"),
+    ('[directory.columns]\nmail = "E-mail"', "unknown key 'directory.columns.mail' (did you mean 'directory.columns.email'?)"),
 ])
 def test_errors_name_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -184,3 +191,23 @@ def _package_data() -> str:
     else:  # pragma: no cover
         import tomli as tomllib
     return " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["hanna_sync"])
+
+
+def test_the_directory_sources_and_the_blocklist(tmp_path):
+    path = write(tmp_path, """
+[linking]
+blocked = ["NoReply@*", "*@notifications.example", "vendor.lt"]
+[directory]
+customers = "cmd:cat customers.csv"
+leads = "https://crm.example.lt/leads.csv"
+refresh_minutes = 15
+max_removed_percent = 25
+[directory.columns]
+email = "E-mail address"
+""")
+    config = load_config(path)
+    assert config.linking.blocked == ("noreply@*", "*@notifications.example", "*@vendor.lt")
+    assert (config.directory.customers, config.directory.leads) == ("cmd:cat customers.csv",
+                                                                    "https://crm.example.lt/leads.csv")
+    assert (config.directory.refresh_minutes, config.directory.max_removed_percent) == (15.0, 25.0)
+    assert config.directory.columns == {"email": "E-mail address"}
