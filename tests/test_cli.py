@@ -249,3 +249,20 @@ def test_a_table_too_wide_for_its_rules_drops_them_rather_than_being_cropped(mon
     assert "Seconds" in "".join(lines) and "12.5" in "".join(lines) and "┃" not in "".join(lines)
     table(None, ["ID", "Email"], [[1, "jonas@imone.lt"]])  # what fits keeps its rules
     assert "┃ ID ┃ Email" in capsys.readouterr().out
+
+
+def test_short_words_in_cells_are_never_cut_in_two_at_80_columns(monkeypatch, capsys):
+    """A rule name or a date folded mid-word ("customer_contac" / "t") reads as two words; they stay
+    whole while the table fits, and only longer words (an email address) fold."""
+    from hanna_sync.cli.render import table
+
+    monkeypatch.setenv("COLUMNS", "80")
+    table(None, ["ID", "Date (UTC)", "From", "Subject", "Linked by"],
+          [[4, "2025-03-06 08:30", "mindaugas.k@gmail.com", "Re: kaina", "customer C-1001: customer_contact"],
+           [1, "2025-03-03 08:30", "ruta@azuolas.lt", "Užsakymas Nr. 17: ąžuolinės lentos",
+            "customer C-1001: customer_domain"]])
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), lines
+    words = " ".join(lines).split()
+    for whole in ("customer_contact", "customer_domain", "2025-03-06", "ruta@azuolas.lt", "ąžuolinės"):
+        assert whole in words, (whole, lines)

@@ -271,7 +271,7 @@ def demo(workdir: str | None) -> None:
         if name in ("customers", "leads"):
             click.echo(f"Imported {name}: {imported.added} added ({result.workdir / (name + '.csv')}).")
     table("Scan pass over the sample mailbox",
-          ["Mailbox", "Email", "Folders", "New", "Archived", "Linked", "Skipped", "Errors"],
+          ["ID", "Email", "Folders", "New", "Archived", "Linked", "Skipped", "Errors"],
           [[m.mailbox_id, m.email, m.folders_checked, m.new, m.archived, m.linked, m.skipped,
             "; ".join(m.errors) or "-"] for m in result.scan.mailboxes])
     if result.backfill is not None:

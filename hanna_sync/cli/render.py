@@ -58,11 +58,15 @@ def console_err() -> Console:
     return Console(stderr=True)
 
 
+SHORT_WORD = 16  # cell words up to this long are kept whole when the terminal has room: rule names, dates
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below: tuple[str, ...] = ()) -> None:
     """A table that stays readable on an 80-column terminal: a header breaks only between its words,
     and the long free-text columns named in `below` move under the table, one entry per row, when the
     table would not fit with them (a 300-character error folded into a 20-column cell is 15 lines)."""
     from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
@@ -71,23 +75,39 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, below
     moved = [i for i, name in enumerate(columns) if name in below] if _width(columns, cells) > out.width else []
     kept = [i for i in range(len(columns)) if i not in moved]
 
-    def build(compact: bool) -> Table:
+    def least(i: int, words_of_cells: bool) -> int:
+        """A column's least width: its header's longest word and, when there is room, its cells' longest
+        word of up to SHORT_WORD characters, so "customer_contact" or "2025-03-06" is never cut in two
+        (a longer one, an email address, folds anyway)."""
+        words = columns[i].split() + ([w for row in cells for w in row[i].split()] if words_of_cells else [])
+        return max([0] + [n for w in words if (n := cell_len(w)) <= SHORT_WORD])
+
+    def build(compact: bool, words_of_cells: bool) -> Table:
         # Compact: no vertical rules, for a table too wide for its borders (one column less of text per rule).
         t = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
                   pad_edge=not compact)
         for i in kept:
-            t.add_column(columns[i], overflow="fold", min_width=max(len(word) for word in columns[i].split() or [""]))
+            t.add_column(columns[i], overflow="fold", min_width=least(i, words_of_cells))
         for row in cells:
             # Text, not str: a subject like "[/bold]" or "[link=...]" is what the sender wrote, not rich markup.
             t.add_row(*(Text(row[i]) for i in kept))
         return t
 
-    t = build(compact=False)
-    with out.capture() as capture:
-        out.print(t)
-    ruled = [line for line in Text.from_ansi(capture.get()).plain.splitlines() if line[:1] in "┏┃┡│└"]
-    if any(line.rstrip()[-1:] not in "┓┃┩│┘" for line in ruled):  # rich cropped its right rule: too wide
-        t = build(compact=True)
+    def cropped(t: Table) -> bool:
+        """Whether rich had to cut the table's right edge off: it is wider than the terminal."""
+        with out.capture() as capture:
+            out.print(t)
+        lines = Text.from_ansi(capture.get()).plain.splitlines()
+        ruled = [line for line in lines if line[:1] in "┏┃┡│└"]
+        if ruled:
+            return any(line.rstrip()[-1:] not in "┓┃┩│┘" for line in ruled)
+        return any(cell_len(line.rstrip()) >= out.width for line in lines)
+
+    # The roomiest form that fits: whole short words and rules, then without rules, then words cut anywhere.
+    for compact, words_of_cells in ((False, True), (True, True), (True, False)):
+        t = build(compact, words_of_cells)
+        if not cropped(t):
+            break
     out.print(t)
     for row in cells:
         for i in moved:
