@@ -129,6 +129,21 @@ class LinkQueries(Connection):
             unlinked.setdefault(letter_id, set()).add((entity_type, entity_id))
         return manual, unlinked
 
+    def has_unlinks(self) -> bool:
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM unlinks)").fetchone()[0] == 1
+
+    def unlinked_by_identity(self, identities: list[str]) -> dict[str, set[tuple[str, str]]]:
+        """identity -> the entities the archived letter with that identity was unlinked from by hand:
+        what a pass must neither link it to again nor pass on to its replies in the same batch."""
+        found: dict[str, set[tuple[str, str]]] = {}
+        for chunk, marks in chunks(list(dict.fromkeys(identities))):
+            for identity, entity_type, entity_id in self.db.execute(
+                "SELECT l.identity, u.entity_type, u.entity_id FROM unlinks u JOIN letters l ON l.id = u.letter_id"
+                f" WHERE l.identity IN ({marks})", chunk,
+            ).fetchall():
+                found.setdefault(identity, set()).add((entity_type, entity_id))
+        return found
+
     def link_between(self, letter_id: int, entity_type: str, entity_id: str) -> tuple[str, str] | None:
         """The (rule, address) of a letter's link to an entity, or None."""
         row = self.db.execute(
