@@ -170,6 +170,7 @@ def link_command(app: App, *, letter_id: int, customer: str | None, lead: str | 
     """
     from hanna_sync.linking import manual
 
+    app.store.letter(letter_id)  # an unknown letter first (exit 3), then the options
     done = manual.link(app.store, app.config, app.secrets, letter_id=letter_id,
                        entity=manual.entity_option(customer, lead))
     _report(app, done, as_json)
@@ -193,6 +194,7 @@ def unlink_command(app: App, *, letter_id: int, customer: str | None, lead: str 
     """
     from hanna_sync.linking import manual
 
+    app.store.letter(letter_id)  # an unknown letter first (exit 3), then the options
     done = manual.unlink(app.store, app.config, app.secrets, letter_id=letter_id,
                          entity=manual.entity_option(customer, lead))
     _report(app, done, as_json)
