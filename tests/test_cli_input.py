@@ -211,7 +211,8 @@ def test_an_unknown_id_in_an_option_is_not_found_never_an_empty_result(home, pat
     """`letters --mailbox 99` printing "No letters." would read as "nothing there"; every command says
     instead that the id does not exist, with the one not-found exit code."""
     before = state_of(home)
-    extra = {"purge": ["--yes"], "export": ["-o", str(home / "export-out")], "test": [], "search": ["word"]}
+    extra = {"purge": ["--yes"], "export": ["-o", str(home / "export-out")], "test": [], "search": ["word"],
+             "link": ["1"], "unlink": ["1"]}
     if path == ("purge",):  # a customer gone from the CRM may still have letters to purge
         says = f"no archived letters are linked to {option[2:]} {value}"
     result = invoke(home, *path, *extra.get(path[-1], []), option, value)

@@ -207,6 +207,7 @@ SHORT_HELP = {
     "import": "Load customers or leads from CSV or JSON.",
     "leads": "List the leads and their contacts.",
     "letters": "List archived letters (a customer's card).",
+    "link": "Link a letter to a customer or lead by hand.",
     "list-mailboxes": "List mailboxes and their last outcome.",
     "login": "Sign an Office 365 mailbox in again.",
     "purge": "Delete letters for good (privacy requests).",
@@ -220,6 +221,7 @@ SHORT_HELP = {
     "status": "Show each mailbox's health (for monitoring).",
     "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",
     "thread": "Show a letter's whole conversation.",
+    "unlink": "Take a letter's link off by hand, for good.",
 }
 for _name, _text in SHORT_HELP.items():
     if _name in cli.commands:

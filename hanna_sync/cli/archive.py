@@ -1,4 +1,5 @@
-"""The archive's commands: list, show, search and thread letters, export their originals, purge them."""
+"""The archive's commands: list, show, search and thread letters, link and unlink them by hand, export
+their originals, purge them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hanna_sync.errors import InputError
 if TYPE_CHECKING:
     from hanna_sync.cli import App
     from hanna_sync.db.rows import LetterSummary
+    from hanna_sync.linking.manual import ByHand
 
 
 @click.command("letters")
@@ -63,7 +65,15 @@ def letters(app: App, *, customer: str | None, lead: str | None, mailbox_id: int
 @json_option
 @click.pass_obj
 def show(app: App, letter_id: int, as_json: bool) -> None:
-    """Show one archived letter: headers, links, where it was seen, and its text."""
+    """Show one archived letter: headers, links, where it was seen, and its text.
+
+    A link made by hand reads "by manual"; a link taken off by hand reads "Unlinked by hand"
+    (--json: the "unlinked" list).
+
+    \b
+    Example:
+      hanna-sync show 42
+    """
     letter = app.store.letter(letter_id)
     if as_json:
         emit_json(letter)
@@ -78,7 +88,11 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
         f"Message-ID: {letter['message_id'] or '-'}",
     ]
     for link in letter["links"]:
-        lines.append(f"Linked:     {link['entity_type']} {link['entity_id']} by {link['rule']} ({link['address']})")
+        address = "" if link["rule"] == "manual" else f" ({link['address']})"
+        lines.append(f"Linked:     {link['entity_type']} {link['entity_id']} by {link['rule']}{address}")
+    for unlinked in letter["unlinked"]:
+        lines.append(f"Unlinked by hand: {unlinked['entity_type']} {unlinked['entity_id']} (was {unlinked['rule']},"
+                     f" {unlinked['unlinked_at']})")
     for loc in letter["locations"]:
         gone = f", gone since {loc['gone_at']}" if loc["gone_at"] else ""
         where = f"Graph id {loc['graph_id']}" if loc["graph_id"] else f"UID {loc['uid']}"
@@ -117,6 +131,73 @@ class WordsCommand(click.Command):
             else:
                 words.append(token)
         return super().parse_args(ctx, options + ["--", *words])
+
+
+def _by_hand_options(f):
+    f = click.option("--lead", metavar="ID", help="The lead.")(f)
+    f = click.option("--customer", metavar="ID", help="The customer.")(f)
+    return click.argument("letter_id", metavar="LETTER", type=int)(f)
+
+
+def _report(app: App, done: ByHand, as_json: bool) -> None:
+    from hanna_sync.linking.relink import summary_line
+
+    if as_json:
+        emit_json(done.as_dict())
+        return
+    click.echo(done.message())
+    if done.relink is not None and not app.quiet:
+        click.echo(summary_line(done.relink))
+    elif done.relink_due:
+        click.echo("Relink: a pass is running; it relinks the archive at its end.")
+
+
+@click.command("link")
+@_by_hand_options
+@json_option
+@click.pass_obj
+def link_command(app: App, *, letter_id: int, customer: str | None, lead: str | None, as_json: bool) -> None:
+    """Link a letter to a customer or lead by hand (rule "manual").
+
+    The link stays whatever the rules say later: no relink, import or pass takes it off (removing
+    the customer or lead from the directory does). A link the rules made becomes manual; an
+    earlier unlink of it is undone. Replies to the letter inherit the link (rule "thread"). Linking
+    what is linked by hand already says so and exits 0. Unknown letter or entity: exit 3.
+
+    \b
+    Example:
+      hanna-sync link 42 --customer C-1001
+    """
+    from hanna_sync.linking import manual
+
+    app.store.letter(letter_id)  # an unknown letter first (exit 3), then the options
+    done = manual.link(app.store, app.config, app.secrets, letter_id=letter_id,
+                       entity=manual.entity_option(customer, lead))
+    _report(app, done, as_json)
+
+
+@click.command("unlink")
+@_by_hand_options
+@json_option
+@click.pass_obj
+def unlink_command(app: App, *, letter_id: int, customer: str | None, lead: str | None, as_json: bool) -> None:
+    """Take a letter's link to a customer or lead off by hand, for good.
+
+    Whatever made the link (a rule, a thread, or `link`), it goes and is remembered: no relink,
+    import or pass links the letter to that entity again, and its replies no longer inherit it
+    through it; `hanna-sync link` undoes it. The letter stays archived (retention decides). Unlinking
+    what is not linked says so and exits 0. Unknown letter or entity: exit 3.
+
+    \b
+    Example:
+      hanna-sync unlink 42 --customer C-1002
+    """
+    from hanna_sync.linking import manual
+
+    app.store.letter(letter_id)  # an unknown letter first (exit 3), then the options
+    done = manual.unlink(app.store, app.config, app.secrets, letter_id=letter_id,
+                         entity=manual.entity_option(customer, lead))
+    _report(app, done, as_json)
 
 
 @click.command("search", cls=WordsCommand)
@@ -278,4 +359,4 @@ def purge(app: App, *, letter_ids: tuple[int, ...], customer: str | None, lead: 
         click.echo(f"Purged {len(removal.letters)} letter(s){vacuumed}.")
 
 
-COMMANDS = (letters, show, search, thread, export, purge)
+COMMANDS = (letters, show, link_command, unlink_command, search, thread, export, purge)

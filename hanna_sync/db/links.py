@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync.db.connection import Connection, chunks
+from hanna_sync.db.connection import Connection, chunks, utcnow
 
 if TYPE_CHECKING:
     from hanna_sync.linking.match import Link
@@ -15,12 +15,15 @@ class LinkQueries(Connection):
     """Links, and what relinking and thread backfill read."""
 
     def add_links(self, letter_id: int, links: list[Link]) -> int:
-        """Links a letter does not have yet (a link made earlier, e.g. from another mailbox, stays)."""
+        """Links a letter does not have yet (a link made earlier, e.g. from another mailbox, stays), except
+        those taken off it by hand (`unlinks`)."""
         added = 0
         for link in links:
             cursor = self.db.execute(
-                "INSERT OR IGNORE INTO links (letter_id, entity_type, entity_id, rule, address) VALUES (?, ?, ?, ?, ?)",
-                [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
+                "INSERT OR IGNORE INTO links (letter_id, entity_type, entity_id, rule, address) SELECT ?, ?, ?, ?, ?"
+                " WHERE NOT EXISTS (SELECT 1 FROM unlinks WHERE letter_id = ? AND entity_type = ? AND entity_id = ?)",
+                [letter_id, link.entity_type, link.entity_id, link.rule, link.address,
+                 letter_id, link.entity_type, link.entity_id],
             )
             added += cursor.rowcount
         return added
@@ -108,3 +111,66 @@ class LinkQueries(Connection):
                 " VALUES (?, ?, ?, ?, ?)",
                 [letter_id, link.entity_type, link.entity_id, link.rule, link.address],
             )
+
+    # -- links made and taken off by hand -------------------------------------------------------------
+
+    def link_overrides(self) -> tuple[dict[int, list[tuple[str, str]]], dict[int, set[tuple[str, str]]]]:
+        """What relink keeps whatever the rules say: per letter, the entities linked by hand (rule
+        'manual') and those unlinked by hand."""
+        manual: dict[int, list[tuple[str, str]]] = {}
+        for letter_id, entity_type, entity_id in self.db.execute(
+            "SELECT letter_id, entity_type, entity_id FROM links WHERE rule = 'manual'"
+        ).fetchall():
+            manual.setdefault(letter_id, []).append((entity_type, entity_id))
+        unlinked: dict[int, set[tuple[str, str]]] = {}
+        for letter_id, entity_type, entity_id in self.db.execute(
+            "SELECT letter_id, entity_type, entity_id FROM unlinks"
+        ).fetchall():
+            unlinked.setdefault(letter_id, set()).add((entity_type, entity_id))
+        return manual, unlinked
+
+    def has_unlinks(self) -> bool:
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM unlinks)").fetchone()[0] == 1
+
+    def unlinked_by_identity(self, identities: list[str]) -> dict[str, set[tuple[str, str]]]:
+        """identity -> the entities the archived letter with that identity was unlinked from by hand:
+        what a pass must neither link it to again nor pass on to its replies in the same batch."""
+        found: dict[str, set[tuple[str, str]]] = {}
+        for chunk, marks in chunks(list(dict.fromkeys(identities))):
+            for identity, entity_type, entity_id in self.db.execute(
+                "SELECT l.identity, u.entity_type, u.entity_id FROM unlinks u JOIN letters l ON l.id = u.letter_id"
+                f" WHERE l.identity IN ({marks})", chunk,
+            ).fetchall():
+                found.setdefault(identity, set()).add((entity_type, entity_id))
+        return found
+
+    def link_between(self, letter_id: int, entity_type: str, entity_id: str) -> tuple[str, str] | None:
+        """The (rule, address) of a letter's link to an entity, or None."""
+        row = self.db.execute(
+            "SELECT rule, address FROM links WHERE letter_id = ? AND entity_type = ? AND entity_id = ?",
+            [letter_id, entity_type, entity_id],
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def unlink_between(self, letter_id: int, entity_type: str, entity_id: str) -> str | None:
+        """The rule of the link taken off a letter by hand, or None when there is no such unlink."""
+        row = self.db.execute(
+            "SELECT rule FROM unlinks WHERE letter_id = ? AND entity_type = ? AND entity_id = ?",
+            [letter_id, entity_type, entity_id],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_link_by_hand(self, letter_id: int, entity_type: str, entity_id: str, *, linked: bool,
+                         rule: str | None = None) -> None:
+        """Linked: the letter's link to the entity becomes a manual one, and any unlink of it goes.
+        Not linked: its link goes; with `rule` (the link's, when rules made it), the unlink is remembered."""
+        key = [letter_id, entity_type, entity_id]
+        self.db.execute("DELETE FROM unlinks WHERE letter_id = ? AND entity_type = ? AND entity_id = ?", key)
+        if linked:
+            self.db.execute("INSERT OR REPLACE INTO links (letter_id, entity_type, entity_id, rule, address)"
+                            " VALUES (?, ?, ?, 'manual', '-')", key)
+            return
+        self.db.execute("DELETE FROM links WHERE letter_id = ? AND entity_type = ? AND entity_id = ?", key)
+        if rule is not None:
+            self.db.execute("INSERT INTO unlinks (letter_id, entity_type, entity_id, rule, unlinked_at)"
+                            " VALUES (?, ?, ?, ?, ?)", [*key, rule, utcnow()])

@@ -6,7 +6,16 @@ import json
 from typing import Any, cast
 
 from hanna_sync.db.connection import Connection, chunks
-from hanna_sync.db.rows import LetterRow, LetterSummary, LinkRow, LocationRow, Original, SearchHit, ThreadLetter
+from hanna_sync.db.rows import (
+    LetterRow,
+    LetterSummary,
+    LinkRow,
+    LocationRow,
+    Original,
+    SearchHit,
+    ThreadLetter,
+    UnlinkRow,
+)
 from hanna_sync.errors import InputError, NotFound
 
 
@@ -104,6 +113,11 @@ class ReadingQueries(Connection):
             "SELECT mailbox_id, folder, uidvalidity, uid, graph_id, seen_at, gone_at FROM letter_locations"
             " WHERE letter_id = ?"
             " ORDER BY mailbox_id, folder, uid",
+            [letter_id],
+        )]
+        letter["unlinked"] = [cast(UnlinkRow, row) for row in self.db.query(
+            "SELECT entity_type, entity_id, rule, unlinked_at FROM unlinks WHERE letter_id = ?"
+            " ORDER BY entity_type, entity_id",
             [letter_id],
         )]
         return letter

@@ -18,6 +18,15 @@ class LinkRow(TypedDict):
     address: str
 
 
+class UnlinkRow(TypedDict):
+    """A link taken off a letter by hand (`hanna-sync unlink`): no relink or pass brings it back."""
+
+    entity_type: str
+    entity_id: str
+    rule: str  # the rule that had made the link
+    unlinked_at: str
+
+
 class LocationRow(TypedDict):
     """Where a letter was seen: a folder of a mailbox (an IMAP UID, or Graph's id with uidvalidity 0)."""
 
@@ -66,8 +75,9 @@ class LetterRow(TypedDict):
     participants: str  # JSON text, as stored
     automatic: int
     conversation_id: str | None
-    links: list[LinkRow]
+    links: list[LinkRow]  # a link made by hand has rule "manual" and address "-"
     locations: list[LocationRow]
+    unlinked: list[UnlinkRow]  # links taken off by hand
 
 
 class SearchHit(TypedDict):

@@ -5,10 +5,16 @@ a lead contact's email, and the customer's email domain. An exact address always
 domain rule only looks at addresses no customer claims exactly, on domains no exact match already
 explained, and never at free-mail domains (gmail.com says nothing about a company), the company's
 own domains, or a domain two customers claim (that would be a guess).
+
+Two things stand beside the rules. A blocked address (`[linking] blocked`: globs such as "noreply@*"
+or "*@notifications.example") is no participant at all: it links by no rule, so a letter it alone
+concerns is never archived. A link made by hand (rule "manual") or taken off by hand is kept by
+relink whatever the rules say (see relink.py and the `link`/`unlink` commands).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +33,8 @@ from hanna_sync.models import ENTITY_TYPES, Entity
 # Rule names as stored in links.rule; the order is their strength. "thread" is a link inherited from
 # the letters a reply answers (its address is the Message-ID it came through), never from an address.
 RULES = ("customer_email", "customer_contact", "lead_email", "lead_contact", "customer_domain", "thread")
+# A link made by hand with `hanna-sync link`: no address made it, so its address is "-".
+MANUAL, MANUAL_ADDRESS = "manual", "-"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Directory:
     staff_addresses: frozenset[str] = frozenset()
     own_domains: tuple[str, ...] = ()
     free_mail_domains: tuple[str, ...] = FREE_MAIL_DOMAINS
+    blocked: tuple[str, ...] = ()  # lower-case address globs that never link ([linking] blocked)
+    entities: frozenset[tuple[str, str]] = frozenset()  # every (entity type, id): a manual link needs its entity
 
     @classmethod
     def build(
@@ -56,14 +66,18 @@ class Directory:
         *,
         own_domains: Iterable[str] = (),
         free_mail_domains: Iterable[str] = (),
+        blocked: Iterable[str] = (),
     ) -> Directory:
         directory = cls(
             staff_addresses=frozenset(a for a in (normalise_email(s) for s in staff_addresses) if a),
             own_domains=tuple(own_domains),
             free_mail_domains=FREE_MAIL_DOMAINS + tuple(free_mail_domains),
+            blocked=tuple(glob.lower() for glob in blocked),
         )
+        known: set[tuple[str, str]] = set()
         for entity_type, entities in (("customer", customers), ("lead", leads)):
             for entity in entities:
+                known.add((entity_type, entity.id))
                 if entity.email:
                     directory.by_address[entity.email].append((entity_type, entity.id, f"{entity_type}_email"))
                 for contact in entity.contacts:
@@ -71,7 +85,12 @@ class Directory:
                 if entity_type == "customer":
                     for domain in directory.customer_domains(entity):
                         directory.customers_by_domain[domain].add(entity.id)
+        directory.entities = frozenset(known)
         return directory
+
+    def is_blocked(self, address: str) -> bool:
+        """Whether a normalised address is on the blocklist: it then links to nobody, by any rule."""
+        return is_blocked(address, self.blocked)
 
     def customer_domains(self, customer: Entity) -> set[str]:
         """The customer's domain column, and the domain of its main email unless that is free mail."""
@@ -110,7 +129,7 @@ def match(
         address = normalise_email(raw)
         if address is None or address in directory.staff_addresses:
             continue
-        if is_listed(domain_of(address), directory.own_domains):
+        if is_listed(domain_of(address), directory.own_domains) or directory.is_blocked(address):
             continue
         candidates.append(address)
 
@@ -158,6 +177,13 @@ def inherited_links(
     return sorted(out.values(), key=lambda link: (link.entity_type, link.entity_id))
 
 
+def is_blocked(address: str, globs: Iterable[str]) -> bool:
+    """Whether an address matches one of the blocklist's globs (fnmatch, case already lowered: "*@x.lt",
+    "noreply@*", "billing@vendor.lt"). A bare domain in the config is "*@domain" already; its
+    subdomains need their own glob ("*@*.x.lt")."""
+    return any(fnmatch.fnmatchcase(address, glob) for glob in globs)
+
+
 def build_directory(store: Store, config: Config, entities: dict[str, list[Entity]] | None = None) -> Directory:
     """The directory as it is now (or with these customers and leads: as an import would make it),
     with every mailbox address counted as staff."""
@@ -165,4 +191,4 @@ def build_directory(store: Store, config: Config, entities: dict[str, list[Entit
     staff = [m.email for m in boxes] + [m.username for m in boxes if m.username]
     entities = entities or {t: store.entities(t) for t in ENTITY_TYPES}
     return Directory.build(entities["customer"], entities["lead"], staff, own_domains=config.own_domains,
-                           free_mail_domains=config.free_mail_domains)
+                           free_mail_domains=config.free_mail_domains, blocked=config.linking.blocked)

@@ -4,11 +4,16 @@ Links are made when a pass archives a letter, against the directory of that mome
 adds a contact, moves a domain or drops a person changes what is true: `relink` re-evaluates every
 archived letter's links (the five address rules from its stored participants, then the links its
 thread passes on), adds what now holds and removes what no longer does. A letter left with no link
-stays in the archive (retention decides about it). Then the backfill: skipped letters on the servers
-that the change concerns are marked wanted, and the next pass fetches just those (see backfill.py).
+stays in the archive (retention decides about it). Links made by hand (rule "manual") and links taken
+off by hand (`unlinks`) are kept as they are whatever the rules say; a reply inherits a hand-made
+link like any other, and never one its letter was unlinked from by hand. Then the backfill: skipped
+letters on the servers that the change concerns are marked wanted, and the next pass fetches just
+those (see backfill.py).
 
 relink runs under the pass lock, so it never interleaves with a pass: an import while a pass runs
-leaves it due, and that pass (or the next) runs it at its end.
+leaves it due, and that pass (or the next) runs it at its end. A pass also relinks at its end when
+the [linking] settings (the blocklist, thread replies, automatic mail) or own/free-mail domains
+changed since the last relink.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import SecretsError
 from hanna_sync.linking.backfill import SkipIndex, load_skip_index
-from hanna_sync.linking.match import Directory, Link, build_directory, inherited_links, match
+from hanna_sync.linking.match import (
+    MANUAL,
+    MANUAL_ADDRESS,
+    Directory,
+    Link,
+    build_directory,
+    inherited_links,
+    match,
+)
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -34,6 +47,21 @@ RELINK_DUE = "relink_due"  # archive_state: the directory changed while a pass h
 BACKFILL_DUE = "backfill_due"  # archive_state: links redone, skipped letters not looked for yet
 INDEX_CHECK = "skip_index_check"  # archive_state: a key made with the skip index's key, to notice a new one
 THREAD_WATERMARK = "thread_backfill_after"  # archive_state: letters up to this id were looked for answers
+LINKING_SETTINGS = "linking_settings"  # archive_state: linking_settings() of the last relink, to notice a change
+
+EntityKey = tuple[str, str]  # (entity type, entity id)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What was decided by hand, per letter id: entities linked by hand, entities unlinked by hand."""
+
+    manual: dict[int, list[EntityKey]] = field(default_factory=dict)
+    unlinked: dict[int, set[EntityKey]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: Store) -> Overrides:
+        return cls(*store.link_overrides())
 
 
 @dataclass
@@ -69,11 +97,13 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
     result = RelinkResult()
     with store.transaction():
         store.set_state_value(RELINK_DUE, None)  # an import from now on leaves it due again
+        store.set_state_value(LINKING_SETTINGS, linking_settings(config))
     with store.lock:  # read, then think, without holding the write lock
         directory = build_directory(store, config)
         rows = store.relink_rows()
         before = store.all_links()
-    after = _evaluate(rows, directory, config)
+        overrides = Overrides.load(store)
+    after = _evaluate(rows, directory, config, overrides)
     grown: list[str] = []  # thread ids of letters that gained a link: their skipped replies are wanted
     with store.transaction():
         for row, old, gone, fresh in _differences(rows, before, after):
@@ -98,9 +128,6 @@ def relink(store: Store, config: Config, secrets: SecretStore | None) -> RelinkR
         result.backfill_wanted = mark_backfill(store, config, index, directory, thread_ids=grown)
     result.seconds = time.monotonic() - started
     return result
-
-
-EntityKey = tuple[str, str]  # (entity type, entity id)
 
 
 def _differences(
@@ -128,8 +155,10 @@ def links_removed(store: Store, config: Config, directory: Directory) -> list[tu
     with store.lock:
         rows = store.relink_rows()
         before = store.all_links()
-    return [(row["id"], Link(*entity, *old[entity]))
-            for row, old, gone, _ in _differences(rows, before, _evaluate(rows, directory, config)) for entity in gone]
+        overrides = Overrides.load(store)
+    after = _evaluate(rows, directory, config, overrides)
+    return [(row["id"], Link(*entity, *old[entity])) for row, old, gone, _ in _differences(rows, before, after)
+            for entity in gone]
 
 
 def mark_backfill(
@@ -178,12 +207,25 @@ def summary_line(result: RelinkResult) -> str:
             f" {result.backfill_wanted} skipped letters will be fetched by the next pass.")
 
 
-def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) -> dict[int, list[Link]]:
-    """Every letter's links: by its addresses, then inherited along its thread (oldest first, so a
-    reply sees what its parents have; repeated until nothing changes, for replies dated before
-    their parents by a wrong clock). A letter read through Graph also inherits from its Outlook
-    conversation ("conversation:<id>"), as a pass does."""
-    links = {row["id"]: letter_links(row, directory, config) for row in rows}
+def _by_hand(row: dict[str, Any], directory: Directory, config: Config, overrides: Overrides) -> list[Link]:
+    """A letter's own links with what was decided by hand: its manual links (while their entity is in
+    the directory), then the rules' links to entities it was neither linked to nor unlinked from by hand."""
+    unlinked = overrides.unlinked.get(row["id"], set())
+    manual = [key for key in overrides.manual.get(row["id"], ()) if key in directory.entities]
+    by_rules = [link for link in letter_links(row, directory, config)
+                if (key := (link.entity_type, link.entity_id)) not in unlinked and key not in manual]
+    return [Link(*key, MANUAL, MANUAL_ADDRESS) for key in manual] + by_rules
+
+
+def _evaluate(
+    rows: list[dict[str, Any]], directory: Directory, config: Config, overrides: Overrides
+) -> dict[int, list[Link]]:
+    """Every letter's links: by its addresses (and by hand), then inherited along its thread (oldest
+    first, so a reply sees what its parents have; repeated until nothing changes, for replies dated
+    before their parents by a wrong clock), never an entity the letter was unlinked from by hand. A
+    letter read through Graph also inherits from its Outlook conversation ("conversation:<id>"), as a
+    pass does."""
+    links = {row["id"]: _by_hand(row, directory, config, overrides) for row in rows}
     if not config.linking.thread_replies:
         return links
     by_thread_id: dict[str, list[int]] = {}
@@ -203,6 +245,9 @@ def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) 
                 continue
             extra = inherited_links(answers, linked, links[row["id"]], sync_customers=bool(row["customers"]),
                                     sync_leads=bool(row["leads"]))
+            if row["id"] in overrides.unlinked:
+                extra = [link for link in extra
+                         if (link.entity_type, link.entity_id) not in overrides.unlinked[row["id"]]]
             if extra:
                 links[row["id"]] += extra
                 grew = True
@@ -220,7 +265,7 @@ def _answers(row: dict[str, Any]) -> list[str]:
 def linking_settings(config: Config) -> str:
     """What of the config decides whether a letter links, beside the directory: part of each key's meaning."""
     return repr((config.linking.automatic, config.linking.thread_replies, config.own_domains,
-                 config.free_mail_domains))
+                 config.free_mail_domains, config.linking.blocked))
 
 
 def mark_directory_backfill(store: Store, index: SkipIndex, directory: Directory, config: Config) -> int:
@@ -264,6 +309,9 @@ def after_pass(
     if store.state_value(RELINK_DUE):
         log.info("%s (an import during the pass left it due)", summary_line(relink(store, config, secrets)))
         return
+    if settings_changed(store, config):
+        log.info("%s ([linking] settings or own domains changed)", summary_line(relink(store, config, secrets)))
+        return
     if store.state_value(BACKFILL_DUE) and (keys := index()) is not None:
         marked = mark_backfill(store, config, keys, directory(), thread_ids=store.linked_message_ids(0)[0])
         log.info("%d skipped letters the last directory change concerns: the next pass fetches them", marked)
@@ -271,6 +319,19 @@ def after_pass(
         marked = mark_thread_backfill(store, index, config)
     if marked:
         log.info("%d skipped letters answer letters archived this pass: the next pass fetches them", marked)
+
+
+def settings_changed(store: Store, config: Config) -> bool:
+    """Whether the settings letters were linked with changed since the last relink (a blocked address
+    added, thread replies turned off): the archive is then relinked. A database that never recorded
+    them (made before the blocklist) is relinked when a blocklist is configured, else they are recorded."""
+    stored = store.state_value(LINKING_SETTINGS)
+    now = linking_settings(config)
+    if stored is None and not config.linking.blocked:
+        with store.transaction():
+            store.set_state_value(LINKING_SETTINGS, now)
+        return False
+    return stored != now
 
 
 def relink_or_defer(store: Store, config: Config, secrets: SecretStore | None) -> RelinkResult | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import imaplib
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import cast
@@ -340,6 +340,10 @@ class ImapSource:
                 if found and may_link(uid):
                     links[uid] = found
 
+        unlinked = self._unlinked(sorted(set(links) | {uid for uid, ids in answered.items() if ids}), headers)
+        for uid, entities in unlinked.items():
+            if uid in links:  # kept even with no link left: its location in this folder is still recorded
+                links[uid] = [link for link in links[uid] if (link.entity_type, link.entity_id) not in entities]
         answers = {uid: ids for uid, ids in answered.items() if ids}
         if self.config.linking.thread_replies and answers:
             with self.store.transaction():
@@ -357,6 +361,7 @@ class ImapSource:
                 grew = False
                 for uid, ids in answers.items():
                     extra = inherited_links(ids, linked, links.get(uid, ()), **flags)
+                    extra = [link for link in extra if (link.entity_type, link.entity_id) not in unlinked.get(uid, ())]
                     if extra and (uid in links or may_link(uid)):
                         links[uid] = links.get(uid, []) + extra
                         publish(uid)
@@ -368,6 +373,17 @@ class ImapSource:
             identity = f"mid:{letter.message_id}" if letter.message_id else None
             candidates.append(Candidate(uid, letter.subject, links[uid], identity, size=fetched[uid][0]))
         return candidates
+
+    def _unlinked(self, uids: list[int], headers: Callable[[int], ParsedLetter]) -> dict[int, set[tuple[str, str]]]:
+        """The entities letters archived already were unlinked from by hand (`hanna-sync unlink`): found
+        again here (another folder or mailbox), such a letter neither gets them back, by its addresses
+        or its thread, nor passes them on to its replies in this batch."""
+        with self.store.transaction():
+            if not uids or not self.store.has_unlinks():  # most installs: no header parsed for this
+                return {}
+            identities = {uid: f"mid:{headers(uid).message_id}" for uid in uids if headers(uid).message_id}
+            unlinked = self.store.unlinked_by_identity(list(identities.values()))
+        return {uid: unlinked[identity] for uid, identity in identities.items() if identity in unlinked}
 
     def originals(self, candidates: list[Candidate[int]]) -> dict[int, Original]:
         """Whole letters for the matched ones; headers only for those over the size limit."""
