@@ -1,0 +1,174 @@
+"""Directory sources (issue #16, items 2 and 3): a CRM export read from an https:// URL (a real local HTTPS
+server with a CA made per test), from a real command's output, a file or stdin; and the directory refreshed
+by itself at the start of a pass, by `sync-directory`, and shown by `status`."""
+
+from __future__ import annotations
+
+import base64
+import sys
+
+import pytest
+
+from hanna_sync.credentials import open_secret_store
+from hanna_sync.demo.sandbox import CertificateAuthority
+from hanna_sync.errors import InputError
+from hanna_sync.remote.crm_source import SourceError, display_name, fetch, secret_ref
+from tests.crm_server import FakeCrm
+
+CUSTOMERS_CSV = "id,name,email,domain\nC-1,UAB Ąžuolas,info@azuolas.lt,azuolas.lt\nC-2,UAB Beržas,,berzas.lt\n"
+TOKEN = "s3cr3t-t0ken-Zq9"
+
+
+@pytest.fixture
+def crm(tmp_path, monkeypatch):
+    ca = CertificateAuthority(tmp_path / "crm-ca", name="fake CRM CA")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.ca_file))  # requests trusts the test's CA, as an admin's would
+    server = FakeCrm(ca)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def secrets(tmp_path):
+    return open_secret_store("file", tmp_path / "secrets.enc", tmp_path / "secrets.key", 5)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+# -- https:// --------------------------------------------------------------------------------------------
+
+def test_an_https_source_sends_the_stored_token_as_a_bearer_and_gives_the_csv(crm, secrets):
+    url = crm.put("/export/customers.csv", CUSTOMERS_CSV)
+    secrets.set(secret_ref("customer"), TOKEN)
+    got = fetch(url, "customer", secrets=secrets, timeout=5)
+    assert got.data.decode() == CUSTOMERS_CSV and got.fmt == "csv"
+    assert got.name == url
+    assert crm.requests[-1][1]["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_user_and_password_in_the_store_mean_basic_auth(crm, secrets):
+    url = crm.put("/leads", b'[{"id": "L-1", "email": "a@b.lt"}]', "application/json")
+    secrets.set(secret_ref("lead"), "crm-reader:pa:ss")
+    got = fetch(url, "lead", secrets=secrets, timeout=5)
+    assert got.fmt == "json"
+    assert crm.requests[-1][1]["Authorization"] == "Basic " + base64.b64encode(b"crm-reader:pa:ss").decode()
+
+
+def test_no_token_stored_sends_no_authorization(crm, secrets):
+    url = crm.put("/c.csv", CUSTOMERS_CSV)
+    fetch(url, "customer", secrets=secrets, timeout=5)
+    assert "Authorization" not in crm.requests[-1][1]
+
+
+@pytest.mark.parametrize("status, body, content_type, expected", [
+    (401, b"", "text/plain", "HTTP 401, the server wants credentials: store it with 'hanna-sync directory-token"),
+    (403, b"forbidden", "text/plain", "HTTP 403"),
+    (500, b'{"error": "database is down"}', "application/json", 'HTTP 500 ({"error": "database is down"})'),
+    (404, b"", "text/plain", "HTTP 404"),
+    (200, b"<!DOCTYPE html><html><body>Please sign in</body></html>", "text/html; charset=utf-8",
+     "the server sent an HTML page, not the CSV or JSON export"),
+    (200, b"<html><body>Session expired</body></html>", "text/csv", "the server sent an HTML page"),
+    (200, b"%PDF-1.4", "application/pdf", "the server sent application/pdf, not CSV or JSON"),
+])
+def test_an_answer_that_is_not_the_export_is_one_line_naming_the_url(crm, secrets, status, body, content_type,
+                                                                     expected):
+    url = crm.put("/export/customers.csv", body, content_type, status=status)
+    with pytest.raises(SourceError) as exc:
+        fetch(url, "customer", secrets=secrets, timeout=5)
+    assert expected in one_line(exc) and url in str(exc.value)
+
+
+def test_a_stored_token_refused_says_to_replace_it(crm, secrets):
+    url = crm.put("/c.csv", b"", "text/plain", status=401)
+    secrets.set(secret_ref("customer"), TOKEN)
+    with pytest.raises(SourceError) as exc:
+        fetch(url, "customer", secrets=secrets, timeout=5)
+    assert "replace it with 'hanna-sync directory-token customers'" in one_line(exc)
+    assert TOKEN not in str(exc.value)
+
+
+def test_the_declared_format_wins_and_must_agree_with_format(crm, secrets):
+    url = crm.put("/export", b'[{"id": "C-1"}]', "application/json; charset=utf-8")
+    assert fetch(url, "customer", secrets=secrets, timeout=5).fmt == "json"
+    with pytest.raises(SourceError, match="sent JSON .*not the CSV given with --format"):
+        fetch(url, "customer", secrets=secrets, timeout=5, fmt="csv")
+    vague = crm.put("/export/leads.csv", CUSTOMERS_CSV, "application/octet-stream")
+    assert fetch(vague, "lead", secrets=secrets, timeout=5).fmt == "csv"  # the URL's extension tells
+    unknown = crm.put("/export/leads", CUSTOMERS_CSV, "text/plain")
+    with pytest.raises(SourceError, match="give --format csv or --format json"):
+        fetch(unknown, "lead", secrets=secrets, timeout=5)
+    assert fetch(unknown, "lead", secrets=secrets, timeout=5, fmt="csv").fmt == "csv"
+
+
+def test_a_silent_server_times_out(crm, secrets):
+    url = crm.put("/slow.csv", CUSTOMERS_CSV, delay=3)
+    with pytest.raises(SourceError) as exc:
+        fetch(url, "customer", secrets=secrets, timeout=0.5)
+    assert "no answer within 0.5 s (network.timeout)" in one_line(exc)
+
+
+def test_an_untrusted_certificate_is_refused(crm, secrets, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "")
+    url = crm.put("/c.csv", CUSTOMERS_CSV)
+    with pytest.raises(SourceError) as exc:
+        fetch(url, "customer", secrets=secrets, timeout=5)
+    assert "certificate is not trusted" in one_line(exc)
+
+
+def test_http_and_passwords_in_the_url_are_refused_before_any_request(crm, secrets):
+    with pytest.raises(InputError, match="only https:// URLs are read"):
+        fetch(crm.url("/c.csv").replace("https", "http"), "customer", secrets=secrets, timeout=5)
+    with pytest.raises(InputError, match="directory-token customers"):
+        fetch(crm.url("/c.csv").replace("https://", "https://u:hunter2@"), "customer", secrets=secrets, timeout=5)
+    assert crm.requests == []
+
+
+def test_the_name_in_messages_has_no_query_or_password():
+    assert display_name("https://crm.example.lt/x.csv?key=abc#top") == "https://crm.example.lt/x.csv"
+    assert display_name("https://u:p@crm.example.lt:8443/x.csv") == "https://crm.example.lt:8443/x.csv"
+    assert display_name("cmd:psql -c 'select 1'") == "cmd:psql -c 'select 1'"
+    assert display_name("-") == "standard input"
+
+
+# -- cmd: ------------------------------------------------------------------------------------------------
+
+def test_a_command_s_output_is_the_export(tmp_path):
+    export = tmp_path / "customers.csv"
+    export.write_text(CUSTOMERS_CSV)
+    got = fetch(f"cmd:cat {export}", "customer", secrets=None, timeout=5)
+    assert got.data.decode() == CUSTOMERS_CSV and got.fmt == "csv" and got.name == f"cmd:cat {export}"
+    script = "import json; print(json.dumps([{'id': 'L-1', 'email': 'l@x.lt'}]))"
+    got = fetch(f'cmd:{sys.executable} -c "{script}"', "lead", secrets=None, timeout=5)
+    assert got.fmt == "json" and b'"L-1"' in got.data
+
+
+def test_a_command_is_not_run_by_a_shell(tmp_path):
+    marker = tmp_path / "touched"
+    got = fetch(f"cmd:echo id; touch {marker}", "customer", secrets=None, timeout=5)
+    assert not marker.exists() and got.data.decode().startswith("id; touch")
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("cmd:sh -c 'echo \"psql: connection refused\" >&2; echo second >&2; exit 3'",
+     "exited with 3: psql: connection refused"),
+    ("cmd:no-such-export-tool --csv", "command 'no-such-export-tool' not found"),
+    ("cmd:sleep 5", "still running after 0.5 s (network.timeout): stopped"),
+    ("cmd:sh -c 'kill -9 $$'", "was killed by signal 9"),
+    ("cmd:printf '<!doctype html><html>oops'", "printed an HTML page"),
+])
+def test_a_failing_command_is_one_line_naming_it(command, expected):
+    with pytest.raises(SourceError) as exc:
+        fetch(command, "customer", secrets=None, timeout=0.5)
+    assert expected in one_line(exc) and command in str(exc.value)
+
+
+def test_a_command_that_cannot_be_split_or_is_empty_is_bad_input():
+    with pytest.raises(InputError, match="cannot split"):
+        fetch("cmd:psql -c 'select", "customer", secrets=None, timeout=5)
+    with pytest.raises(InputError, match="no command"):
+        fetch("cmd:  ", "customer", secrets=None, timeout=5)
