@@ -166,7 +166,7 @@ def _fetch_https(
         raise SourceError(f"{name}: HTTP {status}, the server wants credentials: {hint}")
     if not 200 <= status < 300:
         raise SourceError(f"{name}: HTTP {status}{_first_line(data, content_type)}: nothing read")
-    return SourceData(name, data, _declared_format(name, parts.path, content_type, data, fmt))
+    return SourceData(name, data, _declared_format(name, parts.path, content_type, data, fmt=fmt))
 
 
 def _read_body(response: requests.Response, name: str) -> bytes:
@@ -178,7 +178,7 @@ def _read_body(response: requests.Response, name: str) -> bytes:
     return bytes(data)
 
 
-def _declared_format(name: str, path: str, content_type: str, data: bytes, fmt: str | None) -> str:
+def _declared_format(name: str, path: str, content_type: str, data: bytes, *, fmt: str | None) -> str:
     """The format the answer declares (its Content-Type; a vague one leaves it to the URL's extension), checked
     against --format and against the body: an HTML page where CSV or JSON was due is an error page."""
     media = content_type.split(";", 1)[0].strip().lower()
