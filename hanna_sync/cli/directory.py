@@ -50,24 +50,31 @@ def import_group() -> None:
     """
 
 
-def read_source(source: str, fmt: str | None) -> tuple[Path | None, bytes | None, str | None]:
-    """What `import` reads from SOURCE: (path, data, name for errors). A path is read by import_entities
-    itself; `-` is standard input, read here as bytes.
+def read_source(source: str, fmt: str | None, *, app: App, entity_type: str
+                ) -> tuple[Path | None, bytes | None, str | None, str | None]:
+    """What `import` reads from SOURCE: (path, data, name for errors, format). A path is read by
+    import_entities itself; `-` is standard input, read here as bytes.
 
     THE ONE PLACE a SOURCE string is turned into data: live sources (https:// URLs, cmd:COMMAND) are
-    added here, returning (None, the bytes they gave, the SOURCE as errors should name it)."""
+    read by remote/crm_source.py, returning (None, the bytes they gave, the SOURCE as errors should name
+    it, the format they declared)."""
+    from hanna_sync.remote.crm_source import fetch, kind
+
+    if kind(source) in ("https", "url", "command"):
+        got = fetch(source, entity_type, secrets=app.secrets, timeout=app.timeout, fmt=fmt)
+        return None, got.data, got.name, got.fmt
     if source == "-":
         if not fmt:
             raise InputError("reading standard input: give --format csv or --format json")
-        return None, sys.stdin.buffer.read(), None
-    return Path(source), None, None
+        return None, sys.stdin.buffer.read(), None, fmt
+    return Path(source), None, None, fmt
 
 
 def _import(app: App, *, entity_type: str, source: str, fmt: str | None, as_json: bool, allow_conflicts: bool,
             snapshot: bool, dry_run: bool, force: bool) -> None:
     from hanna_sync.linking.directory import LinksWouldGo, import_entities
 
-    path, data, name = read_source(source, fmt)
+    path, data, name, fmt = read_source(source, fmt, app=app, entity_type=entity_type)
     try:
         result = import_entities(app.store, entity_type, path, fmt=fmt, stdin_data=data, config=app.config,
                                  allow_conflicts=allow_conflicts, snapshot=snapshot, dry_run=dry_run, force=force,
@@ -142,7 +149,8 @@ def import_command(entity_type: str) -> Callable[..., Any]:
         _import(app, entity_type=entity_type, source=source, fmt=fmt, as_json=as_json,
                 allow_conflicts=allow_conflicts, snapshot=snapshot, dry_run=dry_run, force=force)
 
-    command.__doc__ = (f"""Import {entity_type}s from SOURCE (a .csv or .json file; - for stdin with --format).
+    command.__doc__ = (f"""Import {entity_type}s from SOURCE: a .csv or .json file, - (stdin, with --format),
+    an https:// URL (token: 'hanna-sync directory-token {entity_type}s'), or cmd:COMMAND (its output).
 
     Without --snapshot the rows are upserted; with it SOURCE is the whole list and
     {entity_type}s absent from it are removed (refused above directory.max_removed_percent,
@@ -151,7 +159,9 @@ def import_command(entity_type: str) -> Callable[..., Any]:
     \b
     Example:
       hanna-sync import {entity_type}s {entity_type}s.csv --snapshot --dry-run
-      hanna-sync import {entity_type}s {entity_type}s.csv --snapshot""")
+      hanna-sync import {entity_type}s {entity_type}s.csv --snapshot
+      hanna-sync import {entity_type}s https://crm.example.lt/export/{entity_type}s.csv --snapshot
+      hanna-sync import {entity_type}s "cmd:psql --csv -c 'select * from {entity_type}s' crm" --snapshot""")
     return command
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import HannaError
+from hanna_sync.linking.directory import SnapshotRefused, import_entities
 from hanna_sync.remote.crm_source import ENTITY_SOURCES, display_name, fetch
 
 if TYPE_CHECKING:
@@ -80,9 +81,10 @@ class RefreshOutcome:
         return self.ok and not self.dry_run and bool(self.added or self.updated or self.removed)
 
     def summary(self) -> str:
+        if not self.ok:  # the error names the source itself
+            how = "refused" if self.refused else "failed"
+            return f"the {ENTITY_SOURCES[self.entity_type]} source {how}: {self.error}"
         name = f"{ENTITY_SOURCES[self.entity_type]} from {self.source}"
-        if not self.ok:
-            return f"{name}: {'refused' if self.refused else 'failed'}: {self.error}"
         converted = f" ({len(self.converted)} converted to a customer)" if self.converted else ""
         orphaned = f"; {len(self.orphaned)} letter(s) now concern nobody (kept)" if self.orphaned else ""
         would = "would be " if self.dry_run else ""
@@ -154,8 +156,6 @@ def refresh_source(
     dry_run: bool = False, force: bool = False,
 ) -> RefreshOutcome:
     """Read one source and apply it as a snapshot (nothing written on a dry run, a refusal or an error)."""
-    from hanna_sync.linking.directory import SnapshotRefused, import_entities
-
     name = display_name(source)
     try:
         got = fetch(source, entity_type, secrets=secrets, timeout=config.network.timeout)
