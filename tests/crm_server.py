@@ -25,6 +25,7 @@ class Page:
 class FakeCrm(HttpsFake):
     def __init__(self, ca: CertificateAuthority) -> None:
         super().__init__(ca)
+        self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]  # a client gone: quiet
         self.pages: dict[str, Page] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every request
 

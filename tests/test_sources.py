@@ -5,15 +5,25 @@ by itself at the start of a pass, by `sync-directory`, and shown by `status`."""
 from __future__ import annotations
 
 import base64
+import json
+import logging
+import sqlite3
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from hanna_sync.cli import cli
 from hanna_sync.credentials import open_secret_store
+from hanna_sync.demo import sample
 from hanna_sync.demo.sandbox import CertificateAuthority
 from hanna_sync.errors import InputError
 from hanna_sync.remote.crm_source import SourceError, display_name, fetch, secret_ref
+from hanna_sync.scan.directory_refresh import load_record
 from tests.crm_server import FakeCrm
+from tests.helpers import Env
 
 CUSTOMERS_CSV = "id,name,email,domain\nC-1,UAB Ąžuolas,info@azuolas.lt,azuolas.lt\nC-2,UAB Beržas,,berzas.lt\n"
 TOKEN = "s3cr3t-t0ken-Zq9"
@@ -172,3 +182,149 @@ def test_a_command_that_cannot_be_split_or_is_empty_is_bad_input():
         fetch("cmd:psql -c 'select", "customer", secrets=None, timeout=5)
     with pytest.raises(InputError, match="no command"):
         fetch("cmd:  ", "customer", secrets=None, timeout=5)
+
+
+# -- import SOURCE, directory-token, sync-directory (the CLI) ---------------------------------------------
+
+def entities_csv(entities) -> str:
+    rows = ["id,name,email,domain,contacts"]
+    for e in entities:
+        contacts = "; ".join(f"{c.name} <{c.email}>" if c.name else c.email for c in e.contacts)
+        rows.append(",".join(f'"{v}"' for v in (e.id, e.name or "", e.email or "", e.domain or "", contacts)))
+    return "\n".join(rows) + "\n"
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+def configured(env: Env, **directory: str | float) -> Path:
+    """The env's config file with a [directory] section; env.config gets the same sources."""
+    path = env.config_file()
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in directory.items())
+    path.write_text(path.read_text() + "[network]\ntimeout = 2\n[directory]\n" + lines)
+    env.config = replace(env.config, directory=replace(env.config.directory, **directory),
+                         network=replace(env.config.network, timeout=2))
+    return path
+
+
+def cli_run(env: Env, *args: str, input: str | None = None):
+    return CliRunner().invoke(cli, ["--config", str(env.config_file() if not (env.tmp / "config.toml").exists()
+                                                   else env.tmp / "config.toml"), *args], input=input)
+
+
+def stored_ids(env: Env, entity_type: str = "customer") -> list[str]:
+    return sorted(e.id for e in env.store.entities(entity_type))
+
+
+def database_bytes(env: Env) -> bytes:
+    return b"".join(p.read_bytes() for p in env.tmp.iterdir() if p.name.startswith("hs.db"))
+
+
+def database_rows(env: Env) -> list[str]:
+    """Every row of the database, as SQL: what "nothing written" compares (the file's bytes move on a checkpoint)."""
+    with sqlite3.connect(env.config.database) as db:
+        return list(db.iterdump())
+
+
+def test_import_from_an_https_url_with_a_stored_token_never_shows_the_token(env, crm, caplog):
+    configured(env)
+    url = crm.put("/export/customers.csv", entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))
+    stored = cli_run(env, "directory-token", "customers", "--stdin", input=TOKEN + "\n")
+    assert stored.exit_code == 0, stored.output
+    caplog.set_level(logging.DEBUG)
+    result = cli_run(env, "-v", "import", "customers", url, "--snapshot", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["added"] == 1 and "C-1004" in stored_ids(env)
+    assert crm.requests[-1][1]["Authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in result.output and TOKEN not in caplog.text
+    assert TOKEN.encode() not in database_bytes(env)
+    assert TOKEN.encode() not in (env.tmp / "secrets.enc").read_bytes()  # encrypted at rest
+
+
+@pytest.mark.parametrize("status, body, content_type, delay, expected", [
+    (401, b"", "text/plain", 0, "HTTP 401"),
+    (500, b"Internal Server Error", "text/plain", 0, "HTTP 500 (Internal Server Error)"),
+    (200, b"<!doctype html><title>Login</title>", "text/html", 0, "an HTML page"),
+    (200, b"\x89PNG", "image/png", 0, "sent image/png, not CSV or JSON"),
+    (200, CUSTOMERS_CSV.encode(), "text/csv", 4, "no answer within 2 s"),
+])
+def test_import_from_a_url_that_fails_is_one_error_line_and_writes_nothing(env, crm, status, body, content_type,
+                                                                          delay, expected):
+    configured(env)
+    before = database_rows(env)
+    url = crm.put("/export/customers.csv", body, content_type, status=status, delay=delay)
+    result = cli_run(env, "-q", "import", "customers", url, "--snapshot")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {url}: ") and expected in errors[0]
+    assert database_rows(env) == before
+
+
+def test_import_over_http_is_bad_input(env, crm):
+    configured(env)
+    result = cli_run(env, "import", "customers", crm.url("/c.csv").replace("https", "http"))
+    assert result.exit_code == 2 and "only https:// URLs are read" in result.stderr and crm.requests == []
+
+
+def test_import_from_a_command(env, tmp_path):
+    configured(env)
+    export = tmp_path / "export.csv"
+    export.write_text(entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))
+    result = cli_run(env, "import", "customers", f"cmd:cat {export}", "--snapshot")
+    assert result.exit_code == 0, result.output
+    assert "1 added" in result.stdout and "C-1004" in stored_ids(env)
+    script = "import json; print(json.dumps([{'id': 'L-9', 'email': 'l9@naujas9.lt'}]))"
+    result = cli_run(env, "import", "leads", f'cmd:{sys.executable} -c "{script}"')
+    assert result.exit_code == 0, result.output
+    assert "L-9" in stored_ids(env, "lead")
+    failing = cli_run(env, "import", "customers", "cmd:sh -c 'echo \"no such table\" >&2; exit 3'", "--snapshot")
+    assert failing.exit_code == 1
+    assert failing.stderr.strip() == "Error: cmd:sh -c 'echo \"no such table\" >&2; exit 3': exited with 3: no such table"
+    assert "C-1004" in stored_ids(env)
+
+
+def test_directory_token_stores_replaces_and_clears(env):
+    configured(env, customers="https://crm.example.lt/c.csv")
+    assert cli_run(env, "directory-token", "customers", "--stdin", input="u:p\n").exit_code == 0
+    assert env.secrets.get(secret_ref("customer")) == "u:p"
+    empty = cli_run(env, "directory-token", "customers", "--stdin", input="\n")
+    assert empty.exit_code == 2 and "empty" in empty.stderr and env.secrets.get(secret_ref("customer")) == "u:p"
+    assert cli_run(env, "directory-token", "customers", "--clear").exit_code == 0
+    assert env.secrets.get(secret_ref("customer")) is None
+    note = cli_run(env, "directory-token", "leads", "--stdin", input="t\n")
+    assert note.exit_code == 0 and env.secrets.get(secret_ref("lead")) == "t"
+    assert "[directory] leads is not an https:// URL" not in note.stderr  # none configured: nothing to say
+    assert cli_run(env, "directory-token", "partners", "--stdin", input="t\n").exit_code == 2
+
+
+def test_sync_directory_needs_a_source(env):
+    configured(env)
+    result = cli_run(env, "sync-directory")
+    assert result.exit_code == 2 and "no CRM source configured" in result.stderr
+
+
+def test_sync_directory_dry_run_then_now_then_a_truncated_export_is_refused_unless_forced(env, tmp_path):
+    export = tmp_path / "customers.csv"
+    export.write_text(entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))
+    configured(env, customers=f"cmd:cat {export}")
+    dry = cli_run(env, "sync-directory", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["sources"][0]["added"] == 1 and "C-1004" not in stored_ids(env)
+    assert load_record(env.store, "customer") is None  # a dry run records nothing
+    now = cli_run(env, "sync-directory")
+    assert now.exit_code == 0, now.output
+    assert now.stdout.startswith(f"Customers from cmd:cat {export}: 1 added, 0 updated, 0 removed")
+    assert stored_ids(env) == ["C-1001", "C-1002", "C-1003", "C-1004"]
+    export.write_text(entities_csv(sample.CUSTOMERS[:1]))  # a truncated export: 3 of 4 would go
+    refused = cli_run(env, "sync-directory")
+    assert refused.exit_code == 1
+    assert "refused" in refused.stderr and "would remove 3 of 4 customers" in refused.stderr
+    assert stored_ids(env) == ["C-1001", "C-1002", "C-1003", "C-1004"]
+    record = load_record(env.store, "customer")
+    assert record.refused and record.failing_since and record.added == 1
+    forced = cli_run(env, "sync-directory", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert sorted(json.loads(forced.stdout)["sources"][0]["removed"]) == ["C-1002", "C-1003", "C-1004"]
+    assert stored_ids(env) == ["C-1001"] and load_record(env.store, "customer").last_error is None
