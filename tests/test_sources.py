@@ -23,7 +23,7 @@ from hanna_sync.errors import InputError
 from hanna_sync.remote.crm_source import SourceError, display_name, fetch, secret_ref
 from hanna_sync.scan.directory_refresh import load_record
 from tests.crm_server import FakeCrm
-from tests.helpers import Env
+from tests.helpers import Env, deliver_sample
 
 CUSTOMERS_CSV = "id,name,email,domain\nC-1,UAB Ąžuolas,info@azuolas.lt,azuolas.lt\nC-2,UAB Beržas,,berzas.lt\n"
 TOKEN = "s3cr3t-t0ken-Zq9"
@@ -328,3 +328,70 @@ def test_sync_directory_dry_run_then_now_then_a_truncated_export_is_refused_unle
     assert forced.exit_code == 0, forced.output
     assert sorted(json.loads(forced.stdout)["sources"][0]["removed"]) == ["C-1002", "C-1003", "C-1004"]
     assert stored_ids(env) == ["C-1001"] and load_record(env.store, "customer").last_error is None
+
+
+# -- run refreshes by itself; status shows it (the real sandbox Dovecot) -------------------------------------
+
+def test_run_refreshes_a_source_never_read_before_scanning_and_not_again_until_it_is_stale(env, crm, imap_user):
+    url = crm.put("/export/customers.csv", entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))
+    configured(env, customers=url, refresh_minutes=60)
+    env.add(imap_user)
+    deliver_sample(imap_user)
+    result = env.run()
+    assert result.ok and len(crm.requests) == 1
+    # the refreshed directory is what the pass linked against: the shop's letter, a customer only the CRM knew
+    assert [r["subject"] for r in env.store.letters(customer=sample.LATE_CUSTOMER.id)] == ["Akcija!"]
+    record = load_record(env.store, "customer")
+    assert record.added == 1 and record.last_error is None and record.source == url
+    env.run()
+    assert len(crm.requests) == 1  # refreshed 0 minutes ago: not due
+    record.last_success_at = "2020-01-01T00:00:00+00:00"
+    with env.store.transaction():
+        env.store.set_state_value("directory_source:customers", json.dumps(record.as_dict()))
+    env.run()
+    assert len(crm.requests) == 2  # older than refresh_minutes: read again
+    configured(env, customers=url + "?v=2", refresh_minutes=60)  # another SOURCE in the config: read at once
+    env.run()
+    assert len(crm.requests) == 3
+
+
+def test_a_failing_or_refused_source_warns_and_the_pass_still_scans(env, imap_user, tmp_path, caplog):
+    export = tmp_path / "customers.csv"
+    export.write_text(entities_csv(sample.CUSTOMERS[:1]))  # would remove 2 of 3 customers: refused
+    config = configured(env, customers=f"cmd:cat {export}", leads="cmd:sh -c 'echo \"crm is down\" >&2; exit 3'")
+    env.add(imap_user)
+    deliver_sample(imap_user)
+    caplog.set_level(logging.INFO)
+    result = env.run()
+    assert result.ok and sum(m.archived for m in result.mailboxes) > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the customers source refused" in w and "would remove 2 of 3 customers" in w for w in warnings)
+    assert any("the leads source failed: cmd:sh" in w and "exited with 3: crm is down" in w for w in warnings)
+    assert stored_ids(env) == ["C-1001", "C-1002", "C-1003"]  # the directory it had
+    status = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
+    assert status.exit_code == 0, status.output
+    sources = {s["entity_type"]: s for s in json.loads(status.stdout)["directory_sources"]}
+    assert sources["customer"]["state"] == "refused" and not sources["customer"]["alert"]
+    assert sources["lead"]["state"] == "failing" and "crm is down" in sources["lead"]["last_error"]
+    table = CliRunner().invoke(cli, ["--config", str(config), "status"])
+    assert "CRM directory sources" in table.stdout and "failing" in table.stdout
+    assert "Warning: the leads source failing since" in table.stderr
+    record = load_record(env.store, "lead")
+    record.failing_since = "2020-01-01T00:00:00+00:00"  # failing for longer than --fail-after: an alert
+    with env.store.transaction():
+        env.store.set_state_value("directory_source:leads", json.dumps(record.as_dict()))
+    alert = CliRunner().invoke(cli, ["--config", str(config), "status", "--fail-after", "60"])
+    assert alert.exit_code == 1
+    assert "Error: the leads source failing since 2020-01-01T00:00:00+00:00: cmd:sh" in alert.stderr
+    export.write_text(entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))  # the export whole again
+    env.run()
+    assert "C-1004" in stored_ids(env) and load_record(env.store, "customer").last_error is None
+    assert [r["subject"] for r in env.store.letters(customer=sample.LATE_CUSTOMER.id)] == ["Akcija!"]
+
+
+def test_a_dry_run_pass_refreshes_nothing(env, crm, imap_user):
+    url = crm.put("/export/customers.csv", entities_csv([*sample.CUSTOMERS, sample.LATE_CUSTOMER]))
+    configured(env, customers=url)
+    env.add(imap_user)
+    env.run(dry_run=True)
+    assert crm.requests == [] and load_record(env.store, "customer") is None

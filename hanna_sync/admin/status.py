@@ -15,8 +15,8 @@ from typing import Any
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.models import FolderState, Mailbox
-from hanna_sync.remote.crm_source import ENTITY_SOURCES, display_name
-from hanna_sync.scan.directory_refresh import configured_sources, load_record
+from hanna_sync.remote.crm_source import display_name
+from hanna_sync.scan.directory_refresh import configured_sources, is_current, load_record
 
 STATES = ("ok", "new", "backfilling", "failing", "auth failed", "needs re-authorisation", "stale", "paused")
 
@@ -187,7 +187,7 @@ def source_health(store: Store, config: Config, fail_after: timedelta, now: date
     for entity_type, source in configured_sources(config):
         record = load_record(store, entity_type)
         name = display_name(source)
-        if record is None or record.source != name:
+        if record is None or not is_current(record, source):
             out.append(SourceHealth(entity_type, name, "new", False, None, None, None, 0, 0, 0, 0, None, None))
             continue
         failing = _minutes_since(record.failing_since, now)
@@ -197,7 +197,3 @@ def source_health(store: Store, config: Config, fail_after: timedelta, now: date
             record.last_attempt_at, record.last_success_at, _minutes_since(record.last_success_at, now),
             record.added, record.updated, record.removed, record.converted, record.last_error, record.failing_since))
     return out
-
-
-def source_label(health: SourceHealth) -> str:
-    return ENTITY_SOURCES[health.entity_type]

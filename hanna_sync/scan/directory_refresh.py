@@ -17,6 +17,7 @@ messages, the last attempt, the last success, its counts, the last error and sin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ class SourceRecord:
 
     entity_type: str
     source: str  # as messages name it (a URL without its query)
+    source_key: str = ""  # a digest of the whole SOURCE: a change in a URL's query is a change too
     last_attempt_at: str | None = None
     last_success_at: str | None = None
     added: int = 0  # the last successful refresh's counts
@@ -114,10 +116,19 @@ def load_record(store: Store, entity_type: str) -> SourceRecord | None:
         return None  # a record this version cannot read: refreshed as if never
 
 
+def source_key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def is_current(record: SourceRecord | None, source: str) -> bool:
+    """Whether the record is of this SOURCE (not of one the config named before)."""
+    return record is not None and record.source_key == source_key(source)
+
+
 def is_due(record: SourceRecord | None, source: str, config: Config, now: datetime) -> bool:
     """Never refreshed, the SOURCE changed, the last success older than refresh_minutes, or the last attempt
     failed (the next pass tries again)."""
-    if record is None or record.source != display_name(source) or record.last_success_at is None:
+    if record is None or not is_current(record, source) or record.last_success_at is None:
         return True
     if record.last_error is not None:
         return True
@@ -141,7 +152,7 @@ def refresh_directory(
         outcome = refresh_source(store, config, secrets, entity_type=entity_type, source=source, dry_run=dry_run,
                                  force=force)
         if not dry_run:
-            _record(store, record, outcome, now)
+            _record(store, record if is_current(record, source) else None, outcome, now, key=source_key(source))
         if outcome.ok:
             log.info("directory refreshed: %s", outcome.summary())
         else:
@@ -181,10 +192,10 @@ def _outcome(entity_type: str, name: str, result: ImportResult, dry_run: bool) -
     return outcome
 
 
-def _record(store: Store, record: SourceRecord | None, outcome: RefreshOutcome, now: datetime) -> None:
+def _record(store: Store, record: SourceRecord | None, outcome: RefreshOutcome, now: datetime, *, key: str) -> None:
     stamp = now.isoformat(timespec="seconds")
-    if record is None or record.source != outcome.source:
-        record = SourceRecord(outcome.entity_type, outcome.source)
+    if record is None:
+        record = SourceRecord(outcome.entity_type, outcome.source, key)
     record.last_attempt_at = stamp
     if outcome.ok:
         record.last_success_at, record.last_error, record.failing_since, record.refused = stamp, None, None, False
