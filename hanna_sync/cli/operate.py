@@ -91,11 +91,13 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
     stale or paused.
 
     Also the last successful pass and its age, the current error and since when, letters archived
-    (today and in total), letters skipped as unrelated, and folders still behind the server.
+    (today and in total), letters skipped as unrelated, and folders still behind the server; and
+    each CRM source of [directory]: its last refresh, counts and last error.
 
     \b
-    Exit codes: 0 healthy, 1 a mailbox failing (or without a pass) for --fail-after minutes or
-    more, or no mailbox configured in the database at all; 3 no such --user. Use it as a monitoring
+    Exit codes: 0 healthy, 1 a mailbox failing (or without a pass), or a directory source
+    failing, for --fail-after minutes or more, or no mailbox configured in the database at all;
+    3 no such --user. Use it as a monitoring
     check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """
