@@ -45,7 +45,8 @@ def build_archive(store: Store, *, customers: int, letters: int, rng: random.Ran
             [f"info@c{c}.lt", f"a{c}@c{c}.lt", f"jonas@c{c}.lt", "petras@gmail.com"])
         answers = f"<m{rng.randrange(n)}@bench>" if n and rng.random() < 0.33 else None
         rows.append({
-            "identity": f"bench-{n}", "message_id": f"<m{n}@bench>", "date_utc": (start + timedelta(minutes=10 * n)).isoformat(),
+            "identity": f"bench-{n}", "message_id": f"<m{n}@bench>",
+            "date_utc": (start + timedelta(minutes=10 * n)).isoformat(),
             "from_addr": sender, "to_addrs": '["staff@imone.lt"]', "cc_addrs": "[]", "subject": f"Letter {n}",
             "body_text": "", "attachments": "[]", "in_reply_to": answers,
             "references": json.dumps([answers] if answers else []), "size": 1000, "body_skipped": 0,
