@@ -1,14 +1,15 @@
-"""Importing the CRM's Customers and Leads from CSV or JSON.
+"""Importing the CRM's Customers and Leads from CSV or JSON: an upsert, or a snapshot.
 
-A CRM export always has a few bad rows; one of them must not stop the other thousand, and none may
-slip in half-read. Each row is parsed and checked on its own, bad ones are reported by line number,
-the good ones are upserted on the CRM's id. Conflicts (one address or domain claimed by two
-customers) are reported, since linking by them would be a guess.
+A CRM export always has a few bad rows; one of them must not stop an upsert of the other thousand,
+and none may slip in half-read. Each row is parsed and checked on its own, bad ones are reported by
+line number, the good ones are upserted on the CRM's id. Conflicts (one address or domain claimed by
+two customers) are reported, since linking by them would be a guess. Reading the file and naming its
+columns is csv_rows.py's; a snapshot's difference and its guard are snapshot.py's.
 
-Nor may an import change what is stored behind the admin's back: a column spelled otherwise
-(`E-mail`) is read as the one it is, one that only looks like a known one (`Email address`) is
-refused rather than ignored, a column the file lacks keeps the stored values, and an import that
-would take links off archived letters is refused, listing them, unless allowed.
+Nor may an import change what is stored behind the admin's back: a column the file lacks keeps the
+stored values, and an import that would take links off archived letters of entities that stay is
+refused, listing them, unless allowed. A snapshot (the whole list) removes what it lacks, and so
+refuses any bad row rather than skip it.
 """
 
 from __future__ import annotations

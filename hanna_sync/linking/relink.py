@@ -213,11 +213,11 @@ def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) 
                 by_thread_id.setdefault(thread_id, []).append(row["id"])
     answering = [(row, _answers(row)) for row in rows]
     answering = [(row, answers) for row, answers in answering if answers]
+    linked = {thread_id: [(link.entity_type, link.entity_id) for i in ids for link in links[i]]
+              for thread_id, ids in by_thread_id.items()}
     grew = True
-    while grew:
+    while grew:  # once through, and once more only for what a wrong clock put before its parent
         grew = False
-        linked = {thread_id: [(link.entity_type, link.entity_id) for i in ids for link in links[i]]
-                  for thread_id, ids in by_thread_id.items()}
         for row, answers in answering:
             if row["automatic"] and not config.linking.automatic:
                 continue
@@ -226,6 +226,8 @@ def _evaluate(rows: list[dict[str, Any]], directory: Directory, config: Config) 
             if extra:
                 links[row["id"]] += extra
                 grew = True
+                for thread_id in _thread_ids(row):  # its replies, later in this round, see it at once
+                    linked[thread_id] += [(link.entity_type, link.entity_id) for link in extra]
     return links
 
 
