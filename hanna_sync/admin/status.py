@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.models import FolderState, Mailbox
+from hanna_sync.remote.crm_source import display_name
+from hanna_sync.scan.directory_refresh import configured_sources, is_current, load_record
 
 STATES = ("ok", "new", "backfilling", "failing", "auth failed", "needs re-authorisation", "stale", "paused")
 
@@ -148,3 +151,49 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
 def health(store: Store, fail_after: timedelta, user: str | None = None) -> list[MailboxHealth]:
     now = datetime.now(timezone.utc)
     return [mailbox_health(store, m, fail_after, now) for m in store.mailboxes(user)]
+
+
+SOURCE_STATES = ("ok", "new", "failing", "refused")
+
+
+@dataclass
+class SourceHealth:
+    """One configured CRM source's refreshes (`[directory] customers|leads`): the last success and its counts,
+    the last error and since when it fails."""
+
+    entity_type: str  # "customer" or "lead"
+    source: str  # as messages name it (a URL without its query)
+    state: str  # one of SOURCE_STATES: "new" never refreshed yet, "refused" the snapshot guard said no
+    alert: bool  # failing (or refused) for --fail-after or longer
+    last_attempt_at: str | None
+    last_success_at: str | None
+    last_success_minutes_ago: float | None
+    added: int
+    updated: int
+    removed: int
+    converted: int
+    last_error: str | None
+    failing_since: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def source_health(store: Store, config: Config, fail_after: timedelta, now: datetime | None = None
+                  ) -> list[SourceHealth]:
+    """Each configured source's health; a source whose SOURCE changed since its record is "new" again."""
+    now = now or datetime.now(timezone.utc)
+    out = []
+    for entity_type, source in configured_sources(config):
+        record = load_record(store, entity_type)
+        name = display_name(source)
+        if record is None or not is_current(record, source):
+            out.append(SourceHealth(entity_type, name, "new", False, None, None, None, 0, 0, 0, 0, None, None))
+            continue
+        failing = _minutes_since(record.failing_since, now)
+        state = "ok" if record.last_error is None else "refused" if record.refused else "failing"
+        out.append(SourceHealth(
+            entity_type, name, state, failing is not None and failing >= fail_after.total_seconds() / 60,
+            record.last_attempt_at, record.last_success_at, _minutes_since(record.last_success_at, now),
+            record.added, record.updated, record.removed, record.converted, record.last_error, record.failing_since))
+    return out

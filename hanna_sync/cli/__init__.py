@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hanna_sync import __version__
-from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate
+from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate, sources
 from hanna_sync.cli.render import JournalFormatter, console_err, under_journal
 from hanna_sync.errors import ExitCode, HannaError
 
@@ -163,7 +163,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
     ctx.obj = App(config_path, verbose, quiet)
 
 
-for _module in (mailboxes, diagnostics, directory, archive, operate):
+for _module in (mailboxes, diagnostics, directory, sources, archive, operate):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
@@ -200,6 +200,7 @@ SHORT_HELP = {
     "backup": "Copy the database safely, even during a pass.",
     "customers": "List the customers and their contacts.",
     "demo": "Run everything on built-in sample data.",
+    "directory-token": "Store an https:// CRM source's token.",
     "doctor": "Check the database and file permissions.",
     "edit-mailbox": "Change a mailbox's settings.",
     "export": "Write letters' originals as .eml files or an mbox.",
@@ -219,6 +220,7 @@ SHORT_HELP = {
     "setup-guide": "Print setup steps: o365, systemd, config.",
     "show": "Show one archived letter.",
     "status": "Show each mailbox's health (for monitoring).",
+    "sync-directory": "Refresh customers and leads from the CRM now.",
     "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",
     "thread": "Show a letter's whole conversation.",
     "unlink": "Take a letter's link off by hand, for good.",

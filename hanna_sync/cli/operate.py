@@ -91,17 +91,19 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
     stale or paused.
 
     Also the last successful pass and its age, the current error and since when, letters archived
-    (today and in total), letters skipped as unrelated, and folders still behind the server.
+    (today and in total), letters skipped as unrelated, and folders still behind the server; and
+    each CRM source of [directory]: its last refresh, counts and last error.
 
     \b
-    Exit codes: 0 healthy, 1 a mailbox failing (or without a pass) for --fail-after minutes or
-    more, or no mailbox configured in the database at all; 3 no such --user. Use it as a monitoring
+    Exit codes: 0 healthy, 1 a mailbox failing (or without a pass), or a directory source
+    failing, for --fail-after minutes or more, or no mailbox configured in the database at all;
+    3 no such --user. Use it as a monitoring
     check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """
     from datetime import timedelta
 
-    from hanna_sync.admin.status import health
+    from hanna_sync.admin.status import health, source_health
     from hanna_sync.db.database_warning import (
         database_warning,
         recorded_database_warning,
@@ -109,13 +111,14 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
 
     check_user(app, user)
     rows = health(app.store, timedelta(minutes=fail_after), user)
+    sources = source_health(app.store, app.config, timedelta(minutes=fail_after))
     last = app.store.last_run()
     # No mailbox at all: this shell's view of other databases, and the one the last pass (the timer) had.
     warning = database_warning(app.store, app.config.database)
     recorded = recorded_database_warning(app.store)
     if warning is not None and recorded is not None:
         warning.other_databases += [d for d in recorded.other_databases if d not in warning.other_databases]
-    alert = any(r.alert for r in rows) or warning is not None
+    alert = any(r.alert for r in rows) or any(s.alert for s in sources) or warning is not None
     if as_json:
         emit_json({
             "alert": alert,
@@ -125,6 +128,7 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
                 "budget_exhausted": bool(last["budget_exhausted"]),
             },
             "mailboxes": [r.as_dict() for r in rows],
+            "directory_sources": [s.as_dict() for s in sources],
         })
     elif not app.quiet:
         if last:
@@ -147,12 +151,28 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
                   [[r.id, f.folder, f.last_uid, f.server_uidnext, f.behind, f.skipped,
                     f"{f.gap_found} found {f.gap_checked_at}" if f.gap_checked_at else "-"]
                    for r in rows for f in r.folders])
+        if sources:
+            table("CRM directory sources", ["Of", "Source", "State", "Last refresh", "Added/updated/removed", "Detail"],
+                  [[s.entity_type + "s", s.source, s.state + (" (!)" if s.alert else ""),
+                    ago(s.last_success_minutes_ago), f"{s.added}/{s.updated}/{s.removed}",
+                    (f"failing since {s.failing_since}: {s.last_error}" if s.last_error else
+                     f"{s.converted} lead(s) converted" if s.converted else "-" if s.last_success_at else
+                     "not refreshed yet: the next pass (or sync-directory) reads it")] for s in sources],
+                  below=("Detail",))
+    for s in sources:
+        if s.last_error and not s.alert:
+            click.echo(f"Warning: the {s.entity_type}s source {s.state} since {s.failing_since}: {s.last_error}",
+                       err=True)
     if warning is not None:
         click.echo(f"Error: {warning.text}", err=True)
     if alert:
         for r in rows:
             if r.alert:
                 click.echo(f"Error: mailbox {r.id} ({r.email}) {r.state}: {r.detail}", err=True)
+        for s in sources:
+            if s.alert:
+                click.echo(f"Error: the {s.entity_type}s source {s.state} since {s.failing_since}: {s.last_error}",
+                           err=True)
         sys.exit(ExitCode.FAILURE)
 
 

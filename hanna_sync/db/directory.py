@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from hanna_sync.db.connection import Connection, utcnow
+from hanna_sync.db.connection import Connection, chunks, utcnow
 from hanna_sync.errors import InputError, NotFound
 from hanna_sync.models import Contact, Entity, Mailbox
 
@@ -194,3 +194,21 @@ class DirectoryQueries(Connection):
                 {f"{entity_type}_id": entity.id, "email": c.email, "name": c.name} for c in entity.contacts
             )
         return "added" if before is None else "updated"
+
+    def remove_entities(self, entity_type: str, entity_ids: list[str]) -> int:
+        """Delete customers or leads, their contacts and every link to them (a link to nobody would
+        outlive its entity); the letters stay. Returns how many links went. In the caller's transaction
+        when there is one: a snapshot writes its whole difference at once."""
+        links = 0
+        with self.transaction():
+            for chunk, marks in chunks(entity_ids):
+                links += self.db.execute(
+                    f"DELETE FROM links WHERE entity_type = ? AND entity_id IN ({marks})", [entity_type, *chunk]
+                ).rowcount
+                self.db.execute(f"DELETE FROM {entity_type}s WHERE id IN ({marks})", chunk)
+        return links
+
+    def entity_link_count(self, entity_type: str, entity_id: str) -> int:
+        """How many letters are linked to a customer or lead."""
+        return int(self.db.execute("SELECT count(*) FROM links WHERE entity_type = ? AND entity_id = ?",
+                                   [entity_type, entity_id]).fetchone()[0])

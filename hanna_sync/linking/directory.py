@@ -1,23 +1,19 @@
-"""Importing the CRM's Customers and Leads from CSV or JSON.
+"""Importing the CRM's Customers and Leads from CSV or JSON: an upsert, or a snapshot.
 
-A CRM export always has a few bad rows; one of them must not stop the other thousand, and none may
-slip in half-read. Each row is parsed and checked on its own, bad ones are reported by line number,
-the good ones are upserted on the CRM's id. Conflicts (one address or domain claimed by two
-customers) are reported, since linking by them would be a guess.
+A CRM export always has a few bad rows; one of them must not stop an upsert of the other thousand,
+and none may slip in half-read. Each row is parsed and checked on its own, bad ones are reported by
+line number, the good ones are upserted on the CRM's id. Conflicts (one address or domain claimed by
+two customers) are reported, since linking by them would be a guess. Reading the file and naming its
+columns is csv_rows.py's; a snapshot's difference and its guard are snapshot.py's.
 
-Nor may an import change what is stored behind the admin's back: a column spelled otherwise
-(`E-mail`) is read as the one it is, one that only looks like a known one (`Email address`) is
-refused rather than ignored, a column the file lacks keeps the stored values, and an import that
-would take links off archived letters is refused, listing them, unless allowed.
+Nor may an import change what is stored behind the admin's back: a column the file lacks keeps the
+stored values, and an import that would take links off archived letters of entities that stay is
+refused, listing them, unless allowed. A snapshot (the whole list) removes what it lacks, and so
+refuses any bad row rather than skip it.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
-import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
@@ -26,30 +22,27 @@ from typing import Any
 
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
-from hanna_sync.errors import InputError
-from hanna_sync.linking.match import Link, build_directory
-from hanna_sync.linking.relink import links_removed
-from hanna_sync.mail.addresses import (
-    FREE_MAIL_DOMAINS,
-    is_listed,
-    normalise_domain,
-    normalise_email,
+from hanna_sync.errors import InputError, NotFound
+from hanna_sync.linking.csv_rows import (
+    COLUMNS,
+    FORMATS,
+    RowError,
+    detect_format,
+    mapped_columns,
+    read_csv,
+    read_records,
+    resolve_columns,
+    source_label,
 )
+from hanna_sync.linking.match import Link, build_directory
+from hanna_sync.linking.relink import predict
+from hanna_sync.linking.snapshot import Difference, SnapshotRefused, check_guard, conversions, difference, write
+from hanna_sync.mail.addresses import FREE_MAIL_DOMAINS, is_listed, normalise_domain, normalise_email
 from hanna_sync.models import ENTITY_TYPES, Contact, Entity
 
-FORMATS = ("csv", "json")
-# The longest CSV field read, in characters: the csv module's own default field_size_limit(), named to say it.
-FIELD_LIMIT = 128 * 1024
-# A line break in these is a stray quote's doing, never data (a name or a note may hold one).
-SINGLE_LINE = ("id", "email", "domain")
-COLUMNS = {"customer": ("id", "name", "email", "domain", "contacts"), "lead": ("id", "name", "email", "contacts")}
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int  # CSV: line number in the file; JSON: position of the object in the list, from 1
-    message: str
-
+# Re-exported: what callers imported from here before the reading moved to csv_rows.py.
+__all__ = ["COLUMNS", "FORMATS", "ImportResult", "LinksWouldGo", "RowError", "SnapshotRefused", "build_directory",
+           "import_entities", "read_csv", "read_records", "remove_entity"]
 
 @dataclass
 class ParsedRow:
@@ -67,6 +60,11 @@ class ImportResult:
     conflicts: list[str] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
     removed_links: list[tuple[int, Link]] = field(default_factory=list)  # (letter id, link) the relink takes off
+    removed: list[str] = field(default_factory=list)  # entity ids a snapshot (or remove-entity) removes
+    converted: list[tuple[str, str]] = field(default_factory=list)  # (lead id, customer id): removed leads
+    orphaned: list[int] = field(default_factory=list)  # letters the relink leaves linked to nobody (kept)
+    links_added: int = 0  # links the relink puts on (or on with another rule)
+    dry_run: bool = False  # nothing was written
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +76,21 @@ class ImportResult:
             "ignored_columns": self.ignored_columns,
             "removed_links": [{"letter": letter_id, "entity_type": link.entity_type, "entity_id": link.entity_id,
                                "rule": link.rule, "address": link.address} for letter_id, link in self.removed_links],
+            "removed": self.removed,
+            "converted": [{"lead": lead, "customer": customer} for lead, customer in self.converted],
+            "orphaned": self.orphaned,
+            "links_added": self.links_added,
+            "dry_run": self.dry_run,
         }
+
+    def summary(self, entity_type: str) -> str:
+        """The one line the CLI prints: "Leads: 0 added, 0 updated, 1 removed (1 converted to a customer)"."""
+        removed = f", {len(self.removed)} removed" if self.removed else ""
+        if self.converted:
+            removed += f" ({len(self.converted)} converted to a customer)"
+        would = " (dry run: nothing written)" if self.dry_run else ""
+        return (f"{entity_type.capitalize()}s: {self.added} added, {self.updated} updated{removed},"
+                f" {self.unchanged} unchanged, {len(self.rejected)} rejected{would}.")
 
 
 class LinksWouldGo(InputError):
@@ -158,269 +170,60 @@ def parse_row(
     return ParsedRow(line=line, entity=entity, columns=frozenset(data))
 
 
-def read_records(
-    path: Path | None, fmt: str, stdin_data: bytes | None = None
-) -> tuple[list[str], list[tuple[int, Any]]]:
-    """The file's column names (CSV header; JSON: every key, first seen first) and (line number, record)
-    pairs; a file that cannot be read at all is an error.
-
-    Standard input comes as bytes, like a file, so that both are decoded (and refused) the same way.
-    """
-    name = str(path) if path else "standard input"
-    try:
-        data = stdin_data if path is None else path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{name} does not exist") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {name}: {exc.strerror}") from None
-    assert data is not None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{name} is not UTF-8 (line {line}); save it as UTF-8 (CSV UTF-8 in Excel)") from None
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        if not isinstance(data, list):
-            raise InputError(f"{name} must hold a JSON list of objects")
-        keys = dict.fromkeys(key for record in data if isinstance(record, dict) for key in record)
-        return list(keys), list(enumerate(data, start=1))
-    return read_csv(text, name)
-
-
-def read_csv(text: str, name: str) -> tuple[list[str], list[tuple[int, Any]]]:
-    """(line where the row starts, record) pairs; a row whose field count is not the header's is a RowError.
-
-    A quoted field may hold a line break (a note), but only if it closes where a field may end and its
-    row then has the header's number of fields, with no line break in an id, email or domain: a stray
-    quote would otherwise swallow every later row into one field, so a quote that runs on past its row
-    stops the whole import at the line where it opened. An unnamed column with nothing in it (Excel's
-    empty trailing columns) is not a column.
-    """
-    lines = io.StringIO(text, newline="").readlines()  # split as csv splits: \n, \r\n or \r
-    delimiter = max((",", ";", "\t"), key=lines[0].count) if lines else ","
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)  # strict: a quote closed mid-field is an error
-    header: list[str] = []
-    rows: list[tuple[int, list[str] | RowError]] = []
-    end = 0  # the last line of the previous row
-    while True:
-        start = end + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            end = reader.line_num
-            if header and end == start and "expected after" in str(exc):
-                rows.append((start, _text_after_quote(start, lines[start - 1], delimiter, header)))
-                continue
-            raise _csv_error(exc, name=name, lines=lines, start=start, line=end, delimiter=delimiter,
-                             header=header) from None
-        end = reader.line_num
-        if not header:
-            if not row:
-                break
-            header = [f.strip() for f in row]
-            continue
-        if not row:
-            continue  # a blank line
-        broken = [i for i, f in enumerate(row) if "\n" in f or "\r" in f]
-        if broken and len(row) != len(header):
-            raise InputError(
-                f"{name}, line {start}: the quote opened in column {_column(header, broken[0])} runs on to line {end}"
-                f" and leaves {len(row)} fields where the header has {len(header)}: remove the stray quote, or"
-                " close the field")
-        if single := [i for i in broken if _spelling(header[i]) in SINGLE_LINE]:
-            raise InputError(
-                f"{name}, line {start}: the quote opened in column {_column(header, single[0])} runs on to line {end},"
-                " and an id, email or domain has no line break: remove the stray quote, or close the field")
-        if len(row) != len(header):
-            more = "more" if len(row) > len(header) else "fewer"
-            hint = " (quote fields with commas)" if more == "more" else ""
-            rows.append((start, RowError(start, f"{len(row)} fields: {more} than the header's {len(header)}"
-                                                f" columns{hint}")))
-            continue
-        rows.append((start, row))
-    if not header:
-        raise InputError(f"{name} is empty: the first line must name the columns (id,name,email,...)")
-    kept = [i for i, column in enumerate(header)
-            if column or any(row[i].strip() for _, row in rows if not isinstance(row, RowError))]
-    return [header[i] for i in kept], [
-        (line, row if isinstance(row, RowError) else {header[i]: row[i] for i in kept}) for line, row in rows]
-
-
-def _text_after_quote(start: int, line: str, delimiter: str, header: list[str]) -> RowError:
-    """A one-line row with text after a field's closing quote (`"Acme" UAB`): that row's error, naming the field."""
-    index, _ = _open_field(line, delimiter)
-    return RowError(start, f"text after the closing quote in column {_column(header, index)}: quote the whole field,"
-                       ' doubling the quotes in it ("")')
-
-
-def _spelling(column: str) -> str:
-    """`E-mail`, `e_mail`, ` EMAIL ` -> `email`: one column name as CRMs and people spell it."""
-    return re.sub(r"[\s_.\-]+", "", column.lower())
-
-
-def _misspelled(column: str, candidates: list[str]) -> list[str]:
-    """The known columns a one-word unknown one is a near spelling of (`mail`, `Emails`); of more words
-    (`Contact person`), its words say what it is."""
-    if len(re.findall(r"[a-z0-9]+", column.lower())) > 1:
-        return []
-    return [known for known in candidates if difflib.SequenceMatcher(None, _spelling(column), known).ratio() >= 0.75]
-
-
-def _named_after(column: str, candidates: list[str]) -> list[str]:
-    """The known columns a word of an unknown one names (`Email address`, `customer_id`, `Contact persons`,
-    but also `Last contact` and `First name`): only a guess until its values say so."""
-    words = re.findall(r"[a-z0-9]+", column.lower())
-    spelled = _spelling(column)
-    return [known for known in candidates
-            if known in words or known.rstrip("s") in words or (len(known) >= 4 and known in spelled)]
-
-
-def _values(records: list[tuple[int, Any]], column: str) -> list[str]:
-    """The column's non-empty values as text (a JSON list's items each)."""
-    found: list[str] = []
-    for _, record in records:
-        value = record.get(column) if isinstance(record, dict) else None
-        items = value if isinstance(value, list) else [value]
-        found += [str(item).strip() for item in items if isinstance(item, (str, int)) and str(item).strip()]
-    return found
-
-
-def _holds(known: str, values: list[str]) -> bool:
-    """Whether values look like what the known column holds, so that ignoring them would lose them: an
-    address for email and contacts, a domain for domain. Any value could be an id, and without one no row
-    imports; nothing marks a value as a name, and a file without names imports fine."""
-    if known == "id":
-        return bool(values)
-    if known in ("email", "contacts"):
-        return any("@" in value for value in values)
-    if known == "domain":
-        return any(_domain_like(value) for value in values)
-    return False
-
-
-def _domain_like(value: str) -> bool:
-    domain = normalise_domain(value.removeprefix("@"))
-    return domain is not None and any(c.isalpha() for c in domain.rsplit(".", 1)[-1])
-
-
-def resolve_columns(names: list[str], records: list[tuple[int, Any]], entity_type: str, source: str
-                    ) -> tuple[dict[str, str], list[str]]:
-    """Which known column each of the file's columns is, and the columns left unread.
-
-    Case, spaces, hyphens, dots and underscores do not matter (`E-mail` is `email`). An unknown column
-    that looks like a known one the file lacks is refused with a did-you-mean, since ignoring it would
-    import every row without that value: always when it is a near spelling (`mail`), and when a word of
-    it names one (`Email address`) if its values look like that one's (addresses). Two columns meaning
-    the same one are refused too. Other columns (`Last contact`, `First name`) are ignored and named.
-    """
-    known = COLUMNS[entity_type]
-    mapping = {name: _spelling(name) for name in names if _spelling(name) in known}
-    given: dict[str, list[str]] = {}
-    for name, column in mapping.items():
-        given.setdefault(column, []).append(name)
-    problems = [f"columns {' and '.join(repr(n) for n in spellings)} both mean '{column}': keep one"
-                for column, spellings in given.items() if len(spellings) > 1]
-    if len(names) != len(set(names)):
-        problems += [f"column '{n}' is there twice: keep one" for n in dict.fromkeys(names) if names.count(n) > 1]
-    ignored = [name for name in dict.fromkeys(names) if name not in mapping]
-    lacking = [column for column in known if column not in given]
-    for name in ignored:
-        values = _values(records, name)
-        guesses = [g for g in lacking if g in _misspelled(name, lacking)
-                   or (g in _named_after(name, lacking) and _holds(g, values))]
-        if guesses:
-            meant = " or ".join(f"'{g}'" for g in guesses)
-            problems.append(f"column '{name}' is not one hanna-sync reads (did you mean {meant}?): rename it,"
-                            " or remove it to import without it")
-    if problems:
-        raise InputError(f"{source}: {'; '.join(problems)}")
-    return mapping, ignored
-
-
-def _join(lines: list[str], first: int, last: int) -> str:
-    return "".join(lines[first - 1:last])
-
-
-def _column(header: list[str], index: int) -> str:
-    return f"'{header[index]}'" if index < len(header) else f"{index + 1}"
-
-
-def _open_field(text: str, delimiter: str, limit: int = FIELD_LIMIT) -> tuple[int, bool]:
-    """Where csv's reader stands at the end of `text` (one row's lines, from its start), at text after a
-    closing quote, or at the first field longer than `limit`: that field's index, and whether it is inside
-    quotes. Only for saying where a row went wrong; the csv module reads the data."""
-    index = length = 0
-    state = "start"  # start of a field, "plain" text, "quoted", or a "quote" seen inside quotes
-    for char in text:
-        if state == "quote" and char not in (delimiter, '"', "\r", "\n"):
-            break  # strict csv stops here too
-        if state == "quoted":
-            if char == '"':
-                state = "quote"
-            else:
-                length += 1
-        elif state == "quote" and char == '"':  # a doubled quote: one quote in the text
-            state, length = "quoted", length + 1
-        elif char == delimiter:
-            index, length, state = index + 1, 0, "start"
-        elif char in "\r\n":
-            state = "start"
-        elif char == '"' and state == "start":
-            state = "quoted"
-        else:
-            state, length = "plain", length + 1
-        if length > limit:
-            break
-    return index, state == "quoted"
-
-
-def _csv_error(exc: csv.Error, *, name: str, lines: list[str], start: int, line: int, delimiter: str,
-               header: list[str]) -> InputError:
-    """One line for a row the csv module gives up on: which line, which column, and what to do."""
-    index, open_quote = _open_field(_join(lines, start, line), delimiter)
-    column = _column(header, index)
-    if "unexpected end of data" in str(exc):
-        return InputError(f"{name}, line {start}: the quote opened in column {column} never closes (it runs"
-                          " to the end of the file): remove the stray quote, or close the field")
-    if "expected after" in str(exc) and line > start:
-        return InputError(f"{name}, line {start}: the quote opened in column {column} runs on to line {line}, where"
-                          " text follows its closing quote: remove the stray quote, or close the field")
-    if "field limit" not in str(exc):
-        return InputError(f"{name}, line {line}: not readable as CSV ({exc})")
-    if open_quote and line > start:
-        return InputError(f"{name}, line {start}: the quote opened in column {column} runs on for more than"
-                          f" {FIELD_LIMIT:,} characters (to line {line}): remove the stray quote, or close the field")
-    return InputError(f"{name}, line {line}, column {column}: a field longer than {FIELD_LIMIT:,} characters,"
-                      " the limit for one CSV field: shorten it")
-
-
-def detect_format(path: Path | None, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    suffix = path.suffix.lower().lstrip(".") if path else ""
-    if suffix not in FORMATS:
-        raise InputError("cannot tell the file's format from its name: give --format csv or --format json")
-    return suffix
-
 
 def import_entities(
     store: Store, entity_type: str, path: Path | None, fmt: str | None = None, *, stdin_data: bytes | None = None,
-    config: Config | None = None, allow_conflicts: bool = False,
+    config: Config | None = None, allow_conflicts: bool = False, snapshot: bool = False, dry_run: bool = False,
+    force: bool = False, source_name: str | None = None,
 ) -> ImportResult:
     """Upsert every good row on the CRM id; report bad rows and conflicts. All rows go in one
-    transaction, after the checks: a refused import (bad file, links it would remove) writes nothing."""
+    transaction, after the checks: a refused import (bad file, links it would remove) writes nothing.
+
+    The data is the file at `path`, or `stdin_data` (bytes: standard input's, or a live source's, with
+    `source_name` naming it in errors, e.g. "https://crm.example.lt/leads.csv" or "cmd:psql ...").
+
+    snapshot: the data is the whole list: an entity it lacks is removed with its links, in the same one
+    transaction; a bad row or a repeated id refuses the whole snapshot (it would remove that entity),
+    and so does the guard (SnapshotRefused) unless `force`. dry_run: work it all out, write nothing.
+    Either way the relink is left due in the transaction: the caller runs it (relink_or_defer), or the
+    next pass does.
+    """
     config = config or Config(database=store.path)
-    names, records = read_records(path, detect_format(path, fmt), stdin_data)
-    mapping, ignored = resolve_columns(names, records, entity_type, str(path) if path else "standard input")
-    result = ImportResult(ignored_columns=ignored)
-    free_mail = FREE_MAIL_DOMAINS + config.free_mail_domains
+    source = source_label(path, source_name)
+    names, records = read_records(path, detect_format(path, fmt, stdin_data), stdin_data, source_name=source_name)
+    renamed = mapped_columns(names, config.directory.columns, entity_type, source)
+    mapping, ignored = resolve_columns(names, records, entity_type, source, renamed=renamed)
+    result = ImportResult(ignored_columns=ignored, dry_run=dry_run)
     stored = {e.id: e for e in store.entities(entity_type)}
+    planned = _planned(records, mapping, entity_type=entity_type, stored=stored, result=result,
+                       free_mail=FREE_MAIL_DOMAINS + config.free_mail_domains)
+    if snapshot and result.rejected:
+        first, more = result.rejected[0], len(result.rejected) - 1
+        others = f" (and {more} more bad row{'s' if more > 1 else ''})" if more else ""
+        raise InputError(f"{source}, line {first.line}: {first.message}{others}: a snapshot must list every"
+                         f" {entity_type} as it is, so nothing was written")
+    diff = difference(stored, planned, snapshot=snapshot)
+    if snapshot and not force:
+        check_guard(entity_type, diff, rows=len(planned), max_percent=config.directory.max_removed_percent,
+                    source=source)
+    after = {**stored, **planned}
+    for entity_id in diff.removed:
+        del after[entity_id]
+    _predict(store, config, entity_type=entity_type, after=list(after.values()), diff=diff, result=result,
+             allow_conflicts=allow_conflicts)
+    result.added = sum(1 for e in diff.save if e.id not in stored)
+    result.updated = len(diff.save) - result.added
+    result.unchanged = len(planned) - len(diff.save)
+    if not dry_run:
+        write(store, entity_type, diff)
+    result.conflicts = find_conflicts({t: list(after.values()) if t == entity_type else store.entities(t)
+                                       for t in ENTITY_TYPES})
+    return result
+
+
+def _planned(records: list[tuple[int, Any]], mapping: dict[str, str], *, entity_type: str,
+             stored: dict[str, Entity], result: ImportResult, free_mail: tuple[str, ...]) -> dict[str, Entity]:
+    """The good rows as they will be stored, by id; the bad ones into result.rejected."""
     seen_ids: dict[str, int] = {}
     planned: dict[str, Entity] = {}
     for line, record in records:
@@ -446,18 +249,42 @@ def import_entities(
             continue
         seen_ids[parsed.entity.id] = line
         planned[entity.id] = entity
-    entities = {t: store.entities(t) if t != entity_type else list({**stored, **planned}.values())
-                 for t in ENTITY_TYPES}
-    if any(stored.get(entity_id) != entity for entity_id, entity in planned.items()):
+    return planned
 
-        result.removed_links = links_removed(store, config, build_directory(store, config, entities))
-        if result.removed_links and not allow_conflicts:
-            raise LinksWouldGo(result.removed_links, find_conflicts(entities))
-    with store.transaction():
-        for entity in planned.values():
-            outcome = store.save_entity(entity_type, entity, replace_contacts=True)
-            setattr(result, outcome, getattr(result, outcome) + 1)
-    result.conflicts = find_conflicts({t: store.entities(t) for t in ENTITY_TYPES})
+
+def _predict(store: Store, config: Config, *, entity_type: str, after: list[Entity], diff: Difference,
+             result: ImportResult, allow_conflicts: bool) -> None:
+    """What the relink after this change would do, into result; refuse (LinksWouldGo) when it would take
+    links off letters from entities that stay, unless allowed (a removed entity's links go by design)."""
+    result.removed = list(diff.removed)
+    if entity_type == "lead" and diff.removed:
+        gone = {e.id: e for e in store.entities("lead") if e.id in set(diff.removed)}
+        result.converted = conversions([gone[i] for i in diff.removed], store.entities("customer"))
+    if not (diff.save or diff.removed):
+        return
+    entities = {t: after if t == entity_type else store.entities(t) for t in ENTITY_TYPES}
+    changes = predict(store, config, build_directory(store, config, entities))
+    result.removed_links, result.orphaned, result.links_added = changes.removed, changes.orphaned, len(changes.added)
+    removed = set(diff.removed)
+    kept = [(i, link) for i, link in changes.removed
+            if not (link.entity_type == entity_type and link.entity_id in removed)]
+    if kept and not allow_conflicts:
+        raise LinksWouldGo(kept, find_conflicts(entities))
+
+
+def remove_entity(store: Store, config: Config, entity_type: str, entity_id: str, *, dry_run: bool = False
+                  ) -> ImportResult:
+    """Remove one customer or lead by hand, as a snapshot without it would: its contacts and links go
+    in one transaction with a due relink (the caller runs it). NotFound for an unknown id."""
+    stored = {e.id: e for e in store.entities(entity_type)}
+    if entity_id not in stored:
+        raise NotFound(f"no {entity_type} {entity_id}; 'hanna-sync {entity_type}s' lists them")
+    diff = Difference(removed=[entity_id], stored=len(stored))
+    result = ImportResult(dry_run=dry_run)
+    _predict(store, config, entity_type=entity_type, after=[e for e in stored.values() if e.id != entity_id],
+             diff=diff, result=result, allow_conflicts=True)
+    if not dry_run:
+        write(store, entity_type, diff)
     return result
 
 

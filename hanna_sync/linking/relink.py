@@ -152,13 +152,32 @@ def _differences(
 def links_removed(store: Store, config: Config, directory: Directory) -> list[tuple[int, Link]]:
     """The links a relink against `directory` would take off archived letters, (letter id, link) in
     letter order: what an import must show before it changes the directory to that."""
+    return predict(store, config, directory).removed
+
+
+@dataclass
+class LinkChanges:
+    """What a relink against a directory would do, before it is made (an import's check, a dry run)."""
+
+    removed: list[tuple[int, Link]]  # (letter id, link) taken off
+    added: list[tuple[int, Link]]  # (letter id, link) put on, or on with another rule
+    orphaned: list[int]  # letters that had links and would have none: they stay archived
+
+
+def predict(store: Store, config: Config, directory: Directory) -> LinkChanges:
+    """The relink's differences against `directory`, written nowhere."""
     with store.lock:
         rows = store.relink_rows()
         before = store.all_links()
         overrides = Overrides.load(store)
-    after = _evaluate(rows, directory, config, overrides)
-    return [(row["id"], Link(*entity, *old[entity])) for row, old, gone, _ in _differences(rows, before, after)
-            for entity in gone]
+    changes = LinkChanges([], [], [])
+    for row, old, gone, fresh in _differences(rows, before, _evaluate(rows, directory, config, overrides)):
+        changes.removed += [(row["id"], Link(*entity, *old[entity])) for entity in gone]
+        changes.added += [(row["id"], link) for link in fresh]
+        new = sum(1 for link in fresh if (link.entity_type, link.entity_id) not in old)
+        if old and len(old) - len(gone) + new == 0:
+            changes.orphaned.append(row["id"])
+    return changes
 
 
 def mark_backfill(
@@ -235,11 +254,11 @@ def _evaluate(
                 by_thread_id.setdefault(thread_id, []).append(row["id"])
     answering = [(row, _answers(row)) for row in rows]
     answering = [(row, answers) for row, answers in answering if answers]
+    linked = {thread_id: [(link.entity_type, link.entity_id) for i in ids for link in links[i]]
+              for thread_id, ids in by_thread_id.items()}
     grew = True
-    while grew:
+    while grew:  # once through, and once more only for what a wrong clock put before its parent
         grew = False
-        linked = {thread_id: [(link.entity_type, link.entity_id) for i in ids for link in links[i]]
-                  for thread_id, ids in by_thread_id.items()}
         for row, answers in answering:
             if row["automatic"] and not config.linking.automatic:
                 continue
@@ -251,6 +270,8 @@ def _evaluate(
             if extra:
                 links[row["id"]] += extra
                 grew = True
+                for thread_id in _thread_ids(row):  # its replies, later in this round, see it at once
+                    linked[thread_id] += [(link.entity_type, link.entity_id) for link in extra]
     return links
 
 

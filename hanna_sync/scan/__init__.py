@@ -25,11 +25,12 @@ from hanna_sync.db.database_warning import database_warning, record_database_war
 from hanna_sync.db.retention import apply_retention
 from hanna_sync.db.store import Store
 from hanna_sync.errors import AuthError, HannaError, ReauthRequired, SecretsError
-from hanna_sync.linking.relink import after_pass
+from hanna_sync.linking.relink import RELINK_DUE, after_pass, relink, summary_line
 from hanna_sync.lock import pass_lock
 from hanna_sync.models import Mailbox
 from hanna_sync.scan import graph_source, imap_source
 from hanna_sync.scan.context import LazyDirectory, PassContext, Progress
+from hanna_sync.scan.directory_refresh import refresh_directory
 from hanna_sync.scan.imap_source import connection_failed
 from hanna_sync.scan.results import MailboxResult, PassResult, WouldArchive
 from hanna_sync.scan.source import FolderSource
@@ -74,6 +75,8 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
         log.warning("%s", warning.text)
     if not dry_run and not mailbox_ids:
         record_database_warning(store, warning)
+    if not dry_run:
+        refresh_due_sources(ctx)
     if mailbox_ids:
         boxes = [store.mailbox(i) for i in mailbox_ids]  # named on the command line: tried even in back-off
         waiting: list[MailboxResult] = []
@@ -108,6 +111,19 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
                          outcome.budget_exhausted)
     log.log(logging.INFO if outcome.ok else logging.WARNING, "%s", outcome.summary_line())
     return outcome
+
+
+def refresh_due_sources(ctx: PassContext) -> None:
+    """The configured CRM sources whose refresh is due, applied as snapshots and relinked before any mailbox is
+    scanned: the pass links against the refreshed directory. A failed refresh is a warning, never the pass's."""
+    outcomes = refresh_directory(ctx.store, ctx.config, ctx.secrets, only_due=True)
+    if any(o.changed for o in outcomes):
+        try:
+            log.info("%s (the directory refresh)", summary_line(relink(ctx.store, ctx.config, ctx.secrets)))
+        except HannaError as exc:  # the links are redone by the next relink: never fails the pass
+            log.warning("relink after the directory refresh failed (%s); the next pass relinks", exc)
+            with ctx.store.transaction():
+                ctx.store.set_state_value(RELINK_DUE, "1")
 
 
 def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
