@@ -292,6 +292,14 @@ def _globs(values: list[Any], name: str, where: Path) -> list[str]:
     return out
 
 
+def _source(value: str | None, base: Path) -> str | None:
+    """A [directory] SOURCE; a relative path is the config file's neighbour, as every path in it is
+    (the timer's working directory is not the admin's)."""
+    if value is None or value == "-" or value.startswith(("cmd:", "https://", "http://")):
+        return value
+    return str(base / Path(value).expanduser())
+
+
 def _positive(value: float, name: str, where: Path, minimum: float = 0, *, strict: bool = True) -> None:
     if value < minimum or (strict and value == minimum):
         raise ConfigError(f"{where}: '{name}' must be {'>' if strict else '>='} {minimum}, not {value!r}")
@@ -381,8 +389,8 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ),
         retention=RetentionConfig(years=float(retention["years"]) if "years" in retention else None),
         directory=DirectoryConfig(
-            customers=directory.get("customers"),
-            leads=directory.get("leads"),
+            customers=_source(directory.get("customers"), base),
+            leads=_source(directory.get("leads"), base),
             refresh_minutes=float(directory.get("refresh_minutes", DirectoryConfig.refresh_minutes)),
             max_removed_percent=float(directory.get("max_removed_percent", DirectoryConfig.max_removed_percent)),
             columns=dict(directory.get("columns", {})),

@@ -211,3 +211,10 @@ email = "E-mail address"
                                                                     "https://crm.example.lt/leads.csv")
     assert (config.directory.refresh_minutes, config.directory.max_removed_percent) == (15.0, 25.0)
     assert config.directory.columns == {"email": "E-mail address"}
+
+
+def test_a_relative_directory_source_path_is_beside_the_config(tmp_path):
+    path = write(tmp_path, '[directory]\ncustomers = "crm/customers.csv"\nleads = "/srv/crm/leads.csv"\n')
+    config = load_config(path)
+    assert config.directory.customers == str(tmp_path / "crm" / "customers.csv")
+    assert config.directory.leads == "/srv/crm/leads.csv"

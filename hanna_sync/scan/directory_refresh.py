@@ -90,8 +90,12 @@ class RefreshOutcome:
         converted = f" ({len(self.converted)} converted to a customer)" if self.converted else ""
         orphaned = f"; {len(self.orphaned)} letter(s) now concern nobody (kept)" if self.orphaned else ""
         would = "would be " if self.dry_run else ""
+        # Unattended, a snapshot may take links off letters of customers that stay (an address moved to
+        # another customer): said, with the count, since nobody reviews it before it is written.
+        unlinked = (f"; {self.removed_links} link(s) {would}taken off archived letters"
+                    f" ('hanna-sync import ... --snapshot --dry-run' lists such changes)") if self.removed_links else ""
         return (f"{name}: {self.added} {would}added, {self.updated} {would}updated, {len(self.removed)} {would}removed"
-                f"{converted}, {self.unchanged} unchanged{orphaned}")
+                f"{converted}, {self.unchanged} unchanged{orphaned}{unlinked}")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
