@@ -218,7 +218,7 @@ def test_remove_entity_removes_links_relinks_and_reports_letters_left_to_nobody(
     assert store.entity("customer", "C3") is None and letters[3] not in store.all_links()
     assert store.state_value(RELINK_DUE) is None  # relinked
     missing = run("remove-entity", "lead", "L-404", "--yes")
-    assert missing.exit_code == 3 and "Error: no lead L-404" in missing.output
+    assert missing.exit_code == 3 and "Error: no lead 'L-404'" in missing.output
 
 
 def test_a_removed_contact_moves_letters_to_who_the_rules_now_say(world, tmp_path):

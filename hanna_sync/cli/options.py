@@ -50,8 +50,8 @@ def since_date(since: str | None) -> str | None:
 def check_entities(app: App, customer: str | None, lead: str | None) -> None:
     """A mistyped --customer or --lead is an error, not an empty list that looks like "no letters"."""
     for entity_type, entity_id in (("customer", customer), ("lead", lead)):
-        if entity_id is not None and app.store.entity(entity_type, entity_id) is None:
-            raise NotFound(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+        if entity_id is not None:
+            app.store.existing_entity(entity_type, entity_id)
 
 
 def check_user(app: App, user: str | None) -> None:

@@ -160,6 +160,13 @@ class DirectoryQueries(Connection):
         entity.contacts = self._contacts(entity_type, entity_id)
         return entity
 
+    def existing_entity(self, entity_type: str, entity_id: str) -> Entity:
+        """The customer or lead a command names: NotFound (exit 3) when there is none, never "nothing"."""
+        entity = self.entity(entity_type, entity_id)
+        if entity is None:
+            raise NotFound(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+        return entity
+
     def _contacts(self, entity_type: str, entity_id: str) -> list[Contact]:
         sql = f"SELECT email, name FROM {entity_type}_contacts WHERE {entity_type}_id = ? ORDER BY email"
         return [Contact(email=e, name=n) for e, n in self.db.execute(sql, [entity_id]).fetchall()]

@@ -22,7 +22,7 @@ from typing import Any
 
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
-from hanna_sync.errors import InputError, NotFound
+from hanna_sync.errors import InputError
 from hanna_sync.linking.csv_rows import (
     COLUMNS,
     FORMATS,
@@ -276,9 +276,8 @@ def remove_entity(store: Store, config: Config, entity_type: str, entity_id: str
                   ) -> ImportResult:
     """Remove one customer or lead by hand, as a snapshot without it would: its contacts and links go
     in one transaction with a due relink (the caller runs it). NotFound for an unknown id."""
+    store.existing_entity(entity_type, entity_id)
     stored = {e.id: e for e in store.entities(entity_type)}
-    if entity_id not in stored:
-        raise NotFound(f"no {entity_type} {entity_id}; 'hanna-sync {entity_type}s' lists them")
     diff = Difference(removed=[entity_id], stored=len(stored))
     result = ImportResult(dry_run=dry_run)
     _predict(store, config, entity_type=entity_type, after=[e for e in stored.values() if e.id != entity_id],

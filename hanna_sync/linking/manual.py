@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
-from hanna_sync.errors import InputError, NotFound
+from hanna_sync.errors import InputError
 from hanna_sync.linking.match import MANUAL
 from hanna_sync.linking.relink import RelinkResult, relink_or_defer
 
@@ -72,8 +72,7 @@ def entity_option(customer: str | None, lead: str | None) -> tuple[str, str]:
 
 def _check(store: Store, letter_id: int, entity_type: str, entity_id: str) -> None:
     store.letter(letter_id)  # NotFound: no such letter
-    if store.entity(entity_type, entity_id) is None:
-        raise NotFound(f"no {entity_type} '{entity_id}'; 'hanna-sync {entity_type}s' lists them")
+    store.existing_entity(entity_type, entity_id)
 
 
 def link(
