@@ -214,7 +214,15 @@ def test_bad_input_is_one_line_an_exit_code_and_nothing_written(env, archived, a
     assert dump(env) == before
 
 
-def test_removing_an_entity_takes_its_hand_made_links_and_unlinks_with_it(env, archived):
+def customers_csv(env, *entities, name="c.csv"):
+    path = env.tmp / name
+    path.write_text("id,name,email,domain,contacts\n" + "".join(
+        f'{e.id},"{e.name}",{e.email or ""},{e.domain or ""},{";".join(c.email for c in e.contacts)}\n'
+        for e in entities))
+    return str(path)
+
+
+def test_decisions_by_hand_outlive_an_entity_that_leaves_and_come_back_with_it(env, archived):
     lentos, krovinys = archived["Lentos"], archived["Krovinys"]
     assert cli_run(env, "link", str(lentos), "--customer", "C-1003").exit_code == 0
     assert cli_run(env, "unlink", str(krovinys), "--customer", "C-1002").exit_code == 0
@@ -224,17 +232,63 @@ def test_removing_an_entity_takes_its_hand_made_links_and_unlinks_with_it(env, a
     gone = links_removed(env.store, env.config, build_directory(env.store, env.config, without))
     assert sorted((letter_id, k.entity_id, k.rule) for letter_id, k in gone) == [
         (lentos, "C-1003", "manual"), (archived["Re: Lentos"], "C-1003", "thread")]
-    with env.store.transaction():  # as remove-entity or a snapshot does, or the CRM itself
-        env.store.db.execute("DELETE FROM customers WHERE id IN ('C-1002', 'C-1003')")
+    # An export missing C-1002 and C-1003 once: the dry run and the summary say what is kept for them.
+    only = customers_csv(env, sample.CUSTOMERS[0])
+    dry = cli_run(env, "import", "customers", only, "--snapshot", "--force", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["kept_by_hand"] == 2
+    removed = cli_run(env, "import", "customers", only, "--snapshot", "--force")
+    assert removed.exit_code == 0, removed.output
+    assert "2 link(s) made or taken off by hand kept for when the removed customers return." in removed.output
     q = env.store.db.execute
-    assert q("SELECT count(*) FROM links WHERE entity_id IN ('C-1002', 'C-1003') AND rule = 'manual'").fetchone() == (0,)
-    assert q("SELECT count(*) FROM unlinks").fetchone() == (0,)
-    relink(env.store, env.config, env.secrets)
     assert q("SELECT count(*) FROM links WHERE entity_id IN ('C-1002', 'C-1003')").fetchone() == (0,)
-    # The customer comes back under the same id: nothing of the old decisions is left to surprise it.
-    env.store.save_entity("customer", sample.CUSTOMERS[1], replace_contacts=True)
-    relink(env.store, env.config, env.secrets)
-    assert links(env, krovinys) == {("customer", "C-1002"): "customer_contact"}
+    assert links(env, lentos) == {("customer", "C-1001"): "customer_contact"}
+    # They come back under the same ids: the link by hand is back, the unlinked link is not.
+    back = cli_run(env, "import", "customers", customers_csv(env, *sample.CUSTOMERS, name="all.csv"), "--snapshot")
+    assert back.exit_code == 0, back.output
+    assert links(env, lentos) == {("customer", "C-1001"): "customer_contact", ("customer", "C-1003"): "manual"}
+    assert links(env, krovinys) == {} and links(env, archived["Re: Krovinys"]) == {}
+    assert "Unlinked by hand: customer C-1002" in cli_run(env, "show", str(krovinys)).output
+    # The same when the CRM deletes the rows itself, and with remove-entity.
+    with env.store.transaction():
+        q("DELETE FROM customers WHERE id IN ('C-1002', 'C-1003')")
+    assert q("SELECT count(*) FROM links WHERE entity_id = 'C-1003' AND rule = 'manual'").fetchone() == (0,)
+    assert cli_run(env, "remove-entity", "customer", "C-1001", "--yes").exit_code == 0
+    assert cli_run(env, "import", "customers", customers_csv(env, *sample.CUSTOMERS, name="all.csv")).exit_code == 0
+    assert links(env, lentos) == {("customer", "C-1001"): "customer_contact", ("customer", "C-1003"): "manual"}
+    assert links(env, krovinys) == {}
+
+
+def test_a_converted_leads_decisions_by_hand_move_to_its_customer(env, archived):
+    lentos, krovinys = archived["Lentos"], archived["Krovinys"]
+    assert cli_run(env, "link", str(lentos), "--lead", "L-2001").exit_code == 0
+    with env.store.transaction():  # the lead also writes from anna's address: a rule link to unlink
+        env.store.save_entity("lead", Entity("L-2001", "Naujas Klientas", "pirkimai@naujas.lt", None,
+                                             [Contact("vadovas@naujas.lt"), Contact("anna@partners.eu")]),
+                              replace_contacts=True)
+    assert cli_run(env, "relink").exit_code == 0
+    assert cli_run(env, "unlink", str(krovinys), "--lead", "L-2001").exit_code == 0
+    # The CRM converts the lead into C-2001 (same address); the lead export is then empty of it.
+    convert = customers_csv(env, *sample.CUSTOMERS, Entity("C-2001", "Naujas", "pirkimai@naujas.lt", None,
+                                                           [Contact("anna@partners.eu")]))
+    assert cli_run(env, "import", "customers", convert, "--snapshot", "--allow-conflicts").exit_code == 0
+    (env.tmp / "l.csv").write_text("id,name,email,contacts\n")
+    assert links(env, krovinys)[("customer", "C-2001")] == "customer_contact"  # anna: both customers' contact
+    leads = ["import", "leads", str(env.tmp / "l.csv"), "--snapshot", "--force", "--allow-conflicts"]
+    dry_run = cli_run(env, *leads, "--dry-run", "--json")
+    assert dry_run.exit_code == 0, dry_run.output
+    dry = json.loads(dry_run.stdout)
+    assert dry["kept_by_hand"] == 0 and dry["converted"] == [{"lead": "L-2001", "customer": "C-2001"}]
+    assert {(k["letter"], k["entity_id"], k["rule"]) for k in dry["removed_links"]} >= {
+        (krovinys, "C-2001", "customer_contact"), (archived["Re: Krovinys"], "C-2001", "thread")}
+    done = cli_run(env, *leads)
+    assert done.exit_code == 0, done.output
+    assert "converted to a customer" in done.output and "kept for when" not in done.output
+    assert links(env, lentos)[("customer", "C-2001")] == "manual"
+    assert ("customer", "C-2001") not in links(env, krovinys)  # unlinked from the lead: from its customer too
+    q = env.store.db.execute
+    assert q("SELECT count(*) FROM manual_links WHERE entity_type = 'lead'").fetchone() == (0,)
+    assert q("SELECT entity_type, entity_id FROM unlinks").fetchall() == [("customer", "C-2001")]
 
 
 def test_purging_a_letter_takes_its_decisions_with_it(env, archived):

@@ -276,6 +276,22 @@ def test_the_json_says_which_lead_became_which_customer(world, tmp_path):
     assert result.summary("lead") == "Leads: 0 added, 0 updated, 1 removed (1 converted to a customer), 1 unchanged, 0 rejected."
 
 
+def test_a_converted_lead_is_not_counted_by_the_guard_a_vanished_one_is(world, tmp_path):
+    config, store, _ = world
+    (tmp_path / "l.csv").write_text("id,name,email,contacts\nL1,Lead,boss@c4.lt,\nL2,Other,x@other.lt,\n")
+    import_entities(store, "lead", tmp_path / "l.csv", config=config)
+    (tmp_path / "c.csv").write_text(without(extra="C4b,Now a customer,,,Boss <boss@c4.lt>\n"))
+    import_entities(store, "customer", tmp_path / "c.csv", config=config, snapshot=True)
+    # L2 vanished (1 of 2 leads, 50%): refused without --force, the numbers shown.
+    (tmp_path / "l1.csv").write_text("id,name,email,contacts\nL1,Lead,boss@c4.lt,\n")
+    with pytest.raises(SnapshotRefused, match="would remove 1 of 2 leads \\(50%\\)"):
+        import_entities(store, "lead", tmp_path / "l1.csv", config=config, snapshot=True)
+    # L1 became customer C4b (1 of 2 leads, but converted): a normal day, no --force needed.
+    (tmp_path / "l2.csv").write_text("id,name,email,contacts\nL2,Other,x@other.lt,\n")
+    result = import_entities(store, "lead", tmp_path / "l2.csv", config=config, snapshot=True)
+    assert result.converted == [("L1", "C4b")] and [e.id for e in store.entities("lead")] == ["L2"]
+
+
 # -- a kill at any point leaves the old directory or the new one ----------------------------------
 
 def test_sigkill_during_a_snapshot_leaves_the_old_directory_or_the_new_one(tmp_path):

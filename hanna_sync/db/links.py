@@ -115,11 +115,11 @@ class LinkQueries(Connection):
     # -- links made and taken off by hand -------------------------------------------------------------
 
     def link_overrides(self) -> tuple[dict[int, list[tuple[str, str]]], dict[int, set[tuple[str, str]]]]:
-        """What relink keeps whatever the rules say: per letter, the entities linked by hand (rule
-        'manual') and those unlinked by hand."""
+        """What relink keeps whatever the rules say: per letter, the entities linked by hand and those
+        unlinked by hand. Both outlive their entity: a manual link is put back when its id returns."""
         manual: dict[int, list[tuple[str, str]]] = {}
         for letter_id, entity_type, entity_id in self.db.execute(
-            "SELECT letter_id, entity_type, entity_id FROM links WHERE rule = 'manual'"
+            "SELECT letter_id, entity_type, entity_id FROM manual_links ORDER BY letter_id, entity_type, entity_id"
         ).fetchall():
             manual.setdefault(letter_id, []).append((entity_type, entity_id))
         unlinked: dict[int, set[tuple[str, str]]] = {}
@@ -165,12 +165,46 @@ class LinkQueries(Connection):
         """Linked: the letter's link to the entity becomes a manual one, and any unlink of it goes.
         Not linked: its link goes; with `rule` (the link's, when rules made it), the unlink is remembered."""
         key = [letter_id, entity_type, entity_id]
-        self.db.execute("DELETE FROM unlinks WHERE letter_id = ? AND entity_type = ? AND entity_id = ?", key)
+        where = "WHERE letter_id = ? AND entity_type = ? AND entity_id = ?"
+        self.db.execute(f"DELETE FROM unlinks {where}", key)
+        self.db.execute(f"DELETE FROM manual_links {where}", key)
         if linked:
             self.db.execute("INSERT OR REPLACE INTO links (letter_id, entity_type, entity_id, rule, address)"
                             " VALUES (?, ?, ?, 'manual', '-')", key)
+            self.db.execute("INSERT INTO manual_links (letter_id, entity_type, entity_id, linked_at)"
+                            " VALUES (?, ?, ?, ?)", [*key, utcnow()])
             return
-        self.db.execute("DELETE FROM links WHERE letter_id = ? AND entity_type = ? AND entity_id = ?", key)
+        self.db.execute(f"DELETE FROM links {where}", key)
         if rule is not None:
             self.db.execute("INSERT INTO unlinks (letter_id, entity_type, entity_id, rule, unlinked_at)"
                             " VALUES (?, ?, ?, ?, ?)", [*key, rule, utcnow()])
+
+    def decisions_by_hand(self, entity_type: str, entity_ids: list[str]) -> int:
+        """How many links made or taken off by hand name these entities: what is kept for when they return."""
+        count = 0
+        for table in ("manual_links", "unlinks"):
+            for chunk, marks in chunks(entity_ids):
+                count += self.db.execute(f"SELECT count(*) FROM {table} WHERE entity_type = ?"
+                                         f" AND entity_id IN ({marks})", [entity_type, *chunk]).fetchone()[0]
+        return int(count)
+
+    def move_decisions_by_hand(self, conversions: list[tuple[str, str]]) -> int:
+        """A lead converted to a customer (lead id, customer id): its links made and taken off by hand
+        become the customer's, unless the customer has its own decision on that letter. Returns how many
+        moved. In the caller's transaction."""
+        moved = 0
+        for lead_id, customer_id in conversions:
+            for table in ("manual_links", "unlinks"):
+                taken = {(r[0]) for r in self.db.execute(
+                    "SELECT letter_id FROM manual_links WHERE entity_type = 'customer' AND entity_id = ?"
+                    " UNION SELECT letter_id FROM unlinks WHERE entity_type = 'customer' AND entity_id = ?",
+                    [customer_id, customer_id]).fetchall()}
+                rows = self.db.execute(f"SELECT letter_id FROM {table} WHERE entity_type = 'lead' AND entity_id = ?",
+                                       [lead_id]).fetchall()
+                for (letter_id,) in rows:
+                    if letter_id not in taken:
+                        moved += self.db.execute(
+                            f"UPDATE {table} SET entity_type = 'customer', entity_id = ? WHERE letter_id = ?"
+                            " AND entity_type = 'lead' AND entity_id = ?", [customer_id, letter_id, lead_id]).rowcount
+                self.db.execute(f"DELETE FROM {table} WHERE entity_type = 'lead' AND entity_id = ?", [lead_id])
+        return moved

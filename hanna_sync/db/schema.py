@@ -403,16 +403,18 @@ def m010_links_by_hand(db: sqlite_utils.Database) -> None:
     """Links made and taken off by hand (`hanna-sync link` / `unlink`), which no relink undoes.
 
     A link made by hand is a row of `links` like any other, with rule 'manual' and address '-': every
-    reader of `links` (letters --customer, a reply's thread links, a CRM) sees it. A rule's link taken
-    off by hand leaves a row in `unlinks`, so no relink, import or pass brings it back. A customer or
-    lead deleted (by a snapshot, remove-entity or the CRM itself) takes its hand-made links and its
-    unlinks with it: no row names an entity that is gone.
+    reader of `links` (letters --customer, a reply's thread links, a CRM) sees it. The decision itself
+    is a row of `manual_links`, and a rule's link taken off by hand a row of `unlinks`: both outlive
+    the entity. A customer or lead deleted (by a snapshot, remove-entity or the CRM itself) takes its
+    `links` rows with it, but when its id comes back (a CRM export missing it once) the next relink
+    puts the hand-made links back and no relink, import or pass brings an unlinked link back. A
+    lead converted to a customer hands its decisions to that customer. Purging a letter takes its
+    decisions with it.
     """
     triggers = "\n".join(
         f"""
         CREATE TRIGGER {entity_type}s_delete_links_by_hand AFTER DELETE ON {entity_type}s BEGIN
             DELETE FROM links WHERE entity_type = '{entity_type}' AND entity_id = old.id AND rule = 'manual';
-            DELETE FROM unlinks WHERE entity_type = '{entity_type}' AND entity_id = old.id;
         END;"""
         for entity_type in ("customer", "lead")
     )
@@ -427,6 +429,14 @@ def m010_links_by_hand(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (letter_id, entity_type, entity_id)
         );
         CREATE INDEX unlinks_entity ON unlinks(entity_type, entity_id);
+        CREATE TABLE manual_links (
+            letter_id INTEGER NOT NULL REFERENCES letters(id) ON DELETE CASCADE,
+            entity_type TEXT NOT NULL CHECK (entity_type IN ('customer', 'lead')),
+            entity_id TEXT NOT NULL,
+            linked_at TEXT NOT NULL,
+            PRIMARY KEY (letter_id, entity_type, entity_id)
+        );
+        CREATE INDEX manual_links_entity ON manual_links(entity_type, entity_id);
         CREATE INDEX links_manual ON links(letter_id, entity_type, entity_id) WHERE rule = 'manual';
         {triggers}
         """

@@ -36,7 +36,14 @@ from hanna_sync.linking.csv_rows import (
 )
 from hanna_sync.linking.match import Link, build_directory
 from hanna_sync.linking.relink import predict
-from hanna_sync.linking.snapshot import Difference, SnapshotRefused, check_guard, conversions, difference, write
+from hanna_sync.linking.snapshot import (
+    Difference,
+    SnapshotRefused,
+    check_guard,
+    converted_leads,
+    difference,
+    write,
+)
 from hanna_sync.mail.addresses import FREE_MAIL_DOMAINS, is_listed, normalise_domain, normalise_email
 from hanna_sync.models import ENTITY_TYPES, Contact, Entity
 
@@ -64,6 +71,7 @@ class ImportResult:
     converted: list[tuple[str, str]] = field(default_factory=list)  # (lead id, customer id): removed leads
     orphaned: list[int] = field(default_factory=list)  # letters the relink leaves linked to nobody (kept)
     links_added: int = 0  # links the relink puts on (or on with another rule)
+    kept_by_hand: int = 0  # links made or taken off by hand naming removed entities: kept for when they return
     dry_run: bool = False  # nothing was written
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +88,7 @@ class ImportResult:
             "converted": [{"lead": lead, "customer": customer} for lead, customer in self.converted],
             "orphaned": self.orphaned,
             "links_added": self.links_added,
+            "kept_by_hand": self.kept_by_hand,
             "dry_run": self.dry_run,
         }
 
@@ -89,8 +98,10 @@ class ImportResult:
         if self.converted:
             removed += f" ({len(self.converted)} converted to a customer)"
         would = " (dry run: nothing written)" if self.dry_run else ""
+        kept = (f" {self.kept_by_hand} link(s) made or taken off by hand kept for when the removed"
+                f" {entity_type}s return." if self.kept_by_hand else "")
         return (f"{entity_type.capitalize()}s: {self.added} added, {self.updated} updated{removed},"
-                f" {self.unchanged} unchanged, {len(self.rejected)} rejected{would}.")
+                f" {self.unchanged} unchanged, {len(self.rejected)} rejected{would}.{kept}")
 
 
 class LinksWouldGo(InputError):
@@ -203,9 +214,10 @@ def import_entities(
         raise InputError(f"{source}, line {first.line}: {first.message}{others}: a snapshot must list every"
                          f" {entity_type} as it is, so nothing was written")
     diff = difference(stored, planned, snapshot=snapshot)
+    result.converted = converted_leads(store, entity_type, diff.removed)
     if snapshot and not force:
         check_guard(entity_type, diff, rows=len(planned), max_percent=config.directory.max_removed_percent,
-                    source=source)
+                    source=source, converted=len(result.converted))
     after = {**stored, **planned}
     for entity_id in diff.removed:
         del after[entity_id]
@@ -215,7 +227,7 @@ def import_entities(
     result.updated = len(diff.save) - result.added
     result.unchanged = len(planned) - len(diff.save)
     if not dry_run:
-        write(store, entity_type, diff)
+        write(store, entity_type, diff, converted=result.converted)
     result.conflicts = find_conflicts({t: list(after.values()) if t == entity_type else store.entities(t)
                                        for t in ENTITY_TYPES})
     return result
@@ -257,13 +269,12 @@ def _predict(store: Store, config: Config, *, entity_type: str, after: list[Enti
     """What the relink after this change would do, into result; refuse (LinksWouldGo) when it would take
     links off letters from entities that stay, unless allowed (a removed entity's links go by design)."""
     result.removed = list(diff.removed)
-    if entity_type == "lead" and diff.removed:
-        gone = {e.id: e for e in store.entities("lead") if e.id in set(diff.removed)}
-        result.converted = conversions([gone[i] for i in diff.removed], store.entities("customer"))
+    moved = {lead for lead, _ in result.converted}
+    result.kept_by_hand = store.decisions_by_hand(entity_type, [i for i in diff.removed if i not in moved])
     if not (diff.save or diff.removed):
         return
     entities = {t: after if t == entity_type else store.entities(t) for t in ENTITY_TYPES}
-    changes = predict(store, config, build_directory(store, config, entities))
+    changes = predict(store, config, build_directory(store, config, entities), converted=result.converted)
     result.removed_links, result.orphaned, result.links_added = changes.removed, changes.orphaned, len(changes.added)
     removed = set(diff.removed)
     kept = [(i, link) for i, link in changes.removed
@@ -283,7 +294,7 @@ def remove_entity(store: Store, config: Config, entity_type: str, entity_id: str
     _predict(store, config, entity_type=entity_type, after=[e for e in stored.values() if e.id != entity_id],
              diff=diff, result=result, allow_conflicts=True)
     if not dry_run:
-        write(store, entity_type, diff)
+        write(store, entity_type, diff, converted=result.converted)
     return result
 
 

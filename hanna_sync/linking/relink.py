@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +60,22 @@ class Overrides:
     unlinked: dict[int, set[EntityKey]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, store: Store) -> Overrides:
-        return cls(*store.link_overrides())
+    def load(cls, store: Store, *, converted: Sequence[tuple[str, str]] = ()) -> Overrides:
+        """The decisions stored; with `converted` (lead id, customer id), as they will be once those
+        leads' decisions moved to their customers (Store.move_decisions_by_hand): what a dry run shows."""
+        manual, unlinked = store.link_overrides()
+        to_customer = {("lead", lead): ("customer", customer) for lead, customer in converted}
+        for letter_id in set(manual) | set(unlinked) if to_customer else ():
+            own = {*manual.get(letter_id, ()), *unlinked.get(letter_id, ())}  # the customer's own decision wins
+
+            def moved(keys: Iterable[EntityKey], own: set[EntityKey] = own) -> list[EntityKey]:
+                return [to_customer.get(k, k) for k in keys if not (k in to_customer and to_customer[k] in own)]
+
+            if letter_id in manual:
+                manual[letter_id] = moved(manual[letter_id])
+            if letter_id in unlinked:
+                unlinked[letter_id] = set(moved(unlinked[letter_id]))
+        return cls(manual, unlinked)
 
 
 @dataclass
@@ -164,12 +178,14 @@ class LinkChanges:
     orphaned: list[int]  # letters that had links and would have none: they stay archived
 
 
-def predict(store: Store, config: Config, directory: Directory) -> LinkChanges:
-    """The relink's differences against `directory`, written nowhere."""
+def predict(store: Store, config: Config, directory: Directory, *, converted: Sequence[tuple[str, str]] = ()
+            ) -> LinkChanges:
+    """The relink's differences against `directory` (with the decisions by hand of `converted` leads
+    moved to their customers), written nowhere."""
     with store.lock:
         rows = store.relink_rows()
         before = store.all_links()
-        overrides = Overrides.load(store)
+        overrides = Overrides.load(store, converted=converted)
     changes = LinkChanges([], [], [])
     for row, old, gone, fresh in _differences(rows, before, _evaluate(rows, directory, config, overrides)):
         changes.removed += [(row["id"], Link(*entity, *old[entity])) for entity in gone]

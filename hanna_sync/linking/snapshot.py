@@ -10,11 +10,14 @@ more than directory.max_removed_percent of the entities, or any entity when the 
 refused unless forced.
 
 A lead removed while a customer has its address (its email or a contact's) was converted in the
-CRM: the relink moves its letters to the customer by the address rules, and the summary says so.
+CRM: the relink moves its letters to the customer by the address rules, its links made and taken off
+by hand become the customer's, the guard does not count it, and the summary says so. Any other
+removed entity's decisions by hand stay, and count again when its id comes back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hanna_sync.db.store import Store
@@ -43,19 +46,23 @@ def difference(stored: dict[str, Entity], planned: dict[str, Entity], *, snapsho
     return Difference(save=save, removed=removed, stored=len(stored))
 
 
-def check_guard(entity_type: str, diff: Difference, *, rows: int, max_percent: float, source: str) -> None:
+def check_guard(entity_type: str, diff: Difference, *, rows: int, max_percent: float, source: str,
+                converted: int = 0) -> None:
     """Refuse (SnapshotRefused, exit 1) a snapshot removing more than max_percent of the entities, or any
-    from a source without rows; the numbers are in the message."""
+    from a source without rows; the numbers are in the message. Leads `converted` to customers are not
+    counted: they did not vanish from the CRM, they moved (on a short lead list one conversion is a lot)."""
     if not diff.removed:
         return
     plural = f"{entity_type}s"
     if rows == 0:
         raise SnapshotRefused(f"{source} has no {plural}: a snapshot of it would remove all {diff.stored:,}"
                               f" {plural}: nothing written; check the export, or give --force")
-    percent = len(diff.removed) * 100 / diff.stored
+    removed = len(diff.removed) - converted
+    percent = removed * 100 / diff.stored
     if percent > max_percent:
+        also = f" (and {converted:,} converted to customers)" if converted else ""
         raise SnapshotRefused(
-            f"{source}: this snapshot would remove {len(diff.removed):,} of {diff.stored:,} {plural}"
+            f"{source}: this snapshot would remove {removed:,} of {diff.stored:,} {plural}{also}"
             f" ({percent:.0f}%), over directory.max_removed_percent ({max_percent:g}%): nothing written;"
             " check the export, or give --force")
 
@@ -79,9 +86,19 @@ def conversions(removed_leads: list[Entity], customers: list[Entity]) -> list[tu
     return found
 
 
-def write(store: Store, entity_type: str, diff: Difference) -> dict[str, int]:
+def converted_leads(store: Store, entity_type: str, removed: list[str]) -> list[tuple[str, str]]:
+    """(lead id, customer id) for the removed leads a stored customer has an address of."""
+    if entity_type != "lead" or not removed:
+        return []
+    gone = {e.id: e for e in store.entities("lead") if e.id in set(removed)}
+    return conversions([gone[i] for i in removed if i in gone], store.entities("customer"))
+
+
+def write(store: Store, entity_type: str, diff: Difference, *, converted: Sequence[tuple[str, str]] = ()
+          ) -> dict[str, int]:
     """The difference in one transaction, with the relink left due (the caller runs it, or the next pass
-    does); counts of 'added' and 'updated'."""
+    does), and the decisions by hand of leads `converted` to customers moved to those customers; counts
+    of 'added' and 'updated'. The removed entities' other decisions by hand stay, for when they return."""
     counts = {"added": 0, "updated": 0}
     if not (diff.save or diff.removed):
         return counts
@@ -91,5 +108,6 @@ def write(store: Store, entity_type: str, diff: Difference) -> dict[str, int]:
             if outcome in counts:
                 counts[outcome] += 1
         store.remove_entities(entity_type, diff.removed)
+        store.move_decisions_by_hand(list(converted))
         store.set_state_value(RELINK_DUE, "1")
     return counts
