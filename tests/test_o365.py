@@ -32,6 +32,7 @@ from hanna_sync.cli import cli
 from hanna_sync.config import O365Config, parse_config
 from hanna_sync.demo import sample
 from hanna_sync.errors import AuthError, ConfigError, ExitCode, ReauthRequired
+from hanna_sync.linking import manual
 from hanna_sync.linking.relink import relink
 from hanna_sync.remote import imap, oauth
 from hanna_sync.remote.graph import (
@@ -730,6 +731,23 @@ def test_graph_replies_inherit_their_conversations_links_and_auto_replies_are_no
     assert env.run().mailboxes[0].backfilled == 0
     assert relink(env.store, env.config, env.secrets).links_removed == 0  # the pass and relink agree
     assert len(ms.graph.value_requests) == downloads + 1  # the list letter, skipped, is not downloaded again
+
+
+def test_a_letter_unlinked_by_hand_and_found_again_in_another_graph_folder_stays_unlinked(tmp_path, ms):
+    ms.graph.mailbox(STAFF, ("Inbox", "Inbox/Projektai"))
+    raw = letter("Rūta <ruta@azuolas.lt>", "Lentos", "<u1@azuolas.lt>")
+    ms.graph.deliver(STAFF, "Inbox", raw)
+    env = o365_env(tmp_path, ms)
+    add_scan(env, ms, folders=("Inbox", "Inbox/Projektai"))
+    assert env.run().mailboxes[0].archived == 1
+    (row,) = env.store.letters(customer="C-1001")
+    done = manual.unlink(env.store, env.config, env.secrets, letter_id=row["id"], entity=("customer", "C-1001"))
+    assert done.result == manual.UNLINKED and env.store.letter(row["id"])["links"] == []
+    ms.graph.deliver(STAFF, "Inbox/Projektai", raw)  # the same letter, filed in a second folder
+    again = env.run().mailboxes[0]
+    assert again.ok and again.new == 1
+    assert env.store.letter(row["id"])["links"] == [] and env.store.letters(customer="C-1001") == []
+    assert len(env.store.letter(row["id"])["locations"]) == 2  # found again, archived once, still unlinked
 
 
 def test_a_graph_mailbox_backfills_a_customer_added_later_fetching_only_its_letters(tmp_path, ms):
