@@ -1,7 +1,8 @@
 """Links made and taken off by hand: `hanna-sync link` and `hanna-sync unlink`.
 
-A link made by hand has rule "manual" (address "-"); a link taken off by hand is remembered in
-`unlinks`. Both are the last word on that letter and that entity: no relink, import, snapshot or
+A link made by hand has rule "manual" (address "-") and is remembered in `manual_links`; a link
+taken off by hand is remembered in `unlinks`. Both outlive the entity: when it leaves the directory
+and comes back, so do they. Both are the last word on that letter and that entity: no relink, import, snapshot or
 pass changes them, until the other command says otherwise. Either one then relinks the archive, so
 the replies to the letter inherit (or stop inheriting) the link along its thread.
 """

@@ -4,9 +4,10 @@ Links are made when a pass archives a letter, against the directory of that mome
 adds a contact, moves a domain or drops a person changes what is true: `relink` re-evaluates every
 archived letter's links (the five address rules from its stored participants, then the links its
 thread passes on), adds what now holds and removes what no longer does. A letter left with no link
-stays in the archive (retention decides about it). Links made by hand (rule "manual") and links taken
-off by hand (`unlinks`) are kept as they are whatever the rules say; a reply inherits a hand-made
-link like any other, and never one its letter was unlinked from by hand. Then the backfill: skipped
+stays in the archive (retention decides about it). Links made by hand
+(`manual_links`, put back when their entity returns) and links taken off by hand (`unlinks`) are
+kept as they are whatever the rules say; a reply inherits a hand-made link like any other, and never
+one its letter was unlinked from by hand. Then the backfill: skipped
 letters on the servers that the change concerns are marked wanted, and the next pass fetches just
 those (see backfill.py).
 
