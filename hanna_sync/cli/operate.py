@@ -159,8 +159,8 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
                      f"{s.converted} lead(s) converted" if s.converted else "-" if s.last_success_at else
                      "not refreshed yet: the next pass (or sync-directory) reads it")] for s in sources],
                   below=("Detail",))
-    for s in sources:
-        if s.last_error and not s.alert:
+    for s in sources:  # -q: a monitoring check, silent until --fail-after (as a mailbox failing is)
+        if s.last_error and not s.alert and not app.quiet:
             click.echo(f"Warning: the {s.entity_type}s source {s.state} since {s.failing_since}: {s.last_error}",
                        err=True)
     if warning is not None:
