@@ -489,7 +489,7 @@ def test_a_command_s_output_is_capped_while_it_runs(monkeypatch):
     monkeypatch.setattr(crm_source, "MAX_BYTES", 1024 * 1024)
     with pytest.raises(SourceError) as exc:
         fetch("cmd:yes", "customer", secrets=None, timeout=20)
-    assert "cmd:yes: more than 1 MiB of output: not a CRM export: stopped" == one_line(exc)
+    assert one_line(exc) == "cmd:yes: more than 1 MiB of output: not a CRM export: stopped"
 
 
 def gone(pid: int) -> bool:

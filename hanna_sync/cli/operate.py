@@ -97,7 +97,8 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
     \b
     Exit codes: 0 healthy, 1 a mailbox failing (or without a pass), or a directory source
     failing, for --fail-after minutes or more, or no mailbox configured in the database at all;
-    3 no such --user. Use it as a monitoring
+    3 no such --user. With -q it prints only the errors behind exit 1 (a source failing for less
+    than --fail-after is no warning then). Use it as a monitoring
     check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """

@@ -9,6 +9,8 @@ A SOURCE is what `import customers|leads SOURCE` and `[directory] customers = SO
   `http://` is refused: the export is the company's customer list;
 * `cmd:COMMAND`: the command split as a shell would (shlex) but run without one, its standard output the
   data; a non-zero exit, or one that outlasts network.timeout, is an error naming it and its first stderr line.
+  It runs in its own process group, its output read as it comes: past MAX_BYTES or the timeout the whole
+  group is killed. A configured source's command runs in the config file's folder.
 
 Whatever comes back is only bytes and a format here; parsing is the directory's (linking/directory.py).
 Anything that is not the export (a 401, a 500, an HTML login page where CSV was due, a command that failed)
