@@ -9,6 +9,7 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -493,11 +494,16 @@ def test_a_command_s_output_is_capped_while_it_runs(monkeypatch):
 
 
 def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"  # killed, not yet reaped by whoever adopted it
+    """Dead (or killed, not yet reaped by whoever adopted it) within 5 s: SIGKILL takes a moment on a busy host."""
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_a_timeout_kills_the_command_s_children_too(tmp_path):
