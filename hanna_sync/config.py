@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -292,12 +293,29 @@ def _globs(values: list[Any], name: str, where: Path) -> list[str]:
     return out
 
 
-def _source(value: str | None, base: Path) -> str | None:
+def _source(value: str | None, name: str, where: Path) -> str | None:
     """A [directory] SOURCE; a relative path is the config file's neighbour, as every path in it is
-    (the timer's working directory is not the admin's)."""
-    if value is None or value == "-" or value.startswith(("cmd:", "https://", "http://")):
+    (the timer's working directory is not the admin's). A URL is kept as written (any scheme: the read
+    refuses all but https://), once it is one: a host, a port from 1 to 65535; standard input ("-") is
+    no source for a pass that runs unattended."""
+    if value is None or value.startswith("cmd:"):
         return value
-    return str(base / Path(value).expanduser())
+    if value.strip() in ("-", ""):
+        raise ConfigError(f"{where}: 'directory.{name}' must be a path, an https:// URL or cmd:COMMAND, not"
+                          f" {value!r} (standard input is for 'hanna-sync import {name} -')")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) or value.lower().startswith("http:"):
+        shown = re.split(r"[?#]", value, maxsplit=1)[0]
+        shown = re.sub(r"://[^/@]*@", "://", shown)  # no password in a message
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{where}: 'directory.{name}' is not a URL as written ({exc}): {shown}") from None
+        if not parts.hostname or port == 0:
+            raise ConfigError(f"{where}: 'directory.{name}' is not a URL as written"
+                              f" ({'port 0' if parts.hostname else 'no host'}): {shown}")
+        return value
+    return str(where.parent / Path(value).expanduser())
 
 
 def _positive(value: float, name: str, where: Path, minimum: float = 0, *, strict: bool = True) -> None:
@@ -389,8 +407,8 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ),
         retention=RetentionConfig(years=float(retention["years"]) if "years" in retention else None),
         directory=DirectoryConfig(
-            customers=_source(directory.get("customers"), base),
-            leads=_source(directory.get("leads"), base),
+            customers=_source(directory.get("customers"), "customers", where),
+            leads=_source(directory.get("leads"), "leads", where),
             refresh_minutes=float(directory.get("refresh_minutes", DirectoryConfig.refresh_minutes)),
             max_removed_percent=float(directory.get("max_removed_percent", DirectoryConfig.max_removed_percent)),
             columns=dict(directory.get("columns", {})),

@@ -218,3 +218,25 @@ def test_a_relative_directory_source_path_is_beside_the_config(tmp_path):
     config = load_config(path)
     assert config.directory.customers == str(tmp_path / "crm" / "customers.csv")
     assert config.directory.leads == "/srv/crm/leads.csv"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("https://crm.example:99999/x.csv", "'directory.customers' is not a URL as written (Port out of range"),
+    ("https://[::1/x.csv", "'directory.customers' is not a URL as written (Invalid IPv6 URL)"),
+    ("https://crm.example:abc/x.csv?key=K3Y", "'directory.customers' is not a URL as written (Port could not be cast"),
+    ("https://u:pw@:443/x.csv", "'directory.customers' is not a URL as written (no host): https://:443/x.csv"),
+    ("-", "'directory.customers' must be a path, an https:// URL or cmd:COMMAND, not '-'"),
+])
+def test_a_directory_source_that_cannot_be_read_as_written_is_a_config_error(tmp_path, value, message):
+    path = write(tmp_path, f'[directory]\ncustomers = "{value}"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert message in str(exc.value) and str(path) in str(exc.value)
+    assert "K3Y" not in str(exc.value) and "pw" not in str(exc.value)
+
+
+def test_a_url_source_is_kept_as_written_whatever_the_case_of_its_scheme(tmp_path):
+    path = write(tmp_path, '[directory]\ncustomers = "HTTPS://crm.example.lt/c.csv"\nleads = "ftp://crm.example.lt/l"\n')
+    config = load_config(path)
+    assert (config.directory.customers, config.directory.leads) == ("HTTPS://crm.example.lt/c.csv",
+                                                                    "ftp://crm.example.lt/l")

@@ -9,6 +9,7 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -376,6 +377,8 @@ def test_a_failing_or_refused_source_warns_and_the_pass_still_scans(env, imap_us
     table = CliRunner().invoke(cli, ["--config", str(config), "status"])
     assert "CRM directory sources" in table.stdout and "failing" in table.stdout
     assert "Warning: the leads source failing since" in table.stderr
+    quiet = CliRunner().invoke(cli, ["--config", str(config), "-q", "status"])  # a monitoring check: silent
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")  # until --fail-after, as for a mailbox
     record = load_record(env.store, "lead")
     record.failing_since = "2020-01-01T00:00:00+00:00"  # failing for longer than --fail-after: an alert
     with env.store.transaction():
@@ -395,3 +398,139 @@ def test_a_dry_run_pass_refreshes_nothing(env, crm, imap_user):
     env.add(imap_user)
     env.run(dry_run=True)
     assert crm.requests == [] and load_record(env.store, "customer") is None
+
+
+# -- review of #16: a bad source never stops the other, a pass or status; cmd: runs capped, beside the config ---
+
+BAD_URLS = ["https://crm.example:99999/x.csv", "https://[::1/x.csv", "https://crm.example:abc/x.csv"]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_url_wrong_as_written_is_bad_input_naming_it_before_any_request(crm, secrets, url):
+    with pytest.raises(InputError) as exc:
+        fetch(url, "customer", secrets=secrets, timeout=5)
+    assert one_line(exc).startswith(f"{url}: not a URL as written") and crm.requests == []
+    assert display_name(url) == url  # a message can always name it
+
+
+def deep_json(tmp_path: Path) -> Path:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000)
+    return path
+
+
+def test_json_nested_too_deep_is_bad_input_naming_the_source(env, tmp_path):
+    deep = deep_json(tmp_path)
+    result = cli_run(env, "import", "customers", f"cmd:cat {deep}")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: cmd:cat {deep} is not a CRM export: JSON nested too deep to read"
+
+
+def test_a_pass_with_broken_sources_still_scans_and_status_shows_them(env, imap_user, tmp_path, caplog):
+    env.config = replace(env.config, directory=replace(env.config.directory, customers=BAD_URLS[0],
+                                                       leads=f"cmd:cat {deep_json(tmp_path)}"))
+    env.add(imap_user)
+    deliver_sample(imap_user)
+    caplog.set_level(logging.INFO)
+    result = env.run()
+    assert result.ok and sum(m.archived for m in result.mailboxes) > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"the customers source failed: {BAD_URLS[0]}: not a URL as written" in w for w in warnings)
+    assert any("the leads source failed: cmd:cat" in w and "nested too deep" in w for w in warnings)
+    from datetime import timedelta
+
+    from hanna_sync.admin.status import source_health
+
+    for url in BAD_URLS:  # status's source health names each, whatever the config holds
+        config = replace(env.config, directory=replace(env.config.directory, customers=url))
+        health = source_health(env.store, config, timedelta(minutes=60))
+        assert health[0].source == url and health[1].state == "failing"
+
+
+def test_sync_directory_tries_the_leads_after_customers_that_fail(env, tmp_path):
+    leads = tmp_path / "leads.csv"
+    leads.write_text("id,name,email,domain\nL-1,Lead,l@lead.lt,\n")
+    configured(env, customers=f"cmd:cat {deep_json(tmp_path)}", leads=str(leads))
+    result = cli_run(env, "sync-directory", "--force")
+    assert result.exit_code == 1 and "nested too deep" in result.stderr
+    assert stored_ids(env, "lead") == ["L-1"]
+
+
+def test_an_error_nobody_foresaw_fails_the_source_not_the_pass(env, tmp_path, monkeypatch, caplog):
+    from hanna_sync.scan import directory_refresh
+
+    def broken(*args, **kw):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(directory_refresh, "import_entities", broken)
+    export = tmp_path / "c.csv"
+    export.write_text(CUSTOMERS_CSV)
+    configured(env, customers=str(export))
+    outcomes = directory_refresh.refresh_directory(env.store, env.config, None, only_due=False)
+    assert not outcomes[0].ok and outcomes[0].error == f"{export}: unexpected KeyError: 'surprise'"
+    assert load_record(env.store, "customer").last_error == outcomes[0].error
+
+
+def test_a_configured_command_runs_in_the_config_s_folder(env, tmp_path, monkeypatch):
+    script = env.tmp / "export.sh"
+    script.write_text("#!/bin/sh\nprintf 'id,name,email,domain\\nC-9,Nine,,nine.lt\\n'\n")
+    script.chmod(0o755)
+    config = configured(env, customers="cmd:./export.sh")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the timer's working directory is not the config's
+    result = CliRunner().invoke(cli, ["--config", str(config), "sync-directory", "--force"])
+    assert result.exit_code == 0, result.output
+    assert stored_ids(env) == ["C-9"]
+
+
+def test_a_command_s_output_is_capped_while_it_runs(monkeypatch):
+    from hanna_sync.remote import crm_source
+
+    monkeypatch.setattr(crm_source, "MAX_BYTES", 1024 * 1024)
+    with pytest.raises(SourceError) as exc:
+        fetch("cmd:yes", "customer", secrets=None, timeout=20)
+    assert one_line(exc) == "cmd:yes: more than 1 MiB of output: not a CRM export: stopped"
+
+
+def gone(pid: int) -> bool:
+    """Dead (or killed, not yet reaped by whoever adopted it) within 5 s: SIGKILL takes a moment on a busy host."""
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_timeout_kills_the_command_s_children_too(tmp_path):
+    pidfile = tmp_path / "pid"
+    with pytest.raises(SourceError, match="still running after 0.5 s"):
+        fetch(f"cmd:sh -c 'sleep 30 & echo $! > {pidfile}; wait'", "customer", secrets=None, timeout=0.5)
+    assert gone(int(pidfile.read_text()))
+    held = tmp_path / "held"  # a child that keeps the output open after the command itself has exited
+    with pytest.raises(SourceError, match="still running after 0.5 s"):
+        fetch(f"cmd:sh -c 'sleep 30 & echo $! > {held}; echo id'", "customer", secrets=None, timeout=0.5)
+    assert gone(int(held.read_text()))
+
+
+def test_directory_token_clear_says_when_there_was_nothing(env):
+    configured(env, customers="https://crm.example.lt/c.csv")
+    result = cli_run(env, "directory-token", "leads", "--clear")
+    assert result.exit_code == 0 and result.stdout == "No token of the leads source is stored: nothing removed.\n"
+
+
+def test_a_dry_run_refresh_logs_that_it_wrote_nothing(env, tmp_path, caplog):
+    from hanna_sync.scan.directory_refresh import refresh_directory
+
+    export = tmp_path / "c.csv"
+    export.write_text(CUSTOMERS_CSV)
+    configured(env, customers=str(export))
+    caplog.set_level(logging.INFO)
+    refresh_directory(env.store, env.config, None, only_due=False, dry_run=True, force=True)
+    assert [r.getMessage() for r in caplog.records if "directory" in r.getMessage()] == [
+        f"directory dry run (nothing written): customers from {export}: 2 would be added, 0 would be updated,"
+        " 3 would be removed, 0 unchanged"]

@@ -97,7 +97,8 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
     \b
     Exit codes: 0 healthy, 1 a mailbox failing (or without a pass), or a directory source
     failing, for --fail-after minutes or more, or no mailbox configured in the database at all;
-    3 no such --user. Use it as a monitoring
+    3 no such --user. With -q it prints only the errors behind exit 1 (a source failing for less
+    than --fail-after is no warning then). Use it as a monitoring
     check, e.g. for Nagios/Icinga or a systemd OnFailure= unit:
       hanna-sync status --fail-after 60 -q || notify-admin
     """
@@ -159,8 +160,8 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
                      f"{s.converted} lead(s) converted" if s.converted else "-" if s.last_success_at else
                      "not refreshed yet: the next pass (or sync-directory) reads it")] for s in sources],
                   below=("Detail",))
-    for s in sources:
-        if s.last_error and not s.alert:
+    for s in sources:  # -q: a monitoring check, silent until --fail-after (as a mailbox failing is)
+        if s.last_error and not s.alert and not app.quiet:
             click.echo(f"Warning: the {s.entity_type}s source {s.state} since {s.failing_since}: {s.last_error}",
                        err=True)
     if warning is not None:

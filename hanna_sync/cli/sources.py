@@ -102,6 +102,9 @@ def directory_token(app: App, *, which: str, from_stdin: bool, clear: bool) -> N
     if clear:
         if from_stdin:
             raise InputError("--clear and --stdin: give one")
+        if app.secrets.get(ref) is None:
+            click.echo(f"No token of the {which} source is stored: nothing removed.")
+            return
         app.secrets.delete(ref)
         click.echo(f"Removed the {which} source's token from the secrets store.")
         return

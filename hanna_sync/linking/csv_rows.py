@@ -69,6 +69,10 @@ def read_records(
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        except RecursionError:
+            raise InputError(f"{name} is not a CRM export: JSON nested too deep to read") from None
+        except ValueError as exc:  # a number of more than 4300 digits, and the like
+            raise InputError(f"{name} is not valid JSON: {exc}") from None
         if not isinstance(data, list):
             raise InputError(f"{name} must hold a JSON list of objects")
         keys = dict.fromkeys(key for record in data if isinstance(record, dict) for key in record)

@@ -9,6 +9,8 @@ A SOURCE is what `import customers|leads SOURCE` and `[directory] customers = SO
   `http://` is refused: the export is the company's customer list;
 * `cmd:COMMAND`: the command split as a shell would (shlex) but run without one, its standard output the
   data; a non-zero exit, or one that outlasts network.timeout, is an error naming it and its first stderr line.
+  It runs in its own process group, its output read as it comes: past MAX_BYTES or the timeout the whole
+  group is killed. A configured source's command runs in the config file's folder.
 
 Whatever comes back is only bytes and a format here; parsing is the directory's (linking/directory.py).
 Anything that is not the export (a 401, a 500, an HTML login page where CSV was due, a command that failed)
@@ -17,11 +19,16 @@ is a `SourceError` naming the source, raised before anything is parsed: nothing 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import selectors
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -78,23 +85,39 @@ def kind(source: str) -> str:
 
 def display_name(source: str) -> str:
     """The source as messages and logs name it: a URL without its query or fragment (where a careless
-    export link may carry a key) and without any user:password@."""
+    export link may carry a key) and without any user:password@. Never raises, even for a URL that is
+    wrong as written (a port out of range, an unclosed bracket): a message must be able to name it."""
     if kind(source) not in ("https", "url"):
         return "standard input" if source == "-" else source
-    parts = urlsplit(source)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+    scheme, _, rest = source.partition("://")
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
+def check_url(source: str) -> None:
+    """An InputError naming the source when an https:// SOURCE is not a URL as written: no host, a port
+    that is not a number from 1 to 65535, an unclosed [IPv6] bracket."""
+    name = display_name(source)
+    try:
+        parts = urlsplit(source)
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(f"{name}: not a URL as written ({exc}): https://host[:port]/path") from None
+    if not parts.hostname:
+        raise InputError(f"{name}: not a URL as written (no host): https://host[:port]/path")
+    if port == 0:
+        raise InputError(f"{name}: not a URL as written (port 0): https://host[:port]/path")
 
 
 def fetch(
     source: str, entity_type: str, *, secrets: SecretStore | None, timeout: float, fmt: str | None = None,
-    stdin: BinaryIO | None = None,
+    stdin: BinaryIO | None = None, cwd: Path | None = None,
 ) -> SourceData:
     """The source's bytes and their format; a SourceError (or InputError for a SOURCE that is wrong as
     written) when it cannot be had. `fmt` is what the admin declared (--format), else it is told by the
-    Content-Type, the URL's or the file's extension, or (commands, stdin) by the data itself."""
+    Content-Type, the URL's or the file's extension, or (commands, stdin) by the data itself. A command
+    runs in `cwd` (a configured source: the config file's folder), else in the current directory."""
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"format must be csv or json, not {fmt!r}")
     which = kind(source)
@@ -102,9 +125,10 @@ def fetch(
         raise InputError(f"{display_name(source)}: only https:// URLs are read (the export is the company's"
                          " customer list: it does not travel in clear)")
     if which == "https":
+        check_url(source)
         return _fetch_https(source, entity_type, secrets=secrets, timeout=timeout, fmt=fmt)
     if which == "command":
-        return _run_command(source, timeout=timeout, fmt=fmt)
+        return _run_command(source, timeout=timeout, fmt=fmt, cwd=cwd)
     if which == "stdin":
         data = (stdin or sys.stdin.buffer).read()
         return SourceData("standard input", data, fmt or _sniff(data, "standard input"))
@@ -222,7 +246,9 @@ def _reason(exc: Exception) -> str:
 
 # -- cmd: --------------------------------------------------------------------------------------------
 
-def _run_command(source: str, *, timeout: float, fmt: str | None) -> SourceData:
+def _run_command(source: str, *, timeout: float, fmt: str | None, cwd: Path | None = None) -> SourceData:
+    """Run the command in its own process group, its output read as it comes: more than MAX_BYTES, or
+    still running after `timeout`, and the whole group (its children too) is killed."""
     name = source
     try:
         argv = shlex.split(source.removeprefix("cmd:"))
@@ -231,23 +257,71 @@ def _run_command(source: str, *, timeout: float, fmt: str | None) -> SourceData:
     if not argv:
         raise InputError(f"{name}: no command after 'cmd:'")
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, cwd=cwd)
     except FileNotFoundError:
-        raise SourceError(f"{name}: command {argv[0]!r} not found") from None
+        where = f" (run in {cwd})" if cwd is not None and "/" in argv[0] else ""
+        raise SourceError(f"{name}: command {argv[0]!r} not found{where}") from None
     except PermissionError:
         raise SourceError(f"{name}: command {argv[0]!r} cannot be run (permission denied)") from None
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"{name}: still running after {timeout:g} s (network.timeout): stopped") from None
     except OSError as exc:
         raise SourceError(f"{name}: cannot run {argv[0]!r}: {exc.strerror}") from None
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    try:
+        stdout, stderr = _collect(process, name, timeout)
+    except BaseException:
+        _kill_group(process)
+        raise
+    if process.returncode != 0:
+        lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
         said = f": {lines[0][:200]}" if lines else ""
-        how = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited with {done.returncode}"
+        code = process.returncode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
         raise SourceError(f"{name}: {how}{said}")
-    if len(done.stdout) > MAX_BYTES:
-        raise SourceError(f"{name}: more than {MAX_BYTES // 1024 // 1024} MiB of output: not a CRM export")
-    return SourceData(name, done.stdout, fmt or _sniff(done.stdout, name))
+    return SourceData(name, stdout, fmt or _sniff(stdout, name))
+
+
+STDERR_KEPT = 64 * 1024  # of a command's stderr, only the first line is quoted
+
+
+def _collect(process: subprocess.Popen[bytes], name: str, timeout: float) -> tuple[bytes, bytes]:
+    """The command's stdout and (the start of) its stderr, read as they come until both close and it exits."""
+    assert process.stdout is not None and process.stderr is not None
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, out)
+        selector.register(process.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SourceError(f"{name}: still running after {timeout:g} s (network.timeout): stopped")
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+                elif key.data is out:
+                    out += chunk
+                    if len(out) > MAX_BYTES:
+                        raise SourceError(f"{name}: more than {MAX_BYTES // 1024 // 1024} MiB of output:"
+                                          " not a CRM export: stopped")
+                elif len(err) < STDERR_KEPT:
+                    err += chunk
+    try:
+        process.wait(max(deadline - time.monotonic(), 0.01))
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"{name}: still running after {timeout:g} s (network.timeout): stopped") from None
+    return bytes(out), bytes(err)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the command and whatever it started (its own session: start_new_session), and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+    process.wait()
 
 
 def _sniff(data: bytes, name: str) -> str:

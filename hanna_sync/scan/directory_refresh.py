@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,9 @@ def refresh_directory(
                                  force=force)
         if not dry_run:
             _record(store, record if is_current(record, source) else None, outcome, now, key=source_key(source))
-        if outcome.ok:
+        if outcome.ok and dry_run:
+            log.info("directory dry run (nothing written): %s", outcome.summary())
+        elif outcome.ok:
             log.info("directory refreshed: %s", outcome.summary())
         else:
             log.warning("directory not refreshed: %s; the directory stays as it was (the next pass tries again)",
@@ -170,10 +173,13 @@ def refresh_source(
     store: Store, config: Config, secrets: SecretStore | None, *, entity_type: str, source: str,
     dry_run: bool = False, force: bool = False,
 ) -> RefreshOutcome:
-    """Read one source and apply it as a snapshot (nothing written on a dry run, a refusal or an error)."""
+    """Read one source and apply it as a snapshot (nothing written on a dry run, a refusal or an error).
+    Whatever goes wrong with the source, even an error this code did not foresee, is the outcome's: one
+    source never stops the other, nor the pass. A command runs in the config file's folder."""
     name = display_name(source)
+    cwd = config.source.parent if config.source is not None else None
     try:
-        got = fetch(source, entity_type, secrets=secrets, timeout=config.network.timeout)
+        got = fetch(source, entity_type, secrets=secrets, timeout=config.network.timeout, cwd=cwd)
         result = import_entities(store, entity_type, None, got.fmt, stdin_data=got.data, config=config,
                                  allow_conflicts=True, snapshot=True, dry_run=dry_run, force=force,
                                  source_name=got.name)
@@ -181,6 +187,12 @@ def refresh_source(
         return RefreshOutcome(entity_type, name, ok=False, dry_run=dry_run, refused=True, error=str(exc))
     except HannaError as exc:
         return RefreshOutcome(entity_type, name, ok=False, dry_run=dry_run, error=str(exc))
+    except sqlite3.Error:
+        raise  # the database's own: the pass's (exit 74), not the source's
+    except Exception as exc:  # noqa: BLE001 - a source's failure, never the pass's
+        log.debug("the %s source failed unexpectedly", ENTITY_SOURCES[entity_type], exc_info=True)
+        return RefreshOutcome(entity_type, name, ok=False, dry_run=dry_run,
+                              error=f"{name}: unexpected {type(exc).__name__}: {exc}")
     return _outcome(entity_type, name, result, dry_run)
 
 
