@@ -534,3 +534,14 @@ def test_a_dry_run_refresh_logs_that_it_wrote_nothing(env, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records if "directory" in r.getMessage()] == [
         f"directory dry run (nothing written): customers from {export}: 2 would be added, 0 would be updated,"
         " 3 would be removed, 0 unchanged"]
+
+
+def test_a_refresh_says_what_it_took_off_and_what_it_kept_for_returning_entities():
+    """Unattended, nobody reads a dry run first: the journal line carries the counts."""
+    from hanna_sync.scan.directory_refresh import RefreshOutcome
+
+    outcome = RefreshOutcome("customer", "cmd:export", ok=True, removed=["C-1"], removed_links=3, kept_by_hand=2)
+    line = outcome.summary()
+    assert "1 removed" in line and "3 link(s) taken off archived letters" in line
+    assert "2 link(s) made or taken off by hand kept for when the removed ones return" in line
+    assert outcome.as_dict()["kept_by_hand"] == 2

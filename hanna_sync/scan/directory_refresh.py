@@ -78,6 +78,7 @@ class RefreshOutcome:
     converted: list[tuple[str, str]] = field(default_factory=list)
     orphaned: list[int] = field(default_factory=list)
     removed_links: int = 0
+    kept_by_hand: int = 0  # decisions by hand naming removed entities, kept for when they return
 
     @property
     def changed(self) -> bool:
@@ -95,8 +96,10 @@ class RefreshOutcome:
         # another customer): said, with the count, since nobody reviews it before it is written.
         unlinked = (f"; {self.removed_links} link(s) {would}taken off archived letters"
                     f" ('hanna-sync import ... --snapshot --dry-run' lists such changes)") if self.removed_links else ""
+        kept = (f"; {self.kept_by_hand} link(s) made or taken off by hand kept for when the removed ones return"
+                if self.kept_by_hand else "")
         return (f"{name}: {self.added} {would}added, {self.updated} {would}updated, {len(self.removed)} {would}removed"
-                f"{converted}, {self.unchanged} unchanged{orphaned}{unlinked}")
+                f"{converted}, {self.unchanged} unchanged{orphaned}{unlinked}{kept}")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -200,7 +203,7 @@ def _outcome(entity_type: str, name: str, result: ImportResult, dry_run: bool) -
     outcome = RefreshOutcome(entity_type, name, ok=not result.rejected, dry_run=dry_run, added=result.added,
                              updated=result.updated, unchanged=result.unchanged, removed=list(result.removed),
                              converted=list(result.converted), orphaned=list(result.orphaned),
-                             removed_links=len(result.removed_links))
+                             removed_links=len(result.removed_links), kept_by_hand=result.kept_by_hand)
     if result.rejected:
         first = result.rejected[0]
         more = f" (and {len(result.rejected) - 1} more)" if len(result.rejected) > 1 else ""
