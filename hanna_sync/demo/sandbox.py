@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from imapclient import imap_utf7
 
+from hanna_sync.mail.addresses import is_ip_address
+
 DOVECOT_BIN = "/usr/sbin/dovecot"
 DOVEADM_BIN = "/usr/bin/doveadm"
 MAILDIR_FLAGS = frozenset("DFPRST")  # Draft, Flagged, Passed, Replied, Seen, Trashed (\Deleted)
@@ -417,7 +419,7 @@ class CertificateAuthority:
         """A server certificate for DNS names and/or IP addresses: ``(cert_path, key_path)``."""
         key = ec.generate_private_key(ec.SECP256R1())
         names = [
-            x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h)
+            x509.IPAddress(ipaddress.ip_address(h)) if is_ip_address(h) else x509.DNSName(h)
             for h in hostnames
         ]
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
@@ -480,13 +482,6 @@ def _die_with_parent() -> None:
     """
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _cert_builder(

@@ -7,7 +7,6 @@ short, a certificate for another name) and the fix; a second connection looks cl
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import select
 import smtplib
@@ -25,6 +24,7 @@ from imapclient.exceptions import IMAPClientError
 from hanna_sync.diagnose.hints import explain, login_hint
 from hanna_sync.diagnose.run import Passed, Run, StageFailed, close_quietly
 from hanna_sync.errors import ConnectError, ExitCode
+from hanna_sync.mail.addresses import is_ip_address
 from hanna_sync.mail.message import text_codec
 from hanna_sync.remote import imap
 
@@ -59,7 +59,7 @@ class NetworkRun(Run):
         except socket.gaierror as exc:
             raise StageFailed(*self._dns_problem(exc)) from None
         addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
-        if _is_ip(host):
+        if is_ip_address(host):
             return Passed(f"{host} is an IP address: nothing to resolve", addresses)
         ips = [str(sockaddr[0]) for _, sockaddr in addresses]
         more = f" and {len(ips) - 4} more" if len(ips) > 4 else ""
@@ -414,13 +414,6 @@ def _speaker(line: str) -> str | None:
 def _article(word: str) -> str:
     return "an" if word[0] in "AEFHILMNORSX" else "a"  # said as letters: an IMAP, an SMTP, a POP3
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _readable(sock: socket.socket, seconds: float) -> bool:

@@ -8,6 +8,7 @@ to the same string first. Plus-tags and dots are kept: they can be distinct mail
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -96,3 +97,12 @@ def is_listed(domain: str, patterns: tuple[str, ...]) -> bool:
         elif domain == pattern or domain.endswith("." + pattern):
             return True
     return False
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether a server name is an IP address (a certificate names it as IPAddress, not DNSName)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
