@@ -8,6 +8,7 @@ connection, its writer lock and its transactions (connection.py), so every calle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -26,6 +27,7 @@ from hanna_sync.db.reading import ReadingQueries, fts_query
 from hanna_sync.db.scanstate import ScanStateQueries
 from hanna_sync.db.schema import migrations
 from hanna_sync.db.skipindex import SkipIndexQueries
+from hanna_sync.db.tokens import TokenQueries
 from hanna_sync.errors import InputError
 from hanna_sync.mail.filenames import file_kind
 from hanna_sync.models import Backup
@@ -52,16 +54,29 @@ def _regular_or_missing(target: Path) -> None:
                          " and renamed into place, so name a regular file (e.g. /var/backups/hanna-sync/hanna-sync.db)")
 
 
-class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries, LinkQueries, ReadingQueries):
+class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries, LinkQueries, ReadingQueries,
+            TokenQueries):
     """The open database. One per process; SQLite's WAL lets a reader run beside the writer."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000, *, read_only: bool = False) -> None:
+        """read_only (the web server): never creating, migrating or writing the database, which must exist
+        and be migrated by this hanna-sync already. It is SQLite's query_only on an ordinary connection,
+        not mode=ro: a mode=ro connection beside WAL writers in other processes failed with "disk I/O
+        error" when their last connection had checkpointed the write-ahead log away."""
         self.path = path
+        self.lock = threading.RLock()
+        if read_only:
+            self._open_read_only(busy_timeout_ms)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the state dir: private, like its files
             # Created 0600 before SQLite opens it: letters and the directory are private. SQLite gives
             # the -wal and -shm files the same permissions as the database file.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            # Only when missing (O_EXCL): closing a descriptor of an existing database would drop every
+            # POSIX lock this process's other connections hold on it, and another process's last connection
+            # could then checkpoint the write-ahead log away under them ("disk I/O error", lost reads).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
             # isolation_level=None: no implicit transactions. A statement outside `transaction()` commits
             # at once, and `transaction()` is the only place a transaction starts, so nothing written can
             # be left waiting for a commit that never comes.
@@ -71,7 +86,6 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open database {path}: {getattr(exc, 'strerror', None) or exc}") from None
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self.lock = threading.RLock()
         try:
             self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -84,6 +98,23 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
             if explained is None or "not a database" in str(exc):  # e.g. --config naming another file
                 raise DatabaseError(f"{path} is not a usable hanna-sync database: {exc}") from None
             raise explained from None
+
+    def _open_read_only(self, busy_timeout_ms: int) -> None:
+        from urllib.parse import quote
+
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=rw", uri=True,
+                                   timeout=busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn, execute_plugins=False)
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.db.execute("PRAGMA query_only = ON")
+            applied = {m.name for m in migrations.applied(self.db)}
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path} read-only: {exc}") from None
+        missing = {m.name for m in migrations._migrations} - applied
+        if missing:
+            raise DatabaseError(f"{self.path} is not migrated to this hanna-sync ({sorted(missing)[0]} missing):"
+                                " run any hanna-sync command that writes (e.g. 'hanna-sync doctor') first")
 
     def _migrate(self) -> None:
         applied = {m.name for m in migrations.applied(self.db)}
