@@ -197,3 +197,42 @@ def source_health(store: Store, config: Config, fail_after: timedelta, now: date
             record.last_attempt_at, record.last_success_at, _minutes_since(record.last_success_at, now),
             record.added, record.updated, record.removed, record.converted, record.last_error, record.failing_since))
     return out
+
+
+@dataclass
+class Overview:
+    """Everything `status` reports: its --json (and GET /api/status) is `as_dict()`."""
+
+    rows: list[MailboxHealth]
+    sources: list[Any]
+    last: Any
+    warning: Any
+    alert: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "alert": self.alert,
+            "database_warning": self.warning.as_dict() if self.warning else None,
+            "last_pass": None if last is None else {
+                "started_at": last["started_at"], "finished_at": last["finished_at"], "outcome": last["outcome"],
+                "budget_exhausted": bool(last["budget_exhausted"]),
+            },
+            "mailboxes": [r.as_dict() for r in self.rows],
+            "directory_sources": [s.as_dict() for s in self.sources],
+        }
+
+
+def overview(store: Store, config: Config, *, fail_after: timedelta, user: str | None = None) -> Overview:
+    """The mailboxes' and CRM sources' health, the last pass, and a warning when this is the wrong database."""
+    from hanna_sync.db.database_warning import database_warning, recorded_database_warning
+
+    rows = health(store, fail_after, user)
+    sources = source_health(store, config, fail_after)
+    # No mailbox at all: this shell's view of other databases, and the one the last pass (the timer) had.
+    warning = database_warning(store, config.database)
+    recorded = recorded_database_warning(store)
+    if warning is not None and recorded is not None:
+        warning.other_databases += [d for d in recorded.other_databases if d not in warning.other_databases]
+    alert = any(r.alert for r in rows) or any(s.alert for s in sources) or warning is not None
+    return Overview(rows, sources, store.last_run(), warning, alert)

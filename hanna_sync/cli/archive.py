@@ -38,10 +38,10 @@ def letters(app: App, *, customer: str | None, lead: str | None, mailbox_id: int
       hanna-sync letters --customer C-1001 --since 2025-01-01
     """
     since = since_date(since)
-    check_entities(app, customer, lead)
-    if mailbox_id is not None:
-        app.store.mailbox(mailbox_id)  # an unknown id is an error, not "No letters."
-    rows = app.store.letters(customer=customer, lead=lead, mailbox_id=mailbox_id, since=since, limit=limit)
+    from hanna_sync.admin import views
+
+    # An unknown id is an error, not "No letters."
+    rows = views.letters(app.store, customer=customer, lead=lead, mailbox_id=mailbox_id, since=since, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -74,7 +74,9 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
     Example:
       hanna-sync show 42
     """
-    letter = app.store.letter(letter_id)
+    from hanna_sync.admin import views
+
+    letter = views.letter(app.store, letter_id)
     if as_json:
         emit_json(letter)
         return
@@ -222,8 +224,9 @@ def search(app: App, *, words: tuple[str, ...], customer: str | None, lead: str 
       hanna-sync search '"ąžuolinės lentos"' --customer C-1001
     """
     since = since_date(since)
-    check_entities(app, customer, lead)
-    rows = app.store.search(" ".join(words), customer=customer, lead=lead, since=since, limit=limit)
+    from hanna_sync.admin import views
+
+    rows = views.search(app.store, " ".join(words), customer=customer, lead=lead, since=since, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -244,7 +247,9 @@ def thread(app: App, letter_id: int, as_json: bool) -> None:
 
     Letters belong together when their Message-ID, In-Reply-To and References headers connect them.
     """
-    rows = app.store.thread(letter_id)
+    from hanna_sync.admin import views
+
+    rows = views.thread(app.store, letter_id)
     if as_json:
         emit_json(rows)
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,16 +221,12 @@ def relink_command(app: App, as_json: bool) -> None:
 
 
 def list_entities(app: App, entity_type: str, as_json: bool) -> None:
-    entities = app.store.entities(entity_type)
+    from hanna_sync.admin import views
+
     if as_json:
-        out = []
-        for e in entities:
-            data = asdict(e)
-            if entity_type == "lead":
-                data.pop("domain")
-            out.append(data)
-        emit_json(out)
+        emit_json(views.entities(app.store, entity_type))
         return
+    entities = app.store.entities(entity_type)
     if not entities:
         click.echo(f"No {entity_type}s yet: load them with 'hanna-sync import {entity_type}s FILE'.")
         return

@@ -104,33 +104,13 @@ def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, a
     """
     from datetime import timedelta
 
-    from hanna_sync.admin.status import health, source_health
-    from hanna_sync.db.database_warning import (
-        database_warning,
-        recorded_database_warning,
-    )
+    from hanna_sync.admin.status import overview
 
     check_user(app, user)
-    rows = health(app.store, timedelta(minutes=fail_after), user)
-    sources = source_health(app.store, app.config, timedelta(minutes=fail_after))
-    last = app.store.last_run()
-    # No mailbox at all: this shell's view of other databases, and the one the last pass (the timer) had.
-    warning = database_warning(app.store, app.config.database)
-    recorded = recorded_database_warning(app.store)
-    if warning is not None and recorded is not None:
-        warning.other_databases += [d for d in recorded.other_databases if d not in warning.other_databases]
-    alert = any(r.alert for r in rows) or any(s.alert for s in sources) or warning is not None
+    seen = overview(app.store, app.config, fail_after=timedelta(minutes=fail_after), user=user)
+    rows, sources, last, warning, alert = seen.rows, seen.sources, seen.last, seen.warning, seen.alert
     if as_json:
-        emit_json({
-            "alert": alert,
-            "database_warning": warning.as_dict() if warning else None,
-            "last_pass": None if last is None else {
-                "started_at": last["started_at"], "finished_at": last["finished_at"], "outcome": last["outcome"],
-                "budget_exhausted": bool(last["budget_exhausted"]),
-            },
-            "mailboxes": [r.as_dict() for r in rows],
-            "directory_sources": [s.as_dict() for s in sources],
-        })
+        emit_json(seen.as_dict())
     elif not app.quiet:
         if last:
             note = "; time budget spent, continuing next pass" if last["budget_exhausted"] else ""
