@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hanna_sync import __version__
-from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate, sources
+from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate, sources, web
 from hanna_sync.cli.render import JournalFormatter, console_err, under_journal
 from hanna_sync.errors import ExitCode, HannaError
 
@@ -163,7 +163,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
     ctx.obj = App(config_path, verbose, quiet)
 
 
-for _module in (mailboxes, diagnostics, directory, sources, archive, operate):
+for _module in (mailboxes, diagnostics, directory, sources, archive, operate, web):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
@@ -216,6 +216,7 @@ SHORT_HELP = {
     "remove-mailbox": "Remove a mailbox (its letters stay).",
     "run": "Run one scan pass (what the timer runs).",
     "search": "Search the archive's letters by words.",
+    "serve": "Serve the archive's JSON API over HTTP.",
     "set-password": "Replace a mailbox's password.",
     "setup-guide": "Print setup steps: o365, systemd, config.",
     "show": "Show one archived letter.",
@@ -223,6 +224,7 @@ SHORT_HELP = {
     "sync-directory": "Refresh customers and leads from the CRM now.",
     "test": "Diagnose a mailbox's IMAP and SMTP, step by step.",
     "thread": "Show a letter's whole conversation.",
+    "token": "Create, list and revoke web API tokens.",
     "unlink": "Take a letter's link off by hand, for good.",
 }
 for _name, _text in SHORT_HELP.items():

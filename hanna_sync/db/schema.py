@@ -441,3 +441,19 @@ def m010_links_by_hand(db: sqlite_utils.Database) -> None:
         {triggers}
         """
     )
+
+
+@migrations()
+def m011_web_tokens(db: sqlite_utils.Database) -> None:
+    """The web server's API tokens (`hanna-sync token create`): only each token's sha256 is kept."""
+    db.executescript(
+        """
+        CREATE TABLE web_tokens (
+            name TEXT PRIMARY KEY,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT
+        );
+        """
+    )
