@@ -178,7 +178,7 @@ def small_disk(path: Path, size: str):
 
 def test_cli_on_a_full_disk_exits_74_with_one_line_and_resumes_when_there_is_room(tmp_path, mailbox):
     user, reference = mailbox
-    with small_disk(tmp_path / "disk", "900k") as disk:  # room for the schema, not for the letters
+    with small_disk(tmp_path / "disk", "1m") as disk:  # room for the schema, not for the letters
         env = Env(disk, batch_size=5)
         env.add(user, folders=("INBOX",))
         env.store.close()
