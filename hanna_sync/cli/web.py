@@ -30,13 +30,14 @@ def _loopback(host: str) -> bool:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True,
               help="The port (0: any free one, printed on stderr).")
-@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True, help="Requests served at once.")
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Connections served at once (their database reads take turns).")
 @click.pass_obj
 def serve(app: App, *, host: str, port: int, threads: int) -> None:
     """Serve the archive's JSON API (read-only) over HTTP, for the CRM and staff.
 
-    Every request needs a token ('hanna-sync token create NAME'). The database is read with SQLite's
-    read-only mode, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy
+    Every request needs a token ('hanna-sync token create NAME'). The database is read through a
+    query_only SQLite connection, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy
     with TLS (nginx, see the README) in front before anyone else reaches it.
 
     \b

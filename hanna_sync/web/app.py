@@ -1,8 +1,9 @@
 """The WSGI application: a few regex routes, bearer tokens, JSON answers in the CLI's --json shapes.
 
-Each request opens the database read-only (SQLite mode=ro), so a pass writes beside the server and
-a revoked token stops working at the next request. Failed authentications are limited per client
-address. Nothing here logs a request's headers, so a token never reaches a log.
+Requests read through one query_only SQLite connection (Store(read_only=True)), taking turns, so a
+pass writes beside the server; a token is looked up on every request, so a revoked one stops at
+once. Failed authentications are limited per client address. Nothing here logs a request's
+headers, so a token never reaches a log.
 """
 
 from __future__ import annotations
