@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from hanna_sync.cli import cli
-from hanna_sync.cli.web import _loopback
 from hanna_sync.db.store import Store
+from hanna_sync.web.command import _loopback
 from tests.helpers import Env, deliver_sample
 
 

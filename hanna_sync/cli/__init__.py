@@ -233,5 +233,15 @@ for _name, _text in SHORT_HELP.items():
 _add_verbosity_options(cli)
 
 
+def add_command(command: click.Command) -> None:
+    """A command from a package beside cli/ (web/'s serve), added as the group's own are: its short
+    help, and -v/-q after it. hanna_sync.__main__ calls it."""
+    if command.name in cli.commands:
+        return
+    cli.add_command(command)
+    command.short_help = SHORT_HELP.get(command.name or "", command.short_help)
+    _add_verbosity_options(click.Group(commands=[command]))
+
+
 def main() -> None:
     cli(prog_name="hanna-sync")
