@@ -31,6 +31,15 @@ class TokenStages(Run):
     resource: Resource
     sign_in: MicrosoftSignIn
 
+    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
+        super().__init__(mailbox, "", options, report)  # the protocol run beside this one in the class's bases
+        self.sign_in = sign_in
+
+    def stages(self) -> None:
+        """The token stages first, then the protocol's own (IMAP or SMTP with XOAUTH2)."""
+        self.token_stages()
+        super().stages()
+
     def token_stages(self) -> None:
         token: Token = self.stage("token", self.token)
         self.password = token.value  # masked in every detail and trace line from here on
@@ -81,14 +90,6 @@ class OAuthImapRun(TokenStages, ImapRun):
 
     resource = IMAP
 
-    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
-        super().__init__(mailbox, "", options, report)
-        self.sign_in = sign_in
-
-    def stages(self) -> None:
-        self.token_stages()
-        super().stages()
-
     def capabilities(self, client: IMAPClient) -> Passed:
         assert self.server is not None
         capabilities = capabilities_of(client)
@@ -113,14 +114,6 @@ class OAuthSmtpRun(TokenStages, SmtpRun):
     """SMTP as the CRM sends with an o365-client mailbox: AUTH XOAUTH2 with a fresh token for SMTP."""
 
     resource = SMTP
-
-    def __init__(self, mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, report: Report) -> None:
-        super().__init__(mailbox, "", options, report)
-        self.sign_in = sign_in
-
-    def stages(self) -> None:
-        self.token_stages()
-        super().stages()
 
     def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
         assert self.server is not None
