@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
-from hanna_sync.admin import views
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import HannaError, InputError, NotFound
+from hanna_sync.web import api
+from hanna_sync.web.routing import Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,7 @@ FAILED_AUTH_WINDOW = 60.0  # seconds
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last_used_at
 
 StartResponse = Callable[..., Any]
+ROUTES = api.ROUTES
 
 
 class HttpError(Exception):
@@ -62,59 +62,6 @@ class FailedAuth:
             self._recent(address, now).append(now)
 
 
-def _limit(query: dict[str, list[str]], default: int | None) -> int | None:
-    value = query.get("limit", [None])[-1]
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(f"limit '{value}' is not a whole number of 1 or more")
-    return int(value)
-
-
-def _id(value: str) -> int:
-    return int(value)  # the route's pattern took digits only
-
-
-Handler = Callable[[Store, Config, re.Match[str], dict[str, list[str]]], Any]
-
-
-def _letters_of(entity_type: str) -> Handler:
-    def handler(store: Store, config: Config, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-        return views.letters(store, **{entity_type: m["id"]}, limit=_limit(q, None))  # type: ignore[arg-type]
-    return handler
-
-
-def _search(store: Store, config: Config, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-    words = " ".join(q.get("q", [])).strip()
-    if not words:
-        raise InputError("search needs words: /api/search?q=WORDS")
-    return views.search(store, words, customer=q.get("customer", [None])[-1], lead=q.get("lead", [None])[-1],
-                        limit=_limit(q, 20) or 20)
-
-
-def _status(store: Store, config: Config, m: re.Match[str], q: dict[str, list[str]]) -> Any:
-    return views_status(store, config)
-
-
-def views_status(store: Store, config: Config) -> dict[str, Any]:
-    from hanna_sync.admin.status import overview
-
-    return overview(store, config, fail_after=timedelta(minutes=60)).as_dict()
-
-
-ROUTES: list[tuple[re.Pattern[str], Handler, bool]] = [  # (path, handler, admin only)
-    (re.compile(r"/api/customers"), lambda s, c, m, q: views.entities(s, "customer", limit=_limit(q, None)), False),
-    (re.compile(r"/api/leads"), lambda s, c, m, q: views.entities(s, "lead", limit=_limit(q, None)), False),
-    (re.compile(r"/api/customers/(?P<id>[^/]+)/letters"), _letters_of("customer"), False),
-    (re.compile(r"/api/leads/(?P<id>[^/]+)/letters"), _letters_of("lead"), False),
-    (re.compile(r"/api/letters/(?P<id>[0-9]+)"), lambda s, c, m, q: views.letter(s, _id(m["id"])), False),
-    (re.compile(r"/api/letters/(?P<id>[0-9]+)/raw"), lambda s, c, m, q: s.original(_id(m["id"]))["raw"], False),
-    (re.compile(r"/api/threads/(?P<id>[0-9]+)"), lambda s, c, m, q: views.thread(s, _id(m["id"])), False),
-    (re.compile(r"/api/search"), _search, False),
-    (re.compile(r"/api/status"), _status, True),
-]
-
-
 class WebApp:
     """The WSGI callable `hanna-sync serve` runs."""
 
@@ -127,23 +74,21 @@ class WebApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
-            status, content_type, body = self.answer(environ)
+            reply = self.answer(environ)
         except HttpError as exc:
-            status, content_type, body = exc.status, "application/json", _json({"error": str(exc)})
-        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                                ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
-        return [body]
+            reply = Reply(status=exc.status, content_type="application/json", body=_json({"error": str(exc)}))
+        start_response(reply.status, [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
+                                      ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                                      *reply.headers])
+        return [reply.body]
 
-    def answer(self, environ: dict[str, Any]) -> tuple[str, str, bytes]:
+    def answer(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             raise HttpError("405 Method Not Allowed", "the API is read-only: GET only")
-        route = next(((pattern.fullmatch(path), handler, admin) for pattern, handler, admin in ROUTES
-                      if pattern.fullmatch(path)), None)
-        if route is None:
+        route, match = next(((route, m) for route in ROUTES if (m := route.match(path))), (None, None))
+        if route is None or match is None:
             raise HttpError("404 Not Found", f"no such page: {path}")
-        match, handler, admin_only = route
-        assert match is not None
         address = environ.get("REMOTE_ADDR", "")
         if self.failed.blocked(address):
             raise HttpError("429 Too Many Requests", "too many failed authentications: try again in a minute")
@@ -153,19 +98,19 @@ class WebApp:
             raise HttpError("503 Service Unavailable", str(exc)) from None
         with store.lock:  # one request at a time on the one connection: each sees the database as committed now
             owner = self.authenticate(store, environ, address)
-            if admin_only and not owner["admin"]:
+            if route.admin and not owner["admin"]:
                 raise HttpError("403 Forbidden", f"token '{owner['name']}' is not an admin token")
             query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
             try:
-                data = handler(store, self.config, match, query)
+                data = route.handler(Request(store=store, config=self.config, match=match, query=query, owner=owner))
             except NotFound as exc:
                 raise HttpError("404 Not Found", str(exc)) from None
             except InputError as exc:
                 raise HttpError("400 Bad Request", str(exc)) from None
         self.note_use(owner["name"])
-        if isinstance(data, bytes):
-            return "200 OK", "message/rfc822", data
-        return "200 OK", "application/json; charset=utf-8", _json(data)
+        if isinstance(data, Reply):
+            return data
+        return Reply(content_type="application/json; charset=utf-8", body=_json(data))
 
     def reader(self) -> Store:
         """The server's read-only Store. One for the server's life, not one per request: a process whose
@@ -200,6 +145,7 @@ class WebApp:
                 writer.close()
         except (HannaError, sqlite3.Error) as exc:
             log.warning("web: could not note token %r's use: %s", name, exc)
+
 
 def _json(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()
