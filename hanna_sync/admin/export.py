@@ -146,7 +146,7 @@ def export_letters(
                 if target is None:
                     sink.write(raw)  # type: ignore[union-attr]
                 elif to_directory:
-                    with staging.file(target, _eml_name(letter)) as file:
+                    with staging.file(target, eml_name(letter)) as file:
                         file.write(raw)
                 else:
                     target.write(raw)
@@ -229,7 +229,8 @@ def _open_stream(output: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _eml_name(letter: Original) -> str:
+def eml_name(letter: Original) -> str:
+    """`<id>-<YYYY-MM-DD>-<subject>.eml`: a letter's file in an export, and the name `/api/letters/{id}/raw` offers."""
     subject = safe_filename((letter["subject"] or "")[:SUBJECT_CHARS], fallback="no subject")
     return f"{letter['id']}-{letter['date'][:10]}-{subject}.eml"
 

@@ -13,10 +13,12 @@ if TYPE_CHECKING:
     from hanna_sync.db.store import Store
 
 
-def entities(store: Store, entity_type: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The customers or leads with their contacts (a lead has no domain)."""
+def entities(store: Store, entity_type: str, *, limit: int | None = None,
+             after: str | None = None) -> list[dict[str, Any]]:
+    """The customers or leads with their contacts (a lead has no domain), by id; with `after`, those whose id
+    sorts after it (a page's keyset)."""
     out = []
-    for e in store.entities(entity_type)[:limit]:
+    for e in [e for e in store.entities(entity_type) if after is None or e.id > after][:limit]:
         data = asdict(e)
         if entity_type == "lead":
             data.pop("domain")
@@ -25,14 +27,16 @@ def entities(store: Store, entity_type: str, *, limit: int | None = None) -> lis
 
 
 def letters(store: Store, *, customer: str | None = None, lead: str | None = None, mailbox_id: int | None = None,
-            since: str | None = None, limit: int | None = None) -> list[Any]:
+            since: str | None = None, limit: int | None = None,
+            after: tuple[str | None, int] | None = None) -> list[Any]:
     """Archived letters, newest first; an unknown customer, lead or mailbox is NotFound, not "no letters"."""
     for entity_type, entity_id in (("customer", customer), ("lead", lead)):
         if entity_id is not None:
             store.existing_entity(entity_type, entity_id)
     if mailbox_id is not None:
         store.mailbox(mailbox_id)
-    return list(store.letters(customer=customer, lead=lead, mailbox_id=mailbox_id, since=since, limit=limit))
+    return list(store.letters(customer=customer, lead=lead, mailbox_id=mailbox_id, since=since, limit=limit,
+                             after=after))
 
 
 def letter(store: Store, letter_id: int) -> Any:
@@ -44,8 +48,8 @@ def thread(store: Store, letter_id: int) -> list[Any]:
 
 
 def search(store: Store, query: str, *, customer: str | None = None, lead: str | None = None,
-           since: str | None = None, limit: int = 20) -> list[Any]:
+           since: str | None = None, limit: int = 20, after: tuple[float, str | None, int] | None = None) -> list[Any]:
     for entity_type, entity_id in (("customer", customer), ("lead", lead)):
         if entity_id is not None:
             store.existing_entity(entity_type, entity_id)
-    return list(store.search(query, customer=customer, lead=lead, since=since, limit=limit))
+    return list(store.search(query, customer=customer, lead=lead, since=since, limit=limit, after=after))

@@ -66,6 +66,15 @@ def _letter_filters(
     return where, args
 
 
+def _newest_first_after(after: tuple[str | None, int], date: str, letter_id: str) -> tuple[str, list[Any]]:
+    """A WHERE term for the rows after `after` (a row's date_utc and id) in `ORDER BY date DESC, id DESC`,
+    where SQLite puts a NULL date last: so a page starts exactly behind the row that ended the one before."""
+    last_date, last_id = after
+    if last_date is None:
+        return f"({date} IS NULL AND {letter_id} < ?)", [last_id]
+    return (f"({date} < ? OR {date} IS NULL OR ({date} = ? AND {letter_id} < ?))", [last_date, last_date, last_id])
+
+
 class ReadingQueries(Connection):
     """What the CLI, export and a pass read of the archive, as typed rows."""
 
@@ -76,9 +85,15 @@ class ReadingQueries(Connection):
         mailbox_id: int | None = None,
         since: str | None = None,
         *, limit: int | None = None,
+        after: tuple[str | None, int] | None = None,
     ) -> list[LetterSummary]:
-        """Archived letters, newest first, each with its links ("rule" is the link to the entity asked for)."""
+        """Archived letters, newest first, each with its links ("rule" is the link to the entity asked for);
+        with `after` (date_utc, id) of a letter, those that follow it in this order (a page's keyset)."""
         where, args = _letter_filters(customer, lead, since, mailbox_id)
+        if after is not None:
+            term, more = _newest_first_after(after, "l.date_utc", "l.id")
+            where.append(term)
+            args += more
         sql = (
             "SELECT l.id, l.date_utc, l.from_addr, l.from_name, l.subject, l.message_id, l.size, l.body_skipped"
             f" FROM letters l WHERE {' AND '.join(where)} ORDER BY l.date_utc DESC, l.id DESC"
@@ -129,21 +144,29 @@ class ReadingQueries(Connection):
         lead: str | None = None,
         since: str | None = None,
         *, limit: int = 20,
+        after: tuple[float, str | None, int] | None = None,
     ) -> list[SearchHit]:
-        """Letters matching every word of `query` (see fts_query), best first, each with a snippet and its links.
+        """Letters matching every word of `query` (see fts_query), best first, each with a snippet and its links;
+        with `after` (rank, date_utc, id) of a hit, the hits that follow it (a page's keyset).
 
         rank is FTS5's bm25 (lower is better), with a subject hit worth more than a body hit: a subject
-        names what the letter is about. The snippet marks each matched word as **word**.
+        names what the letter is about. Equal ranks go newest first, then by id, so the order is total.
+        The snippet marks each matched word as **word**.
         """
         where, args = _letter_filters(customer, lead, since)
         where.insert(0, "letters_fts MATCH ?")
         args.insert(0, fts_query(query))
+        page, query_args = "1", list(args)
+        if after is not None:  # on the inner query's columns: beside letters_fts, `rank` is FTS5's own hidden column
+            term, tie_args = _newest_first_after(after[1:], "date_utc", "id")
+            page = f"(rank > ? OR (rank = ? AND {term}))"
+            query_args += [after[0], after[0], *tie_args]
         rows = [cast(SearchHit, row) for row in self.db.query(
-            "SELECT l.id, l.date_utc, l.from_addr, l.subject,"
+            "SELECT * FROM (SELECT l.id, l.date_utc, l.from_addr, l.subject,"
             " snippet(letters_fts, -1, '**', '**', '…', 12) AS snippet, bm25(letters_fts, 4.0, 1.0, 2.0, 2.0) AS rank"
-            f" FROM letters_fts JOIN letters l ON l.id = letters_fts.rowid WHERE {' AND '.join(where)}"
-            f" ORDER BY rank, l.date_utc DESC LIMIT {int(limit)}",
-            args,
+            f" FROM letters_fts JOIN letters l ON l.id = letters_fts.rowid WHERE {' AND '.join(where)})"
+            f" WHERE {page} ORDER BY rank, date_utc DESC, id DESC LIMIT {int(limit)}",
+            query_args,
         )]
         for row in rows:
             row["snippet"] = " ".join(row["snippet"].split())  # a one-line preview: the letter's line breaks go

@@ -8,7 +8,7 @@ headers, so a token never reaches a log.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -22,6 +22,7 @@ from hanna_sync.db.store import Store
 from hanna_sync.errors import HannaError, InputError, NotFound
 from hanna_sync.web import api
 from hanna_sync.web.routing import Reply, Request
+from hanna_sync.web.routing import json_body as _json
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,18 @@ class WebApp:
             reply = self.answer(environ)
         except HttpError as exc:
             reply = Reply(status=exc.status, content_type="application/json", body=_json({"error": str(exc)}))
+        headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), *reply.headers]
+        if reply.status.startswith("200 "):  # a strong validator from the body: an unchanged answer costs no body
+            etag = f'"{hashlib.sha256(reply.body).hexdigest()[:32]}"'
+            if environ.get("PATH_INFO", "").startswith("/api/"):  # the client may keep it, revalidated each time
+                headers[0] = ("Cache-Control", "private, no-cache")
+            headers.append(("ETag", etag))
+            wanted = environ.get("HTTP_IF_NONE_MATCH", "").strip()
+            if wanted == "*" or etag in (tag.strip().removeprefix("W/") for tag in wanted.split(",")):
+                start_response("304 Not Modified", headers)
+                return []
         start_response(reply.status, [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
-                                      ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-                                      *reply.headers])
+                                      *headers])
         return [reply.body]
 
     def answer(self, environ: dict[str, Any]) -> Reply:
@@ -145,7 +155,3 @@ class WebApp:
                 writer.close()
         except (HannaError, sqlite3.Error) as exc:
             log.warning("web: could not note token %r's use: %s", name, exc)
-
-
-def _json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()

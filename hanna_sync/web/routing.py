@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ class Reply:
     content_type: str
     status: str = "200 OK"
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_body(data: Any) -> bytes:
+    """The one JSON serialiser of the server's answers (a page of a list is answered through a Reply)."""
+    return json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()
 
 
 Handler = Callable[[Request], Any]
