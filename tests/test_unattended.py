@@ -309,6 +309,55 @@ def test_run_under_journald_logs_one_summary_line(tmp_path, imap_user):
     assert all(line.startswith("<") for line in lines), lines
 
 
+UNIT_FILES = {"service": "hanna-sync.service", "timer": "hanna-sync.timer", "web": "hanna-sync-web.service"}
+
+
+def test_the_web_unit_is_hardened_like_the_scan_unit_and_the_steps_start_it():
+    """hanna-sync-web.service: the scan unit's user, state directory and every hardening line, and more (no
+    secrets, loopback only), restarted when it fails; the steps save and enable it, system-wide and --user."""
+    from hanna_sync.admin.setup_guide import systemd_steps, systemd_unit
+
+    scan, web = systemd_unit("service", False, "/x/hanna-sync"), systemd_unit("web", False, "/x/hanna-sync")
+    hardening = scan[scan.index("# Hardening"):].splitlines()[1:]
+    assert len(hardening) > 15 and all(line in web.splitlines() for line in hardening)
+    for line in ("User=hanna-sync", "Group=hanna-sync", "StateDirectory=hanna-sync", "UMask=0077"):
+        assert line in scan.splitlines() and line in web.splitlines(), line
+    for line in ("ExecStart=/x/hanna-sync --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025",
+                 "Restart=on-failure", "IPAddressDeny=any", "IPAddressAllow=localhost", "WantedBy=multi-user.target",
+                 "InaccessiblePaths=-/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc"):
+        assert line in web.splitlines(), line
+    user_web = systemd_unit("web", True, "/x/hanna-sync").splitlines()
+    assert "ExecStart=/x/hanna-sync serve --host 127.0.0.1 --port 8025" in user_web and "Restart=on-failure" in user_web
+    exe = shlex.quote(str(Path(sys.executable).parent / "hanna-sync"))
+    steps, user_steps = systemd_steps(False), systemd_steps(True)
+    assert f"{exe} setup-guide systemd --unit web | sudo tee /etc/systemd/system/hanna-sync-web.service" in steps
+    assert "sudo systemctl enable --now hanna-sync-web.service" in steps
+    assert f"{exe} setup-guide systemd --user --unit web > ~/.config/systemd/user/hanna-sync-web.service" in user_steps
+    assert "systemctl --user enable --now hanna-sync-web.service" in user_steps
+
+
+def test_the_user_web_units_command_serves(tmp_path):
+    """Its ExecStart as a shell runs it (the port made 0: any free one) starts the server."""
+    from hanna_sync.admin.setup_guide import systemd_unit
+
+    command = unit_command(systemd_unit("web", True))
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "8025"]
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*command[:-1], "0"], stdout=out, stderr=subprocess.STDOUT, env=shell_env(home),
+                                cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while "Serving the archive on http://127.0.0.1:" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _verify(units: list[Path], user: bool) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if user:
@@ -326,14 +375,15 @@ def test_generated_units_pass_systemd_analyze_verify_as_printed(tmp_path, user):
     """The units exactly as `setup-guide systemd --unit` prints them: ExecStart is this installed
     hanna-sync by its absolute path, so verify finds it with no editing (issue 14, item 16)."""
     units = []
-    for name in ("service", "timer"):
+    for name, file_name in UNIT_FILES.items():
         result = CliRunner().invoke(cli, ["setup-guide", "systemd", *(["--user"] if user else []), "--unit", name])
         assert result.exit_code == 0, result.output
         assert "Documentation=" not in result.output  # nothing installs a file it could point at
-        (tmp_path / f"hanna-sync.{name}").write_text(result.output)
-        units.append(tmp_path / f"hanna-sync.{name}")
-    exec_start = next(line for line in units[0].read_text().splitlines() if line.startswith("ExecStart="))
-    assert shlex.split(exec_start.removeprefix("ExecStart="))[0] == str(Path(sys.executable).parent / "hanna-sync")
+        (tmp_path / file_name).write_text(result.output)
+        units.append(tmp_path / file_name)
+    for unit in (units[0], units[2]):
+        exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+        assert shlex.split(exec_start.removeprefix("ExecStart="))[0] == str(Path(sys.executable).parent / "hanna-sync")
     verified = _verify(units, user)
     assert verified.returncode == 0, verified.stderr
     assert verified.stderr.strip() == "", verified.stderr  # unknown keys are only warnings: allow none
@@ -346,11 +396,14 @@ def test_the_checkouts_systemd_units_are_what_setup_guide_prints_for_the_readme_
 
     top = Path(__file__).resolve().parent.parent / "systemd"
     for user, folder in ((False, top), (True, top / "user")):
-        for name in ("service", "timer"):
-            assert (folder / f"hanna-sync.{name}").read_text() == systemd_unit(name, user, README_EXECUTABLE), (
-                f"{folder / name}: regenerate it with setup-guide systemd --unit {name}")
+        assert sorted(p.name for p in folder.glob("*.*") if p.suffix != ".md") == sorted(UNIT_FILES.values())
+        for name, file_name in UNIT_FILES.items():
+            assert (folder / file_name).read_text() == systemd_unit(name, user, README_EXECUTABLE), (
+                f"{folder / file_name}: regenerate it with setup-guide systemd --unit {name}")
     assert f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml run" in (
         top / "hanna-sync.service").read_text()
+    assert f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025" in (
+        top / "hanna-sync-web.service").read_text()
     readme = (top.parent / "README.md").read_text()
     assert f"{README_EXECUTABLE} setup-guide systemd" in readme and "python3 -m venv /opt/hanna-sync" in readme
 

@@ -220,6 +220,77 @@ UMask=0077
 NoNewPrivileges=yes
 """
 
+_SYSTEM_WEB = """\
+# `hanna-sync serve`: the read-only web view and JSON API on 127.0.0.1:8025, behind a reverse proxy with TLS.
+# Written by `hanna-sync setup-guide systemd --unit web`; `hanna-sync setup-guide systemd` shows the steps.
+[Unit]
+Description=hanna-sync web view and JSON API (read-only, loopback)
+After=network.target
+
+[Service]
+Type=simple
+User=hanna-sync
+Group=hanna-sync
+ExecStart={exe} --config {config} serve --host 127.0.0.1 --port 8025
+Restart=on-failure
+RestartSec=5s
+# Writable, as for the pass: every answer is read through a query_only connection, which still needs the
+# database's -wal and -shm files beside it, and the server writes two things: the tokens table at start
+# (a migration) and a token's last_used_at (at most once a minute). Nothing else is written.
+StateDirectory=hanna-sync
+StateDirectoryMode=0700
+# The mailbox passwords are the pass's, never the server's (hidden when they exist at start).
+InaccessiblePaths=-/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc
+UMask=0077
+
+# Hardening: a loopback HTTP server needs its socket, the database and nothing else.
+# The proxy in front runs on this host; a proxy elsewhere needs --host and IPAddressAllow widened.
+IPAddressDeny=any
+IPAddressAllow=localhost
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+_USER_WEB = """\
+# `hanna-sync serve` for one user without root: `systemctl --user`. Steps: `hanna-sync setup-guide systemd --user`.
+[Unit]
+Description=hanna-sync web view and JSON API (user unit, loopback)
+
+[Service]
+Type=simple
+# The config and the database as your shell finds them, as for the pass (see hanna-sync.service).
+ExecStart={exe} serve --host 127.0.0.1 --port 8025
+Restart=on-failure
+RestartSec=5s
+UMask=0077
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=default.target
+"""
+
 _TIMER = """\
 # Runs hanna-sync.service every 10 minutes; a pass missed while the machine was off runs at boot.
 [Unit]
@@ -267,6 +338,12 @@ and run these steps with that one, so the paths below are the installed ones.
      journalctl -u hanna-sync -p warning         errors and warnings only; one summary line per pass
      sudo -u hanna-sync {exe} status
 
+5. The web view and JSON API (optional; read-only, on 127.0.0.1:8025 for a reverse proxy with TLS):
+     {exe} setup-guide systemd --unit web | sudo tee /etc/systemd/system/hanna-sync-web.service >/dev/null
+     sudo systemctl daemon-reload && sudo systemctl enable --now hanna-sync-web.service
+     sudo -u hanna-sync {exe} token create crm       prints the token once; --admin for the status page
+     journalctl -u hanna-sync-web                    the address it serves, refused requests
+
 Without systemd, a line in the hanna-sync user's crontab (`sudo crontab -u hanna-sync -e`); cron's PATH
 does not have hanna-sync, so the path is absolute:
      */10 * * * * {exe} --config {config} -q run
@@ -296,6 +373,11 @@ The units run this hanna-sync: {exe}
      journalctl --user -u hanna-sync -p warning
      {exe} status
 
+4. The web view and JSON API (optional; read-only, on 127.0.0.1:8025):
+     {exe} setup-guide systemd --user --unit web > ~/.config/systemd/user/hanna-sync-web.service
+     systemctl --user daemon-reload && systemctl --user enable --now hanna-sync-web.service
+     {exe} token create me                       prints the token once
+
 Without systemd, a line in your crontab (`crontab -e`); cron's PATH does not have hanna-sync:
      */10 * * * * {exe} -q run
 """
@@ -306,11 +388,12 @@ README_EXECUTABLE = "/opt/hanna-sync/bin/hanna-sync"
 
 
 def systemd_unit(name: str, user: bool, exe: str | None = None) -> str:
-    """A unit file ("service" or "timer") that runs the hanna-sync this is (or `exe`), by its absolute path."""
+    """A unit file ("service", "timer" or "web") that runs the hanna-sync this is (or `exe`), by its
+    absolute path."""
     if name == "timer":
         return _TIMER
-    template = _USER_SERVICE if user else _SYSTEM_SERVICE
-    return template.format(exe=exe or executable(), config=SYSTEM_CONFIG)
+    system, user_unit = (_SYSTEM_WEB, _USER_WEB) if name == "web" else (_SYSTEM_SERVICE, _USER_SERVICE)
+    return (user_unit if user else system).format(exe=exe or executable(), config=SYSTEM_CONFIG)
 
 
 def systemd_steps(user: bool) -> str:

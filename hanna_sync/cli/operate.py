@@ -215,7 +215,7 @@ def doctor(app: App, as_json: bool) -> None:
 @click.command("setup-guide")
 @click.argument("topic", type=click.Choice(["o365", "systemd", "config"]))
 @click.option("--user", "user_units", is_flag=True, help="systemd: units for one user (systemctl --user), no root.")
-@click.option("--unit", type=click.Choice(["service", "timer"]),
+@click.option("--unit", type=click.Choice(["service", "timer", "web"]),
               help="systemd: print only this unit file, to save it (see the steps).")
 @click.pass_obj
 def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> None:
@@ -226,7 +226,8 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
              for the device code, and the Exchange Online commands (Set-CASMailbox,
              New-ServicePrincipal, Add-MailboxPermission), with the configured tenant and client ids.
     systemd  the steps to run a pass every 10 minutes (system-wide, or --user), each command with the
-             absolute path of this hanna-sync; --unit service|timer prints that unit file.
+             absolute path of this hanna-sync; --unit service|timer prints that unit file,
+             --unit web the one for `hanna-sync serve` (hanna-sync-web.service).
     config   the example config: every key, with its default and what it does.
 
     
