@@ -3,6 +3,7 @@ Dovecot, called over HTTP on 127.0.0.1: tokens, every endpoint in the CLI's --js
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -418,7 +419,8 @@ def test_a_cursor_the_server_did_not_give_is_refused(archived, server):
     for path, cursor in (("/api/customers", "bm90IGpzb24"), ("/api/customers", "!!"), ("/api/customers", ""),
                          ("/api/customers", letters_cursor), ("/api/leads", customers_cursor),
                          ("/api/customers/C-1001/letters", customers_cursor),
-                         ("/api/search?q=lentos&", letters_cursor), ("/api/customers", "x" * 100)):
+                         ("/api/search?q=lentos&", letters_cursor), ("/api/customers", "x" * 100),
+                         ("/api/customers", base64.urlsafe_b64encode(b"[" * 100_000).decode())):
         joined = "&" if "?" in path and not path.endswith("&") else ("" if path.endswith("&") else "?")
         shown = cursor if len(cursor) <= 60 else cursor[:60] + "…"
         assert server.json(f"{path}{joined}cursor={cursor}", t, 400) == {

@@ -60,7 +60,7 @@ def _after(request: Request, kind: str, types: tuple[tuple[type, ...], ...]) -> 
         return None
     try:
         decoded = json.loads(base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's limit
         decoded = None
     fits = (isinstance(decoded, list) and len(decoded) == len(types) + 1 and decoded[0] == kind
             and all(type(v) in t for v, t in zip(decoded[1:], types, strict=True)))
@@ -70,7 +70,7 @@ def _after(request: Request, kind: str, types: tuple[tuple[type, ...], ...]) -> 
     return list(decoded[1:])
 
 
-def _page(request: Request, kind: str, rows: list[Any], limit: int | None, key: SortKey) -> Any:
+def _page(request: Request, kind: str, rows: list[Any], *, limit: int | None, key: SortKey) -> Any:
     """`rows` (fetched with limit + 1) cut to `limit`; when one was left over, with the next page's headers."""
     if limit is None or len(rows) <= limit:
         return rows
@@ -92,7 +92,7 @@ def _entities(entity_type: str) -> Any:
         after = _after(request, entity_type, ((str,),))
         limit = limit_of(request, None)
         rows = views.entities(request.store, entity_type, limit=_more(limit), after=None if after is None else after[0])
-        return _page(request, entity_type, rows, limit, lambda row: [row["id"]])
+        return _page(request, entity_type, rows, limit=limit, key=lambda row: [row["id"]])
     return answer
 
 
@@ -103,7 +103,7 @@ def _letters_of(entity_type: str) -> Any:
         of: dict[str, Any] = {entity_type: request.match["id"]}
         rows = views.letters(request.store, **of, limit=_more(limit),
                              after=None if after is None else (after[0], after[1]))
-        return _page(request, "letters", rows, limit, lambda row: [row["date_utc"], row["id"]])
+        return _page(request, "letters", rows, limit=limit, key=lambda row: [row["date_utc"], row["id"]])
     return answer
 
 
@@ -117,7 +117,7 @@ def _search(request: Request) -> Any:
     rows = views.search(request.store, words, customer=q.get("customer", [None])[-1],
                         lead=q.get("lead", [None])[-1], limit=limit + 1,
                         after=None if after is None else (float(after[0]), after[1], after[2]))
-    return _page(request, "search", rows, limit, lambda row: [row["rank"], row["date_utc"], row["id"]])
+    return _page(request, "search", rows, limit=limit, key=lambda row: [row["rank"], row["date_utc"], row["id"]])
 
 
 def _download(name: str) -> tuple[str, str]:
