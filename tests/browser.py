@@ -201,12 +201,12 @@ class Browser:
         """Every URL a page of this browser asked for, in order."""
         return [e["params"]["request"]["url"] for e in self.network() if e["method"] == "Network.requestWillBeSent"]
 
-    def status_of(self, url: str) -> int:
-        """The HTTP status of the last response for `url` (a page's own status is not in the DOM)."""
+    def status_of(self, url: str) -> int | None:
+        """The HTTP status of the last response for `url` since `forget()`, None before it came (a page's own
+        status is not in the DOM)."""
         statuses = [e["params"]["response"]["status"] for e in self.network()
                     if e["method"] == "Network.responseReceived" and e["params"]["response"]["url"] == url]
-        assert statuses, f"no response for {url} in the network log"
-        return statuses[-1]
+        return statuses[-1] if statuses else None
 
     def downloaded(self, name: str | None = None, timeout: float = 10) -> Path:
         """The finished download (the one named `name`, or the only one), waiting for it."""
