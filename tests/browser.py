@@ -9,6 +9,7 @@ scripts call: a request there means a script ran. The DevTools performance log l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socketserver
@@ -222,9 +223,14 @@ class Browser:
             time.sleep(0.1)
 
     def screenshot(self, name: str) -> Path:
+        """The whole page (not only the window) as .screenshots/NAME.png, for a developer to look at."""
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
         SCREENSHOTS.mkdir(exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        path.write_bytes(base64.b64decode(shot["data"]))
         print(f"screenshot: {path}")
         return path
 

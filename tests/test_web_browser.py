@@ -148,6 +148,17 @@ def test_the_login_cookie_as_the_contract_sets_it_is_kept_on_plain_http_loopback
         site.close()
 
 
+def test_without_chromium_the_browser_tests_skip_but_fail_in_ci(monkeypatch):
+    from tests import browser as harness
+    monkeypatch.setattr(harness, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"/nonexistent/chromium not found \(apt-get install chromium"):
+        harness.require_chromium()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="/nonexistent/chromium not found"):
+        harness.require_chromium()
+
+
 # ---- the archive, the server, the checks -----------------------------------------------------------------
 
 @dataclass
