@@ -16,6 +16,7 @@ from the parser is importable from here, the scanners and limits included, so ca
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,12 +27,21 @@ from hanna_sync.mail.headers import all_values, first_value, parse_header_block,
 from hanna_sync.mail.limits import (
     MAX_ADDRESSES_PER_HEADER,
     MAX_BODY_TEXT_CHARS,
+    MAX_HTML_CHARS,
     MAX_MIME_DEPTH,
     MAX_PARTS,
     MAX_REFERENCES,
     guard,
 )
-from hanna_sync.mail.mime import Attachment, attachment_nodes, body_and_attachments, build_tree, choose_body
+from hanna_sync.mail.mime import (
+    Attachment,
+    attachment_nodes,
+    body_and_attachments,
+    build_tree,
+    choose_body,
+    choose_shown,
+    leaf_source,
+)
 from hanna_sync.mail.text import normalize_newlines, to_bytes
 from hanna_sync.mail.tokens import address_tokens, fingerprint, message_id_token, thread_tokens
 from hanna_sync.mail.transfer import decode_transfer
@@ -44,6 +54,7 @@ __all__ = [
     "parse_letter",
     "parse_headers_only",
     "attachment_contents",
+    "html_body",
     "is_automatic",
     "address_tokens",
     "thread_tokens",
@@ -134,6 +145,36 @@ def attachment_contents(raw: bytes, fallback_charset: str | None = None) -> list
                 for node, att in attachment_nodes(data, root, fallback_charset, body_ids)]
     except Exception:  # pragma: no cover - defence in depth, as in parse_letter
         return []
+
+
+def html_body(raw: bytes, fallback_charset: str | None = None) -> str | None:
+    """The body as HTML, as a mail client would show it: None when the letter has no HTML body part.
+
+    For the web view, which shows this (sanitised) instead of body_text. The HTML part of an
+    alternative is chosen over its plain one; text parts shown beside it (a multipart/mixed) come as
+    escaped <pre> blocks, in order. Each part is decoded with its declared charset, else an HTML
+    part's <meta> one, then the fallbacks `parse_letter` uses. At most MAX_HTML_CHARS characters in
+    all; never raises (None).
+    """
+    try:
+        data = normalize_newlines(to_bytes(raw))
+        headers, body_start = parse_header_block(data, 0, len(data))
+        shown = choose_shown(data, build_tree(data, headers, body_start), fallback_charset)
+        if not any(n.ctype == "text/html" for n in shown):
+            return None
+        out: list[str] = []
+        budget = MAX_HTML_CHARS
+        for node in shown:
+            text = guard("", leaf_source, data, node, fallback_charset, budget)
+            if node.ctype != "text/html":
+                text = "<pre>" + html.escape(text) + "</pre>"
+            out.append(text[:budget])
+            budget -= len(out[-1])
+            if budget <= 0:
+                break
+        return "\n".join(out)
+    except Exception:  # pragma: no cover - defence in depth, as in parse_letter
+        return None
 
 
 def _lower_or_none(s: str | None) -> str | None:

@@ -235,18 +235,39 @@ def choose_body(data: bytes, node: Node, fallback: str | None) -> list[Node]:
 _META_CHARSET_RE = re.compile(rb"""(?i)<meta[^>]{0,300}?charset\s*=\s*["']?\s*([a-z0-9_:.+-]{1,40})""")
 
 
-def _leaf_text(data: bytes, node: Node, fallback: str | None, budget: int) -> str:
+def leaf_source(data: bytes, node: Node, fallback: str | None, budget: int) -> str:
+    """A text leaf decoded as written (HTML still HTML): the MIME charset, else an HTML part's <meta> one."""
     body = decode_transfer(data[node.start:node.end], node.cte)
     cs = node.params.get("charset")
     declared = cs.value.decode("latin-1", "replace") if cs is not None else None
-    if node.ctype == "text/html":
-        if not declared:
-            m = _META_CHARSET_RE.search(body, 0, 4096)
-            if m is not None:
-                declared = m.group(1).decode("ascii", "replace")
-        text = decode_prefix(body, declared, fallback, MAX_HTML_CHARS)
-        return html_to_text(text, budget)
+    if node.ctype == "text/html" and not declared:
+        m = _META_CHARSET_RE.search(body, 0, 4096)
+        if m is not None:
+            declared = m.group(1).decode("ascii", "replace")
     return decode_prefix(body, declared, fallback, budget)
+
+
+def _leaf_text(data: bytes, node: Node, fallback: str | None, budget: int) -> str:
+    if node.ctype == "text/html":
+        return html_to_text(leaf_source(data, node, fallback, MAX_HTML_CHARS), budget)
+    return leaf_source(data, node, fallback, budget)
+
+
+def choose_shown(data: bytes, node: Node, fallback: str | None) -> list[Node]:
+    """The leaves a mail client shows as the body: `choose_body`, except that a multipart/alternative
+    shows its last alternative that has HTML (the richest; the text/plain one is for clients without
+    HTML). Bounded like choose_body (MAX_MIME_DEPTH)."""
+    if node.maintype == "multipart" and not node.opaque and node.subtype == "alternative":
+        choices = [choose_shown(data, c, fallback) for c in node.children]
+        for ch in reversed(choices):
+            if any(n.ctype == "text/html" for n in ch):
+                return ch
+        return next((ch for ch in choices if ch), [])
+    if node.maintype == "multipart" and not node.opaque and node.children:
+        if node.subtype == "related":
+            return next((ch for c in node.children if (ch := choose_shown(data, c, fallback))), [])
+        return [n for c in node.children for n in choose_shown(data, c, fallback)]
+    return choose_body(data, node, fallback)
 
 
 def body_and_attachments(

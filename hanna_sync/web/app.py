@@ -1,26 +1,29 @@
-"""The WSGI application: a few regex routes, bearer tokens, JSON answers in the CLI's --json shapes.
+"""The WSGI application: a few regex routes, tokens, JSON answers in the CLI's --json shapes and pages.
 
 Requests read through one query_only SQLite connection (Store(read_only=True)), taking turns, so a
-pass writes beside the server; a token is looked up on every request, so a revoked one stops at
-once. Failed authentications are limited per client address. Nothing here logs a request's
-headers, so a token never reaches a log.
+pass writes beside the server; a token (a bearer header, or the login form's cookie, which holds the
+token itself) is looked up on every request, so a revoked one stops at once. Failed authentications
+(a wrong token, not a missing one) are limited per client address. Nothing here logs a request's
+headers or the login form, so a token never reaches a log. Under /api/ errors are JSON; elsewhere
+they are pages, and a missing or wrong token answers with the login form.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from hanna_sync.config import Config
 from hanna_sync.db.store import Store
 from hanna_sync.errors import HannaError, InputError, NotFound
-from hanna_sync.web import api
+from hanna_sync.web import api, pages
 from hanna_sync.web.routing import Reply, Request
 from hanna_sync.web.routing import json_body as _json
 
@@ -29,15 +32,48 @@ log = logging.getLogger(__name__)
 FAILED_AUTH_LIMIT = 10  # failed attempts per client address and window, then 429
 FAILED_AUTH_WINDOW = 60.0  # seconds
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last_used_at
+COOKIE = "hanna_sync_token"
+COOKIE_FLAGS = "HttpOnly; SameSite=Strict; Path=/; Secure"
+MAX_FORM_BYTES = 4096  # the login form: a token and a path
 
 StartResponse = Callable[..., Any]
-ROUTES = api.ROUTES
+ROUTES = api.ROUTES + pages.ROUTES
 
 
 class HttpError(Exception):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unauthorized(HttpError):
+    """No valid token; `stale` when the browser sent a cookie that is no longer valid (revoked)."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__("401 Unauthorized", message)
+        self.stale = stale
+
+
+def local_path(value: str) -> str:
+    """Where a login may send the browser on: a path on this server ("/", not "//" nor "/\\", which
+    browsers read as another host), printable ASCII only; anything else is "/" (no open redirect)."""
+    return value if re.fullmatch(r"/(?![/\\])[\x21-\x7e]*", value) else "/"
+
+
+def _requested(environ: dict[str, Any]) -> str:
+    """The path and query asked for, URL-encoded again (WSGI hands the path over decoded, as latin-1)."""
+    path = quote(environ.get("PATH_INFO", ""), safe="/:@!$&'()*+,;=-._~", encoding="latin-1")
+    query = environ.get("QUERY_STRING", "")
+    return local_path(path + (f"?{query}" if query else ""))
+
+
+def _cookie(environ: dict[str, Any]) -> str:
+    """The token cookie's value. Split by hand: http.cookies gives up on a whole header over one odd cookie."""
+    for part in environ.get("HTTP_COOKIE", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value.strip()
+    return ""
 
 
 class FailedAuth:
@@ -94,6 +130,62 @@ class WebApp:
 
     def answer(self, environ: dict[str, Any]) -> Reply:
         path = environ.get("PATH_INFO", "")
+        if path.startswith("/api/"):
+            return self.dispatch(environ, path)
+        try:
+            return self.page(environ, path)
+        except Unauthorized as exc:
+            forget = [("Set-Cookie", f"{COOKIE}=; Max-Age=0; {COOKIE_FLAGS}")] if exc.stale else []
+            return pages.login_page(next_path=_requested(environ), status=exc.status, headers=forget,
+                                    error="Your session ended (the token was revoked): log in again." if exc.stale
+                                    else None)
+        except HttpError as exc:
+            return pages.error_page(exc.status, str(exc))
+
+    def page(self, environ: dict[str, Any], path: str) -> Reply:
+        """What is not under /api/: the public stylesheet, logging in and out, and the pages."""
+        method = environ.get("REQUEST_METHOD")
+        if path == "/static/hanna.css" and method in ("GET", "HEAD"):
+            return pages.stylesheet()
+        if path == "/login" and method in ("GET", "HEAD"):
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            return pages.login_page(next_path=local_path(query.get("next", ["/"])[-1]))
+        if path in ("/login", "/logout") and method == "POST":
+            if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+                raise HttpError("403 Forbidden", "a form from another site cannot log in or out here")
+            if path == "/logout":
+                return Reply(status="303 See Other", content_type="text/plain; charset=utf-8", body=b"",
+                             headers=[("Location", "/login"), ("Set-Cookie", f"{COOKIE}=; Max-Age=0; {COOKIE_FLAGS}")])
+            return self.login(environ)
+        if path == "/logout":
+            raise HttpError("405 Method Not Allowed", "log out with the page's button (a POST)")
+        return self.dispatch(environ, path)
+
+    def login(self, environ: dict[str, Any]) -> Reply:
+        """POST /login: a valid token sets the cookie and goes on to `next`; a wrong one counts as a
+        failed authentication and shows the form again."""
+        address = environ.get("REMOTE_ADDR", "")
+        if self.failed.blocked(address):
+            raise HttpError("429 Too Many Requests", "too many failed authentications: try again in a minute")
+        form = _form(environ)
+        token, next_path = form.get("token", [""])[-1].strip(), local_path(form.get("next", ["/"])[-1])
+        try:
+            store = self.reader()
+        except HannaError as exc:
+            raise HttpError("503 Service Unavailable", str(exc)) from None
+        with store.lock:
+            owner = store.token_owner(token) if token else None
+        if owner is None:
+            self.failed.add(address)
+            log.warning("web: refused a login from %s: not a valid token", address)
+            return pages.login_page(next_path=next_path, status="401 Unauthorized",
+                                    error="That is not a valid token (unknown, mistyped or revoked).")
+        self.note_use(owner["name"])
+        return Reply(status="303 See Other", content_type="text/plain; charset=utf-8", body=b"",
+                     headers=[("Location", next_path), ("Set-Cookie", f"{COOKIE}={token}; {COOKIE_FLAGS}")])
+
+    def dispatch(self, environ: dict[str, Any], path: str) -> Reply:
+        """A route's answer for an authenticated request (JSON unless the handler returns a Reply)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             raise HttpError("405 Method Not Allowed", "the API is read-only: GET only")
         route, match = next(((route, m) for route in ROUTES if (m := route.match(path))), (None, None))
@@ -131,13 +223,18 @@ class WebApp:
             return self.store
 
     def authenticate(self, store: Store, environ: dict[str, Any], address: str) -> dict[str, Any]:
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        owner = store.token_owner(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        """The token's owner: from `Authorization: Bearer`, else from the login cookie. A wrong token counts
+        as a failed authentication; none at all does not (a browser's first visit is not a guess)."""
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = header.partition(" ")
+        token = (token.strip() if scheme.lower() == "bearer" else "") if header else _cookie(environ)
+        owner = store.token_owner(token) if token else None
         if owner is None:
-            self.failed.add(address)
+            if header or token:
+                self.failed.add(address)
             log.warning("web: refused a request from %s: no valid token", address)
-            raise HttpError("401 Unauthorized", "a valid token is needed: Authorization: Bearer <token>"
-                            " ('hanna-sync token create NAME' makes one)")
+            raise Unauthorized("a valid token is needed: Authorization: Bearer <token>"
+                               " ('hanna-sync token create NAME' makes one)", stale=bool(token) and not header)
         return owner
 
     def note_use(self, name: str) -> None:
@@ -155,3 +252,18 @@ class WebApp:
                 writer.close()
         except (HannaError, sqlite3.Error) as exc:
             log.warning("web: could not note token %r's use: %s", name, exc)
+
+
+def _form(environ: dict[str, Any]) -> dict[str, list[str]]:
+    """A small application/x-www-form-urlencoded body (the login form)."""
+    if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise HttpError("415 Unsupported Media Type", "the login form is sent as application/x-www-form-urlencoded")
+    length = environ.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        raise HttpError("413 Content Too Large", f"the login form is at most {MAX_FORM_BYTES} bytes")
+    body = environ["wsgi.input"].read(int(length)).decode("utf-8", "replace")
+    try:
+        return parse_qs(body, keep_blank_values=True, max_num_fields=10)
+    except ValueError:
+        raise HttpError("400 Bad Request", "the login form has more fields than a token and a path") from None
+
