@@ -321,3 +321,24 @@ def _element(page, tag, element_id):
     found = re.search(rf'<{tag} id="{element_id}"[^>]*>(.*?)</{tag}>', page, re.S)
     assert found, element_id
     return found[1]
+
+
+def test_an_id_with_non_ascii_letters_is_found_by_its_utf8_url(site):
+    """WSGI hands paths over as latin-1 text; the links the pages make are UTF-8: both must meet."""
+    from hanna_sync.demo.sample import CUSTOMERS
+    from hanna_sync.models import Entity
+
+    azuolas = next(c for c in CUSTOMERS if c.id == "C-1001")  # the same people: the same letters
+    site.env.store.save_entity("customer", Entity("C-Ą7", "Ąžuolo filialas", azuolas.email, None,
+                                                  contacts=azuolas.contacts), replace_contacts=True)
+    assert cli_run(site.env, "relink").exit_code == 0
+    home = call(site, "/", token=site.token)
+    assert 'href="/customers/C-%C4%847"' in home.text
+    card = call(site, "/customers/C-%C4%847", token=site.token)
+    assert card.status == 200 and "Ąžuolo filialas" in card.text and 'class="letter"' in card.text
+    letters = json.loads(call(site, "/api/customers/C-%C4%847/letters", token=site.token).text)
+    assert letters == cli_json(site.env, "letters", "--customer", "C-Ą7") and len(letters) >= 2
+    first = call(site, "/api/customers/C-%C4%847/letters?limit=1", token=site.token)
+    link = re.fullmatch(r'<(.+)>; rel="next"', first.headers["Link"])[1]
+    assert link.startswith("/api/customers/C-%C4%847/letters?limit=1&cursor=")
+    assert json.loads(call(site, link, token=site.token).text) == letters[1:2]

@@ -77,8 +77,7 @@ def _page(request: Request, kind: str, rows: list[Any], *, limit: int | None, ke
     rows = rows[:limit]
     cursor = _cursor(kind, key(rows[-1]))
     query = [(name, value) for name, values in request.query.items() if name != "cursor" for value in values]
-    # PATH_INFO is the path's bytes as latin-1 (PEP 3333): quoted back to the URL the client asked for.
-    link = f"{quote(request.match.string.encode('latin-1'))}?{urlencode([*query, ('cursor', cursor)])}"
+    link = f"{quote(request.match.string)}?{urlencode([*query, ('cursor', cursor)])}"
     return Reply(body=json_body(rows), content_type="application/json; charset=utf-8",
                  headers=[("Link", f'<{link}>; rel="next"'), ("X-Next-Cursor", cursor)])
 

@@ -129,7 +129,8 @@ class WebApp:
         return [reply.body]
 
     def answer(self, environ: dict[str, Any]) -> Reply:
-        path = environ.get("PATH_INFO", "")
+        # WSGI hands the path over as latin-1 text (PEP 3333); links are UTF-8, so /customers/C-%C4%84 is C-Ą.
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
         if path.startswith("/api/"):
             return self.dispatch(environ, path)
         try:

@@ -87,7 +87,7 @@ def _home(request: Request) -> Reply:
 
 def _card(entity_type: str) -> Any:
     def card(request: Request) -> Reply:
-        entity_id = _segment(request.match["id"])
+        entity_id = request.match["id"]
         entity = request.store.existing_entity(entity_type, entity_id)
         rows = views.letters(request.store, customer=entity_id if entity_type == "customer" else None,
                              lead=entity_id if entity_type == "lead" else None)
@@ -149,14 +149,6 @@ def _search(request: Request) -> Reply:
 def _status(request: Request) -> Reply:
     status = overview(request.store, request.config, fail_after=timedelta(minutes=60)).as_dict()
     return render("status.html", owner=request.owner, status=status)
-
-
-def _segment(raw: str) -> str:
-    """A path segment as text: WSGI hands paths over as latin-1 decoded bytes, the bytes are UTF-8."""
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return raw
 
 
 ROUTES = [
