@@ -8,20 +8,16 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
-from click.testing import CliRunner
 
-from hanna_sync.cli import cli
 from hanna_sync.db.store import Store
 from hanna_sync.web.command import _loopback
 from tests.helpers import Env, deliver_sample
+from tests.web_server import Server, cli_json, cli_run, new_token
 
 
 @pytest.fixture
@@ -31,62 +27,6 @@ def archived(tmp_path, imap_user):
     env.add(imap_user)
     assert env.run().ok
     return env
-
-
-def cli_run(env, *args):
-    return CliRunner().invoke(cli, ["--config", str(env.config_file()), *args])
-
-
-def cli_json(env, *args):
-    result = cli_run(env, *args, "--json")
-    assert result.exit_code in (0, 1), result.output
-    return json.loads(result.stdout)
-
-
-def new_token(env, name, *more):
-    result = cli_run(env, "token", "create", name, *more)
-    assert result.exit_code == 0, result.output
-    return result.stdout.strip()
-
-
-class Server:
-    def __init__(self, env):
-        self.log = env.tmp / "serve.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hanna_sync", "--config", str(env.config_file()), "serve", "--port", "0"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 20
-        while not (found := re.search(r"http://127\.0\.0\.1:(\d+)/api/", self.log.read_text())):
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{found[1]}"
-
-    def fetch(self, path, token=None, **headers):
-        """(status, headers, body bytes); keyword headers are sent (if_none_match= as If-None-Match)."""
-        sent = {name.replace("_", "-"): value for name, value in headers.items()}
-        if token:
-            sent["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(self.base + path, headers=sent)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, answer.headers, answer.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.headers, exc.read()
-
-    def get(self, path, token=None):
-        """(status, content type, body bytes)."""
-        code, headers, body = self.fetch(path, token)
-        return code, headers["Content-Type"], body
-
-    def json(self, path, token, status=200):
-        code, kind, body = self.get(path, token)
-        assert (code, kind.split(";")[0]) == (status, "application/json"), body
-        return json.loads(body)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -175,6 +115,23 @@ def test_failed_authentications_are_limited_per_address(archived, server):
         server.json("/api/customers", "wrong", 401)
     assert server.json("/api/customers", "wrong", 429)["error"].startswith("too many failed")
     assert server.json("/api/customers", server.token, 429)  # the address waits, whatever it sends now
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_behind_a_trusted_proxy_each_client_is_limited_on_its_own(archived, trusted):
+    """With --trusted-proxy the proxy's X-Forwarded-For names the client; without it the header is ignored
+    (anyone could send one to dodge the limit)."""
+    token = new_token(archived, "crm")
+    server = Server(archived, *(["--trusted-proxy", "127.0.0.1"] if trusted else []))
+    try:
+        def status(sent, client):
+            return server.fetch("/api/customers", sent, x_forwarded_for=f"203.0.113.9, {client}")[0]
+
+        assert [status("wrong", "198.51.100.1") for _ in range(10)] == [401] * 10
+        assert status(token, "198.51.100.1") == 429
+        assert status(token, "198.51.100.2") == (200 if trusted else 429)
+    finally:
+        server.stop()
 
 
 def test_token_commands(archived):

@@ -22,7 +22,7 @@ import pytest
 from tests import xss
 from tests.browser import Browser, PageServer, RecordingProxy, only_local, require_chromium
 from tests.helpers import Env, deliver_sample
-from tests.test_web import Server, cli_run, new_token
+from tests.web_server import Server, cli_run, new_token
 
 SAMPLE_PDF = b"%PDF-1.4 sample"  # the sample's one attachment, sąskaita.pdf
 

@@ -19,7 +19,7 @@ import pytest
 from hanna_sync.web.pages import BODY_CSP, PAGE_CSP
 from tests.helpers import Env, deliver_sample
 from tests.hostile_html import CASES, EVIL, html_attachment_letter, xss_letter
-from tests.test_web import Server, cli_json, cli_run, new_token
+from tests.web_server import Server, cli_json, cli_run, new_token
 
 CORPUS = Path(__file__).parent / "corpus"
 COOKIE_FLAGS = "HttpOnly; SameSite=Strict; Path=/; Secure"

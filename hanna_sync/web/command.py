@@ -27,18 +27,24 @@ def _loopback(host: str) -> bool:
               help="The port (0: any free one, printed on stderr).")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Connections served at once (their database reads take turns).")
+@click.option("--trusted-proxy", metavar="ADDRESS",
+              help="The reverse proxy's address (e.g. 127.0.0.1): the client is then the last address its"
+                   " X-Forwarded-For names, so the failed-login limit counts each client, not the proxy."
+                   " Without it X-Forwarded-For is ignored.")
 @click.pass_obj
-def serve(app: Any, *, host: str, port: int, threads: int) -> None:
-    """Serve the archive's JSON API (read-only) over HTTP, for the CRM and staff.
+def serve(app: Any, *, host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
+    """Serve the archive read-only over HTTP: pages for staff, the JSON API under /api/ for the CRM.
 
-    Every request needs a token ('hanna-sync token create NAME'). The database is read through a
-    query_only SQLite connection, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy
-    with TLS (nginx, see the README) in front before anyone else reaches it.
+    Every request needs a token ('hanna-sync token create NAME'): the pages ask for it once in a login
+    form, the API as 'Authorization: Bearer TOKEN'. The database is read through a query_only SQLite
+    connection, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy with TLS
+    (nginx or Caddy, see the README) in front before anyone else reaches it.
 
     \b
     Example:
-      hanna-sync serve --port 8025
+      hanna-sync serve --port 8025        # then open http://127.0.0.1:8025/
       curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8025/api/customers
+      hanna-sync serve --trusted-proxy 127.0.0.1   # behind nginx on the same host
     """
     from waitress.server import create_server
 
@@ -48,11 +54,15 @@ def serve(app: Any, *, host: str, port: int, threads: int) -> None:
     if not _loopback(host):
         log.warning("serve: listening on %s, not loopback: tokens and letters cross the network in plain HTTP"
                     " unless a reverse proxy with TLS is in front (README, \"Reading the archive over HTTP\")", host)
-    server = create_server(WebApp(app.config), host=host, port=port, threads=threads, ident="hanna-sync")
+    proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"},
+             "trusted_proxy_count": 1} if trusted_proxy else {}
+    server = create_server(WebApp(app.config), host=host, port=port, threads=threads, ident="hanna-sync",
+                           clear_untrusted_proxy_headers=True, **proxy)
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
     for bound_host, bound_port in listening:
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-        click.echo(f"Serving the archive on http://{shown}:{bound_port}/api/ (Ctrl-C stops)", err=True)
+        click.echo(f"Serving the archive on http://{shown}:{bound_port}/ (pages; the JSON API under"
+                   f" http://{shown}:{bound_port}/api/; Ctrl-C stops)", err=True)
     server.run()
 
 
