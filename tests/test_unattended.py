@@ -322,7 +322,8 @@ def test_the_web_unit_is_hardened_like_the_scan_unit_and_the_steps_start_it():
     assert len(hardening) > 15 and all(line in web.splitlines() for line in hardening)
     for line in ("User=hanna-sync", "Group=hanna-sync", "StateDirectory=hanna-sync", "UMask=0077"):
         assert line in scan.splitlines() and line in web.splitlines(), line
-    for line in ("ExecStart=/x/hanna-sync --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025",
+    for line in ("ExecStart=/x/hanna-sync --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025"
+                 " --trusted-proxy 127.0.0.1",
                  "Restart=on-failure", "IPAddressDeny=any", "IPAddressAllow=localhost", "WantedBy=multi-user.target",
                  "InaccessiblePaths=-/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc"):
         assert line in web.splitlines(), line
@@ -402,7 +403,8 @@ def test_the_checkouts_systemd_units_are_what_setup_guide_prints_for_the_readme_
                 f"{folder / file_name}: regenerate it with setup-guide systemd --unit {name}")
     assert f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml run" in (
         top / "hanna-sync.service").read_text()
-    assert f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025" in (
+    assert (f"ExecStart={README_EXECUTABLE} --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025"
+            " --trusted-proxy 127.0.0.1") in (
         top / "hanna-sync-web.service").read_text()
     readme = (top.parent / "README.md").read_text()
     assert f"{README_EXECUTABLE} setup-guide systemd" in readme and "python3 -m venv /opt/hanna-sync" in readme

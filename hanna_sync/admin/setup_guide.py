@@ -231,7 +231,7 @@ After=network.target
 Type=simple
 User=hanna-sync
 Group=hanna-sync
-ExecStart={exe} --config {config} serve --host 127.0.0.1 --port 8025
+ExecStart={exe} --config {config} serve --host 127.0.0.1 --port 8025 --trusted-proxy 127.0.0.1
 Restart=on-failure
 RestartSec=5s
 # Writable, as for the pass: every answer is read through a query_only connection, which still needs the

@@ -53,7 +53,7 @@ def serve(app: Any, *, host: str, port: int, threads: int, trusted_proxy: str | 
     app.store.close()  # opened read-write once: migrated (the tokens table) before serving read-only
     if not _loopback(host):
         log.warning("serve: listening on %s, not loopback: tokens and letters cross the network in plain HTTP"
-                    " unless a reverse proxy with TLS is in front (README, \"Reading the archive over HTTP\")", host)
+                    " unless a reverse proxy with TLS is in front (README, \"TLS in front: nginx or Caddy\")", host)
     proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"},
              "trusted_proxy_count": 1} if trusted_proxy else {}
     server = create_server(WebApp(app.config), host=host, port=port, threads=threads, ident="hanna-sync",
