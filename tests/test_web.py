@@ -4,6 +4,7 @@ Dovecot, called over HTTP on 127.0.0.1: tokens, every endpoint in the CLI's --js
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -97,7 +98,12 @@ def test_errors_are_json_with_the_cli_wording(archived, server):
         cli_error = cli_run(archived, *args)
         assert cli_error.exit_code == 3, path
         assert server.json(path, t, 404) == {"error": cli_error.stderr.strip().removeprefix("Error: ")}, path
-    assert server.json("/api/customers?limit=0", t, 400) == {"error": "limit '0' is not a whole number of 1 or more"}
+    assert server.json("/api/customers?limit=0", t, 400) == {"error": "limit '0' is not a whole number from 1 to 999999999"}
+    # Nothing a client sends is a 500: not a digit str.isdigit() takes, not a number too big for SQLite or int().
+    for path in ("/api/customers?limit=%C2%B2", "/api/search?q=lentos&limit=99999999999999999999"):
+        assert server.json(path, t, 400)["error"].startswith("limit '"), path
+    for path in ("/api/letters/99999999999999999999", "/api/letters/" + "9" * 5000, "/api/letters/1/attachments/" + "9" * 30):
+        assert server.json(path, t, 404)["error"].startswith("no such page"), path
     assert server.json("/api/search", t, 400) == {"error": "search needs words: /api/search?q=WORDS"}
     assert server.json("/api/nothing", t, 404)["error"] == "no such page: /api/nothing"
 
@@ -412,3 +418,63 @@ def test_every_answer_has_a_strong_etag_and_an_unchanged_one_is_304(archived, se
                                 ("/api/customers?limit=0", t, 400)):
         code, headers, _ = server.fetch(path, token, if_none_match="*")
         assert (code, headers["ETag"], headers["Cache-Control"]) == (status, None, "no-store"), path
+
+
+def test_head_answers_have_no_body_so_a_kept_alive_connection_stays_in_step(archived, server):
+    """waitress sends whatever the application returns: a HEAD body would be read as the next answer."""
+    (letter_id, *_) = [r["id"] for r in archived.store.letters()]
+    connection = http.client.HTTPConnection("127.0.0.1", urllib.parse.urlsplit(server.base).port, timeout=10)
+    auth = {"Authorization": f"Bearer {server.token}"}
+    try:
+        for path in (f"/api/letters/{letter_id}/raw", "/login", "/"):
+            connection.request("HEAD", path, headers=auth)
+            head = connection.getresponse()
+            assert head.status == 200 and int(head.headers["Content-Length"]) > 0 and head.read() == b""
+            connection.request("GET", "/api/customers", headers=auth)  # the same connection: in step
+            answer = connection.getresponse()
+            assert answer.status == 200 and json.loads(answer.read()) == cli_json(archived, "customers"), path
+    finally:
+        connection.close()
+
+
+def test_without_a_token_every_path_is_401_and_a_405_says_what_is_allowed(archived, server):
+    assert server.json("/api/nothing", None, 401)["error"].startswith("a valid token is needed")
+    assert server.fetch("/nothing")[0] == 401
+    request = urllib.request.Request(server.base + "/api/customers", method="DELETE",
+                                     headers={"Authorization": f"Bearer {server.token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert (refused.value.code, refused.value.headers["Allow"]) == (405, "GET, HEAD")
+
+
+def test_a_database_moved_away_is_an_error_and_a_replaced_one_is_read(archived, server):
+    """The server never creates a database in place of one that went (an empty file beside the old
+    write-ahead log would lose it), and reads the new file after a restore: a token revoked there stops."""
+    t = server.token
+    db = archived.config.database
+    letters = cli_json(archived, "letters")
+    assert server.json("/api/customers", t)
+    archived.store.close()
+    away = db.with_name("away.db")
+    db.rename(away)
+    try:
+        assert server.json("/api/customers", t, 503)["error"] == f"cannot open database {db}: it is missing (moved or deleted?)"
+        assert server.fetch("/", t)[0] == 503
+        assert not db.exists()
+    finally:
+        away.rename(db)
+    assert server.json("/api/customers", t) and cli_json(archived, "letters") == letters
+
+    # A restore: another file at the path, in which the token was revoked and another made.
+    copy = db.with_name("restored.db")
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+        source.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    restored = Store(copy)
+    restored.revoke_token("crm")
+    other = restored.create_token("other")
+    restored.close()
+    os.replace(copy, db)
+    server.json("/api/customers", t, 401)
+    assert server.json("/api/customers", other) == cli_json(archived, "customers")
+    assert "is another file now" in server.log.read_text()

@@ -133,17 +133,17 @@ def test_downloads_land_in_the_browsers_folder(browser):
 
 
 def test_the_login_cookie_as_the_contract_sets_it_is_kept_on_plain_http_loopback(browser):
-    """Secure + SameSite=Strict + HttpOnly over http://127.0.0.1 (a secure context): Chromium keeps it and
+    """Secure + SameSite=Lax + HttpOnly over http://127.0.0.1 (a secure context): Chromium keeps it and
     sends it after the 303, as `hanna-sync serve` without a proxy needs."""
     site = PageServer({"/login": (303, {"Location": "/", "Set-Cookie":
-                                        "hanna_sync_token=abc; HttpOnly; SameSite=Strict; Path=/; Secure"}, b""),
+                                        "hanna_sync_token=abc; HttpOnly; SameSite=Lax; Path=/; Secure"}, b""),
                        "/": _page("<title>home</title>")})
     try:
         browser.get(site.base + "/login")
         assert browser.driver.title == "home"
         cookie = browser.driver.get_cookie("hanna_sync_token")
         assert cookie and (cookie["value"], cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (
-            "abc", True, True, "Strict")
+            "abc", True, True, "Lax")
     finally:
         site.close()
 
@@ -299,7 +299,7 @@ def test_staff_read_the_archive_in_the_browser(site, server, browser, beacon, pr
     proxy.recorder.clear()
     log_in(browser, server, t)
     cookie = driver.get_cookie("hanna_sync_token")
-    assert cookie and (cookie["value"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (t, True, "Strict", "/")
+    assert cookie and (cookie["value"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (t, True, "Lax", "/")
     assert driver.find_element(by("css"), 'form[action="/search"] #q')
     assert driver.find_element(by("css"), 'a[href="/leads/L-2001"]')
 

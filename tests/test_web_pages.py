@@ -22,7 +22,7 @@ from tests.hostile_html import CASES, EVIL, html_attachment_letter, xss_letter
 from tests.web_server import Server, cli_json, cli_run, new_token
 
 CORPUS = Path(__file__).parent / "corpus"
-COOKIE_FLAGS = "HttpOnly; SameSite=Strict; Path=/; Secure"
+COOKIE_FLAGS = "HttpOnly; SameSite=Lax; Path=/; Secure"
 PAGES = ["/", "/customers/C-1001", "/leads/L-2001", "/letters/1", "/letters/1/body", "/search?q=lentos", "/status"]
 
 
@@ -139,6 +139,12 @@ def test_a_login_form_from_another_site_is_refused(site):
     answer = call(site, "/login", method="POST", form={"token": site.token, "next": "/"},
                   headers={"Sec-Fetch-Site": "cross-site"})
     assert answer.status == 403 and "Set-Cookie" not in answer.headers
+    # A browser without Sec-Fetch-Site: its Origin must be the Host it posted to.
+    host = urlsplit(site.base).netloc
+    for origin, status in (("https://evil.example", 403), (f"http://{host}", 303)):
+        answer = call(site, "/login", method="POST", form={"token": site.token, "next": "/"},
+                      headers={"Origin": origin})
+        assert answer.status == status, origin
     assert call(site, "/login", method="POST", headers={"Content-Type": "text/plain"}).status == 415
     big = call(site, "/login", method="POST", form={"token": "x" * 5000, "next": "/"})
     assert big.status == 413
@@ -342,3 +348,12 @@ def test_an_id_with_non_ascii_letters_is_found_by_its_utf8_url(site):
     link = re.fullmatch(r'<(.+)>; rel="next"', first.headers["Link"])[1]
     assert link.startswith("/api/customers/C-%C4%847/letters?limit=1&cursor=")
     assert json.loads(call(site, link, token=site.token).text) == letters[1:2]
+
+
+def test_an_attachment_is_named_on_the_page_as_it_downloads():
+    """A right-to-left override would show "\u202egpj.html" as "lmth.jpg": the page shows the safe name."""
+    from hanna_sync.web.pages import ENV
+
+    template = ENV.from_string("{{ name|filename }}")
+    assert template.render(name="\u202egpj.html") == "gpj.html"
+    assert template.render(name="s\u0105skaita.pdf") == "sąskaita.pdf" and template.render(name=None) == "attachment"

@@ -47,5 +47,17 @@ class TokenQueries(Connection):
                               [token_hash(token)]).fetchone()
         return None if row is None else {"name": row[0], "admin": bool(row[1])}
 
-    def token_used(self, name: str) -> None:
-        self.db.execute("UPDATE web_tokens SET last_used_at = ? WHERE name = ?", [utcnow(), name])
+    def token_used(self, name: str, *, wait_ms: int = 200) -> None:
+        """Note the token's use, waiting at most `wait_ms` for a pass's write lock (then sqlite3's
+        "database is locked"). On the web server's query_only connection the flag is lifted for this
+        one statement: its own connection, because opening another one to a database that has gone
+        would create an empty one in its place."""
+        query_only = self.db.execute("PRAGMA query_only").fetchone()[0]
+        busy = self.db.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.db.execute("PRAGMA query_only = OFF")
+        self.db.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        try:
+            self.db.execute("UPDATE web_tokens SET last_used_at = ? WHERE name = ?", [utcnow(), name])
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy)}")
+            self.db.execute(f"PRAGMA query_only = {int(query_only)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from datetime import timedelta
@@ -40,13 +41,19 @@ DOWNLOAD_TYPES = frozenset({
 SortKey = Callable[[Any], list[Any]]
 
 
-def limit_of(request: Request, default: int | None) -> int | None:
+def limit_of(request: Request) -> int | None:
+    """?limit=N, None when not given. ASCII digits only (str.isdigit takes '²'), and few enough for SQLite."""
     value = request.query.get("limit", [None])[-1]
     if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(f"limit '{value}' is not a whole number of 1 or more")
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < 1:
+        raise InputError(f"limit '{value}' is not a whole number from 1 to 999999999")
     return int(value)
+
+
+def status_overview(request: Request) -> dict[str, Any]:
+    """`status --json` as the default `--fail-after 60` gives it: for /api/status and the status page."""
+    return overview(request.store, request.config, fail_after=timedelta(minutes=60)).as_dict()
 
 
 def _cursor(kind: str, key: list[Any]) -> str:
@@ -89,7 +96,7 @@ def _more(limit: int | None) -> int | None:
 def _entities(entity_type: str) -> Any:
     def answer(request: Request) -> Any:
         after = _after(request, entity_type, ((str,),))
-        limit = limit_of(request, None)
+        limit = limit_of(request)
         rows = views.entities(request.store, entity_type, limit=_more(limit), after=None if after is None else after[0])
         return _page(request, entity_type, rows, limit=limit, key=lambda row: [row["id"]])
     return answer
@@ -98,7 +105,7 @@ def _entities(entity_type: str) -> Any:
 def _letters_of(entity_type: str) -> Any:
     def answer(request: Request) -> Any:
         after = _after(request, "letters", ((str, type(None)), (int,)))
-        limit = limit_of(request, None)
+        limit = limit_of(request)
         of: dict[str, Any] = {entity_type: request.match["id"]}
         rows = views.letters(request.store, **of, limit=_more(limit),
                              after=None if after is None else (after[0], after[1]))
@@ -112,7 +119,7 @@ def _search(request: Request) -> Any:
         raise InputError("search needs words: /api/search?q=WORDS")
     q = request.query
     after = _after(request, "search", ((float, int), (str, type(None)), (int,)))
-    limit = limit_of(request, 20) or 20
+    limit = limit_of(request) or 20
     rows = views.search(request.store, words, customer=q.get("customer", [None])[-1],
                         lead=q.get("lead", [None])[-1], limit=limit + 1,
                         after=None if after is None else (float(after[0]), after[1], after[2]))
@@ -154,19 +161,15 @@ def _attachment(request: Request) -> Reply:
     return Reply(content_type=kind, body=data, headers=[_download(listed[n - 1]["filename"] or f"attachment-{n}")])
 
 
-def _status(request: Request) -> Any:
-    return overview(request.store, request.config, fail_after=timedelta(minutes=60)).as_dict()
-
-
 ROUTES = [
     Route(r"/api/customers", _entities("customer")),
     Route(r"/api/leads", _entities("lead")),
     Route(r"/api/customers/(?P<id>[^/]+)/letters", _letters_of("customer")),
     Route(r"/api/leads/(?P<id>[^/]+)/letters", _letters_of("lead")),
-    Route(r"/api/letters/(?P<id>[0-9]+)", lambda r: views.letter(r.store, int(r.match["id"]))),
-    Route(r"/api/letters/(?P<id>[0-9]+)/raw", _raw),
-    Route(r"/api/letters/(?P<id>[0-9]+)/attachments/(?P<n>[0-9]+)", _attachment),
-    Route(r"/api/threads/(?P<id>[0-9]+)", lambda r: views.thread(r.store, int(r.match["id"]))),
+    Route(r"/api/letters/(?P<id>[0-9]{1,18})", lambda r: views.letter(r.store, int(r.match["id"]))),
+    Route(r"/api/letters/(?P<id>[0-9]{1,18})/raw", _raw),
+    Route(r"/api/letters/(?P<id>[0-9]{1,18})/attachments/(?P<n>[0-9]{1,9})", _attachment),
+    Route(r"/api/threads/(?P<id>[0-9]{1,18})", lambda r: views.thread(r.store, int(r.match["id"]))),
     Route(r"/api/search", _search),
-    Route(r"/api/status", _status, admin=True),
+    Route(r"/api/status", status_overview, admin=True),
 ]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from hanna_sync.config import Config
+from hanna_sync.db.errors import DatabaseError
 from hanna_sync.db.store import Store
 from hanna_sync.errors import HannaError, InputError, NotFound
 from hanna_sync.web import api, pages
@@ -33,7 +35,9 @@ FAILED_AUTH_LIMIT = 10  # failed attempts per client address and window, then 42
 FAILED_AUTH_WINDOW = 60.0  # seconds
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last_used_at
 COOKIE = "hanna_sync_token"
-COOKIE_FLAGS = "HttpOnly; SameSite=Strict; Path=/; Secure"
+# Lax, not Strict: a link from the CRM's page to a card must arrive logged in. Every GET only reads; the
+# two POSTs (login, logout) refuse other sites themselves.
+COOKIE_FLAGS = "HttpOnly; SameSite=Lax; Path=/; Secure"
 MAX_FORM_BYTES = 4096  # the login form: a token and a path
 
 StartResponse = Callable[..., Any]
@@ -41,9 +45,10 @@ ROUTES = api.ROUTES + pages.ROUTES
 
 
 class HttpError(Exception):
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, *, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = [("Allow", allow)] if allow else []  # a 405 says what is allowed
 
 
 class Unauthorized(HttpError):
@@ -67,6 +72,16 @@ def _requested(environ: dict[str, Any]) -> str:
     return local_path(path + (f"?{query}" if query else ""))
 
 
+def _cross_site(environ: dict[str, Any]) -> bool:
+    """Whether a form was posted from another site: Sec-Fetch-Site says so; a browser too old to send it
+    still sends Origin, which must then name this server's Host (a reverse proxy passes the Host on)."""
+    fetch_site = environ.get("HTTP_SEC_FETCH_SITE")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = environ.get("HTTP_ORIGIN")
+    return origin is not None and urlsplit(origin).netloc != environ.get("HTTP_HOST")
+
+
 def _cookie(environ: dict[str, Any]) -> str:
     """The token cookie's value. Split by hand: http.cookies gives up on a whole header over one odd cookie."""
     for part in environ.get("HTTP_COOKIE", "").split(";"):
@@ -86,7 +101,10 @@ class FailedAuth:
 
     def _recent(self, address: str, now: float) -> list[float]:
         times = [t for t in self.seen.get(address, []) if now - t < self.window]
-        self.seen[address] = times
+        if times:
+            self.seen[address] = times
+        else:
+            self.seen.pop(address, None)  # forgotten, so a stream of new addresses does not pile up
         return times
 
     def blocked(self, address: str) -> bool:
@@ -96,7 +114,7 @@ class FailedAuth:
     def add(self, address: str) -> None:
         with self.lock:
             now = time.monotonic()
-            self._recent(address, now).append(now)
+            self.seen[address] = [*self._recent(address, now), now]
 
 
 class WebApp:
@@ -107,13 +125,15 @@ class WebApp:
         self.failed = FailedAuth()
         self.last_written: dict[str, float] = {}
         self.store: Store | None = None  # one read-only connection for the server's life, opened on first use
+        self.file: tuple[int, int] = (0, 0)  # the (device, inode) it reads
         self.opening = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             reply = self.answer(environ)
         except HttpError as exc:
-            reply = Reply(status=exc.status, content_type="application/json", body=_json({"error": str(exc)}))
+            reply = Reply(status=exc.status, content_type="application/json", body=_json({"error": str(exc)}),
+                          headers=exc.headers)
         headers = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), *reply.headers]
         if reply.status.startswith("200 "):  # a strong validator from the body: an unchanged answer costs no body
             etag = f'"{hashlib.sha256(reply.body).hexdigest()[:32]}"'
@@ -126,7 +146,9 @@ class WebApp:
                 return []
         start_response(reply.status, [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
                                       *headers])
-        return [reply.body]
+        # waitress sends what it is given, also for HEAD: a body there would be read as the next answer on
+        # a kept-alive connection (a reverse proxy's), and a letter's bytes could pose as that answer.
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [reply.body]
 
     def answer(self, environ: dict[str, Any]) -> Reply:
         # WSGI hands the path over as latin-1 text (PEP 3333); links are UTF-8, so /customers/C-%C4%84 is C-Ą.
@@ -141,7 +163,9 @@ class WebApp:
                                     error="Your session ended (the token was revoked): log in again." if exc.stale
                                     else None)
         except HttpError as exc:
-            return pages.error_page(exc.status, str(exc))
+            page = pages.error_page(exc.status, str(exc))
+            page.headers += exc.headers
+            return page
 
     def page(self, environ: dict[str, Any], path: str) -> Reply:
         """What is not under /api/: the public stylesheet, logging in and out, and the pages."""
@@ -152,14 +176,14 @@ class WebApp:
             query = parse_qs(environ.get("QUERY_STRING", ""))
             return pages.login_page(next_path=local_path(query.get("next", ["/"])[-1]))
         if path in ("/login", "/logout") and method == "POST":
-            if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+            if _cross_site(environ):
                 raise HttpError("403 Forbidden", "a form from another site cannot log in or out here")
             if path == "/logout":
                 return Reply(status="303 See Other", content_type="text/plain; charset=utf-8", body=b"",
                              headers=[("Location", "/login"), ("Set-Cookie", f"{COOKIE}=; Max-Age=0; {COOKIE_FLAGS}")])
             return self.login(environ)
         if path == "/logout":
-            raise HttpError("405 Method Not Allowed", "log out with the page's button (a POST)")
+            raise HttpError("405 Method Not Allowed", "log out with the page's button (a POST)", allow="POST")
         return self.dispatch(environ, path)
 
     def login(self, environ: dict[str, Any]) -> Reply:
@@ -181,17 +205,15 @@ class WebApp:
             log.warning("web: refused a login from %s: not a valid token", address)
             return pages.login_page(next_path=next_path, status="401 Unauthorized",
                                     error="That is not a valid token (unknown, mistyped or revoked).")
-        self.note_use(owner["name"])
+        self.note_use(store, owner["name"])
         return Reply(status="303 See Other", content_type="text/plain; charset=utf-8", body=b"",
                      headers=[("Location", next_path), ("Set-Cookie", f"{COOKIE}={token}; {COOKIE_FLAGS}")])
 
     def dispatch(self, environ: dict[str, Any], path: str) -> Reply:
         """A route's answer for an authenticated request (JSON unless the handler returns a Reply)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            raise HttpError("405 Method Not Allowed", "the API is read-only: GET only")
+            raise HttpError("405 Method Not Allowed", "the API is read-only: GET only", allow="GET, HEAD")
         route, match = next(((route, m) for route in ROUTES if (m := route.match(path))), (None, None))
-        if route is None or match is None:
-            raise HttpError("404 Not Found", f"no such page: {path}")
         address = environ.get("REMOTE_ADDR", "")
         if self.failed.blocked(address):
             raise HttpError("429 Too Many Requests", "too many failed authentications: try again in a minute")
@@ -201,6 +223,8 @@ class WebApp:
             raise HttpError("503 Service Unavailable", str(exc)) from None
         with store.lock:  # one request at a time on the one connection: each sees the database as committed now
             owner = self.authenticate(store, environ, address)
+            if route is None or match is None:  # after the token: without one, every path is 401 alike
+                raise HttpError("404 Not Found", f"no such page: {path}")
             if route.admin and not owner["admin"]:
                 raise HttpError("403 Forbidden", f"token '{owner['name']}' is not an admin token")
             query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -210,18 +234,36 @@ class WebApp:
                 raise HttpError("404 Not Found", str(exc)) from None
             except InputError as exc:
                 raise HttpError("400 Bad Request", str(exc)) from None
-        self.note_use(owner["name"])
+        self.note_use(store, owner["name"])
         if isinstance(data, Reply):
             return data
         return Reply(content_type="application/json; charset=utf-8", body=_json(data))
 
     def reader(self) -> Store:
         """The server's read-only Store. One for the server's life, not one per request: a process whose
-        last connection closes checkpoints the write-ahead log away, which broke other processes' readers."""
+        last connection closes checkpoints the write-ahead log away, which broke other processes' readers.
+        Unless the file at the database's path is another one now (restored, replaced): then that one, so a
+        token revoked in it is refused at once; a path with no file is an error, never a new database."""
+        path = self.config.database
         with self.opening:
+            try:
+                found = os.stat(path)
+            except OSError:
+                self._drop_reader()
+                raise DatabaseError(f"cannot open database {path}: it is missing (moved or deleted?)") from None
+            if self.store is not None and (found.st_dev, found.st_ino) != self.file:
+                log.warning("web: %s is another file now (restored or replaced): reading that one", path)
+                self._drop_reader()
             if self.store is None:
-                self.store = Store(self.config.database, read_only=True)
+                self.store = Store(path, read_only=True)
+                self.file = (found.st_dev, found.st_ino)
             return self.store
+
+    def _drop_reader(self) -> None:
+        if self.store is not None:
+            with self.store.lock:  # not under a request that still reads it
+                self.store.close()
+            self.store = None
 
     def authenticate(self, store: Store, environ: dict[str, Any], address: str) -> dict[str, Any]:
         """The token's owner: from `Authorization: Bearer`, else from the login cookie. A wrong token counts
@@ -238,20 +280,17 @@ class WebApp:
                                " ('hanna-sync token create NAME' makes one)", stale=bool(token) and not header)
         return owner
 
-    def note_use(self, name: str) -> None:
-        """The token's last_used_at, at most once a minute, through a short read-write Store of its own
-        (every answer is read read-only); skipped, with a warning, when a pass holds the write lock."""
+    def note_use(self, store: Store, name: str) -> None:
+        """The token's last_used_at, at most once a minute, through the reader's own connection; skipped,
+        with a warning, when a pass holds the write lock."""
         now = time.monotonic()
         if now - self.last_written.get(name, -LAST_USED_EVERY) < LAST_USED_EVERY:
             return
         self.last_written[name] = now
         try:
-            writer = Store(self.config.database, busy_timeout_ms=200)
-            try:
-                writer.token_used(name)
-            finally:
-                writer.close()
-        except (HannaError, sqlite3.Error) as exc:
+            with store.lock:
+                store.token_used(name)
+        except sqlite3.Error as exc:
             log.warning("web: could not note token %r's use: %s", name, exc)
 
 

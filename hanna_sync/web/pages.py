@@ -9,7 +9,6 @@ fetch but data: images. Every page carries a CSP that allows only this server's 
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -17,11 +16,11 @@ from urllib.parse import quote
 import jinja2
 
 from hanna_sync.admin import views
-from hanna_sync.admin.status import overview
 from hanna_sync.errors import NotFound
+from hanna_sync.mail.filenames import safe_filename
 from hanna_sync.mail.message import html_body
 from hanna_sync.web import sanitise
-from hanna_sync.web.api import limit_of
+from hanna_sync.web.api import limit_of, status_overview
 from hanna_sync.web.routing import Reply, Request, Route
 
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; form-action 'self';"
@@ -49,6 +48,7 @@ ENV.filters.update(
     segment=lambda s: quote(str(s), safe=""),  # an id as one path segment
     when=_when,
     size=_size,
+    filename=safe_filename,  # shown as it downloads: no right-to-left override turning "gpj.html" into "lmth.jpg"
     marked=lambda snippet: snippet.split("**"),  # search's **word** marks: odd pieces are the matches
 )
 
@@ -141,13 +141,13 @@ def _search(request: Request) -> Reply:
     q = request.query
     words = " ".join(q.get("q", [])).strip()
     customer, lead = q.get("customer", [None])[-1] or None, q.get("lead", [None])[-1] or None
-    limit = limit_of(request, 20) or 20
+    limit = limit_of(request) or 20
     hits = views.search(request.store, words, customer=customer, lead=lead, limit=limit) if words else []
     return render("search.html", owner=request.owner, q=words, hits=hits, limit=limit, customer=customer, lead=lead)
 
 
 def _status(request: Request) -> Reply:
-    status = overview(request.store, request.config, fail_after=timedelta(minutes=60)).as_dict()
+    status = status_overview(request)
     return render("status.html", owner=request.owner, status=status)
 
 
