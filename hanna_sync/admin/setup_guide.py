@@ -156,6 +156,31 @@ def example_config() -> str:
 
 SYSTEM_CONFIG = "/etc/hanna-sync/config.toml"
 
+# The sandboxing both system units share: a pass and the web server need their sockets and state directory only.
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+CapabilityBoundingSet=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+"""
+
 _SYSTEM_SERVICE = """\
 # One hanna-sync scan pass, run by hanna-sync.timer every 10 minutes.
 # Written by `hanna-sync setup-guide systemd --unit service`; `hanna-sync setup-guide systemd` shows the steps.
@@ -181,28 +206,7 @@ IOSchedulingPriority=6
 UMask=0077
 
 # Hardening: a mail fetcher needs the network, its state directory and nothing else.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-CapabilityBoundingSet=
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-"""
+""" + _HARDENING
 
 _USER_SERVICE = """\
 # hanna-sync for one user without root: `systemctl --user`. Steps: `hanna-sync setup-guide systemd --user`.
@@ -247,28 +251,7 @@ UMask=0077
 # The proxy in front runs on this host; a proxy elsewhere needs --host and IPAddressAllow widened.
 IPAddressDeny=any
 IPAddressAllow=localhost
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-CapabilityBoundingSet=
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-
+""" + _HARDENING + """
 [Install]
 WantedBy=multi-user.target
 """

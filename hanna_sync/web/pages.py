@@ -19,6 +19,7 @@ from hanna_sync.admin import views
 from hanna_sync.errors import NotFound
 from hanna_sync.mail.filenames import safe_filename
 from hanna_sync.mail.message import html_body
+from hanna_sync.models import Mailbox
 from hanna_sync.web import sanitise
 from hanna_sync.web.api import limit_of, status_overview
 from hanna_sync.web.routing import Reply, Request, Route
@@ -105,16 +106,10 @@ def _letter(request: Request) -> Reply:
     sender = letter["from_addr"] or ""
     if letter["from_name"]:
         sender = f"{letter['from_name']} <{sender}>" if sender else letter["from_name"]
-    locations = [{**loc, "email": _mailbox_email(request, loc["mailbox_id"])} for loc in letter["locations"]]
+    locations = [{**loc, "email": m.email if (m := _mailbox(request, loc["mailbox_id"])) else
+                  f"mailbox {loc['mailbox_id']} (removed)"} for loc in letter["locations"]]
     return render("letter.html", owner=request.owner, letter=letter, sender=sender, locations=locations,
                   thread=views.thread(request.store, letter_id))
-
-
-def _mailbox_email(request: Request, mailbox_id: int) -> str:
-    try:
-        return request.store.mailbox(mailbox_id).email
-    except NotFound:  # removed since (remove-mailbox --keep-letters)
-        return f"mailbox {mailbox_id} (removed)"
 
 
 def _body(request: Request) -> Reply:
@@ -130,7 +125,8 @@ def _body(request: Request) -> Reply:
     return Reply(body=body, content_type=HTML, headers=security_headers(frameable=True))
 
 
-def _mailbox(request: Request, mailbox_id: int) -> Any:
+def _mailbox(request: Request, mailbox_id: int) -> Mailbox | None:
+    """None for a mailbox removed since (its letters stay)."""
     try:
         return request.store.mailbox(mailbox_id)
     except NotFound:
