@@ -478,3 +478,20 @@ def test_a_database_moved_away_is_an_error_and_a_replaced_one_is_read(archived, 
     server.json("/api/customers", t, 401)
     assert server.json("/api/customers", other) == cli_json(archived, "customers")
     assert "is another file now" in server.log.read_text()
+
+
+def test_each_serving_thread_reads_through_its_own_connection(archived):
+    """So a slow page (a big letter sanitised) holds up no other request; each kept for the server's life."""
+    import threading
+
+    from hanna_sync.web.app import WebApp
+
+    app = WebApp(archived.config)
+    seen = []
+    for _ in range(2):
+        thread = threading.Thread(target=lambda: seen.append((app.reader(), app.reader())))
+        thread.start()
+        thread.join()
+    (first, again), (second, _) = seen
+    assert first is again and first is not second and first.db.conn is not second.db.conn
+    assert first.letters() == second.letters() != []

@@ -298,7 +298,9 @@ The archive stays in {result.workdir}. Try:
   {hs} letters --customer {sample.LATE_CUSTOMER.id}
   {hs} search "lentų"
   {hs} thread {rows[-1]["id"] if rows else 1}
-  {hs} customers""")
+  {hs} customers
+In a browser: '{hs} token create me' prints a token; '{hs} serve', then open http://127.0.0.1:8025/
+and paste it (README, "Reading the archive in a browser").""")
     if not result.scan.ok or (result.backfill is not None and not result.backfill.ok):
         sys.exit(ExitCode.FAILURE)
 

@@ -1,11 +1,11 @@
 """The WSGI application: a few regex routes, tokens, JSON answers in the CLI's --json shapes and pages.
 
-Requests read through one query_only SQLite connection (Store(read_only=True)), taking turns, so a
-pass writes beside the server; a token (a bearer header, or the login form's cookie, which holds the
-token itself) is looked up on every request, so a revoked one stops at once. Failed authentications
-(a wrong token, not a missing one) are limited per client address. Nothing here logs a request's
-headers or the login form, so a token never reaches a log. Under /api/ errors are JSON; elsewhere
-they are pages, and a missing or wrong token answers with the login form.
+Each serving thread reads through its own query_only SQLite connection (Store(read_only=True)), so a
+pass writes beside the server and a slow page holds up no other. A token (a bearer header, or the login
+form's cookie, which holds the token itself) is looked up on every request, so a revoked one stops at
+once. Failed authentications (a wrong token, not a missing one) are limited per client address. Nothing
+here logs a request's headers or the login form, so a token never reaches a log. Under /api/ errors
+are JSON; elsewhere they are pages, and a missing or wrong token answers with the login form.
 """
 
 from __future__ import annotations
@@ -124,9 +124,7 @@ class WebApp:
         self.config = config
         self.failed = FailedAuth()
         self.last_written: dict[str, float] = {}
-        self.store: Store | None = None  # one read-only connection for the server's life, opened on first use
-        self.file: tuple[int, int] = (0, 0)  # the (device, inode) it reads
-        self.opening = threading.Lock()
+        self.readers = threading.local()  # each serving thread's read-only Store (.store) and its file (.file)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -198,8 +196,7 @@ class WebApp:
             store = self.reader()
         except HannaError as exc:
             raise HttpError("503 Service Unavailable", str(exc)) from None
-        with store.lock:
-            owner = store.token_owner(token) if token else None
+        owner = store.token_owner(token) if token else None
         if owner is None:
             self.failed.add(address)
             log.warning("web: refused a login from %s: not a valid token", address)
@@ -221,49 +218,48 @@ class WebApp:
             store = self.reader()
         except HannaError as exc:
             raise HttpError("503 Service Unavailable", str(exc)) from None
-        with store.lock:  # one request at a time on the one connection: each sees the database as committed now
-            owner = self.authenticate(store, environ, address)
-            if route is None or match is None:  # after the token: without one, every path is 401 alike
-                raise HttpError("404 Not Found", f"no such page: {path}")
-            if route.admin and not owner["admin"]:
-                raise HttpError("403 Forbidden", f"token '{owner['name']}' is not an admin token")
-            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-            try:
-                data = route.handler(Request(store=store, config=self.config, match=match, query=query, owner=owner))
-            except NotFound as exc:
-                raise HttpError("404 Not Found", str(exc)) from None
-            except InputError as exc:
-                raise HttpError("400 Bad Request", str(exc)) from None
+        owner = self.authenticate(store, environ, address)
+        if route is None or match is None:  # after the token: without one, every path is 401 alike
+            raise HttpError("404 Not Found", f"no such page: {path}")
+        if route.admin and not owner["admin"]:
+            raise HttpError("403 Forbidden", f"token '{owner['name']}' is not an admin token")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        try:
+            data = route.handler(Request(store=store, config=self.config, match=match, query=query, owner=owner))
+        except NotFound as exc:
+            raise HttpError("404 Not Found", str(exc)) from None
+        except InputError as exc:
+            raise HttpError("400 Bad Request", str(exc)) from None
         self.note_use(store, owner["name"])
         if isinstance(data, Reply):
             return data
         return Reply(content_type="application/json; charset=utf-8", body=_json(data))
 
     def reader(self) -> Store:
-        """The server's read-only Store. One for the server's life, not one per request: a process whose
-        last connection closes checkpoints the write-ahead log away, which broke other processes' readers.
+        """This serving thread's read-only Store: each thread has its own connection, so a slow page does not
+        hold up the others, kept for the server's life, not one per request: a process whose last
+        connection closes checkpoints the write-ahead log away, which broke other processes' readers.
         Unless the file at the database's path is another one now (restored, replaced): then that one, so a
         token revoked in it is refused at once; a path with no file is an error, never a new database."""
         path = self.config.database
-        with self.opening:
-            try:
-                found = os.stat(path)
-            except OSError:
-                self._drop_reader()
-                raise DatabaseError(f"cannot open database {path}: it is missing (moved or deleted?)") from None
-            if self.store is not None and (found.st_dev, found.st_ino) != self.file:
-                log.warning("web: %s is another file now (restored or replaced): reading that one", path)
-                self._drop_reader()
-            if self.store is None:
-                self.store = Store(path, read_only=True)
-                self.file = (found.st_dev, found.st_ino)
-            return self.store
+        try:
+            found = os.stat(path)
+        except OSError:
+            self._drop_reader()
+            raise DatabaseError(f"cannot open database {path}: it is missing (moved or deleted?)") from None
+        mine = self.readers
+        if getattr(mine, "store", None) is not None and (found.st_dev, found.st_ino) != mine.file:
+            log.warning("web: %s is another file now (restored or replaced): reading that one", path)
+            self._drop_reader()
+        if getattr(mine, "store", None) is None:
+            mine.store, mine.file = Store(path, read_only=True), (found.st_dev, found.st_ino)
+        store: Store = mine.store
+        return store
 
     def _drop_reader(self) -> None:
-        if self.store is not None:
-            with self.store.lock:  # not under a request that still reads it
-                self.store.close()
-            self.store = None
+        if getattr(self.readers, "store", None) is not None:
+            self.readers.store.close()
+            self.readers.store = None
 
     def authenticate(self, store: Store, environ: dict[str, Any], address: str) -> dict[str, Any]:
         """The token's owner: from `Authorization: Bearer`, else from the login cookie. A wrong token counts
@@ -288,8 +284,7 @@ class WebApp:
             return
         self.last_written[name] = now
         try:
-            with store.lock:
-                store.token_used(name)
+            store.token_used(name)
         except sqlite3.Error as exc:
             log.warning("web: could not note token %r's use: %s", name, exc)
 

@@ -26,7 +26,7 @@ def _loopback(host: str) -> bool:
 @click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True,
               help="The port (0: any free one, printed on stderr).")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Connections served at once (their database reads take turns).")
+              help="Requests served at once, each thread with its own read-only database connection.")
 @click.option("--trusted-proxy", metavar="ADDRESS",
               help="The reverse proxy's address (e.g. 127.0.0.1): the client is then the last address its"
                    " X-Forwarded-For names, so the failed-login limit counts each client, not the proxy."
@@ -36,8 +36,8 @@ def serve(app: Any, *, host: str, port: int, threads: int, trusted_proxy: str | 
     """Serve the archive read-only over HTTP: pages for staff, the JSON API under /api/ for the CRM.
 
     Every request needs a token ('hanna-sync token create NAME'): the pages ask for it once in a login
-    form, the API as 'Authorization: Bearer TOKEN'. The database is read through a query_only SQLite
-    connection, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy with TLS
+    form, the API as 'Authorization: Bearer TOKEN'. Each thread reads the database through its own
+    query_only SQLite connection, so a pass runs beside the server. Plain HTTP on loopback: put a reverse proxy with TLS
     (nginx or Caddy, see the README) in front before anyone else reaches it.
 
     \b
