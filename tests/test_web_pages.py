@@ -220,6 +220,16 @@ def test_a_card_shows_contacts_and_letters_newest_first_with_their_rule(site, ho
         assert unescape(subject) == (row["subject"] or "(no subject)")
         assert rule == ", ".join(k["rule"] for k in row["links"] if k["entity_id"] == "C-1001")
     assert "&lt;b&gt;HTML&lt;/b&gt;" in page  # a subject is text, not markup
+    assert f"<h2>Letters ({len(expected)})</h2>" in page and 'id="older"' not in page and len(expected) > 3
+    # Paged: "Older letters" walks the whole list, in order, each letter once, the total always the whole.
+    walked, path = [], "/customers/C-1001?limit=2"
+    while path:
+        page = call(site, path, token=site.token).text
+        assert f"<h2>Letters ({len(expected)})</h2>" in page
+        walked += [int(i) for i in re.findall(r'<tr class="letter">.*?href="/letters/(\d+)"', page, re.S)]
+        older = re.search(r'<a id="older" href="([^"]+)">', page)
+        path = unescape(older[1]) if older else None
+    assert walked == [r["id"] for r in expected]
     lead = call(site, "/leads/L-2001", token=site.token).text
     assert "<h1>Naujas Klientas</h1>" in lead and "Domina jūsų paslaugos" in lead
     for path in ("/customers/C-9", "/leads/L-9", "/customers/%C5%BE", "/letters/99999", "/letters/99999/body"):

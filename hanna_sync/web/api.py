@@ -77,12 +77,19 @@ def _after(request: Request, kind: str, types: tuple[tuple[type, ...], ...]) -> 
     return list(decoded[1:])
 
 
-def _page(request: Request, kind: str, rows: list[Any], *, limit: int | None, key: SortKey) -> Any:
-    """`rows` (fetched with limit + 1) cut to `limit`; when one was left over, with the next page's headers."""
+def _cut(rows: list[Any], kind: str, *, limit: int | None, key: SortKey) -> tuple[list[Any], str | None]:
+    """`rows` (fetched with limit + 1) cut to `limit`, and the next page's cursor when one was left over."""
     if limit is None or len(rows) <= limit:
-        return rows
+        return rows, None
     rows = rows[:limit]
-    cursor = _cursor(kind, key(rows[-1]))
+    return rows, _cursor(kind, key(rows[-1]))
+
+
+def _page(request: Request, kind: str, rows: list[Any], *, limit: int | None, key: SortKey) -> Any:
+    """`rows` cut to `limit`; when more follow, with the next page's headers."""
+    rows, cursor = _cut(rows, kind, limit=limit, key=key)
+    if cursor is None:
+        return rows
     query = [(name, value) for name, values in request.query.items() if name != "cursor" for value in values]
     link = f"{quote(request.match.string)}?{urlencode([*query, ('cursor', cursor)])}"
     return Reply(body=json_body(rows), content_type="application/json; charset=utf-8",
@@ -102,14 +109,26 @@ def _entities(entity_type: str) -> Any:
     return answer
 
 
+def _letters_key(row: Any) -> list[Any]:
+    return [row["date_utc"], row["id"]]
+
+
+def _fetch_letters(request: Request, entity_type: str, limit: int | None) -> list[Any]:
+    """The entity's letters behind ?cursor=, newest first, one more than `limit` (to know whether more follow)."""
+    after = _after(request, "letters", ((str, type(None)), (int,)))
+    of: dict[str, Any] = {entity_type: request.match["id"]}
+    return views.letters(request.store, **of, limit=_more(limit), after=None if after is None else (after[0], after[1]))
+
+
+def letters_page(request: Request, entity_type: str, *, limit: int) -> tuple[list[Any], str | None]:
+    """A page of a card's letters and the cursor of the next, for the card page (the API's own paging)."""
+    return _cut(_fetch_letters(request, entity_type, limit), "letters", limit=limit, key=_letters_key)
+
+
 def _letters_of(entity_type: str) -> Any:
     def answer(request: Request) -> Any:
-        after = _after(request, "letters", ((str, type(None)), (int,)))
         limit = limit_of(request)
-        of: dict[str, Any] = {entity_type: request.match["id"]}
-        rows = views.letters(request.store, **of, limit=_more(limit),
-                             after=None if after is None else (after[0], after[1]))
-        return _page(request, "letters", rows, limit=limit, key=lambda row: [row["date_utc"], row["id"]])
+        return _page(request, "letters", _fetch_letters(request, entity_type, limit), limit=limit, key=_letters_key)
     return answer
 
 

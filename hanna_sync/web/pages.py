@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 
@@ -21,13 +21,14 @@ from hanna_sync.mail.filenames import safe_filename
 from hanna_sync.mail.message import html_body
 from hanna_sync.models import Mailbox
 from hanna_sync.web import sanitise
-from hanna_sync.web.api import limit_of, status_overview
+from hanna_sync.web.api import letters_page, limit_of, status_overview
 from hanna_sync.web.routing import Reply, Request, Route
 
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; form-action 'self';"
             " frame-ancestors 'none'; base-uri 'none'")
 BODY_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
 HTML = "text/html; charset=utf-8"
+CARD_LETTERS = 100  # letters a card shows at once, newest first; "Older letters" pages on
 STYLESHEET = resources.files("hanna_sync.web").joinpath("static/hanna.css").read_bytes()
 
 
@@ -90,13 +91,17 @@ def _card(entity_type: str) -> Any:
     def card(request: Request) -> Reply:
         entity_id = request.match["id"]
         entity = request.store.existing_entity(entity_type, entity_id)
-        rows = views.letters(request.store, customer=entity_id if entity_type == "customer" else None,
-                             lead=entity_id if entity_type == "lead" else None)
+        limit = limit_of(request) or CARD_LETTERS
+        rows, cursor = letters_page(request, entity_type, limit=limit)
         letters = [{**row, "rule": ", ".join(k["rule"] for k in row["links"]
                                              if (k["entity_type"], k["entity_id"]) == (entity_type, entity_id))}
                    for row in rows]
+        older = None if cursor is None else f"/{entity_type}s/{quote(entity_id, safe='')}?" + urlencode(
+            {**({"limit": limit} if limit != CARD_LETTERS else {}), "cursor": cursor})
         return render("card.html", owner=request.owner, entity=asdict(entity), kind=entity_type,
-                      kind_title=entity_type.capitalize(), letters=letters)
+                      kind_title=entity_type.capitalize(), letters=letters, older=older,
+                      total=request.store.entity_link_count(entity_type, entity_id),
+                      first_page="cursor" not in request.query)
     return card
 
 
