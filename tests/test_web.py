@@ -495,3 +495,13 @@ def test_each_serving_thread_reads_through_its_own_connection(archived):
     (first, again), (second, _) = seen
     assert first is again and first is not second and first.db.conn is not second.db.conn
     assert first.letters() == second.letters() != []
+
+
+def test_a_trusted_proxy_is_an_ip_address():
+    """A typo there would make the limit ignore X-Forwarded-For without a word: refused, exit 2."""
+    from click.testing import CliRunner
+
+    from hanna_sync.web.command import serve
+
+    result = CliRunner().invoke(serve, ["--trusted-proxy", "127.0.0.l"])
+    assert result.exit_code == 2 and "'127.0.0.l' is not an IP address" in result.output

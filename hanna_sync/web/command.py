@@ -21,13 +21,23 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _ip_address(value: str | None) -> str | None:
+    """The proxy's address as waitress compares it with the peer's: an IP address, written as it writes one."""
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not an IP address: the reverse proxy's, e.g. 127.0.0.1") from None
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True,
               help="The port (0: any free one, printed on stderr).")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Requests served at once, each thread with its own read-only database connection.")
-@click.option("--trusted-proxy", metavar="ADDRESS",
+@click.option("--trusted-proxy", metavar="ADDRESS", callback=lambda ctx, param, value: _ip_address(value),
               help="The reverse proxy's address (e.g. 127.0.0.1): the client is then the last address its"
                    " X-Forwarded-For names, so the failed-login limit counts each client, not the proxy."
                    " Without it X-Forwarded-For is ignored.")
