@@ -474,10 +474,10 @@ def test_a_database_moved_away_is_an_error_and_a_replaced_one_is_read(archived, 
     restored.revoke_token("crm")
     other = restored.create_token("other")
     restored.close()
-    for _ in range(12):  # every serving thread has opened the old file by now (waitress hands requests round)
+    for _ in range(12):  # the threads that serve these have the old file open
         assert server.json("/api/customers", t)
     os.replace(copy, db)
-    for _ in range(8):  # and none of them reads it any more (8: under the failed-authentication limit)
+    for _ in range(8):  # and none reads it any more (8: under the failed-authentication limit)
         server.json("/api/customers", t, 401)
     assert server.json("/api/customers", other) == cli_json(archived, "customers")
 
