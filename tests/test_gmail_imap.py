@@ -23,10 +23,11 @@ from click.testing import CliRunner
 
 from hanna_sync.admin import mailboxes
 from hanna_sync.cli import cli
+from hanna_sync.db.store import Store
 from hanna_sync.demo import sample
 from hanna_sync.demo.sandbox import CertificateAuthority
-from tests.faults import Fault, ImapProxy, archive, check_consistent, write_config
 from tests.fakes_gmail_imap import FakeGmailImap
+from tests.faults import Fault, ImapProxy, archive, check_consistent, write_config
 from tests.helpers import Env, server_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +232,6 @@ def test_kills_mid_pass_lose_nothing_duplicate_nothing_and_download_nothing_twic
         proxy.reset()
         assert hanna(clean_config).wait(120) == 0
         round_trips = proxy.tagged
-        from hanna_sync.db.store import Store
         store = Store(clean_dir / "hs.db")
         reference = archive(store)
         assert len(reference.letters) == 15 and len(reference.locations) == 11 + 5 * 3 + 5 * 2
