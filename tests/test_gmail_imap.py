@@ -46,7 +46,7 @@ def gmail(tmp_path, dovecot):
     fake.close()
 
 
-def add_gmail(env: Env, user, fake: FakeGmailImap, folders=EVERY_FOLDER, port: int | None = None, ca_file=None):
+def add_gmail(env: Env, user, fake: FakeGmailImap, folders=EVERY_FOLDER, *, port: int | None = None, ca_file=None):
     """A gmail-preset mailbox on the fake (or a proxy in front of it), logging in with the Dovecot password
     (the app password)."""
     for folder in EVERY_FOLDER:
