@@ -5,7 +5,7 @@ The real google-auth and requests run against them, and they check what Google c
 * `FakeGoogleOAuth`: the consent page (`/auth`: client id, loopback redirect_uri, S256 code challenge,
   scopes; answers with a redirect to the loopback listener, as the browser is sent after consent) and the
   token endpoint (`/token`) with three grants: the JWT bearer grant of a service account (the assertion's
-  RS256 signature against the account's public key, `iss`, `sub`, `aud` = this endpoint, `scope`, `iat`/`exp`,
+  RS256 signature against the account's public key, `iss`, `sub`, `aud` = Google's token endpoint, `scope`, `iat`/`exp`,
   and domain-wide delegation of every scope asked for: else unauthorized_client), the authorization code
   (client secret, code once, redirect_uri, PKCE verifier) and the refresh token (revoked: invalid_grant).
   Access tokens are opaque (ya29...), as Google's are; `validate` says whose they are and for what.
@@ -42,6 +42,9 @@ from tests.fakes_microsoft import FakeOutlookImap, HttpsFake, Reply, _LongLines,
 
 MAIL = "https://mail.google.com/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The audience Google's token endpoint requires of an assertion: its own public name (google-auth puts it in
+# every assertion, wherever the request is sent), so a fake at another address checks it too.
+GOOGLE_TOKEN_ENDPOINT = "https://oauth2.googleapis.com/token"
 CLIENT_ID = "1234567890-hannasync.apps.googleusercontent.com"
 # What Gmail sends as the error challenge of a refused XOAUTH2 login: base64 of
 # {"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"} (google/gmail-oauth2-tools#78).
@@ -226,7 +229,7 @@ class FakeGoogleOAuth(HttpsFake):
         except InvalidSignature:
             return self._error(400, "invalid_grant", "Invalid JWT Signature.")
         now = time.time()
-        if claims.get("aud") != self.token_uri:
+        if claims.get("aud") != GOOGLE_TOKEN_ENDPOINT:
             return self._error(400, "invalid_grant", "Invalid JWT: Failed audience check.")
         if not (claims.get("iat", 0) - 300 <= now <= claims.get("exp", 0) and claims["exp"] - claims["iat"] <= 3600):
             return self._error(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes)"

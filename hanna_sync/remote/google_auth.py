@@ -230,7 +230,7 @@ class GoogleSignIn:
         credentials = self._delegated.get((mailbox.login_name, scope))
         if credentials is not None and credentials.valid and not fresh:
             return GoogleToken(credentials.token, scope, True, "cache")
-        info = {**key.info, "token_uri": self.settings.token_uri}  # the JWT's audience is the endpoint asked
+        info = {**key.info, "token_uri": self.settings.token_uri}  # where the grant is sent (a test's fake)
         try:
             credentials = service_account.Credentials.from_service_account_info(
                 info, scopes=[scope], subject=mailbox.login_name)
