@@ -437,3 +437,12 @@ def test_cli_add_mailbox_folders_and_the_setup_guide_with_the_ids_filled_in(tmp_
     assert "<CLIENT_ID>.apps.googleusercontent.com" in setup_guide.google(None)
     assert f'client_id = "{g.oauth.client_id}"' in setup_guide.google(
         GoogleConfig(auth="user", client_id=g.oauth.client_id))
+
+
+def test_google_auth_is_used_in_one_module_only():
+    """google-auth (and so Google's token endpoint) only in remote/google_auth.py; the diagnosis and the CLI
+    go through it."""
+    root = Path(__file__).resolve().parent.parent / "hanna_sync"
+    for path in root.rglob("*.py"):
+        module, text = path.relative_to(root).as_posix(), path.read_text()
+        assert bool(re.search(r"^\s*(import|from) google[. ]", text, re.M)) == (module == "remote/google_auth.py"), module
