@@ -412,6 +412,9 @@ def test_cli_add_mailbox_folders_and_the_setup_guide_with_the_ids_filled_in(tmp_
     imap_user.dovecot.create_folder(imap_user.login, "Išsiųsti")
     g.imap.accounts[STAFF] = imap_user
     options = [f"--{k.replace('_', '-')}={v}" for k, v in servers(g).items() if k != "folders"]
+    tried = run_cli(env, "test", "--kind", "google-client", "--email", STAFF, *options, "--json")
+    assert tried.exit_code == 0, tried.output
+    assert json.loads(tried.stdout)["mailbox"]["id"] is None and env.store.mailboxes() == []  # nothing saved
     added = run_cli(env, "add-mailbox", "--kind", "google-client", "--user", "jonas", "--email", STAFF, *options)
     assert added.exit_code == 0, added.output
     assert added.stdout.startswith(f"Added mailbox 1: jonas@imone.lt for jonas (127.0.0.1:{g.imap.port} ssl XOAUTH2)")
