@@ -227,6 +227,11 @@ APP_ONLY_HINT = (
     " -AccessRights FullAccess); the ObjectId is the enterprise application's, not the app registration's"
     " ('hanna-sync setup-guide o365')"
 )
+GOOGLE_XOAUTH2_HINT = (
+    "the token needs the scope https://mail.google.com/ (delegated to the service account, or consented), and IMAP"
+    " must be on for the user (Google Admin console -> Apps -> Google Workspace -> Gmail -> End User Access -> POP"
+    " and IMAP access); 'hanna-sync test ID' says which"
+)
 MAX_TOKEN_RENEWALS = 3  # reconnections per session after AccessTokenExpired, so a server that keeps saying it ends
 
 
@@ -239,6 +244,8 @@ def xoauth2_login(client: IMAPClient, mailbox: Mailbox, token: str) -> None:
     except IMAPClientError as exc:
         text = server_text(exc) or "authentication failed"
         hint = APP_ONLY_HINT if "not connected" in text else XOAUTH2_HINT
+        if mailbox.kind == "google-client":
+            hint = GOOGLE_XOAUTH2_HINT
         raise AuthError(f"{mailbox.imap_host} refused the token for {mailbox.login_name} ({text});"
                         f" {hint.format(login=mailbox.login_name)}") from None
     except (OSError, ssl.SSLError) as exc:

@@ -51,7 +51,7 @@ SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response
 
 @contextmanager
 def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterator[ImapSource]:
-    """The mailbox's IMAP session: with its password, or with XOAUTH2 (o365-client)."""
+    """The mailbox's IMAP session: with its password, or with XOAUTH2 (o365-client, google-client)."""
     if mailbox.kind == "imap":
         password = ctx.secrets.get(mailbox.secret_ref)
         if password is None:
@@ -61,17 +61,22 @@ def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterat
         return
     from hanna_sync.remote.oauth import IMAP, MicrosoftSignIn, TokenRefused
 
-    sign_in = MicrosoftSignIn.for_config(ctx.config, ctx.secrets)
-    token = sign_in.token_source(mailbox, IMAP)
+    if mailbox.kind == "google-client":
+        from hanna_sync.remote.google_auth import GoogleSignIn
+
+        token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox)
+    else:
+        token = MicrosoftSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, IMAP)
     try:
         renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
     except (ReauthRequired, TokenRefused):
         raise
     except AuthError:
         # Exchange refuses a token it no longer honours (the sign-in revoked: continuous access evaluation
-        # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission.
-        # Renewing tells them apart: a lost sign-in says so (needs re-authorisation), a permission fails again.
-        sign_in.token(mailbox, IMAP, fresh=True)
+        # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission;
+        # Gmail too ("Invalid credentials"). Renewing tells them apart: a lost sign-in says so (needs
+        # re-authorisation), a permission fails again.
+        token(True)
         renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
     try:
         client = cast(IMAPClient, renewing)  # passes every IMAPClient method through
