@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from hanna_sync.errors import AuthError, ConfigError, ConnectError, InputError, SecretsError
 from hanna_sync.remote.graph import network_reason
-from hanna_sync.remote.oauth import LOCK_NAME, Secrets, SignInLost, TokenRefused, _KeptInMemory, _locked
+from hanna_sync.remote.oauth import LOCK_NAME, KeptInMemory, Secrets, SignInLost, TokenRefused, token_lock
 
 if TYPE_CHECKING:
     from hanna_sync.config import Config, GoogleConfig
@@ -162,7 +162,7 @@ def _fix(error: str, description: str, settings: GoogleConfig, key: ServiceAccou
     return None
 
 
-class _TriedOnly(_KeptInMemory):
+class _TriedOnly(KeptInMemory):
     """Consents of a mailbox not saved (`hanna-sync test --kind google-client`): in memory, gone when the
     command ends; the OAuth client's secret is read from the real store."""
 
@@ -402,7 +402,7 @@ class GoogleSignIn:
         return secret
 
     def _lock(self) -> AbstractContextManager[None]:
-        return nullcontext() if self.lock_path is None else _locked(self.lock_path, 4 * self.timeout + 10)
+        return nullcontext() if self.lock_path is None else token_lock(self.lock_path, 4 * self.timeout + 10)
 
     @contextmanager
     def _talking(self) -> Iterator[None]:
