@@ -23,7 +23,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from hanna_sync.admin import mailboxes, setup_guide
+from hanna_sync.admin import google_mailboxes, setup_guide
 from hanna_sync.admin.status import health
 from hanna_sync.cli import cli
 from hanna_sync.config import GoogleConfig, parse_config
@@ -91,8 +91,8 @@ def add_client(env: Env, g: Google, imap_user, consent: Consent | None = None):
     imap_user.dovecot.create_folder(imap_user.login, "Išsiųsti")
     g.imap.accounts[STAFF] = imap_user
     g.oauth.approve_as = STAFF
-    box = mailboxes.new_google_mailbox("staff", STAFF, servers(g))
-    return mailboxes.add_google(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10,
+    box = google_mailboxes.new_mailbox("staff", STAFF, servers(g))
+    return google_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10,
                                 consent=consent or browser_consent(g)).mailbox
 
 
@@ -141,7 +141,7 @@ def test_delegation_missing_for_the_scope_names_the_client_id_and_scope_and_back
 def test_the_service_account_key_must_be_private_and_a_key(tmp_path, g, monkeypatch):
     env = service_account_env(tmp_path, g)
     key_file = env.config.google.service_account_file
-    box = mailboxes.new_google_mailbox("staff", STAFF, servers(g))
+    box = google_mailboxes.new_mailbox("staff", STAFF, servers(g))
     key_file.chmod(0o644)
     with pytest.raises(ConfigError, match=r"readable by others \(mode 0644\).*chmod 600"):
         signer(env).token(box)
@@ -223,14 +223,14 @@ def test_user_consent_through_the_loopback_listener_for_real_then_silent_renewal
 def test_a_consent_of_another_account_or_without_gmail_or_declined_keeps_nothing(tmp_path, g, imap_user):
     env = user_env(tmp_path, g)
     g.imap.accounts[STAFF] = imap_user
-    box = mailboxes.new_google_mailbox("staff", STAFF, servers(g))
+    box = google_mailboxes.new_mailbox("staff", STAFF, servers(g))
     g.oauth.users.add("boss@imone.lt")
     for approve_as, granted, message in (("boss@imone.lt", None, "consent was given as boss@imone.lt"),
                                          (STAFF, {"openid", "email"}, "the consent did not include https://mail.google.com/"),
                                          (None, None, r"the consent was not given \(access_denied\)")):
         g.oauth.approve_as, g.oauth.granted_scopes = approve_as, granted
         with pytest.raises(AuthError, match=message):
-            mailboxes.add_google(env.store, env.secrets, signer(env), replace(box), verify_first=True, timeout=10,
+            google_mailboxes.add(env.store, env.secrets, signer(env), replace(box), verify_first=True, timeout=10,
                                  consent=browser_consent(g))
     assert env.store.mailboxes() == []
     g.oauth.approve_as, g.oauth.granted_scopes = STAFF, None
@@ -255,7 +255,7 @@ def test_a_wrong_client_secret_is_refused_before_it_is_stored(tmp_path, g):
         signer(env).store_client_secret("GOCSPX-wrong")
     assert env.secrets.get(CLIENT_SECRET_REF) is None
     with pytest.raises(Exception, match="needs the OAuth client's secret in the secrets store"):
-        signer(env).sign_in(mailboxes.new_google_mailbox("s", STAFF, servers(g)), browser_consent(g))
+        signer(env).sign_in(google_mailboxes.new_mailbox("s", STAFF, servers(g)), browser_consent(g))
 
 
 def run_cli(env: Env, *args: str, input: str | None = None):

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from hanna_sync.admin import mailboxes, setup_guide
+from hanna_sync.admin import mailboxes, o365_mailboxes, setup_guide
 from hanna_sync.admin.status import health
 from hanna_sync.cli import cli
 from hanna_sync.config import O365Config, parse_config
@@ -82,8 +82,8 @@ def graph_mailbox(ms: Microsoft, user: str = STAFF) -> dict[str, bytes]:
 def add_scan(env: Env, ms: Microsoft, folders: tuple[str, ...] = (), verify: bool = True):
     ms.identity.approve_as = STAFF
     shown: list[str] = []
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {"folders": list(folders)})
-    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=verify, timeout=10, show=shown.append)
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {"folders": list(folders)})
+    saved = o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=verify, timeout=10, show=shown.append)
     return saved.mailbox, shown
 
 
@@ -139,7 +139,7 @@ def test_revoked_refresh_token_needs_reauthorisation_without_retries_until_login
     assert len(ms.identity.grants) == requests_before  # backed off: not even a token request
 
     ms.identity.revoked.clear()
-    mailboxes.login(env.store, signer(env), box.id, lambda message: None)
+    o365_mailboxes.login(env.store, signer(env), box.id, lambda message: None)
     assert health(env.store, timedelta(minutes=60))[0].state == "new"
     assert env.run().ok
 
@@ -167,7 +167,7 @@ def test_missing_consent_and_expired_refresh_tokens_name_their_own_fix(tmp_path,
     assert "AADSTS65001" in token["detail"] and "Grant admin consent" in token["hint"]
 
     ms.identity.consent_missing = False
-    mailboxes.login(env.store, signer(env), box.id, lambda message: None)
+    o365_mailboxes.login(env.store, signer(env), box.id, lambda message: None)
     ms.identity.revoke(STAFF, code="70008")
     failed = env.run().mailboxes[0]
     assert failed.failure_kind == "reauth" and "AADSTS70008" in failed.errors[0]
@@ -178,9 +178,9 @@ def test_signing_in_as_another_account_is_refused_and_nothing_is_kept(tmp_path, 
     graph_mailbox(ms)
     env = o365_env(tmp_path, ms)
     ms.identity.approve_as = "boss@imone.lt"
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {})
     with pytest.raises(AuthError, match="signed in as boss@imone.lt, but the mailbox is jonas@imone.lt"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
+        o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.store.mailboxes() == [] and env.secrets.get(box.secret_ref) is None
 
 
@@ -212,8 +212,8 @@ def test_app_only_with_a_client_secret_from_the_secrets_store(tmp_path, ms):
     assert env.secrets.get(CLIENT_SECRET_REF) == ms.identity.client_secret
     assert ms.identity.client_secret.encode() not in env.config.secrets_file.read_bytes()
 
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, sign_in, box, verify_first=True, timeout=10, show=lambda m: pytest.fail("no device code"))
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {})
+    o365_mailboxes.add(env.store, env.secrets, sign_in, box, verify_first=True, timeout=10, show=lambda m: pytest.fail("no device code"))
     assert env.run().ok
     assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
     assert set(ms.identity.grants) == {"client_credentials"}
@@ -234,7 +234,7 @@ def test_app_only_with_a_certificate(tmp_path, ms):
     env = o365_env(tmp_path, ms, auth="app")
     env.config = replace(env.config, o365=replace(env.config.o365, certificate_file=pem,
                                                   certificate_thumbprint=thumbprint))
-    token = signer(env).token(mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
+    token = signer(env).token(o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
     assert token.app_only and claims_of(token.value)["roles"] == ["Mail.Read"]
 
 
@@ -248,7 +248,7 @@ def test_the_o365_config_table_is_checked(tmp_path):
             parse_config({"o365": bad}, where)
     env = Env(tmp_path)
     with pytest.raises(ConfigError, match=r"set tenant_id and client_id under \[o365\]"):
-        signer(env).token(mailboxes.new_o365_mailbox("u", STAFF, "o365-scan", {}), oauth.GRAPH)
+        signer(env).token(o365_mailboxes.new_mailbox("u", STAFF, "o365-scan", {}), oauth.GRAPH)
 
 
 # -- Graph scanning ---------------------------------------------------------------------------------
@@ -411,8 +411,8 @@ def test_a_letter_in_an_imap_and_a_graph_mailbox_is_archived_once(tmp_path, ms, 
     for folder, raw, _ in sample.mailbox_letters():
         ms.graph.deliver("ona@imone.lt", "Inbox" if folder == "INBOX" else "Sent Items", raw)
     ms.identity.approve_as = "ona@imone.lt"
-    box = mailboxes.new_o365_mailbox("staff", "ona@imone.lt", "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
+    box = o365_mailboxes.new_mailbox("staff", "ona@imone.lt", "o365-scan", {})
+    o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.run().ok
     assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
     assert count(env, "SELECT count(*) FROM letter_locations") == 2 * SAMPLE_MATCHED
@@ -430,8 +430,8 @@ def add_client(env: Env, ms: Microsoft, imap_user) -> object:
     imap_user.dovecot.create_folder(imap_user.login, "Išsiųsti")
     ms.imap.accounts[STAFF] = imap_user
     ms.identity.approve_as = STAFF
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
-    return mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None).mailbox
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-client", client_settings(ms))
+    return o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None).mailbox
 
 
 def test_o365_client_scans_over_imap_with_xoauth2_and_reconnects_when_the_token_expires(tmp_path, ms, imap_user):
@@ -461,8 +461,8 @@ def test_a_graph_token_never_serves_imap_nor_an_outlook_token_graph(tmp_path, ms
     graph_mailbox(ms)
     env = o365_env(tmp_path, ms)
     client = add_client(env, ms, imap_user)
-    scanned = mailboxes.add_o365(env.store, env.secrets, signer(env),
-                                 mailboxes.new_o365_mailbox("jonas", STAFF, "o365-scan", {}), verify_first=True, timeout=10,
+    scanned = o365_mailboxes.add(env.store, env.secrets, signer(env),
+                                 o365_mailboxes.new_mailbox("jonas", STAFF, "o365-scan", {}), verify_first=True, timeout=10,
                                  show=lambda m: None, allow_duplicate=True).mailbox  # the same mailbox, on purpose
     assert env.run().ok and count(env, "SELECT count(DISTINCT mailbox_id) FROM letter_locations") == 2
     presented = [re.fullmatch(rb"user=.+\x01auth=Bearer (.+)\x01\x01", sasl).group(1).decode()
@@ -556,7 +556,7 @@ def test_test_command_explains_office365_refusals(tmp_path, ms, imap_user):
     assert failure("AADSTS700082", f"hanna-sync login {box.id}")["stage"] == "token"
     ms.identity.revoked.clear()
     ms.identity.granted = {"IMAP.AccessAsUser.All"}  # admin consent for SMTP.Send missing
-    mailboxes.login(env.store, signer(env), box.id, lambda m: None)
+    o365_mailboxes.login(env.store, signer(env), box.id, lambda m: None)
     smtp = failure("lacks the delegated permission SMTP.Send", "grant admin consent")
     assert (smtp["protocol"], smtp["stage"]) == ("smtp", "claims")
 
@@ -566,11 +566,11 @@ def test_app_only_imap_without_the_exchange_service_principal_says_so(tmp_path, 
     env = o365_env(tmp_path, ms, auth="app")
     signer(env).store_client_secret(ms.identity.client_secret)
     ms.imap.accounts[STAFF] = imap_user
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-client", client_settings(ms))
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-client", client_settings(ms))
     with pytest.raises(AuthError, match="User is authenticated but not connected.*New-ServicePrincipal"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
+        o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     ms.imap.app_mailboxes.add(STAFF)  # New-ServicePrincipal + Add-MailboxPermission done
-    mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
+    o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda m: None)
     assert env.run().mailboxes[0].archived == SAMPLE_MATCHED
 
 
@@ -850,9 +850,9 @@ def test_a_device_code_nobody_used_says_so(tmp_path, ms):
 
     ms.identity._device_code = short
     ms.identity.approve_as = None  # nobody signs in
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {})
     with pytest.raises(AuthError, match="nobody signed in within 1 minute, so the code expired; run 'hanna-sync login"):
-        mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda _: None)
+        o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10, show=lambda _: None)
 
 
 def test_a_certificate_file_without_a_usable_key_is_a_config_error(tmp_path, ms):
@@ -865,7 +865,7 @@ def test_a_certificate_file_without_a_usable_key_is_a_config_error(tmp_path, ms)
         env.config = replace(env.config, o365=replace(env.config.o365, certificate_file=tmp_path / name,
                                                       certificate_thumbprint="AB" * 20))
         with pytest.raises(ConfigError, match=f"must hold the certificate's PEM private key \\({why}"):
-            signer(env).token(mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
+            signer(env).token(o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {}), oauth.GRAPH)
     with pytest.raises(ConfigError, match="40 hex digits"):
         parse_config({"o365": {"certificate_file": "c.pem", "certificate_thumbprint": "not-hex"}}, tmp_path / "c.toml")
 
@@ -888,9 +888,9 @@ def test_default_folders_are_found_in_the_mailboxs_language_even_without_verific
     ms.graph.deliver(STAFF, "Gautieji laiškai", letter("Rūta <ruta@azuolas.lt>", "Lentos", "<wk@azuolas.lt>"))
     env = o365_env(tmp_path, ms)
     ms.identity.approve_as = STAFF
-    box = mailboxes.new_o365_mailbox("staff", STAFF, "o365-scan", {})
-    saved = mailboxes.add_o365(env.store, env.secrets, signer(env), box, verify_first=False, timeout=10, show=lambda _: None).mailbox
-    mailboxes.login(env.store, signer(env), saved.id, lambda _: None)
+    box = o365_mailboxes.new_mailbox("staff", STAFF, "o365-scan", {})
+    saved = o365_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=False, timeout=10, show=lambda _: None).mailbox
+    o365_mailboxes.login(env.store, signer(env), saved.id, lambda _: None)
     assert env.store.mailbox(saved.id).folders == ["Inbox", "Sent Items"]
     result = env.run().mailboxes[0]
     assert result.ok and result.archived == 1, result.errors

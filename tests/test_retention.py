@@ -270,7 +270,7 @@ def ms(tmp_path, monkeypatch):
 
 
 def test_graph_passes_skip_purged_and_too_old_letters_too(tmp_path, ms):
-    from hanna_sync.admin import mailboxes
+    from hanna_sync.admin import o365_mailboxes
     from hanna_sync.config import O365Config
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
@@ -282,8 +282,8 @@ def test_graph_passes_skip_purged_and_too_old_letters_too(tmp_path, ms):
         tenant_id=ms.identity.tenant, client_id=ms.identity.client_id, authority=ms.identity.authority,
         graph_url=ms.graph.url))
     ms.identity.approve_as = sample.STAFF
-    box = mailboxes.new_o365_mailbox("staff", sample.STAFF, "o365-scan", {})
-    mailboxes.add_o365(env.store, env.secrets, MicrosoftSignIn.for_config(env.config, env.secrets), box, verify_first=True, timeout=10,
+    box = o365_mailboxes.new_mailbox("staff", sample.STAFF, "o365-scan", {})
+    o365_mailboxes.add(env.store, env.secrets, MicrosoftSignIn.for_config(env.config, env.secrets), box, verify_first=True, timeout=10,
                        show=lambda _: None)
     assert env.run().ok
     letters = env.store.db["letters"].count

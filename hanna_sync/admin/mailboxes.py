@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from hanna_sync.remote.providers import (
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
-    from hanna_sync.remote.google_auth import Consent, GoogleSignIn
+    from hanna_sync.remote.google_auth import GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
 # Settings an admin may give on the command line, by their Mailbox field name.
@@ -73,37 +72,10 @@ def new_mailbox(user: str, email: str, provider: str | None, settings: dict[str,
         smtp_host=preset.smtp_host,
         smtp_security=preset.smtp_security,
     )
-    mailbox = _apply(mailbox, settings)
+    mailbox = apply_settings(mailbox, settings)
     if mailbox.smtp_host is None and preset.host_required and not settings.get("no_smtp"):
         mailbox.smtp_host = mailbox.imap_host  # serveriai.lt and most own servers do both on one host
-    return _completed(mailbox)
-
-
-def new_o365_mailbox(user: str, email: str, kind: str, settings: dict[str, Any]) -> Mailbox:
-    """An Office 365 mailbox: o365-client on Exchange Online's IMAP and SMTP (the outlook preset, which
-    --imap-host and the like may override), o365-scan on Microsoft Graph, which needs no server settings."""
-    normalised = normalise_email(email)
-    if normalised is None:
-        raise InputError(f"'{email}' is not an email address")
-    mailbox = Mailbox(user=user, email=normalised, provider="outlook", kind=kind)
-    if kind == "o365-client":
-        preset = PROVIDERS["outlook"]
-        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
-        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
-    return _completed(_apply(mailbox, settings))
-
-
-def new_google_mailbox(user: str, email: str, settings: dict[str, Any]) -> Mailbox:
-    """A google-client mailbox: Gmail's IMAP and SMTP (the gmail preset, which --imap-host and the like may
-    override), whatever the address's domain (a Workspace domain is the company's own)."""
-    normalised = normalise_email(email)
-    if normalised is None:
-        raise InputError(f"'{email}' is not an email address")
-    preset = PROVIDERS["gmail"]
-    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind="google-client",
-                      imap_host=preset.imap_host, imap_security=preset.imap_security,
-                      smtp_host=preset.smtp_host, smtp_security=preset.smtp_security)
-    return _completed(_apply(mailbox, settings))
+    return completed(mailbox)
 
 
 def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
@@ -112,16 +84,16 @@ def changed_mailbox(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
         # Saved earlier (a demo's CA in a temp dir that is gone): not an option given now.
         raise InputError(f"mailbox {mailbox.id}'s CA file {mailbox.ca_file} (set with --ca-file) no longer exists:"
                          f" give another with 'hanna-sync edit-mailbox {mailbox.id} --ca-file CA.pem'")
-    changed = _apply(replace(mailbox, folders=list(mailbox.folders)), settings)
+    changed = apply_settings(replace(mailbox, folders=list(mailbox.folders)), settings)
     for proto, ports in (("imap", IMAP_PORTS), ("smtp", SMTP_PORTS)):
         old_security = getattr(mailbox, f"{proto}_security")
         if (settings.get(f"{proto}_security") and settings.get(f"{proto}_port") is None
                 and getattr(mailbox, f"{proto}_port") == ports.get(old_security or "", None)):
             setattr(changed, f"{proto}_port", None)
-    return _completed(changed)
+    return completed(changed)
 
 
-def _apply(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
+def apply_settings(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
     for key in settings:
         if key not in SETTINGS:
             raise ValueError(f"not a mailbox setting: {key}")
@@ -142,7 +114,7 @@ def _apply(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
     return mailbox
 
 
-def _completed(mailbox: Mailbox) -> Mailbox:
+def completed(mailbox: Mailbox) -> Mailbox:
     """Fill in default ports and check every setting, so a bad one never reaches the database."""
     if mailbox.kind == "o365-scan":
         given = [name for name in SERVER_SETTINGS + ("ca_file",) if getattr(mailbox, name) is not None]
@@ -455,8 +427,6 @@ def _graph_folders(mailbox: Mailbox, sign_in: MicrosoftSignIn) -> list[FolderRow
     return [FolderRow(f.path, f.total, f.path.casefold() in chosen, None) for f in listing]
 
 
-# -- Office 365 ---------------------------------------------------------------------------------------
-
 def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> Verified:
     """A token, and the chosen folders there (INBOX and Sent by default): the scanning stages of `hanna-sync
     test`, so a mailbox is refused with the cause and fix that command shows."""
@@ -468,54 +438,6 @@ def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> V
     return Verified(folders=report.folders)
 
 
-def add_o365(
-    store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, *, verify_first: bool,
-    timeout: float, show: Callable[[str], None], allow_duplicate: bool = False,
-) -> Saved:
-    """Sign in (delegated), check the token and the folders, then save; nothing is kept when a step fails.
-
-    Without verification a delegated mailbox is saved unsigned: `hanna-sync login ID` signs it in later.
-    """
-    store.check_unique(mailbox, allow_duplicate)
-    check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
-    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its MSAL token cache in the secrets store
-    signed_in = False
-    try:
-        if verify_first:
-            if not sign_in.app_only:
-                sign_in.sign_in(mailbox, show)
-                signed_in = True
-            mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
-        elif not mailbox.folders:
-            mailbox.folders = default_folders(mailbox)
-        previous_main = store.add_mailbox(mailbox, allow_duplicate)
-    except BaseException:
-        if signed_in:
-            secrets.delete(mailbox.secret_ref)
-        raise
-    return Saved(mailbox, previous_main)
-
-
-def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callable[[str], None]) -> Mailbox:
-    """Sign a mailbox in again (delegated), or check the app's tokens for it (app-only); either way a token for
-    everything the kind uses is got, and the mailbox leaves its back-off and is scanned at the next pass."""
-    from hanna_sync.remote.oauth import RESOURCES
-
-    mailbox = store.mailbox(mailbox_id)
-    if mailbox.kind not in O365_KINDS:
-        raise InputError(f"mailbox {mailbox_id} is an IMAP mailbox: it logs in with its password"
-                         f" ('hanna-sync set-password {mailbox_id}')")
-    if not sign_in.app_only:
-        sign_in.sign_in(mailbox, show)
-    for resource in RESOURCES[mailbox.kind]:
-        sign_in.token(mailbox, resource)
-    with store.transaction():
-        store.clear_reauth(mailbox_id)
-    return mailbox
-
-
-# -- Google -------------------------------------------------------------------------------------------
-
 def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Verified:
     """A token, then IMAP with XOAUTH2 and the chosen folders: the scanning stages of `hanna-sync test`."""
     from hanna_sync import diagnose
@@ -524,47 +446,3 @@ def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Ve
     if report.failure is not None:
         raise report.failure.error()
     return Verified(folders=report.folders)
-
-
-def add_google(
-    store: Store, secrets: SecretStore, sign_in: GoogleSignIn, mailbox: Mailbox, *, verify_first: bool,
-    timeout: float, consent: Consent, allow_duplicate: bool = False,
-) -> Saved:
-    """Consent (auth = "user"), check the token, IMAP and the folders, then save; nothing kept when a step fails.
-
-    Without verification a user-auth mailbox is saved without consent: `hanna-sync login ID` gets it later.
-    """
-    store.check_unique(mailbox, allow_duplicate)
-    check_plaintext(mailbox)
-    sign_in.check_settings()
-    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its kept consent in the secrets store
-    signed_in = False
-    try:
-        if verify_first:
-            if not sign_in.service_account:
-                sign_in.sign_in(mailbox, consent)
-                signed_in = True
-            mailbox.folders = verify_google(mailbox, sign_in, timeout).folders
-        elif not mailbox.folders:
-            mailbox.folders = default_folders(mailbox)
-        previous_main = store.add_mailbox(mailbox, allow_duplicate)
-    except BaseException:
-        if signed_in:
-            secrets.delete(mailbox.secret_ref)
-        raise
-    return Saved(mailbox, previous_main)
-
-
-def login_google(store: Store, sign_in: GoogleSignIn, mailbox_id: int, consent: Consent) -> Mailbox:
-    """Consent again (auth = "user"), or check the delegation (service account); a token is got either way,
-    and the mailbox leaves its back-off and is scanned at the next pass."""
-    mailbox = store.mailbox(mailbox_id)
-    if mailbox.kind != "google-client":
-        raise InputError(f"mailbox {mailbox_id} is not a Google mailbox: 'hanna-sync login {mailbox_id}' without"
-                         " Google options signs it in")
-    if not sign_in.service_account:
-        sign_in.sign_in(mailbox, consent)
-    sign_in.token(mailbox)
-    with store.transaction():
-        store.clear_reauth(mailbox_id)
-    return mailbox

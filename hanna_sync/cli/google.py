@@ -52,7 +52,6 @@ def consent_from_options(*, paste: bool, port: int | None) -> Consent:
 def google_mailbox_from_options(*, user: str | None, email: str | None, provider: str | None,
                                 password_stdin: bool, settings: dict[str, Any]) -> Mailbox:
     """A new, unsaved google-client mailbox from add-mailbox's (or test's) options: no password, no provider."""
-    from hanna_sync.admin import mailboxes
 
     if password_stdin:
         raise InputError("a google-client mailbox has no password: it signs in with Google (OAuth2)")
@@ -62,4 +61,5 @@ def google_mailbox_from_options(*, user: str | None, email: str | None, provider
         if not interactive():
             raise InputError("--email is required")
         email = click.prompt("Email")
-    return mailboxes.new_google_mailbox(user or getpass.getuser(), email, settings)
+    from hanna_sync.admin import google_mailboxes
+    return google_mailboxes.new_mailbox(user or getpass.getuser(), email, settings)

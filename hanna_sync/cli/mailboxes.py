@@ -332,7 +332,6 @@ def show_sign_in(message: str) -> None:
 def o365_mailbox_from_options(*, user: str | None, email: str | None, provider: str | None, kind: str,
                               password_stdin: bool, options: dict[str, Any]) -> Mailbox:
     """A new, unsaved Office 365 mailbox from add-mailbox's (or test's) options: no password, no provider."""
-    from hanna_sync.admin import mailboxes
 
     if password_stdin:
         raise InputError(f"a {kind} mailbox has no password: it signs in with Microsoft")
@@ -342,18 +341,19 @@ def o365_mailbox_from_options(*, user: str | None, email: str | None, provider: 
         if not interactive():
             raise InputError("--email is required")
         email = click.prompt("Email")
-    return mailboxes.new_o365_mailbox(user or getpass.getuser(), email, kind, settings_from(options))
+    from hanna_sync.admin import o365_mailboxes
+    return o365_mailboxes.new_mailbox(user or getpass.getuser(), email, kind, settings_from(options))
 
 
 def add_o365_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, kind: str,
                      no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool,
                      options: dict[str, Any]) -> None:
     """add-mailbox for the Office 365 kinds: no password; the device-code sign-in runs unless --no-verify."""
-    from hanna_sync.admin import mailboxes
 
     mailbox = o365_mailbox_from_options(user=user, email=email, provider=provider, kind=kind,
                                         password_stdin=password_stdin, options=options)
-    saved = mailboxes.add_o365(app.store, app.secrets, app.sign_in, mailbox, verify_first=not no_verify,
+    from hanna_sync.admin import o365_mailboxes
+    saved = o365_mailboxes.add(app.store, app.secrets, app.sign_in, mailbox, verify_first=not no_verify,
                                timeout=app.timeout, show=show_sign_in, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
     if no_verify and not app.sign_in.app_only:
@@ -364,12 +364,12 @@ def add_google_mailbox(app: App, *, user: str | None, email: str | None, provide
                        password_stdin: bool, allow_duplicate: bool, as_json: bool, consent: Consent,
                        options: dict[str, Any]) -> None:
     """add-mailbox --kind google-client: no password; the consent (auth = "user") runs unless --no-verify."""
-    from hanna_sync.admin import mailboxes
     from hanna_sync.cli.google import google_mailbox_from_options
 
     mailbox = google_mailbox_from_options(user=user, email=email, provider=provider, password_stdin=password_stdin,
                                           settings=settings_from(options))
-    saved = mailboxes.add_google(app.store, app.secrets, app.google, mailbox, verify_first=not no_verify,
+    from hanna_sync.admin import google_mailboxes
+    saved = google_mailboxes.add(app.store, app.secrets, app.google, mailbox, verify_first=not no_verify,
                                  timeout=app.timeout, consent=consent, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Added", saved, as_json)
     if no_verify and not app.google.service_account:
@@ -410,7 +410,6 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
       printf '%s\\n' "$SECRET" | hanna-sync login --client-secret --secret-stdin
       printf '%s\\n' "$SECRET" | hanna-sync login --google-client-secret --secret-stdin
     """
-    from hanna_sync.admin import mailboxes
 
     if (client_secret or google_client_secret) == (mailbox_id is not None) or (client_secret and google_client_secret):
         raise InputError("give a MAILBOX to sign in, or --client-secret (Office 365) or --google-client-secret"
@@ -444,13 +443,15 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
         from hanna_sync.cli.google import consent_from_options
 
         consent = consent_from_options(paste=paste, port=port)
-        mailbox = mailboxes.login_google(app.store, app.google, mailbox_id, consent)
+        from hanna_sync.admin import google_mailboxes
+        mailbox = google_mailboxes.login(app.store, app.google, mailbox_id, consent)
         how = ": the service account gets its tokens" if app.google.service_account else " is signed in"
         click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
         return
     if paste or port:
         raise InputError(f"--paste and --port are for google-client mailboxes; mailbox {mailbox_id} is not one")
-    mailbox = mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
+    from hanna_sync.admin import o365_mailboxes
+    mailbox = o365_mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
     how = ": the app gets its tokens (app-only)" if app.sign_in.app_only else " is signed in"
     click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
 

@@ -1,0 +1,76 @@
+"""Google mailboxes (google-client: Gmail's IMAP and SMTP with XOAUTH2): made, given consent or checked
+against the service account's delegation, verified and saved as one step, like a password mailbox in
+mailboxes.py, with a Google sign-in instead of a password."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from hanna_sync.admin.mailboxes import Saved, apply_settings, check_plaintext, completed, verify_google
+from hanna_sync.db.store import Store
+from hanna_sync.errors import InputError
+from hanna_sync.mail.addresses import normalise_email
+from hanna_sync.models import Mailbox
+from hanna_sync.remote.providers import PROVIDERS, default_folders
+
+if TYPE_CHECKING:
+    from hanna_sync.credentials import SecretStore
+    from hanna_sync.remote.google_auth import Consent, GoogleSignIn
+
+
+def new_mailbox(user: str, email: str, settings: dict[str, Any]) -> Mailbox:
+    """A google-client mailbox: Gmail's IMAP and SMTP (the gmail preset, which --imap-host and the like may
+    override), whatever the address's domain (a Workspace domain is the company's own)."""
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise InputError(f"'{email}' is not an email address")
+    preset = PROVIDERS["gmail"]
+    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind="google-client",
+                      imap_host=preset.imap_host, imap_security=preset.imap_security,
+                      smtp_host=preset.smtp_host, smtp_security=preset.smtp_security)
+    return completed(apply_settings(mailbox, settings))
+
+
+def add(
+    store: Store, secrets: SecretStore, sign_in: GoogleSignIn, mailbox: Mailbox, *, verify_first: bool,
+    timeout: float, consent: Consent, allow_duplicate: bool = False,
+) -> Saved:
+    """Consent (auth = "user"), check the token, IMAP and the folders, then save; nothing kept when a step fails.
+
+    Without verification a user-auth mailbox is saved without consent: `hanna-sync login ID` gets it later.
+    """
+    store.check_unique(mailbox, allow_duplicate)
+    check_plaintext(mailbox)
+    sign_in.check_settings()
+    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its kept consent in the secrets store
+    signed_in = False
+    try:
+        if verify_first:
+            if not sign_in.service_account:
+                sign_in.sign_in(mailbox, consent)
+                signed_in = True
+            mailbox.folders = verify_google(mailbox, sign_in, timeout).folders
+        elif not mailbox.folders:
+            mailbox.folders = default_folders(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
+    except BaseException:
+        if signed_in:
+            secrets.delete(mailbox.secret_ref)
+        raise
+    return Saved(mailbox, previous_main)
+
+
+def login(store: Store, sign_in: GoogleSignIn, mailbox_id: int, consent: Consent) -> Mailbox:
+    """Consent again (auth = "user"), or check the delegation (service account); a token is got either way,
+    and the mailbox leaves its back-off and is scanned at the next pass."""
+    mailbox = store.mailbox(mailbox_id)
+    if mailbox.kind != "google-client":
+        raise InputError(f"mailbox {mailbox_id} is not a Google mailbox: 'hanna-sync login {mailbox_id}' without"
+                         " Google options signs it in")
+    if not sign_in.service_account:
+        sign_in.sign_in(mailbox, consent)
+    sign_in.token(mailbox)
+    with store.transaction():
+        store.clear_reauth(mailbox_id)
+    return mailbox

@@ -1,0 +1,87 @@
+"""Office 365 mailboxes (o365-scan on Microsoft Graph, o365-client on IMAP and SMTP with XOAUTH2): made,
+signed in, verified and saved as one step, like a password mailbox in mailboxes.py, with a Microsoft
+sign-in instead of a password."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hanna_sync.admin.mailboxes import (
+    O365_KINDS,
+    Saved,
+    apply_settings,
+    check_plaintext,
+    completed,
+    verify_o365,
+)
+from hanna_sync.db.store import Store
+from hanna_sync.errors import InputError
+from hanna_sync.mail.addresses import normalise_email
+from hanna_sync.models import Mailbox
+from hanna_sync.remote.providers import PROVIDERS, default_folders
+
+if TYPE_CHECKING:
+    from hanna_sync.credentials import SecretStore
+    from hanna_sync.remote.oauth import MicrosoftSignIn
+
+
+def new_mailbox(user: str, email: str, kind: str, settings: dict[str, Any]) -> Mailbox:
+    """An Office 365 mailbox: o365-client on Exchange Online's IMAP and SMTP (the outlook preset, which
+    --imap-host and the like may override), o365-scan on Microsoft Graph, which needs no server settings."""
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise InputError(f"'{email}' is not an email address")
+    mailbox = Mailbox(user=user, email=normalised, provider="outlook", kind=kind)
+    if kind == "o365-client":
+        preset = PROVIDERS["outlook"]
+        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
+        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
+    return completed(apply_settings(mailbox, settings))
+
+
+def add(
+    store: Store, secrets: SecretStore, sign_in: MicrosoftSignIn, mailbox: Mailbox, *, verify_first: bool,
+    timeout: float, show: Callable[[str], None], allow_duplicate: bool = False,
+) -> Saved:
+    """Sign in (delegated), check the token and the folders, then save; nothing is kept when a step fails.
+
+    Without verification a delegated mailbox is saved unsigned: `hanna-sync login ID` signs it in later.
+    """
+    store.check_unique(mailbox, allow_duplicate)
+    check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
+    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its MSAL token cache in the secrets store
+    signed_in = False
+    try:
+        if verify_first:
+            if not sign_in.app_only:
+                sign_in.sign_in(mailbox, show)
+                signed_in = True
+            mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
+        elif not mailbox.folders:
+            mailbox.folders = default_folders(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
+    except BaseException:
+        if signed_in:
+            secrets.delete(mailbox.secret_ref)
+        raise
+    return Saved(mailbox, previous_main)
+
+
+def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callable[[str], None]) -> Mailbox:
+    """Sign a mailbox in again (delegated), or check the app's tokens for it (app-only); either way a token for
+    everything the kind uses is got, and the mailbox leaves its back-off and is scanned at the next pass."""
+    from hanna_sync.remote.oauth import RESOURCES
+
+    mailbox = store.mailbox(mailbox_id)
+    if mailbox.kind not in O365_KINDS:
+        raise InputError(f"mailbox {mailbox_id} is an IMAP mailbox: it logs in with its password"
+                         f" ('hanna-sync set-password {mailbox_id}')")
+    if not sign_in.app_only:
+        sign_in.sign_in(mailbox, show)
+    for resource in RESOURCES[mailbox.kind]:
+        sign_in.token(mailbox, resource)
+    with store.transaction():
+        store.clear_reauth(mailbox_id)
+    return mailbox
