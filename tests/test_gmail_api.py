@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import hanna_sync.scan as scan_package
 from hanna_sync.demo import sample
 from hanna_sync.demo.sandbox import CertificateAuthority
 from hanna_sync.errors import ReauthRequired
+from hanna_sync.linking.relink import relink
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import gmail as gmail_module
 from hanna_sync.remote.gmail import MAX_RETRIES, METADATA_HEADERS
@@ -280,6 +282,70 @@ def test_a_dry_run_downloads_nothing_and_writes_nothing(tmp_path, fake, monkeypa
     assert all(w.graph_id for w in result.would_archive)
     assert fake.calls["messages.get/raw"] == 0
     assert count(env, "SELECT count(*) FROM letters") == 0 and count(env, "SELECT count(*) FROM folder_states") == 0
+
+
+def test_replies_inherit_their_gmail_threads_links_and_list_letters_are_never_downloaded(tmp_path, fake, monkeypatch):
+    fake.deliver(STAFF, sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "Lentos", "40 m³", message_id="<l1@azuolas.lt>"))
+    colleague = fake.deliver(STAFF, sample.letter("ona@imone.lt", STAFF, "RE: Lentos", "Ar turim?",
+                                                  message_id="<l2@imone.lt>", in_reply_to="<l1@azuolas.lt>"))
+    news = b"List-Id: <news.azuolas.lt>\r\n" + sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "Naujienos", "x",
+                                                               message_id="<n1@azuolas.lt>")
+    news_id = fake.deliver(STAFF, news).id
+    fake.deliver(STAFF, sample.letter("ona@imone.lt", STAFF, "RE: Naujienos", "Matei?", message_id="<n2@imone.lt>",
+                                      in_reply_to="<n1@azuolas.lt>"))
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env, folders=("INBOX",))
+    first = env.run().mailboxes[0]
+    assert first.ok and (first.archived, first.skipped) == (1, 3)
+    raws = [p.rsplit("/", 1)[1] for m, p, q in fake.requests if q.get("format") == ["raw"]]
+    assert news_id not in raws  # a list letter is known from its header fields: never downloaded
+    second = env.run().mailboxes[0]  # the reply was in the same batch as its thread's first letter: next pass
+    assert second.ok and second.backfilled == 1
+    rows = {r["subject"]: r for r in env.store.letters(customer="C-1001")}
+    assert set(rows) == {"Lentos", "RE: Lentos"}
+    (link,) = rows["RE: Lentos"]["links"]
+    thread = fake.mailbox(STAFF).messages[colleague.id].thread_id
+    assert link["rule"] == "thread" and link["address"] == f"conversation:{thread}"
+    assert env.store.thread(rows["Lentos"]["id"])[-1]["subject"] == "RE: Lentos"
+    assert env.run().mailboxes[0].backfilled == 0
+    assert relink(env.store, env.config, env.secrets).links_removed == 0  # the pass and relink agree
+
+
+def test_a_customer_added_later_is_backfilled_reading_only_its_letters(tmp_path, fake, monkeypatch):
+    for n in range(6):
+        fake.deliver(STAFF, sample.letter(f"n{n}@kitas.lt", STAFF, f"Reklama {n}", "x", message_id=f"<r{n}@kitas.lt>"))
+    wanted = fake.deliver(STAFF, sample.letter("jonas@medis.lt", STAFF, "Pasiūlymas", "x", message_id="<of@medis.lt>"))
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env, folders=("INBOX",))
+    assert env.run().mailboxes[0].skipped == 7 and fake.calls["messages.get/raw"] == 0
+    env.store.save_entity("customer", sample.Entity("C-9", "UAB Medis", None, "medis.lt"), replace_contacts=True)
+    assert relink(env.store, env.config, env.secrets).backfill_wanted == 1
+    dry = env.run(dry_run=True).mailboxes[0]
+    assert [item.graph_id for item in dry.would_archive] == [wanted.id] and fake.calls["messages.get/raw"] == 0
+    fake.requests.clear()
+    second = env.run().mailboxes[0]
+    assert second.ok and (second.backfilled, second.archived, second.new) == (1, 1, 0)
+    read = [p.rsplit("/", 1)[1] for m, p, q in fake.requests if "format" in q]
+    assert read == [wanted.id, wanted.id]  # its envelope, then its original: nothing else
+    (row,) = env.store.letters(customer="C-9")
+    assert env.store.letter(row["id"])["locations"][0]["graph_id"] == wanted.id
+    assert env.run().mailboxes[0].backfilled == 0
+
+
+def test_a_letter_over_the_size_limit_keeps_its_whole_header_block_without_a_raw_download(tmp_path, fake, monkeypatch):
+    big = fake.deliver(STAFF, sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "Brėžiniai", "x" * 200_000,
+                                            message_id="<big@azuolas.lt>"))
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    env.config = replace(env.config, scan=replace(env.config.scan, max_letter_size_mb=0.1))
+    add(env, folders=("INBOX",))
+    assert env.run().mailboxes[0].archived == 1
+    assert fake.calls["messages.get/raw"] == 0
+    assert [q.get("metadataHeaders") for m, p, q in fake.requests if q.get("format") == ["metadata"]] == [
+        list(METADATA_HEADERS), None]  # the second: every header field
+    letter_id = count(env, "SELECT letter_id FROM letter_locations WHERE graph_id = ?", big.id)
+    source = env.store.letter_source(letter_id)
+    assert source.endswith(b"\r\n\r\n") and b"Message-ID: <big@azuolas.lt>" in source and b"xxxx" not in source
+    assert count(env, "SELECT size FROM letters WHERE id = ?", letter_id) == len(big.raw)
 
 
 # -- kills ----------------------------------------------------------------------------------------------

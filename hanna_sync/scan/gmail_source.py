@@ -114,8 +114,15 @@ class GmailSource:
                 return
             assert state.delta_link is not None
             changes = self.gmail.history(state.delta_link, label.id)
-        if self._apply(state, changes) and self.wanted.get(folder):
-            self._batch(state, self.wanted[folder], backfill=True)
+        if not self._apply(state, changes):
+            return
+        wanted = self.wanted.get(folder, [])
+        if wanted:
+            log.info("%s: looking again at %d skipped letters the directory now concerns", folder, len(wanted))
+        for start in range(0, len(wanted), self.config.scan.batch_size):
+            if self._out_of_time():
+                return
+            self._batch(state, wanted[start : start + self.config.scan.batch_size], backfill=True)
 
     def _find(self, name: str) -> GmailLabel | None:
         if name.upper() in SYSTEM_LABELS:
