@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from typing import Any
@@ -85,6 +86,8 @@ class FakeGmail(HttpsFake):
         self.throttle_next, self.throttle_status, self.retry_after = 0, 429, "0"
         self.throttle_user: str | None = None  # None: every user's requests are throttled
         self.kill: tuple[str, int, int] | None = None  # (kind, at, pid): SIGKILL pid at the at-th request of kind
+        self.before: Callable[[str, str], object] | None = None  # called with (kind, path) before each answer
+        self.api_disabled = False  # the Gmail API is not enabled in the caller's Cloud project
         self._history_ids = itertools.count(1000)
         self._seq = itertools.count(1)
         self._history_id = 999
@@ -139,6 +142,11 @@ class FakeGmail(HttpsFake):
             box.messages[message_id].labels.discard(label)
             self._record(box, "labelsRemoved", box.messages[message_id], [label])
 
+    def delete(self, user: str, message_id: str) -> None:
+        box = self.mailbox(user)
+        with self._lock:
+            self._record(box, "messagesDeleted", box.messages.pop(message_id))
+
     def expire_history(self, user: str) -> None:
         """Gmail keeps history for about a week: everything before now is forgotten."""
         self.mailbox(user).oldest = self._history_id
@@ -163,6 +171,8 @@ class FakeGmail(HttpsFake):
             self.calls[kind] += 1
             if self.kill and self.kill[0] == kind and self.calls[kind] == self.kill[1]:
                 os.kill(self.kill[2], signal.SIGKILL)
+            if self.before is not None:
+                self.before(kind, path)
             return self._route(path, query, headers)
 
     def _route(self, path: str, query: dict[str, list[str]], headers: Any) -> Reply:
@@ -172,6 +182,11 @@ class FakeGmail(HttpsFake):
                                 " login cookie or other valid authentication credential.", "authError",
                                 "UNAUTHENTICATED")
         user, scopes = grant
+        if self.api_disabled:
+            return google_error(403, "Gmail API has not been used in project 123456789012 before or it is disabled."
+                                " Enable it by visiting https://console.developers.google.com/apis/api/gmail.googleapis"
+                                ".com/overview?project=123456789012 then retry.", "accessNotConfigured",
+                                "PERMISSION_DENIED", "usageLimits")
         if not {READONLY, FULL} & set(scopes):
             return google_error(403, "Request had insufficient authentication scopes.", "insufficientPermissions",
                                 "PERMISSION_DENIED")

@@ -222,6 +222,50 @@ def test_throttling_waits_as_told_and_a_mailbox_throttled_too_long_fails_alone(t
     assert env.run().mailboxes[0].archived == 1  # the letter waited for the next pass
 
 
+@pytest.mark.parametrize("status", [503, 403])  # a passing failure; Gmail's 403 rateLimitExceeded
+def test_passing_failures_and_quota_refusals_are_waited_out_too(tmp_path, fake, monkeypatch, status):
+    sample_mailbox(fake)
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env)
+    fake.throttle_next, fake.throttle_status = 3, status
+    result = env.run().mailboxes[0]
+    assert result.ok and result.archived == SAMPLE_MATCHED and fake.throttle_next == 0
+
+
+def test_the_gmail_api_not_enabled_in_the_project_says_where_to_enable_it(tmp_path, fake, monkeypatch):
+    sample_mailbox(fake)
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env)
+    fake.api_disabled = True
+    result = env.run().mailboxes[0]
+    assert result.failure_kind == "auth"
+    assert result.errors[0].startswith("the Gmail API is not enabled in the Google Cloud project (403 accessNotConfigured:"
+                                       " Gmail API has not been used in project 123456789012")
+    assert "APIs & Services > Library > Gmail API" in result.errors[0]
+
+
+def test_messages_deleted_between_listing_and_download_are_left_out(tmp_path, fake, monkeypatch):
+    raws = sample_mailbox(fake)
+    order = next(i for i, raw in raws.items() if b"<order-17@azuolas.lt>" in raw)
+    cargo = next(i for i, raw in raws.items() if b"<cargo@azuolas.lt>" in raw)
+
+    def delete(kind: str, path: str) -> None:
+        for message_id, when in ((order, "messages.get/metadata"), (cargo, "messages.get/raw")):
+            if kind == when and path.endswith(message_id):
+                fake.delete(STAFF, message_id)  # the answer to this very request is then a 404
+
+    fake.before = delete
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env)
+    result = env.run().mailboxes[0]
+    assert result.ok and result.archived == SAMPLE_MATCHED - 2
+    kept = {r[0] for r in env.store.db.execute("SELECT message_id FROM letters")}
+    assert len(kept) == SAMPLE_MATCHED - 2 and "ok@gmail.com" in kept
+    assert not kept & {"order-17@azuolas.lt", "cargo@azuolas.lt"}
+    fake.before = None
+    assert env.run().mailboxes[0].new == 0  # their messagesDeleted: nothing to do
+
+
 def test_a_401_asks_the_provider_once_more_then_the_mailbox_is_refused(tmp_path, fake, monkeypatch):
     sample_mailbox(fake)
     stale, fresh = fake.issue(STAFF), fake.issue(STAFF)
