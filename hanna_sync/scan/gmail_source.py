@@ -44,8 +44,8 @@ SYSTEM_LABELS = frozenset({"INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "IMPORTANT
 def connect(
     ctx: PassContext, mailbox: Mailbox, result: MailboxResult, *, token: Callable[[], str], base_url: str = GMAIL_API,
 ) -> Iterator[GmailSource]:
-    """The mailbox's Gmail API source; `token()` gives a valid access token for it whenever asked (it renews
-    itself, and raises ReauthRequired when only a person can help)."""
+    """The mailbox's Gmail API source; `token()` gives a valid access token for it whenever asked, from up to
+    MAX_IN_FLIGHT threads at once (it renews itself, and raises ReauthRequired when only a person can help)."""
     gmail = GmailClient(base_url, token, ctx.config.network.timeout)
     try:
         yield GmailSource(ctx, mailbox, gmail, result)
