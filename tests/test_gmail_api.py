@@ -101,12 +101,16 @@ def no_duplicates(env: Env) -> None:
 # -- passes -------------------------------------------------------------------------------------------
 
 def test_a_first_pass_archives_and_links_the_sample_and_a_pass_without_changes_only_reads_history(
-        tmp_path, fake, monkeypatch):
+        tmp_path, fake, monkeypatch, caplog):
     raws = sample_mailbox(fake)
     env = gmail_env(tmp_path, fake, monkeypatch, batch_size=3)  # 3 ids a page: the paging is followed
     add(env)
-    first = env.run().mailboxes[0]
+    with caplog.at_level("INFO", "hanna_sync"):
+        first = env.run().mailboxes[0]
     assert first.ok and (first.new, first.archived, first.skipped) == (11, SAMPLE_MATCHED, 3)
+    # 2 getProfile, 4 messages.list, 11 envelopes, 8 originals, 2 history.list: 2 + 20 + 55 + 40 + 4
+    assert "mailbox 1 (jonas@imone.lt): 121 Gmail API quota units" in caplog.text
+    caplog.clear()
     assert fake.calls["getProfile"] == 2 and fake.calls["messages.list"] == 4  # INBOX: 9 in 3 pages; SENT: 2
     assert fake.calls["messages.get/metadata"] == 11 and fake.calls["messages.get/raw"] == SAMPLE_MATCHED
     assert fake.calls["labels.list"] == 0  # INBOX and SENT are system labels: their ids are their names
@@ -122,9 +126,11 @@ def test_a_first_pass_archives_and_links_the_sample_and_a_pass_without_changes_o
     assert env.store.folder_state(1, "INBOX").delta_link == "1010"  # the history id taken before the listing
 
     fake.calls.clear()
-    second = env.run().mailboxes[0]
+    with caplog.at_level("INFO", "hanna_sync"):
+        second = env.run().mailboxes[0]
     assert second.ok and (second.new, second.archived) == (0, 0)
     assert dict(fake.calls) == {"history.list": 2}  # 2 quota units a label, nothing else
+    assert "mailbox 1 (jonas@imone.lt): 4 Gmail API quota units" in caplog.text
 
 
 def test_a_new_letter_and_a_label_added_between_passes_arrive(tmp_path, fake, monkeypatch):

@@ -34,6 +34,8 @@ MAX_RETRY_WAIT = 120.0  # a Retry-After longer than this is not waited for: the 
 # The header fields the matching reads (the IMAP path's, and Subject and Date for a dry run's list).
 METADATA_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To",
                     "References", "Auto-Submitted", "List-Id", "Precedence")
+# Quota units per request, by the first part of its path (labels.list, getProfile, history.list, messages.*).
+QUOTA_UNITS = {"labels": 1, "profile": 1, "history": 2, "messages": 5}
 HISTORY_TYPES = ("messageAdded", "labelAdded", "labelRemoved", "messageDeleted")
 _RETRIED = {429, 500, 502, 503, 504}
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}  # Gmail's 403 for a quota spent
@@ -100,6 +102,8 @@ class GmailClient:
 
         self.session = requests.Session()
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.units = 0  # quota units of the requests sent (retries too): logged after each pass
+        self._units_lock = threading.Lock()
 
     def close(self) -> None:
         self.session.close()
@@ -173,6 +177,8 @@ class GmailClient:
         attempt = 0
         while True:
             token = self._token()
+            with self._units_lock:
+                self.units += QUOTA_UNITS[path.split("/")[1]]
             with self._slots:
                 try:
                     response = self.session.get(f"{self.base}{path}", params=params, timeout=self.timeout,

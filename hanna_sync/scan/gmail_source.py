@@ -50,6 +50,7 @@ def connect(
     try:
         yield GmailSource(ctx, mailbox, gmail, result)
     finally:
+        log.info("mailbox %s (%s): %d Gmail API quota units", mailbox.id, mailbox.email, gmail.units)
         gmail.close()
 
 
