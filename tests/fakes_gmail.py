@@ -90,6 +90,7 @@ class FakeGmail(HttpsFake):
         self.api_disabled = False  # the Gmail API is not enabled in the caller's Cloud project
         self._history_ids = itertools.count(1000)
         self._seq = itertools.count(1)
+        self._label_ids = itertools.count(1)  # never reused, as Gmail's
         self._history_id = 999
         self._lock = threading.RLock()
 
@@ -110,7 +111,7 @@ class FakeGmail(HttpsFake):
         box = self.mailbox(user)
         found = next((i for i, n in box.labels.items() if n == name), None)
         if found is None:
-            found = f"Label_{len(box.labels) + 1}"
+            found = f"Label_{next(self._label_ids)}"
             box.labels[found] = name
         return found
 

@@ -272,6 +272,27 @@ def test_messages_deleted_between_listing_and_download_are_left_out(tmp_path, fa
     assert env.run().mailboxes[0].new == 0  # their messagesDeleted: nothing to do
 
 
+def test_a_label_deleted_and_made_again_under_the_same_name_is_read_from_the_start(tmp_path, fake, monkeypatch, caplog):
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env, folders=("INBOX", "Klientai"))
+    first = fake.deliver(STAFF, sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "A", "x", message_id="<a@azuolas.lt>"),
+                         labels=("INBOX", "Klientai"))
+    assert env.run().mailboxes[0].archived == 1
+    box = fake.mailbox(STAFF)
+    old = fake.label_id(STAFF, "Klientai")
+    del box.labels[old]  # deleted in Gmail (its messages lose it), then made again: a new id
+    box.messages[first.id].labels.discard(old)
+    second = fake.deliver(STAFF, sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "B", "x", message_id="<b@azuolas.lt>"),
+                          labels=("Klientai",))
+    assert fake.label_id(STAFF, "Klientai") != old
+    with caplog.at_level("WARNING", "hanna_sync"):
+        result = env.run().mailboxes[0]
+    assert result.ok and result.archived == 1
+    assert "Klientai: another label has this name now: reading it from the start" in caplog.text
+    places = set(env.store.db.execute("SELECT graph_id, folder, gone_at IS NULL FROM letter_locations").fetchall())
+    assert places == {(first.id, "INBOX", 1), (first.id, "Klientai", 0), (second.id, "Klientai", 1)}
+
+
 def test_a_401_asks_the_provider_once_more_then_the_mailbox_is_refused(tmp_path, fake, monkeypatch):
     sample_mailbox(fake)
     stale, fresh = fake.issue(STAFF), fake.issue(STAFF)

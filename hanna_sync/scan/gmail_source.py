@@ -270,7 +270,7 @@ class GmailSource:
         candidates: list[Candidate[str]] = []
         passed: list[Envelope] = []
         for e in envelopes:
-            letter = parsed.get(e.id) or parse_headers_only(e.headers, charset) if e.id in links else None
+            letter = (parsed.get(e.id) or parse_headers_only(e.headers, charset)) if e.id in links else None
             if letter is not None and e.id in links and (self.config.linking.automatic or not is_automatic(letter)):
                 candidates.append(Candidate(e.id, letter.subject, links[e.id],
                                             f"mid:{letter.message_id}" if letter.message_id else None,
