@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from hanna_sync.errors import ConfigError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_STORES = ("file", "system")
 O365_AUTH_MODES = ("delegated", "app")
+GOOGLE_AUTH_MODES = ("service-account", "user")
 
 
 SYSTEM_CONFIG_DIR = Path("/etc/hanna-sync")
@@ -171,6 +172,19 @@ class O365Config:
 
 
 @dataclass(frozen=True)
+class GoogleConfig:
+    """Google sign-in for google-client mailboxes: a Workspace service account with domain-wide delegation,
+    or the admin's own OAuth client (hanna-sync ships no client id). The client secret, when used, is in
+    the secrets store; a service account's key is in its own 0600 file or a systemd credential, never here."""
+
+    auth: str | None = None  # "service-account" or "user"; None: no [google] section, Google kinds refused
+    service_account_file: Path | None = None  # the key (JSON); None: $CREDENTIALS_DIRECTORY/hanna-sync-google
+    client_id: str | None = None  # auth = "user": the OAuth client's id (Desktop app)
+    token_uri: str = "https://oauth2.googleapis.com/token"  # overridable for a test's fake
+    auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+
+
+@dataclass(frozen=True)
 class Config:
     database: Path = field(default_factory=lambda: default_database(None))
     log_level: str = "info"
@@ -181,6 +195,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     o365: O365Config = field(default_factory=O365Config)
+    google: GoogleConfig = field(default_factory=GoogleConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     source: Path | None = None  # the file it came from, None for built-in defaults
@@ -241,6 +256,13 @@ _SCHEMA: dict[str, Any] = {
         "certificate_thumbprint": (str, "the certificate's thumbprint (hex)"),
         "authority": (str, "an https:// URL"),
         "graph_url": (str, "an https:// URL"),
+    },
+    "google": {
+        "auth": (str, "one of " + ", ".join(f'"{m}"' for m in GOOGLE_AUTH_MODES)),
+        "service_account_file": (str, "a path to the service account's key (JSON)"),
+        "client_id": (str, "the OAuth client ID (…apps.googleusercontent.com) of your Desktop app client"),
+        "token_uri": (str, "an https:// URL"),
+        "auth_uri": (str, "an https:// URL"),
     },
     "retention": {
         "years": ((int, float), "a number of years > 0"),
@@ -323,8 +345,40 @@ def _positive(value: float, name: str, where: Path, minimum: float = 0, *, stric
         raise ConfigError(f"{where}: '{name}' must be {'>' if strict else '>='} {minimum}, not {value!r}")
 
 
+def _google(google: dict[str, Any] | None, where: Path) -> GoogleConfig:
+    """[google], every bad combination refused in one line: a section means Google mailboxes are meant."""
+    if google is None:
+        return GoogleConfig()
+    auth = google.get("auth")
+    if auth not in GOOGLE_AUTH_MODES:
+        raise ConfigError(f"{where}: 'google.auth' must be \"service-account\" (Workspace domain-wide delegation)"
+                          f" or \"user\" (your own OAuth client), not {auth!r}")
+    for name in ("token_uri", "auth_uri"):
+        if name in google and not google[name].startswith("https://"):
+            raise ConfigError(f"{where}: 'google.{name}' must be an https:// URL, not {google[name]!r}")
+    if auth == "service-account" and "client_id" in google:
+        raise ConfigError(f"{where}: 'google.client_id' is for auth = \"user\": a service account's id comes from"
+                          " its key (service_account_file)")
+    if auth == "user" and "service_account_file" in google:
+        raise ConfigError(f"{where}: 'google.service_account_file' is for auth = \"service-account\": with"
+                          " auth = \"user\" give client_id")
+    if auth == "user" and not google.get("client_id", "").strip():
+        raise ConfigError(f"{where}: google.auth = \"user\" needs client_id, the OAuth client ID of your own"
+                          " Desktop app client ('hanna-sync setup-guide google' shows how to make one)")
+    client_id = google.get("client_id")
+    if client_id is not None and not client_id.strip().endswith(".apps.googleusercontent.com"):
+        raise ConfigError(f"{where}: 'google.client_id' must be an OAuth client ID ending in"
+                          f" .apps.googleusercontent.com, not {client_id!r}")
+    return GoogleConfig(auth=auth, client_id=client_id.strip() if client_id else None,
+                        token_uri=google.get("token_uri", GoogleConfig.token_uri),
+                        auth_uri=google.get("auth_uri", GoogleConfig.auth_uri))
+
+
 def parse_config(data: dict[str, Any], where: Path) -> Config:
     """Build a Config from parsed TOML, relative paths taken from the file's directory."""
+    if isinstance(data.get("google"), dict) and "client_secret" in data["google"]:
+        raise ConfigError(f"{where}: 'google.client_secret' does not belong in the config: store it in the secrets"
+                          " store with 'hanna-sync login --google-client-secret'")
     _check(data, _SCHEMA, where)
     base = where.parent
 
@@ -354,6 +408,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
     if thumbprint is not None and not re.fullmatch(r"[0-9A-Fa-f]{40}", thumbprint.replace(":", "").replace(" ", "")):
         raise ConfigError(f"{where}: 'o365.certificate_thumbprint' must be the certificate's SHA-1 thumbprint,"
                           f" 40 hex digits as the portal's Certificates & secrets page shows it, not {thumbprint!r}")
+    google = _google(data.get("google"), where)
     for name, value in (
         ("secrets.timeout", secrets.get("timeout", 1)),
         ("scan.max_letter_size_mb", scan.get("max_letter_size_mb", 1)),
@@ -405,6 +460,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
             authority=o365.get("authority", O365Config.authority).rstrip("/"),
             graph_url=o365.get("graph_url", O365Config.graph_url).rstrip("/"),
         ),
+        google=replace(google, service_account_file=path(data.get("google", {}).get("service_account_file"))),
         retention=RetentionConfig(years=float(retention["years"]) if "years" in retention else None),
         directory=DirectoryConfig(
             customers=_source(directory.get("customers"), "customers", where),

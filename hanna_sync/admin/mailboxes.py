@@ -34,6 +34,7 @@ from hanna_sync.remote.providers import (
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
+    from hanna_sync.remote.google_auth import Consent, GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
 # Settings an admin may give on the command line, by their Mailbox field name.
@@ -43,8 +44,9 @@ SETTINGS = (
     "allow_plaintext", "no_smtp",
 )
 CONNECTION_SETTINGS = ("username", "imap_host", "imap_port", "imap_security", "ca_file", "folders")
-# imap: a password over IMAP. o365-scan: Microsoft Graph. o365-client: IMAP and SMTP with XOAUTH2.
+# imap: a password over IMAP. o365-scan: Microsoft Graph. o365-client, google-client: IMAP and SMTP with XOAUTH2.
 O365_KINDS = ("o365-scan", "o365-client")
+TOKEN_KINDS = (*O365_KINDS, "google-client")  # no password: tokens from a sign-in
 SERVER_SETTINGS = tuple(name for name in SETTINGS if name.startswith(("imap_", "smtp_")) and name != "imap_charset")
 
 
@@ -88,6 +90,19 @@ def new_o365_mailbox(user: str, email: str, kind: str, settings: dict[str, Any])
         preset = PROVIDERS["outlook"]
         mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
         mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
+    return _completed(_apply(mailbox, settings))
+
+
+def new_google_mailbox(user: str, email: str, settings: dict[str, Any]) -> Mailbox:
+    """A google-client mailbox: Gmail's IMAP and SMTP (the gmail preset, which --imap-host and the like may
+    override), whatever the address's domain (a Workspace domain is the company's own)."""
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise InputError(f"'{email}' is not an email address")
+    preset = PROVIDERS["gmail"]
+    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind="google-client",
+                      imap_host=preset.imap_host, imap_security=preset.imap_security,
+                      smtp_host=preset.smtp_host, smtp_security=preset.smtp_security)
     return _completed(_apply(mailbox, settings))
 
 
@@ -322,7 +337,7 @@ def _account(mailbox: Mailbox) -> tuple[Any, ...]:
 def edit(
     store: Store, secrets: SecretStore, mailbox_id: int, settings: dict[str, Any], *, verify_first: bool,
     timeout: float,
-    sign_in: MicrosoftSignIn | None = None, allow_duplicate: bool = False,
+    sign_in: MicrosoftSignIn | None = None, google: GoogleSignIn | None = None, allow_duplicate: bool = False,
 ) -> Saved:
     """Change settings; verified again when anything that affects the connection changed.
 
@@ -336,7 +351,10 @@ def edit(
     store.check_unique(mailbox, allow_duplicate)
     reconnects = any(getattr(old, name) != getattr(mailbox, name) for name in CONNECTION_SETTINGS)
     notes: list[str] = []
-    if verify_first and reconnects and mailbox.kind in O365_KINDS:
+    if verify_first and reconnects and mailbox.kind == "google-client":
+        assert google is not None, "Google mailboxes are verified with their Google sign-in"
+        mailbox.folders = verify_google(mailbox, google, timeout).folders
+    elif verify_first and reconnects and mailbox.kind in O365_KINDS:
         assert sign_in is not None, "Office 365 mailboxes are verified with their Microsoft sign-in"
         mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
     elif verify_first and reconnects:
@@ -351,7 +369,10 @@ def edit(
 
 
 def check_has_password(mailbox: Mailbox) -> None:
-    """Office 365 mailboxes sign in with Microsoft; asking for their password would only mislead."""
+    """Office 365 and google-client mailboxes sign in; asking for their password would only mislead."""
+    if mailbox.kind == "google-client":
+        raise InputError(f"mailbox {mailbox.id} is a google-client mailbox: it has no password, it signs in with"
+                         f" Google ('hanna-sync login {mailbox.id}')")
     if mailbox.kind in O365_KINDS:
         raise InputError(f"mailbox {mailbox.id} is an Office 365 mailbox: it has no password, it signs in with"
                          f" Microsoft ('hanna-sync login {mailbox.id}')")
@@ -389,11 +410,15 @@ class FolderRow:
 
 
 def folders(
-    store: Store, secrets: SecretStore, mailbox_id: int, timeout: float, *, sign_in: MicrosoftSignIn | None = None
+    store: Store, secrets: SecretStore, mailbox_id: int, timeout: float, *, sign_in: MicrosoftSignIn | None = None,
+    google: GoogleSignIn | None = None,
 ) -> list[FolderRow]:
     """The server's folders with message counts, marking those this mailbox scans."""
     mailbox = store.mailbox(mailbox_id)
-    if mailbox.kind in O365_KINDS:
+    if mailbox.kind == "google-client":
+        assert google is not None, "Google mailboxes are read with their Google sign-in"
+        session = imap.oauth_session(mailbox, google.token_source(mailbox), timeout)
+    elif mailbox.kind in O365_KINDS:
         assert sign_in is not None, "Office 365 mailboxes are read with their Microsoft sign-in"
         if mailbox.kind == "o365-scan":
             return _graph_folders(mailbox, sign_in)
@@ -484,6 +509,62 @@ def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callabl
         sign_in.sign_in(mailbox, show)
     for resource in RESOURCES[mailbox.kind]:
         sign_in.token(mailbox, resource)
+    with store.transaction():
+        store.clear_reauth(mailbox_id)
+    return mailbox
+
+
+# -- Google -------------------------------------------------------------------------------------------
+
+def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Verified:
+    """A token, then IMAP with XOAUTH2 and the chosen folders: the scanning stages of `hanna-sync test`."""
+    from hanna_sync import diagnose
+
+    report = diagnose.check_google(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True)
+    if report.failure is not None:
+        raise report.failure.error()
+    return Verified(folders=report.folders)
+
+
+def add_google(
+    store: Store, secrets: SecretStore, sign_in: GoogleSignIn, mailbox: Mailbox, *, verify_first: bool,
+    timeout: float, consent: Consent, allow_duplicate: bool = False,
+) -> Saved:
+    """Consent (auth = "user"), check the token, IMAP and the folders, then save; nothing kept when a step fails.
+
+    Without verification a user-auth mailbox is saved without consent: `hanna-sync login ID` gets it later.
+    """
+    store.check_unique(mailbox, allow_duplicate)
+    check_plaintext(mailbox)
+    sign_in.check_settings()
+    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its kept consent in the secrets store
+    signed_in = False
+    try:
+        if verify_first:
+            if not sign_in.service_account:
+                sign_in.sign_in(mailbox, consent)
+                signed_in = True
+            mailbox.folders = verify_google(mailbox, sign_in, timeout).folders
+        elif not mailbox.folders:
+            mailbox.folders = default_folders(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
+    except BaseException:
+        if signed_in:
+            secrets.delete(mailbox.secret_ref)
+        raise
+    return Saved(mailbox, previous_main)
+
+
+def login_google(store: Store, sign_in: GoogleSignIn, mailbox_id: int, consent: Consent) -> Mailbox:
+    """Consent again (auth = "user"), or check the delegation (service account); a token is got either way,
+    and the mailbox leaves its back-off and is scanned at the next pass."""
+    mailbox = store.mailbox(mailbox_id)
+    if mailbox.kind != "google-client":
+        raise InputError(f"mailbox {mailbox_id} is not a Google mailbox: 'hanna-sync login {mailbox_id}' without"
+                         " Google options signs it in")
+    if not sign_in.service_account:
+        sign_in.sign_in(mailbox, consent)
+    sign_in.token(mailbox)
     with store.transaction():
         store.clear_reauth(mailbox_id)
     return mailbox

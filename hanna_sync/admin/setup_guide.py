@@ -1,6 +1,7 @@
 """`hanna-sync setup-guide`: the exact steps to set hanna-sync up, printed by the tool itself.
 
-`o365`: the portal and PowerShell steps to connect Office 365 mailboxes. `systemd` and `config`: the
+`o365`: the portal and PowerShell steps to connect Office 365 mailboxes; `google`: the Google Cloud and
+Workspace admin console steps for google-client mailboxes. `systemd` and `config`: the
 units, the config and the install steps, for the hanna-sync actually installed (a shipped unit file naming
 /usr/local/bin, or a README naming a file a pip install does not carry, is true only on some machines).
 
@@ -11,7 +12,7 @@ the steps are printed by the tool itself, with the tenant and application ids fi
 
 from __future__ import annotations
 
-from hanna_sync.config import O365Config
+from hanna_sync.config import GoogleConfig, O365Config
 
 _GUIDE = """\
 Office 365 mailboxes in hanna-sync
@@ -119,6 +120,117 @@ def office365(settings: O365Config | None) -> str:
     tenant_id = settings.tenant_id if settings and settings.tenant_id else "<Directory (tenant) ID>"
     client_id = settings.client_id if settings and settings.client_id else "<APP_ID>"
     return _GUIDE.format(tenant_id=tenant_id, client_id=client_id)
+
+
+_GOOGLE_GUIDE = """\
+Google Workspace and Gmail mailboxes in hanna-sync
+==================================================
+
+hanna-sync reads Gmail over IMAP and the CRM sends over SMTP with OAuth2 tokens (XOAUTH2), through a Google
+Cloud project of YOUR organisation: it ships no client id of its own. The mailbox kind:
+  google-client    IMAP imap.gmail.com:993 and SMTP smtp.gmail.com:465 (ssl), with XOAUTH2; the token's
+                   scope is https://mail.google.com/ (the only one Gmail's IMAP and SMTP take)
+and two ways to sign in ([google] auth in the config):
+  service-account  Google Workspace only: domain-wide delegation, granted once by an admin for the whole
+                   domain; any staff mailbox is added without its person doing anything
+  user             personal Gmail, or a Workspace without delegation: each mailbox's person allows access
+                   once in a browser; the refresh token is kept, encrypted, in the secrets store
+(Gmail with an app password stays the plain imap kind: add-mailbox --email x@gmail.com.)
+
+1. The project (once)
+   Google Cloud console (https://console.cloud.google.com) -> the project picker -> New project
+     Name: hanna-sync -> Create, and select it
+   APIs & Services -> Library -> Gmail API -> Enable
+     (IMAP and SMTP with XOAUTH2 work without it, but the consent screen offers Gmail's scopes only once
+     it is on)
+
+2a. Service account with domain-wide delegation (auth = "service-account")
+   IAM & Admin -> Service accounts -> Create service account -> Name: hanna-sync -> Create and continue ->
+     no roles -> Done
+   The account -> Keys -> Add key -> Create new key -> JSON -> Create: a file downloads. It acts as EVERY
+   mailbox of the domain: keep it where only hanna-sync reads it, mode 0600 (hanna-sync refuses another):
+     install -m 600 -o hanna-sync key.json {key_file}
+   or hand it over as a systemd credential instead (and leave service_account_file out):
+     LoadCredential=hanna-sync-google:/etc/credstore/hanna-sync-google.json   (in the unit's [Service])
+   (If the console says key creation is disabled, the organisation policy
+    iam.disableServiceAccountKeyCreation is on: an organisation admin can lift it for this project.)
+   The account's Details -> Unique ID (the key's "client_id"): {sa_client_id}
+   Google Admin console (https://admin.google.com), as a super administrator:
+     Security -> Access and data control -> API controls -> Manage Domain Wide Delegation -> Add new
+       Client ID:    {sa_client_id}
+       OAuth scopes: https://mail.google.com/
+       -> Authorize  (it can take from minutes up to 24 hours to apply; before that the token endpoint
+          answers unauthorized_client)
+   Into the config (/etc/hanna-sync/config.toml):
+     [google]
+     auth = "service-account"
+     service_account_file = "{key_file}"
+   Then, per mailbox (nobody signs in):
+     hanna-sync add-mailbox --kind google-client --user jonas --email jonas@example.com
+
+2b. Your own OAuth client (auth = "user")
+   APIs & Services -> OAuth consent screen (Google Auth Platform) -> Get started:
+     App name: hanna-sync, a support email; Audience: Internal (a Workspace: only its own accounts, no
+     review by Google) or External (personal Gmail accounts); a contact email -> Create
+   Data Access -> Add or remove scopes -> https://mail.google.com/, openid and .../auth/userinfo.email -> Save
+   An External app in "Testing": Audience -> Test users -> add each mailbox's address. Google ends a
+   Testing app's consents after 7 days (`status` then says "needs re-authorisation"): publish the app
+   (Audience -> Publish app) for lasting ones; https://mail.google.com/ is a restricted scope, so an
+   External app in production needs Google's verification, an Internal one does not.
+   Clients (or Credentials -> Create credentials -> OAuth client ID) -> Application type: Desktop app ->
+     Name: hanna-sync -> Create (a Desktop client may redirect to any port of http://127.0.0.1, which the
+     sign-in's listener uses)
+   Into the config:
+     [google]
+     auth = "user"
+     client_id = "{client_id}"
+   The client secret (GOCSPX-...) goes into the secrets store, never the config:
+     hanna-sync login --google-client-secret           (hidden prompt; checked with Google first)
+   Then, per mailbox:
+     hanna-sync add-mailbox --kind google-client --user jonas --email jonas@example.com
+   It prints a consent URL: open it in any browser, sign in AS THAT MAILBOX'S ACCOUNT (a token reads the
+   mailbox of whoever allows it, so hanna-sync refuses another) and allow access. The browser is then sent
+   to http://127.0.0.1:PORT/ on the machine hanna-sync runs on, where it listens. On a server without a
+   browser, either
+     --paste   copy the address the browser was sent to (its page does not load: that is expected) and
+               paste it back; or
+     --port 8765 with the port forwarded from your desktop: ssh -L 8765:127.0.0.1:8765 SERVER
+   When a consent is revoked or expires (invalid_grant: the person removed hanna-sync at
+   https://myaccount.google.com/permissions, a password change, 7 days in Testing, 6 months unused),
+   `status` shows "needs re-authorisation" and the mailbox waits for: hanna-sync login ID
+
+3. IMAP on (both ways)
+   Google Admin console -> Apps -> Google Workspace -> Gmail -> End User Access -> POP and IMAP access ->
+   Enable IMAP access for all users (or for the archived mailboxes' organisational unit). With "Restrict
+   which mail clients users can use" a service account cannot be allowed: choose "Allow any mail client"
+   or use auth = "user" with this client's id on that list. ("[ALERT] IMAP access is disabled for your
+   domain" means it is still off; changes can take 24 hours.) Personal Gmail has IMAP always on.
+
+4. Check
+   hanna-sync test ID       the token (got as a scan gets it), then IMAP and SMTP with XOAUTH2 stage by
+                            stage, each failure with its fix (delegation missing, consent revoked, IMAP off)
+   hanna-sync test --kind google-client --email jonas@example.com
+                            the same before the mailbox is saved (a consent kept in memory only)
+   hanna-sync folders ID    the mailbox's folders and labels; choose others with --folder
+"""
+
+
+def google(settings: GoogleConfig | None) -> str:
+    """The Google guide, with the configured client id, key file and the service account's id where known
+    (read from the key when this user may read it)."""
+    from contextlib import suppress
+
+    from hanna_sync.errors import HannaError
+    from hanna_sync.remote.google_auth import service_account_key
+
+    key_file = str(settings.service_account_file) if settings and settings.service_account_file else \
+        "/etc/hanna-sync/google-service-account.json"
+    sa_client_id = "<the service account's Unique ID>"
+    if settings and settings.auth == "service-account":
+        with suppress(HannaError):  # not readable here (the service user's file), or not there yet: a placeholder
+            sa_client_id = service_account_key(settings).client_id
+    client_id = settings.client_id if settings and settings.client_id else "<CLIENT_ID>.apps.googleusercontent.com"
+    return _GOOGLE_GUIDE.format(key_file=key_file, sa_client_id=sa_client_id, client_id=client_id)
 
 
 # -- running it unattended: the systemd units and the config, for the hanna-sync actually installed ----------

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from hanna_sync.config import Config
     from hanna_sync.credentials import SecretStore
     from hanna_sync.db.store import Store
+    from hanna_sync.remote.google_auth import GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
 
@@ -64,6 +65,12 @@ class App:
         from hanna_sync.remote.oauth import MicrosoftSignIn
 
         return MicrosoftSignIn.for_config(self.config, self.secrets)
+
+    @cached_property
+    def google(self) -> GoogleSignIn:
+        from hanna_sync.remote.google_auth import GoogleSignIn
+
+        return GoogleSignIn.for_config(self.config, self.secrets)
 
     @property
     def timeout(self) -> float:
@@ -210,7 +217,7 @@ SHORT_HELP = {
     "letters": "List archived letters (a customer's card).",
     "link": "Link a letter to a customer or lead by hand.",
     "list-mailboxes": "List mailboxes and their last outcome.",
-    "login": "Sign an Office 365 mailbox in again.",
+    "login": "Sign an Office 365 or Google mailbox in again.",
     "purge": "Delete letters for good (privacy requests).",
     "relink": "Redo links after a directory change; backfill.",
     "remove-mailbox": "Remove a mailbox (its letters stay).",
@@ -218,7 +225,7 @@ SHORT_HELP = {
     "search": "Search the archive's letters by words.",
     "serve": "Serve the archive's JSON API over HTTP.",
     "set-password": "Replace a mailbox's password.",
-    "setup-guide": "Print setup steps: o365, systemd, config.",
+    "setup-guide": "Print setup steps: o365, google, systemd, config.",
     "show": "Show one archived letter.",
     "status": "Show each mailbox's health (for monitoring).",
     "sync-directory": "Refresh customers and leads from the CRM now.",

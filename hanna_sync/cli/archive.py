@@ -245,7 +245,8 @@ def search(app: App, *, words: tuple[str, ...], customer: str | None, lead: str 
 def thread(app: App, letter_id: int, as_json: bool) -> None:
     """Show the conversation a letter belongs to, oldest first, from every mailbox.
 
-    Letters belong together when their Message-ID, In-Reply-To and References headers connect them.
+    Letters belong together when their Message-ID, In-Reply-To and References headers connect them,
+    or (read through Graph or from Gmail) Outlook's conversation or Gmail's thread (X-GM-THRID) does.
     """
     from hanna_sync.admin import views
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
+from hanna_sync.cli.google import consent_from_options, google_mailbox_from_options
 from hanna_sync.cli.mailboxes import (
+    consent_options,
     mailbox_from_options,
     mailbox_settings_options,
     o365_mailbox_from_options,
@@ -24,6 +26,7 @@ from hanna_sync.errors import AuthError, ExitCode, InputError
 if TYPE_CHECKING:
     from hanna_sync.cli import App
     from hanna_sync.models import Mailbox
+    from hanna_sync.remote.google_auth import GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
 
@@ -35,8 +38,9 @@ def stdout_is_terminal() -> bool:
 @click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
 @click.option("--email", help="Try a mailbox before saving it: its address, with the options add-mailbox takes.")
 @provider_option
-@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client"]),
-              help="With --email: the kind of mailbox to try (default imap); Office 365 kinds sign in first.")
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-client"]),
+              help="With --email: the kind of mailbox to try (default imap); Office 365 and Google kinds sign in"
+                   " first.")
 @without_options("no_verify", "main", "scan_active", "sync_customers", "sync_leads")
 @mailbox_settings_options
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
@@ -45,11 +49,12 @@ def stdout_is_terminal() -> bool:
               help="Go on past an untrusted certificate, for this test only; the tls stage still fails.")
 @click.option("--send-to", metavar="ADDRESS", help="Also send a real test message to ADDRESS (never done otherwise).")
 @click.option("--trace", is_flag=True, help="Show the protocol exchange on stderr, passwords and tokens masked.")
+@consent_options
 @json_option
 @click.pass_obj
 def test_command(app: App, *, mailbox_id: int | None, email: str | None, provider: str | None, kind: str | None,
                  password_stdin: bool, timeout: float | None, insecure: bool, send_to: str | None,
-                 trace: bool, as_json: bool, **options: Any) -> None:
+                 trace: bool, paste: bool, port: int | None, as_json: bool, **options: Any) -> None:
     """Test a mailbox's IMAP and SMTP servers stage by stage: why it fails, and what to do.
 
     MAILBOX is a saved mailbox's ID: its stored password is used (--password-stdin tries another),
@@ -68,6 +73,13 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
     before saving it, give --kind o365-scan or o365-client with --email: with delegated sign-in it
     shows a code to sign in with first, and keeps the tokens in memory only.
 
+    google-client mailboxes start each protocol with token (from the service account's domain-wide
+    delegation, or from the kept consent, renewed when due); then IMAP and SMTP with XOAUTH2. Google's
+    refusals are explained: delegation missing (unauthorized_client, with the client id and scope to
+    add), consent revoked or expired (invalid_grant: 'hanna-sync login ID'), IMAP off for the domain or
+    the account, a key file readable by others (exit 2). Tried before saving (--kind google-client
+    --email) with auth = "user", the consent comes first (--paste and --port as for login).
+
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
       0 all passed    10 dns, tcp    12 tls    14 greeting, capabilities, ehlo
@@ -79,6 +91,7 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
           --imap-host imone.serveriai.lt --password-stdin --json
       hanna-sync test 3 --send-to me@example.com      # also sends a real test message
       hanna-sync test --kind o365-client --email jonas@imone.lt   # Office 365, not saved yet
+      hanna-sync test --kind google-client --email ona@imone.lt   # Google, not saved yet
     """
     from hanna_sync import diagnose
     from hanna_sync.mail.addresses import normalise_email
@@ -87,15 +100,25 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
         raise InputError(f"--send-to '{send_to}' is not an email address")
     mailbox, password, sign_in = _mailbox_to_test(app, mailbox_id=mailbox_id, email=email, provider=provider, kind=kind,
                                                   password_stdin=password_stdin, options=options)
+    if (paste or port) and not (mailbox_id is None and mailbox.kind == "google-client"):
+        raise InputError("--paste and --port are for trying a google-client mailbox before it is saved")
     if password == "":
         raise InputError("the password is empty")
     if send_to and mailbox.kind == "o365-scan":
         raise InputError("--send-to needs SMTP: an o365-scan mailbox is only read, through Microsoft Graph")
     if send_to and not mailbox.smtp_host:
         raise InputError("--send-to needs an SMTP server: give --smtp-host")
-    if mailbox_id is None and sign_in is not None and not sign_in.app_only:
+    if mailbox_id is None and sign_in is not None and mailbox.kind == "google-client":
+        google = cast("GoogleSignIn", sign_in)
         try:
-            sign_in.sign_in(mailbox, show_sign_in)  # delegated: a token reads the mailbox of whoever signs in
+            if not google.service_account:  # a token reads the mailbox of whoever consents
+                google.sign_in(mailbox, consent_from_options(paste=paste, port=port))
+        except AuthError as exc:
+            exc.exit_code = ExitCode.AUTH  # test's code for a refused sign-in, as for a failed token stage
+            raise
+    elif mailbox_id is None and sign_in is not None and not cast("MicrosoftSignIn", sign_in).app_only:
+        try:
+            cast("MicrosoftSignIn", sign_in).sign_in(mailbox, show_sign_in)  # a token reads the signer's mailbox
         except AuthError as exc:
             exc.exit_code = ExitCode.AUTH  # test's code for a refused sign-in, as for a failed token stage
             raise
@@ -115,8 +138,10 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
     settings = diagnose.Options(timeout=timeout or app.timeout, insecure=insecure, send_to=send_to,
                                 trace=(lambda line: click.echo(line, err=True)) if trace else None, on_stage=show)
     with spinner or nullcontext():
-        if sign_in is not None:
-            report = diagnose.check_o365(mailbox, sign_in, settings)
+        if sign_in is not None and mailbox.kind == "google-client":
+            report = diagnose.check_google(mailbox, cast("GoogleSignIn", sign_in), settings)
+        elif sign_in is not None:
+            report = diagnose.check_o365(mailbox, cast("MicrosoftSignIn", sign_in), settings)
         else:
             assert password is not None  # _mailbox_to_test gives an IMAP mailbox a password or raises
             report = diagnose.check(mailbox, password, settings)
@@ -133,14 +158,19 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
 
 def _mailbox_to_test(app: App, *, mailbox_id: int | None, email: str | None, provider: str | None,
                      kind: str | None, password_stdin: bool,
-                     options: dict[str, Any]) -> tuple[Mailbox, str | None, MicrosoftSignIn | None]:
+                     options: dict[str, Any]) -> tuple[Mailbox, str | None, MicrosoftSignIn | GoogleSignIn | None]:
     """The mailbox to try, a saved one or one described by the options, with its password, or the sign-in
-    its tokens come from (Office 365)."""
+    its tokens come from (Office 365, Google)."""
     from hanna_sync.admin import mailboxes
 
-    sign_in: MicrosoftSignIn | None = None
+    sign_in: MicrosoftSignIn | GoogleSignIn | None = None
     password: str | None
-    if mailbox_id is None and kind not in (None, "imap"):
+    if mailbox_id is None and kind == "google-client":
+        mailbox = google_mailbox_from_options(user=None, email=email, provider=provider, password_stdin=password_stdin,
+                                              settings=settings_from(options))
+        sign_in = app.google.unsaved()  # its consent is kept in memory only: testing saves nothing
+        password = None
+    elif mailbox_id is None and kind not in (None, "imap"):
         mailbox = o365_mailbox_from_options(user=None, email=email, provider=provider, kind=kind,
                                             password_stdin=password_stdin, options=options)
         sign_in = app.sign_in.unsaved()  # its tokens are kept in memory only: testing saves nothing
@@ -157,10 +187,10 @@ def _mailbox_to_test(app: App, *, mailbox_id: int | None, email: str | None, pro
         saved = app.store.mailbox(mailbox_id)
         mailbox = mailboxes.changed_mailbox(saved, settings_from(options))
         if saved.kind != "imap":
-            sign_in = app.sign_in
+            sign_in = app.google if saved.kind == "google-client" else app.sign_in
             if password_stdin:
-                raise InputError(f"mailbox {mailbox_id} is an Office 365 mailbox: it has no password, its tokens"
-                                 " come from its Microsoft sign-in")
+                raise InputError(f"mailbox {mailbox_id} is a {saved.kind} mailbox: it has no password, its tokens"
+                                 " come from its sign-in")
             password = None
         else:
             password = read_password(True) if password_stdin else app.secrets.get(saved.secret_ref)

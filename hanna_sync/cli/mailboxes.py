@@ -1,4 +1,4 @@
-"""Mailbox commands: add, edit, set-password, remove, list, folders, and login for Office 365.
+"""Mailbox commands: add, edit, set-password, remove, list, folders, and login for Office 365 and Google.
 
 The mailbox options are declared once here, as `test` (in `diagnostics`) takes the same ones to try a
 mailbox before it is saved.
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hanna_sync.admin.mailboxes import Saved
     from hanna_sync.cli import App
     from hanna_sync.models import Mailbox
+    from hanna_sync.remote.google_auth import Consent
 
 
 def mailbox_settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,10 +106,20 @@ def mailbox_from_options(user: str | None, email: str | None, provider: str | No
 
 
 def server_of(m: Mailbox) -> str:
-    """Where a mailbox is read: its IMAP server (with XOAUTH2 for o365-client), or Microsoft Graph."""
+    """Where a mailbox is read: its IMAP server (with XOAUTH2 for o365-client, google-client), or Microsoft Graph."""
     if m.kind == "o365-scan":
         return "Microsoft Graph"
-    return f"{m.imap_host}:{m.imap_port} {m.imap_security}" + (" XOAUTH2" if m.kind == "o365-client" else "")
+    xoauth2 = m.kind in ("o365-client", "google-client")
+    return f"{m.imap_host}:{m.imap_port} {m.imap_security}" + (" XOAUTH2" if xoauth2 else "")
+
+
+def consent_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--paste and --port: how a Google consent in a browser comes back (add-mailbox, login)."""
+    f = click.option("--port", type=click.IntRange(1, 65535),
+                     help="Google: the loopback listener's port, for an SSH port-forward (default: any free one).")(f)
+    return click.option("--paste", is_flag=True,
+                        help="Google, on a server without a browser: paste back the address the browser was sent"
+                             " to after allowing access.")(f)
 
 
 def allow_duplicate_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -135,15 +146,18 @@ def print_mailbox_saved(verb: str, saved: Saved, as_json: bool) -> None:
 @click.option("--user", help="Staff member's login the mailbox belongs to (default: your login name).")
 @click.option("--email", help="The mailbox's email address (asked for on a terminal).")
 @provider_option
-@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client"]), default="imap", show_default=True,
-              help="imap (a password), o365-scan (Microsoft Graph) or o365-client (IMAP and SMTP with XOAUTH2);"
-                   " Office 365 kinds sign in with Microsoft: see 'hanna-sync setup-guide o365'.")
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-client"]), default="imap",
+              show_default=True,
+              help="imap (a password), o365-scan (Microsoft Graph), o365-client or google-client (IMAP and SMTP"
+                   " with XOAUTH2); see 'hanna-sync setup-guide o365' and 'setup-guide google'.")
 @mailbox_settings_options
+@consent_options
 @allow_duplicate_option
 @json_option
 @click.pass_obj
 def add_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, kind: str,
-                no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool, **options: Any) -> None:
+                no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool, paste: bool,
+                port: int | None, **options: Any) -> None:
     """Connect a mailbox for a staff member.
 
     The connection is tested (login, and the folders exist) before anything is saved. The password
@@ -158,12 +172,25 @@ def add_mailbox(app: App, *, user: str | None, email: str | None, provider: str 
       hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
           --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
       hanna-sync add-mailbox --kind o365-scan --user jonas --email jonas@imone.lt   # signs in with a code
+      hanna-sync add-mailbox --kind google-client --user ona --email ona@imone.lt --paste
+
+    A google-client mailbox reads Gmail over IMAP with XOAUTH2 ([google] in the config): with a service
+    account nobody signs in; with auth = "user" its person allows access in a browser first (--paste
+    and --port as for 'hanna-sync login').
 
     Without --folder, INBOX and the Sent folder are scanned (flagged \\Sent, else the one with a usual
     Sent name); a note says which, or that none was found.
     """
     from hanna_sync.admin import mailboxes
+    from hanna_sync.cli.google import consent_from_options
 
+    if kind != "google-client" and (paste or port):
+        raise InputError("--paste and --port are for --kind google-client (its consent in a browser)")
+    if kind == "google-client":
+        add_google_mailbox(app, user=user, email=email, provider=provider, no_verify=no_verify,
+                           password_stdin=password_stdin, allow_duplicate=allow_duplicate, as_json=as_json,
+                           consent=consent_from_options(paste=paste, port=port), options=options)
+        return
     if kind != "imap":
         add_o365_mailbox(app, user=user, email=email, provider=provider, kind=kind, no_verify=no_verify,
                          password_stdin=password_stdin, allow_duplicate=allow_duplicate, as_json=as_json,
@@ -200,8 +227,9 @@ def edit_mailbox(app: App, *, mailbox_id: int, no_verify: bool, password_stdin: 
 
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
+    google = app.google if app.store.mailbox(mailbox_id).kind == "google-client" else None
     saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), verify_first=not no_verify,
-                           timeout=app.timeout, sign_in=app.sign_in, allow_duplicate=allow_duplicate)
+                           timeout=app.timeout, sign_in=app.sign_in, google=google, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Updated", saved, as_json)
 
 
@@ -282,7 +310,9 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
     """
     from hanna_sync.admin import mailboxes
 
-    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, timeout=app.timeout, sign_in=app.sign_in)
+    google = app.google if app.store.mailbox(mailbox_id).kind == "google-client" else None
+    rows = mailboxes.folders(app.store, app.secrets, mailbox_id, timeout=app.timeout, sign_in=app.sign_in,
+                             google=google)
     if as_json:
         emit_json([{"id": r.name, **asdict(r)} for r in rows])
         return
@@ -330,14 +360,34 @@ def add_o365_mailbox(app: App, *, user: str | None, email: str | None, provider:
         click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)
 
 
+def add_google_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, no_verify: bool,
+                       password_stdin: bool, allow_duplicate: bool, as_json: bool, consent: Consent,
+                       options: dict[str, Any]) -> None:
+    """add-mailbox --kind google-client: no password; the consent (auth = "user") runs unless --no-verify."""
+    from hanna_sync.admin import mailboxes
+    from hanna_sync.cli.google import google_mailbox_from_options
+
+    mailbox = google_mailbox_from_options(user=user, email=email, provider=provider, password_stdin=password_stdin,
+                                          settings=settings_from(options))
+    saved = mailboxes.add_google(app.store, app.secrets, app.google, mailbox, verify_first=not no_verify,
+                                 timeout=app.timeout, consent=consent, allow_duplicate=allow_duplicate)
+    print_mailbox_saved("Added", saved, as_json)
+    if no_verify and not app.google.service_account:
+        click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)
+
+
 @click.command("login")
 @click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
 @click.option("--client-secret", is_flag=True,
               help='Store the app registration\'s client secret (auth = "app"), once it has got a token.')
+@click.option("--google-client-secret", is_flag=True,
+              help='Store the Google OAuth client\'s secret ([google] auth = "user"), once Google accepts it.')
 @click.option("--secret-stdin", is_flag=True, help="With --client-secret: read it from the first line of stdin.")
+@consent_options
 @click.pass_obj
-def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: bool) -> None:
-    """Sign an Office 365 mailbox in to Microsoft, or store the app's client secret.
+def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_client_secret: bool, secret_stdin: bool,
+          paste: bool, port: int | None) -> None:
+    """Sign an Office 365 or Google mailbox in again, or store a client secret.
 
     With [o365] auth = "delegated" (the default) MAILBOX signs in with a device code: open the URL
     printed, enter the code and sign in as the mailbox's own user (MFA as usual). The tokens are kept,
@@ -345,18 +395,40 @@ def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: b
     "needs re-authorisation". With auth = "app" it checks that the app gets the mailbox's tokens. Either
     way the mailbox leaves its back-off, and the next pass scans it.
 
+    A google-client mailbox with [google] auth = "user" prints a consent URL: open it, sign in as the
+    mailbox's own account and allow access; the browser is then sent to a listener on 127.0.0.1 on this
+    machine. On a server without a browser give --paste and paste back the address the browser was sent
+    to (the page does not load there; its address bar holds the code), or forward the listener's port
+    (ssh -L 8765:127.0.0.1:8765 SERVER, then --port 8765). The refresh token is kept, encrypted, in the
+    secrets store. With auth = "service-account" it checks the domain-wide delegation instead.
+
     \b
     Examples:
       hanna-sync login 3
+      hanna-sync login 4 --paste                          # Google, on a headless server
       hanna-sync login --client-secret                   # asks with a hidden prompt
       printf '%s\\n' "$SECRET" | hanna-sync login --client-secret --secret-stdin
+      printf '%s\\n' "$SECRET" | hanna-sync login --google-client-secret --secret-stdin
     """
     from hanna_sync.admin import mailboxes
 
-    if client_secret == (mailbox_id is not None):
-        raise InputError("give a MAILBOX to sign in, or --client-secret to store the app's client secret")
-    if secret_stdin and not client_secret:
-        raise InputError("--secret-stdin goes with --client-secret")
+    if (client_secret or google_client_secret) == (mailbox_id is not None) or (client_secret and google_client_secret):
+        raise InputError("give a MAILBOX to sign in, or --client-secret (Office 365) or --google-client-secret"
+                         " to store a client secret")
+    if secret_stdin and not (client_secret or google_client_secret):
+        raise InputError("--secret-stdin goes with --client-secret or --google-client-secret")
+    if (paste or port) and mailbox_id is None:
+        raise InputError("--paste and --port go with a google-client MAILBOX")
+    if google_client_secret:
+        if secret_stdin:
+            secret = read_password(True)
+        elif interactive():
+            secret = click.prompt("Client secret (GOCSPX-...)", hide_input=True)
+        else:
+            raise InputError("no client secret given: pipe it with --secret-stdin, or run on a terminal to be asked")
+        app.google.store_client_secret(secret)
+        click.echo("Google client secret checked (Google accepts it) and stored in the secrets store.")
+        return
     if client_secret:
         if secret_stdin:
             secret = read_password(True)
@@ -368,6 +440,16 @@ def login(app: App, mailbox_id: int | None, client_secret: bool, secret_stdin: b
         click.echo("Client secret checked (it gets a token) and stored in the secrets store.")
         return
     assert mailbox_id is not None
+    if app.store.mailbox(mailbox_id).kind == "google-client":
+        from hanna_sync.cli.google import consent_from_options
+
+        consent = consent_from_options(paste=paste, port=port)
+        mailbox = mailboxes.login_google(app.store, app.google, mailbox_id, consent)
+        how = ": the service account gets its tokens" if app.google.service_account else " is signed in"
+        click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
+        return
+    if paste or port:
+        raise InputError(f"--paste and --port are for google-client mailboxes; mailbox {mailbox_id} is not one")
     mailbox = mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
     how = ": the app gets its tokens (app-only)" if app.sign_in.app_only else " is signed in"
     click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")

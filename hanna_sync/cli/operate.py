@@ -213,18 +213,21 @@ def doctor(app: App, as_json: bool) -> None:
 
 
 @click.command("setup-guide")
-@click.argument("topic", type=click.Choice(["o365", "systemd", "config"]))
+@click.argument("topic", type=click.Choice(["o365", "google", "systemd", "config"]))
 @click.option("--user", "user_units", is_flag=True, help="systemd: units for one user (systemctl --user), no root.")
 @click.option("--unit", type=click.Choice(["service", "timer", "web"]),
               help="systemd: print only this unit file, to save it (see the steps).")
 @click.pass_obj
 def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> None:
-    """Print the steps to set something up, or a file to save: o365, systemd, config.
+    """Print the steps to set something up, or a file to save: o365, google, systemd, config.
 
     
     o365     the app registration, its API permissions and admin consent, "Allow public client flows"
              for the device code, and the Exchange Online commands (Set-CASMailbox,
              New-ServicePrincipal, Add-MailboxPermission), with the configured tenant and client ids.
+    google   the Google Cloud project, the service account and the Workspace admin console's domain-wide
+             delegation (the exact client id and scope), or your own OAuth client and its consent screen,
+             IMAP on for the domain, with the configured ids filled in.
     systemd  the steps to run a pass every 10 minutes (system-wide, or --user), each command with the
              absolute path of this hanna-sync; --unit service|timer prints that unit file,
              --unit web the one for `hanna-sync serve` (hanna-sync-web.service).
@@ -233,6 +236,7 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
     
     Examples:
       hanna-sync setup-guide o365 | less
+      hanna-sync setup-guide google | less
       hanna-sync setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service
       hanna-sync setup-guide config > ~/.config/hanna-sync/config.toml
     """
@@ -244,6 +248,12 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
         click.echo(guides.example_config(), nl=False)
     elif topic == "systemd":
         click.echo(guides.systemd_unit(unit, user_units) if unit else guides.systemd_steps(user_units), nl=False)
+    elif topic == "google":
+        try:
+            google = app.config.google
+        except HannaError:
+            google = None  # a broken config must not hide the guide that helps to write it
+        click.echo(guides.google(google), nl=False)
     else:
         try:
             settings = app.config.o365

@@ -82,12 +82,26 @@ class ArchiveQueries(Connection):
         self.db.execute("INSERT INTO letter_sources (letter_id, raw) VALUES (?, ?)", [letter_id, raw])
         return letter_id, True
 
-    def add_location(self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, *, uid: int) -> None:
+    def add_location(
+        self, letter_id: int, mailbox_id: int, folder: str, uidvalidity: int, *, uid: int, gm_msgid: str | None = None,
+    ) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO letter_locations (letter_id, mailbox_id, folder, uidvalidity, uid, seen_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [letter_id, mailbox_id, folder, uidvalidity, uid, utcnow()],
+            "INSERT OR IGNORE INTO letter_locations"
+            " (letter_id, mailbox_id, folder, uidvalidity, uid, seen_at, gm_msgid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [letter_id, mailbox_id, folder, uidvalidity, uid, utcnow(), gm_msgid],
         )
+
+    def gmail_identities(self, mailbox_id: int, gm_msgids: list[str]) -> dict[str, str]:
+        """X-GM-MSGID -> identity of the letters of this Gmail mailbox archived already from any folder
+        (also one the letter has left since: it is archived all the same)."""
+        found: dict[str, str] = {}
+        for chunk, marks in chunks(gm_msgids):
+            found.update(self.db.execute(
+                f"SELECT p.gm_msgid, l.identity FROM letter_locations p JOIN letters l ON l.id = p.letter_id"
+                f" WHERE p.mailbox_id = ? AND p.gm_msgid IN ({marks})", [mailbox_id, *chunk]
+            ).fetchall())
+        return found
 
     def graph_located(self, mailbox_id: int, folder: str, graph_ids: list[str]) -> set[str]:
         """Which of these Graph messages already have a live location in this folder (so need nothing)."""

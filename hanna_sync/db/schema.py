@@ -460,7 +460,21 @@ def m011_web_tokens(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m013_gmail_message_ids(db: sqlite_utils.Database) -> None:
+def m012_gmail_message_ids(db: sqlite_utils.Database) -> None:
+    """Gmail's X-GM-MSGID on each location read from a server with X-GM-EXT-1 (as decimal text: the ids
+    are unsigned 64-bit). One Gmail message shows in INBOX, each label's folder and All Mail; the id says,
+    before any download, that a letter seen in another folder of the mailbox is archived already, also
+    for letters without a Message-ID, across passes and kills."""
+    db.executescript(
+        """
+        ALTER TABLE letter_locations ADD COLUMN gm_msgid TEXT;
+        CREATE INDEX letter_locations_gm_msgid ON letter_locations(mailbox_id, gm_msgid) WHERE gm_msgid IS NOT NULL;
+        """
+    )
+
+
+@migrations()
+def m013_gmail_api_message_ids(db: sqlite_utils.Database) -> None:
     """A Gmail message id names one message in all its labels: found in a second label, its letter is found
     by the id in any folder of the mailbox (letters_by_graph_id), and located there without a download."""
     db.executescript(

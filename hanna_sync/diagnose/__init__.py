@@ -12,7 +12,7 @@ Name resolution, the TCP connection, TLS and the certificate are handled in `net
 IMAP and SMTP conversations then go through the transports (`imap.client_on_socket`,
 `smtp.session_on_socket`) on those sockets.
 
-The package, top down: this module's entry points; `imap_stages`, `smtp_stages` and `office365` (each
+The package, top down: this module's entry points; `imap_stages`, `smtp_stages`, `office365` and `google` (each
 protocol's own stages); `network` (the stages they share, up to the greeting); `run` (how stages are run
 and recorded); `hints` (what servers say, and the fix); `report` (what comes out).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hanna_sync.diagnose.google import GoogleImapRun, GoogleSmtpRun
 from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.office365 import GraphRun, OAuthImapRun, OAuthSmtpRun
 from hanna_sync.diagnose.report import FAMILIES, Options, Report, Stage
@@ -28,9 +29,10 @@ from hanna_sync.diagnose.smtp_stages import SmtpRun
 from hanna_sync.models import Mailbox
 
 if TYPE_CHECKING:
+    from hanna_sync.remote.google_auth import GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
-__all__ = ["FAMILIES", "Options", "Report", "Stage", "check", "check_imap", "check_o365"]
+__all__ = ["FAMILIES", "Options", "Report", "Stage", "check", "check_google", "check_imap", "check_o365"]
 
 
 def check(mailbox: Mailbox, password: str, options: Options) -> Report:
@@ -59,4 +61,14 @@ def check_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, sca
         OAuthImapRun(mailbox, sign_in, options, report).run()
         if not scanning_only:
             OAuthSmtpRun(mailbox, sign_in, options, report).run()
+    return report
+
+
+def check_google(mailbox: Mailbox, sign_in: GoogleSignIn, options: Options, scanning_only: bool = False) -> Report:
+    """A google-client mailbox: per protocol a token (service account or kept consent), then IMAP and SMTP with
+    XOAUTH2. `scanning_only` leaves SMTP out: add-mailbox's verification."""
+    report = Report(mailbox)
+    GoogleImapRun(mailbox, sign_in, options, report).run()
+    if not scanning_only:
+        GoogleSmtpRun(mailbox, sign_in, options, report).run()
     return report

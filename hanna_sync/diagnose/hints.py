@@ -13,7 +13,20 @@ from hanna_sync.remote import imap
 _GOOGLE_APP_PASSWORD = (
     "Google wants an app password instead of the account password: Google Account -> Security -> App passwords"
     " (https://myaccount.google.com/apppasswords) -> Other (custom name) \"hanna-sync\" -> Generate ->"
-    " use the 16-letter password it shows as this mailbox's password"
+    " use the 16-letter password it shows as this mailbox's password; where a Workspace admin has app"
+    " passwords off, add the mailbox with --kind google-client instead (OAuth2: 'hanna-sync setup-guide google')"
+)
+# Gmail's words when IMAP is off: for the whole Workspace domain or organisational unit (the admin's switch),
+# or in a personal account's settings. Texts as Gmail sends them, from an IMAP prober's table of Gmail
+# refusals (Mozilla's Firefox OS email app) and Google's admin help (support.google.com/a/answer/10547014).
+_GOOGLE_IMAP_OFF_DOMAIN = (
+    "the Workspace admin has IMAP off for this user: Google Admin console -> Apps -> Google Workspace -> Gmail ->"
+    " End User Access -> POP and IMAP access -> Enable IMAP access for all users (if \"Restrict which mail clients\""
+    " is chosen, allow any mail client: a service account cannot be listed there); it can take 24 hours"
+)
+_GOOGLE_IMAP_OFF_USER = (
+    "IMAP is off in this Gmail account's settings: Gmail -> Settings -> See all settings -> Forwarding and"
+    " POP/IMAP -> IMAP access: Enable IMAP -> Save Changes"
 )
 _YAHOO_APP_PASSWORD = (
     "Yahoo wants an app password for mail programs: Yahoo Account Info -> Account security ->"
@@ -67,6 +80,10 @@ def explain(text: str, mailbox: Mailbox, protocol: str) -> str | None:
 
     if says(r"Application-specific password required|\b5\.7\.9\b|InvalidSecondFactor"):
         return f"the account has 2-step verification on, so {_GOOGLE_APP_PASSWORD}"
+    if says(r"IMAP access is disabled for your domain"):
+        return _GOOGLE_IMAP_OFF_DOMAIN
+    if says(r"not enabled for IMAP use"):
+        return _GOOGLE_IMAP_OFF_USER
     if says(r"SmtpClientAuthentication is disabled"):
         return office365_smtp_auth(login)
     if says(r"security defaults"):

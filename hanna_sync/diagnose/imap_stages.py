@@ -16,7 +16,7 @@ from hanna_sync.diagnose.network import NetworkRun
 from hanna_sync.diagnose.run import Passed, StageFailed, close_quietly
 from hanna_sync.errors import ExitCode
 from hanna_sync.remote import imap
-from hanna_sync.remote.providers import PROVIDERS, default_folders
+from hanna_sync.remote.providers import PROVIDERS, all_mail_note, default_folders
 
 
 class ImapRun(NetworkRun):
@@ -133,6 +133,7 @@ class ImapRun(NetworkRun):
             chosen, notes = resolved.names, resolved.notes
         else:
             chosen = default_folders(self.mailbox, infos)
+            notes += [note] if (note := all_mail_note(infos, chosen)) else []
         how = how_chosen(self.mailbox, "INBOX and the Sent folder")
         if not self.mailbox.folders or (self.mailbox.folders_chosen is False and len(chosen) == 1):
             sent = imap.sent_folder(infos, PROVIDERS[self.mailbox.provider].sent_folder)

@@ -227,6 +227,11 @@ APP_ONLY_HINT = (
     " -AccessRights FullAccess); the ObjectId is the enterprise application's, not the app registration's"
     " ('hanna-sync setup-guide o365')"
 )
+GOOGLE_XOAUTH2_HINT = (
+    "the token needs the scope https://mail.google.com/ (delegated to the service account, or consented), and IMAP"
+    " must be on for the user (Google Admin console -> Apps -> Google Workspace -> Gmail -> End User Access -> POP"
+    " and IMAP access); 'hanna-sync test ID' says which"
+)
 MAX_TOKEN_RENEWALS = 3  # reconnections per session after AccessTokenExpired, so a server that keeps saying it ends
 
 
@@ -239,6 +244,8 @@ def xoauth2_login(client: IMAPClient, mailbox: Mailbox, token: str) -> None:
     except IMAPClientError as exc:
         text = server_text(exc) or "authentication failed"
         hint = APP_ONLY_HINT if "not connected" in text else XOAUTH2_HINT
+        if mailbox.kind == "google-client":
+            hint = GOOGLE_XOAUTH2_HINT
         raise AuthError(f"{mailbox.imap_host} refused the token for {mailbox.login_name} ({text});"
                         f" {hint.format(login=mailbox.login_name)}") from None
     except (OSError, ssl.SSLError) as exc:
@@ -335,17 +342,34 @@ def list_folders(client: IMAPClient) -> list[FolderInfo]:
 _FETCH_START = re.compile(rb"^\d+ \(")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_FETCH_GM_MSGID = re.compile(rb"\bX-GM-MSGID (\d+)")
+_FETCH_GM_THRID = re.compile(rb"\bX-GM-THRID (\d+)")
+GMAIL_EXTENSION = b"X-GM-EXT-1"
 
 
-def fetch_header_fields(client: IMAPClient, uids: list[int], fields: str) -> dict[int, tuple[int, bytes]]:
-    """UID -> (RFC822.SIZE, raw header fields) with BODY.PEEK, parsed straight from imaplib's reply.
+@dataclass(frozen=True)
+class HeaderFields:
+    """What the hot FETCH returns of one letter."""
+
+    size: int  # RFC822.SIZE
+    raw: bytes  # the header fields asked for
+    gm_msgid: str | None = None  # Gmail's X-GM-MSGID: one id per message, whichever label or folder shows it
+    gm_thrid: str | None = None  # Gmail's X-GM-THRID: its conversation
+
+
+def fetch_header_fields(
+    client: IMAPClient, uids: list[int], fields: str, *, gmail: bool = False,
+) -> dict[int, HeaderFields]:
+    """UID -> size and raw header fields with BODY.PEEK, parsed straight from imaplib's reply; with `gmail`
+    (the server has X-GM-EXT-1) Gmail's message and thread ids in the same FETCH.
 
     The one hot command of a first pass: imapclient's general response parser cost as much as the
-    server's work for it, while a FETCH of two known items needs only the UID, the size and the literal.
+    server's work for it, while a FETCH of a few known items needs only the numbers and the literal.
     Unsolicited FETCH responses (another client changing flags) start their own entry and are ignored.
     """
+    gm_items = "X-GM-MSGID X-GM-THRID " if gmail else ""
     typ, data = client._imap.uid(
-        "FETCH", ",".join(map(str, uids)), f"(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({fields})])"
+        "FETCH", ",".join(map(str, uids)), f"(UID RFC822.SIZE {gm_items}BODY.PEEK[HEADER.FIELDS ({fields})])"
     )
     if typ != "OK":
         raise IMAPClientError(f"FETCH failed: {server_text(IMAPClientError(data[0] if data else b''))}")
@@ -357,11 +381,13 @@ def fetch_header_fields(client: IMAPClient, uids: list[int], fields: str) -> dic
             entries[-1][0] += item  # the rest of the response after its literal, e.g. b" RFC822.SIZE 12)"
         elif isinstance(item, bytes):
             entries.append([item, b""])  # a response without a literal (empty header fields, or unsolicited)
-    out: dict[int, tuple[int, bytes]] = {}
+    out: dict[int, HeaderFields] = {}
     for meta, literal in entries:
         uid, size = _FETCH_UID.search(meta), _FETCH_SIZE.search(meta)
         if uid and size and b"BODY[HEADER.FIELDS" in meta:
-            out[int(uid.group(1))] = (int(size.group(1)), literal)
+            msgid, thrid = _FETCH_GM_MSGID.search(meta), _FETCH_GM_THRID.search(meta)
+            out[int(uid.group(1))] = HeaderFields(int(size.group(1)), literal, msgid and msgid.group(1).decode(),
+                                                  thrid and thrid.group(1).decode())
     return out
 
 

@@ -249,7 +249,7 @@ class Token:
 
 
 @contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
+def token_lock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive flock on `path`, waited for at most `timeout` seconds.
 
     Held while a cache is read, renewed and written back, so two processes (or two scanner threads:
@@ -285,7 +285,7 @@ class Secrets(Protocol):
     def set(self, ref: str, secret: str) -> None: ...
 
 
-class _KeptInMemory:
+class KeptInMemory:
     """Token caches of a mailbox that is not saved (`hanna-sync test --kind o365-...`): kept in memory and gone
     when the command ends, so trying a mailbox leaves nothing behind. The app's client secret is read from
     the real store."""
@@ -321,7 +321,7 @@ class MicrosoftSignIn:
 
     def unsaved(self) -> MicrosoftSignIn:
         """The same app registration, with token caches kept in memory: for a mailbox tried before it is saved."""
-        return MicrosoftSignIn(self.settings, _KeptInMemory(self.secrets), None, self.timeout)
+        return MicrosoftSignIn(self.settings, KeptInMemory(self.secrets), None, self.timeout)
 
     @property
     def app_only(self) -> bool:
@@ -465,7 +465,7 @@ class MicrosoftSignIn:
         if self.lock_path is None:
             return nullcontext()
         # A renewal takes one request; 4 scanner threads may queue.
-        return _locked(self.lock_path, 4 * self.timeout + 10)
+        return token_lock(self.lock_path, 4 * self.timeout + 10)
 
     @contextmanager
     def _cache(self, ref: str, load: bool = True) -> Iterator[msal.SerializableTokenCache]:

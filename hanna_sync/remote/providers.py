@@ -63,9 +63,21 @@ def guess_provider(email: str) -> str:
 
 
 def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = None) -> list[str]:
-    """INBOX and the Sent folder: what a CRM needs to see both sides of a conversation."""
+    """INBOX and the Sent folder: what a CRM needs to see both sides of a conversation. Never Gmail's
+    All Mail (flagged \\All), which holds every letter, the archived and every label's too."""
     preset = PROVIDERS[mailbox.provider].sent_folder
     if mailbox.kind == "o365-scan":
         return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
     sent = imap.sent_folder(folders, preset).name if folders is not None else preset
     return ["INBOX"] + ([sent] if sent else [])
+
+
+def all_mail_note(folders: list[imap.FolderInfo], chosen: list[str]) -> str | None:
+    """What add-mailbox says of a folder flagged \\All (Gmail's "[Gmail]/All Mail") left out by default:
+    that it is everything at once, and how to choose it."""
+    everything = next((f.name for f in folders if "\\All" in f.flags and f.selectable), None)
+    if everything is None or everything in chosen:
+        return None
+    return (f"{everything!r} holds every letter once (all labels, archived ones too) and is not scanned by default;"
+            f" to archive everything, choose it: --folder \"{everything}\" (with INBOX and the Sent folder or"
+            " alone: a letter in several folders is downloaded once)")

@@ -166,9 +166,9 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
 
 
 def open_source(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> AbstractContextManager[FolderSource[Any]]:
-    """The mailbox's source, connected: IMAP with its password or with XOAUTH2 (o365-client), or Microsoft
-    Graph (o365-scan). Each scans a folder with `scan(folder)`, into the same archive."""
-    if mailbox.kind in ("imap", "o365-client"):
+    """The mailbox's source, connected: IMAP with its password or with XOAUTH2 (o365-client, google-client), or
+    Microsoft Graph (o365-scan). Each scans a folder with `scan(folder)`, into the same archive."""
+    if mailbox.kind in ("imap", "o365-client", "google-client"):
         return imap_source.connect(ctx, mailbox, result)
     return graph_source.connect(ctx, mailbox, result)
 

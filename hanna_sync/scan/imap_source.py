@@ -51,7 +51,7 @@ SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response
 
 @contextmanager
 def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterator[ImapSource]:
-    """The mailbox's IMAP session: with its password, or with XOAUTH2 (o365-client)."""
+    """The mailbox's IMAP session: with its password, or with XOAUTH2 (o365-client, google-client)."""
     if mailbox.kind == "imap":
         password = ctx.secrets.get(mailbox.secret_ref)
         if password is None:
@@ -61,17 +61,22 @@ def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterat
         return
     from hanna_sync.remote.oauth import IMAP, MicrosoftSignIn, TokenRefused
 
-    sign_in = MicrosoftSignIn.for_config(ctx.config, ctx.secrets)
-    token = sign_in.token_source(mailbox, IMAP)
+    if mailbox.kind == "google-client":
+        from hanna_sync.remote.google_auth import GoogleSignIn
+
+        token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox)
+    else:
+        token = MicrosoftSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, IMAP)
     try:
         renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
     except (ReauthRequired, TokenRefused):
         raise
     except AuthError:
         # Exchange refuses a token it no longer honours (the sign-in revoked: continuous access evaluation
-        # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission.
-        # Renewing tells them apart: a lost sign-in says so (needs re-authorisation), a permission fails again.
-        sign_in.token(mailbox, IMAP, fresh=True)
+        # sees it before the token expires) with the same "AUTHENTICATE failed" as a missing permission;
+        # Gmail too ("Invalid credentials"). Renewing tells them apart: a lost sign-in says so (needs
+        # re-authorisation), a permission fails again.
+        token(True)
         renewing = imap.TokenRenewingClient(mailbox, token, ctx.config.network.timeout)
     try:
         client = cast(IMAPClient, renewing)  # passes every IMAPClient method through
@@ -104,6 +109,10 @@ class ImapSource:
         self.ctx, self.store, self.config = ctx, ctx.store, ctx.config
         self.mailbox, self.client, self.result = mailbox, client, result
         self.condstore = b"CONDSTORE" in client.capabilities()
+        # Gmail: one message in many folders (INBOX, labels, All Mail) has one X-GM-MSGID, and X-GM-THRID
+        # names its conversation. Other servers get exactly the commands they always got.
+        self.gmail = imap.GMAIL_EXTENSION in client.capabilities()
+        self.gm_msgids: dict[int, str] = {}  # the batch's UID -> X-GM-MSGID, kept on its location
         self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
         assert mailbox.id is not None
@@ -275,12 +284,15 @@ class ImapSource:
         """
         # A dry run lists each matched letter with its subject: one more field in the same FETCH.
         fields = HEADER_FIELDS + " SUBJECT" if self.ctx.dry_run else HEADER_FIELDS
-        fetched = imap.fetch_header_fields(self.client, uids, fields)
+        fetched = imap.fetch_header_fields(self.client, uids, fields, gmail=self.gmail)
         wanted = set(uids)
         looked_at = sorted(uid for uid in fetched if uid in wanted)
-        tokens = {uid: address_tokens(fetched[uid][1]) for uid in looked_at}
-        answers = {uid: thread_tokens(fetched[uid][1]) for uid in looked_at}
+        tokens = {uid: address_tokens(fetched[uid].raw) for uid in looked_at}
+        answers = {uid: thread_tokens(fetched[uid].raw) + _conversation_key(self._conversation(fetched[uid]))
+                   for uid in looked_at}
         candidates = self._match({uid: fetched[uid] for uid in looked_at}, tokens, answers)
+        if self.gmail:
+            self._known_to_gmail(candidates, fetched)
         matched = {c.key for c in candidates}
         skipped = [uid for uid in looked_at if uid not in matched]
         if not backfill:
@@ -292,7 +304,7 @@ class ImapSource:
             return
 
         batch = archiving.prepare(self.ctx, self, candidates, skipped,
-                                  keys_of=lambda index, uid: index.letter_keys(fetched[uid][1], tokens[uid],
+                                  keys_of=lambda index, uid: index.letter_keys(fetched[uid].raw, tokens[uid],
                                                                                answers[uid]))
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
@@ -310,12 +322,32 @@ class ImapSource:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
+    def _conversation(self, fields: imap.HeaderFields) -> str | None:
+        """Gmail's thread as the letter's conversation id: its X-GM-THRID, which is the account's own
+        (so named with the account), like Outlook's conversation over Graph."""
+        return f"gmail:{self.mailbox.login_name.lower()}:{fields.gm_thrid}" if fields.gm_thrid else None
+
+    def _known_to_gmail(self, candidates: list[Candidate[int]], fetched: dict[int, imap.HeaderFields]) -> None:
+        """The matched letters archived already from another folder of this Gmail mailbox (a label, All
+        Mail) get that letter's identity, so they are located, never downloaded again: also those without
+        a Message-ID, whose identity would otherwise come from their download."""
+        assert self.mailbox.id is not None
+        self.gm_msgids = {uid: f.gm_msgid for uid, f in fetched.items() if f.gm_msgid}
+        with self.store.transaction():
+            archived = self.store.gmail_identities(
+                self.mailbox.id, [self.gm_msgids[c.key] for c in candidates if c.key in self.gm_msgids])
+        for c in candidates:
+            gm_msgid = self.gm_msgids.get(c.key)
+            if gm_msgid in archived:
+                c.identity = archived[gm_msgid]
+
     def _match(
-        self, fetched: dict[int, tuple[int, bytes]], tokens: dict[int, list[str]], answered: dict[int, list[str]],
+        self, fetched: dict[int, imap.HeaderFields], tokens: dict[int, list[str]], answered: dict[int, list[str]],
     ) -> list[Candidate[int]]:
         """The letters of a batch that concern the directory, with their links: by their own addresses,
-        and (linking.thread_replies) inherited from the linked letters they answer, archived already or
-        in this very batch. Auto-replies and bulk mail get none unless linking.automatic says so."""
+        and (linking.thread_replies) inherited from the linked letters they answer (Gmail: or share a
+        thread with), archived already or in this very batch. Auto-replies and bulk mail get none unless
+        linking.automatic says so."""
         charset = self.mailbox.imap_charset
         directory = self.ctx.directory.get()
         flags = {"sync_customers": self.mailbox.sync_customers, "sync_leads": self.mailbox.sync_leads}
@@ -324,7 +356,7 @@ class ImapSource:
 
         def headers(uid: int) -> ParsedLetter:
             if uid not in parsed:
-                parsed[uid] = parse_headers_only(fetched[uid][1], charset, keep.get(uid))
+                parsed[uid] = parse_headers_only(fetched[uid].raw, charset, keep.get(uid))
             return parsed[uid]
 
         def may_link(uid: int) -> bool:
@@ -349,10 +381,11 @@ class ImapSource:
             with self.store.transaction():
                 linked = self.store.thread_links([i for ids in answers.values() for i in ids])
 
-            def publish(uid: int) -> None:  # a letter of this batch that others in it may answer
-                message_id = headers(uid).message_id
-                if message_id:
-                    linked.setdefault(message_id, []).extend((link.entity_type, link.entity_id) for link in links[uid])
+            def publish(uid: int) -> None:  # a letter of this batch that others in it may answer (or share a thread)
+                for thread_id in [headers(uid).message_id, *_conversation_key(self._conversation(fetched[uid]))]:
+                    if thread_id:
+                        linked.setdefault(thread_id, []).extend((link.entity_type, link.entity_id)
+                                                                for link in links[uid])
 
             for uid in list(links):
                 publish(uid)
@@ -371,7 +404,8 @@ class ImapSource:
         for uid in sorted(links):
             letter = headers(uid)
             identity = f"mid:{letter.message_id}" if letter.message_id else None
-            candidates.append(Candidate(uid, letter.subject, links[uid], identity, size=fetched[uid][0]))
+            candidates.append(Candidate(uid, letter.subject, links[uid], identity, size=fetched[uid].size,
+                                        conversation_id=self._conversation(fetched[uid])))
         return candidates
 
     def _unlinked(self, uids: list[int], headers: Callable[[int], ParsedLetter]) -> dict[int, set[tuple[str, str]]]:
@@ -405,8 +439,14 @@ class ImapSource:
 
     def locate(self, letter_id: int, state: FolderState, key: int) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
-        self.store.add_location(letter_id, self.mailbox.id, state.folder, state.uidvalidity, uid=key)
+        self.store.add_location(letter_id, self.mailbox.id, state.folder, state.uidvalidity, uid=key,
+                                gm_msgid=self.gm_msgids.get(key))
 
     def record_skipped(self, state: FolderState, keys: dict[int, LetterKeys]) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
         self.store.record_skipped(self.mailbox.id, state.folder, state.uidvalidity, keys)
+
+
+def _conversation_key(conversation_id: str | None) -> list[str]:
+    """How a conversation id is named among Message-IDs in thread look-ups (letter_thread_ids)."""
+    return [f"conversation:{conversation_id}"] if conversation_id else []

@@ -1,0 +1,120 @@
+"""Google: per protocol a token, got as a scan gets it (service account or kept consent), then IMAP and SMTP
+with XOAUTH2 (google-client), Google's refusals mapped to causes and fixes."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from typing import TYPE_CHECKING
+
+from imapclient import IMAPClient
+
+from hanna_sync.diagnose.hints import explain
+from hanna_sync.diagnose.imap_stages import ImapRun, capabilities_of
+from hanna_sync.diagnose.report import Options, Report
+from hanna_sync.diagnose.run import Passed, Run, StageFailed
+from hanna_sync.diagnose.smtp_stages import SmtpRun
+from hanna_sync.errors import AuthError, ConfigError, ExitCode, HannaError
+from hanna_sync.models import Mailbox
+from hanna_sync.remote import imap, smtp
+from hanna_sync.remote.google_auth import GoogleToken
+from hanna_sync.remote.oauth import SignInLost, TokenRefused
+
+if TYPE_CHECKING:
+    from hanna_sync.remote.google_auth import GoogleSignIn
+
+# Gmail's IMAP says "Invalid credentials" for a token it does not take, after an error challenge (base64 of
+# {"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}; google/gmail-oauth2-tools#78), and
+# SMTP "535-5.7.8 Username and Password not accepted" (PHPMailer/PHPMailer#2693, jstedfast/MailKit#1329).
+_TOKEN_REFUSED = re.compile(r"Invalid credentials|AUTHENTICATIONFAILED|5\.7\.8|Username and Password not accepted")
+_SMTP_HINT = (
+    "Gmail's SMTP refused the token: it takes only tokens for https://mail.google.com/ (delegated to the service"
+    " account, or consented by the mailbox's person), for this very address"
+)
+
+
+class GoogleTokenStages(Run):
+    """The stage a Google protocol starts with: a token, got as a scan gets it."""
+
+    sign_in: GoogleSignIn
+
+    def __init__(self, mailbox: Mailbox, sign_in: GoogleSignIn, options: Options, report: Report) -> None:
+        super().__init__(mailbox, "", options, report)  # the protocol run beside this one in the class's bases
+        self.sign_in = sign_in
+
+    def stages(self) -> None:
+        """The token stage first, then the protocol's own (IMAP or SMTP with XOAUTH2)."""
+        token: GoogleToken = self.stage("token", self.token)
+        self.password = token.value  # masked in every detail and trace line from here on
+        super().stages()
+
+    def token(self) -> Passed:
+        try:
+            token = self.sign_in.token(self.mailbox)
+        except (TokenRefused, SignInLost) as exc:
+            raise StageFailed(exc.said, exc.fix) from None
+        except ConfigError as exc:  # no [google], a key file of the wrong mode or shape
+            raise StageFailed(str(exc), exit_code=ExitCode.USAGE) from None
+        except AuthError as exc:
+            raise StageFailed(str(exc)) from None
+        except HannaError as exc:  # the token endpoint unreachable, the secrets store unreadable
+            raise StageFailed(str(exc), exit_code=ExitCode.CONNECT) from None
+        if token.service_account:
+            how = f"service account {self.sign_in.key().client_email} acting as {self.mailbox.login_name}"
+        else:
+            how = f"the consent of {self.mailbox.login_name}"
+        source = "kept from before" if token.source == "cache" else "new from Google's token endpoint"
+        return Passed(f"token for {token.scope} ({how}), {source}", token)
+
+    def lost_sign_in(self) -> str | None:
+        """Why Gmail refused a token it should take, when it is a consent revoked since (Gmail refuses such a
+        token with the words it uses for a wrong one): a renewal says so."""
+        try:
+            self.sign_in.token(self.mailbox, fresh=True)
+        except (SignInLost, TokenRefused) as exc:
+            fix = f"; {exc.fix}" if exc.fix else ""
+            return f"the token is no longer honoured: renewing it fails ({exc.said}){fix}"
+        except HannaError:
+            pass  # the token endpoint unreachable: nothing learnt, the server's own words stand
+        return None
+
+
+class GoogleImapRun(GoogleTokenStages, ImapRun):
+    """IMAP as a google-client scan uses it: AUTHENTICATE XOAUTH2 with a token for https://mail.google.com/."""
+
+    def capabilities(self, client: IMAPClient) -> Passed:
+        assert self.server is not None
+        capabilities = capabilities_of(client)
+        mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
+        if "XOAUTH2" not in mechanisms:
+            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
+                              "a google-client mailbox logs in to Gmail (imap.gmail.com:993): check --imap-host")
+        extensions = " X-GM-EXT-1" if "X-GM-EXT-1" in capabilities else ""
+        return Passed(f"AUTH {' '.join(mechanisms)}{extensions}", capabilities)
+
+    def authenticate(self, client: IMAPClient, login: str) -> bytes:
+        return b" ".join(client.oauth2_login(login, self.password))
+
+    def auth_hint(self, text: str) -> str:
+        if _TOKEN_REFUSED.search(text):
+            return self.lost_sign_in() or imap.GOOGLE_XOAUTH2_HINT
+        return explain(text, self.mailbox, self.protocol) or imap.GOOGLE_XOAUTH2_HINT
+
+
+class GoogleSmtpRun(GoogleTokenStages, SmtpRun):
+    """SMTP as the CRM sends with a google-client mailbox: AUTH XOAUTH2 with the same token."""
+
+    def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
+        assert self.server is not None
+        mechanisms = session.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in mechanisms:
+            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
+                              "a google-client mailbox sends through Gmail (smtp.gmail.com, port 465 ssl):"
+                              " check --smtp-host", exit_code=ExitCode.SERVER)
+        return smtp.xoauth2(session, login, self.password)
+
+    def auth_hint(self, text: str) -> str:
+        if _TOKEN_REFUSED.search(text):
+            return self.lost_sign_in() or _SMTP_HINT
+        return explain(text, self.mailbox, self.protocol) or _SMTP_HINT
+
