@@ -61,7 +61,7 @@ class Tokens:
         self.token = fake.issue(user, **issue)
         self.calls = 0
 
-    def __call__(self) -> str:
+    def __call__(self, fresh: bool) -> str:
         self.calls += 1
         return self.token
 
@@ -295,17 +295,20 @@ def test_a_label_deleted_and_made_again_under_the_same_name_is_read_from_the_sta
 
 def test_a_401_asks_the_provider_once_more_then_the_mailbox_is_refused(tmp_path, fake, monkeypatch):
     sample_mailbox(fake)
-    stale, fresh = fake.issue(STAFF), fake.issue(STAFF)
-    fake.revoke(stale)  # e.g. revoked a moment before its expiry: the provider's next answer is a new one
-    handed = [stale]
+    stale, renewed = fake.issue(STAFF), fake.issue(STAFF)
+    fake.revoke(stale)  # e.g. revoked before its expiry: the provider's kept token, until asked for a fresh one
+    asked: list[bool] = []
 
-    def provider() -> str:
-        return handed.pop() if handed else fresh
+    def provider(fresh: bool) -> str:
+        asked.append(fresh)
+        return renewed if fresh else stale
 
     env = gmail_env(tmp_path, fake, monkeypatch, {STAFF: provider})
     add(env)
-    assert env.run().ok  # the first request's 401, then the provider's new token
-    fake.revoke(fresh)
+    assert env.run().ok  # the first request's 401, then a fresh token, kept for the rest of the pass
+    assert asked == [False, True]
+    stale = renewed
+    fake.revoke(renewed)
     fake.deliver(STAFF, sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "Dar", "x", message_id="<more@azuolas.lt>"))
     fake.calls.clear()
     result = env.run().mailboxes[0]
@@ -319,7 +322,7 @@ def test_a_sign_in_gone_is_needs_reauthorisation_and_a_missing_scope_is_named(tm
     other = "ona@imone.lt"
     fake.mailbox(other)
 
-    def gone() -> str:
+    def gone(fresh: bool) -> str:
         raise ReauthRequired("the Google sign-in of jonas@imone.lt was revoked: sign in again with 'hanna-sync login 1'")
 
     narrow = Tokens(fake, other, scopes=("https://www.googleapis.com/auth/gmail.metadata",))
@@ -433,7 +436,7 @@ CHILD = textwrap.dedent("""
     store = Store(config.database)
     secrets = open_secret_store("file", config.secrets_file, config.secrets_key_file, 5)
     scan.open_source = lambda ctx, mailbox, result: gmail_source.connect(
-        ctx, mailbox, result, token=lambda: os.environ["HS_TEST_TOKEN"], base_url=os.environ["HS_TEST_GMAIL"])
+        ctx, mailbox, result, token=lambda fresh: os.environ["HS_TEST_TOKEN"], base_url=os.environ["HS_TEST_GMAIL"])
     sys.exit(0 if scan.run_pass(store, secrets, config).ok else 1)
 """)
 

@@ -6,8 +6,8 @@ history.list 2, messages.list 5, messages.get 5; a user may spend 15,000 units a
 Gmail answers a request over the budget with 429 (or 403 rateLimitExceeded / userRateLimitExceeded), and a
 passing failure with 500/502/503/504: such a request waits (Retry-After, else 2, 4, 8, 16 s) and is tried
 again a bounded number of times, then the failure is the mailbox's for this pass. The access token comes
-from a provider (`token()`, asked before each request; it renews itself); a 401 asks it once more, then
-the mailbox fails as refused.
+from a provider (the Google sign-in's `token_source`), kept for the pass; a 401 asks it once for a fresh
+one, then the mailbox fails as refused.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from hanna_sync.remote.graph import Mime, network_reason, retry_after
 log = logging.getLogger(__name__)
 
 GMAIL_API = "https://gmail.googleapis.com/gmail/v1"
+GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"  # the scope google-scan's tokens are asked for
 MAX_IN_FLIGHT = 4  # envelopes and originals fetched at once per mailbox: 4 x 5 units, far below 250 a second
 MAX_RETRIES = 4  # throttled or failing (429/5xx) requests tried again at most this many times
 MAX_RETRY_WAIT = 120.0  # a Retry-After longer than this is not waited for: the next pass goes on
@@ -91,12 +92,15 @@ class Changes:
 
 class GmailClient:
     """One mailbox's Gmail API, as `users/me`: the token names the user (a delegated service account's `sub`,
-    or the person who consented)."""
+    or the person who consented). `token(fresh)` gives an access token for GMAIL_READONLY; it is asked
+    again (fresh) once when Gmail refuses the one it gave (401)."""
 
-    def __init__(self, base_url: str, token: Callable[[], str], timeout: float) -> None:
+    def __init__(self, base_url: str, token: Callable[[bool], str], timeout: float) -> None:
         self.base = f"{base_url.rstrip('/')}/users/me"
         self.host = urlsplit(base_url).netloc
-        self._token = token
+        self._token_source = token
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
         self.timeout = timeout
         import requests  # here, not at the top: a pass without Gmail mailboxes never needs it
 
@@ -169,6 +173,12 @@ class GmailClient:
 
     # -- HTTP -----------------------------------------------------------------------------------
 
+    def _bearer(self, fresh: bool) -> str:
+        with self._token_lock:
+            if fresh or self._token is None:
+                self._token = self._token_source(fresh)
+            return self._token
+
     def _get(self, path: str, params: dict[str, Any] | None = None, *, history: bool = False) -> dict[str, Any]:
         """GET in one of the slots; throttling and passing failures waited out (bounded), one more token on 401."""
         import requests
@@ -176,7 +186,7 @@ class GmailClient:
         renewed = False
         attempt = 0
         while True:
-            token = self._token()
+            token = self._bearer(False)
             with self._units_lock:
                 self.units += QUOTA_UNITS[path.split("/")[1]]
             with self._slots:
@@ -203,6 +213,7 @@ class GmailClient:
                     continue
             if status == 401 and not renewed:
                 renewed = True
+                self._bearer(True)
                 continue
             raise _error(status, reason, message, attempt=attempt, history=history)
 

@@ -42,10 +42,12 @@ SYSTEM_LABELS = frozenset({"INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "IMPORTANT
 
 @contextmanager
 def connect(
-    ctx: PassContext, mailbox: Mailbox, result: MailboxResult, *, token: Callable[[], str], base_url: str = GMAIL_API,
+    ctx: PassContext, mailbox: Mailbox, result: MailboxResult, *, token: Callable[[bool], str],
+    base_url: str = GMAIL_API,
 ) -> Iterator[GmailSource]:
-    """The mailbox's Gmail API source; `token()` gives a valid access token for it whenever asked, from up to
-    MAX_IN_FLIGHT threads at once (it renews itself, and raises ReauthRequired when only a person can help)."""
+    """The mailbox's Gmail API source. `token(fresh)` gives an access token for GMAIL_READONLY on it (fresh:
+    the one given was refused), or raises ReauthRequired when only a person can help: the Google sign-in's
+    `token_source(mailbox, GMAIL_READONLY)`."""
     gmail = GmailClient(base_url, token, ctx.config.network.timeout)
     try:
         yield GmailSource(ctx, mailbox, gmail, result)
