@@ -29,6 +29,7 @@ from email import message_from_bytes, policy
 from typing import Any
 
 from hanna_sync.demo.sandbox import CertificateAuthority
+from tests.fakes_google import FakeGoogleOAuth
 from tests.fakes_microsoft import HttpsFake, Reply, _Handler
 
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
@@ -74,8 +75,12 @@ class Box:
 
 
 class FakeGmail(HttpsFake):
-    def __init__(self, ca: CertificateAuthority) -> None:
+    """The Gmail API. Its tokens are its own (`issue`), or, given `oauth`, those tests/fakes_google.py's
+    token endpoint issued (a service account's delegated token from the real google-auth)."""
+
+    def __init__(self, ca: CertificateAuthority, oauth: FakeGoogleOAuth | None = None) -> None:
         super().__init__(ca)
+        self.oauth = oauth
         self.httpd.RequestHandlerClass = _AnyMethod
         self.url = f"{self.base}/gmail/v1"
         self.boxes: dict[str, Box] = {}
@@ -177,7 +182,11 @@ class FakeGmail(HttpsFake):
             return self._route(path, query, headers)
 
     def _route(self, path: str, query: dict[str, list[str]], headers: Any) -> Reply:
-        grant = self.tokens.get(str(headers.get("Authorization", "")).removeprefix("Bearer "))
+        token = str(headers.get("Authorization", "")).removeprefix("Bearer ")
+        grant = self.tokens.get(token)
+        issued = self.oauth.validate(token) if self.oauth is not None and grant is None else None
+        if issued is not None:
+            grant = (issued.user.casefold(), tuple(issued.scopes))
         if grant is None:
             return google_error(401, "Request had invalid authentication credentials. Expected OAuth 2 access token,"
                                 " login cookie or other valid authentication credential.", "authError",

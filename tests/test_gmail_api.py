@@ -20,15 +20,18 @@ from pathlib import Path
 import pytest
 
 import hanna_sync.scan as scan_package
+from hanna_sync.config import GoogleConfig
 from hanna_sync.demo import sample
 from hanna_sync.demo.sandbox import CertificateAuthority
 from hanna_sync.errors import ReauthRequired
 from hanna_sync.linking.relink import relink
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import gmail as gmail_module
-from hanna_sync.remote.gmail import MAX_RETRIES, METADATA_HEADERS
+from hanna_sync.remote.gmail import GMAIL_READONLY, MAX_RETRIES, METADATA_HEADERS
+from hanna_sync.remote.google_auth import GoogleSignIn
 from hanna_sync.scan import gmail_source
 from tests.fakes_gmail import FULL, FakeGmail
+from tests.fakes_google import JWT_BEARER, Google
 from tests.helpers import Env
 
 STAFF = sample.STAFF
@@ -420,6 +423,40 @@ def test_a_letter_over_the_size_limit_keeps_its_whole_header_block_without_a_raw
     source = env.store.letter_source(letter_id)
     assert source.endswith(b"\r\n\r\n") and b"Message-ID: <big@azuolas.lt>" in source and b"xxxx" not in source
     assert count(env, "SELECT size FROM letters WHERE id = ?", letter_id) == len(big.raw)
+
+
+def test_the_google_sign_in_s_delegated_token_reads_the_mailbox_and_a_missing_delegation_is_named(tmp_path, monkeypatch):
+    """End to end with the sign-in: google-auth signs the service account's JWT for gmail.readonly, the fake
+    token endpoint checks it and the delegation, and the fake Gmail API takes the token it issued."""
+    google = Google.start(tmp_path / "google")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(google.ca.ca_file))
+    fake = FakeGmail(google.ca, google.oauth)
+    try:
+        google.oauth.users.add(STAFF)
+        sample_mailbox(fake)
+        account, key_file = google.oauth.service_account(tmp_path)
+        env = Env(tmp_path / "env")
+        env.config = replace(env.config, google=GoogleConfig(
+            auth="service-account", service_account_file=key_file, token_uri=google.oauth.token_uri,
+            auth_uri=google.oauth.auth_uri))
+
+        def open_source(ctx, mailbox, result):
+            token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, GMAIL_READONLY)
+            return gmail_source.connect(ctx, mailbox, result, token=token, base_url=fake.url)
+
+        monkeypatch.setattr(scan_package, "open_source", open_source)
+        add(env)
+        refused = env.run().mailboxes[0]  # the Admin console grants the client id nothing yet
+        assert refused.failure_kind == "auth" and "unauthorized_client" in refused.errors[0]
+        assert fake.calls == {}
+        google.oauth.delegations[account.client_id] = {GMAIL_READONLY}
+        result = env.run(mailbox_ids=[1]).mailboxes[0]
+        assert result.ok and result.archived == SAMPLE_MATCHED
+        assert google.oauth.grants == [JWT_BEARER, JWT_BEARER]  # one token for the whole pass
+        assert fake.writes == []
+    finally:
+        fake.close()
+        google.close()
 
 
 # -- kills ----------------------------------------------------------------------------------------------
