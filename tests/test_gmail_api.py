@@ -122,8 +122,9 @@ def test_a_first_pass_archives_and_links_the_sample_and_a_pass_without_changes_o
     for message_id in [p.rsplit("/", 1)[1] for m, p, q in fake.requests if q.get("format") == ["raw"]]:
         letter_id = count(env, "SELECT letter_id FROM letter_locations WHERE graph_id = ?", message_id)
         assert env.store.letter_source(letter_id) == raws[message_id]  # the original, byte for byte
-        thread = fake.mailbox(STAFF).messages[message_id].thread_id
-        assert count(env, "SELECT count(*) FROM letters WHERE id = ? AND conversation_id = ?", letter_id, thread) == 1
+        thread = int(fake.mailbox(STAFF).messages[message_id].thread_id, 16)  # X-GM-THRID, as over IMAP
+        assert count(env, "SELECT count(*) FROM letters WHERE id = ? AND conversation_id = ?", letter_id,
+                     f"gmail:jonas@imone.lt:{thread}") == 1
     order = next(r for r in env.store.letters(customer="C-1001") if r["subject"].startswith("Užsakymas"))
     assert [(loc["folder"], loc["uidvalidity"]) for loc in env.store.letter(order["id"])["locations"]] == [("INBOX", 0)]
     assert env.store.folder_state(1, "INBOX").delta_link == "1010"  # the history id taken before the listing
@@ -381,8 +382,8 @@ def test_replies_inherit_their_gmail_threads_links_and_list_letters_are_never_do
     rows = {r["subject"]: r for r in env.store.letters(customer="C-1001")}
     assert set(rows) == {"Lentos", "RE: Lentos"}
     (link,) = rows["RE: Lentos"]["links"]
-    thread = fake.mailbox(STAFF).messages[colleague.id].thread_id
-    assert link["rule"] == "thread" and link["address"] == f"conversation:{thread}"
+    thread = int(fake.mailbox(STAFF).messages[colleague.id].thread_id, 16)
+    assert link["rule"] == "thread" and link["address"] == f"conversation:gmail:jonas@imone.lt:{thread}"
     assert env.store.thread(rows["Lentos"]["id"])[-1]["subject"] == "RE: Lentos"
     assert env.run().mailboxes[0].backfilled == 0
     assert relink(env.store, env.config, env.secrets).links_removed == 0  # the pass and relink agree

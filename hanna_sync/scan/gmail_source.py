@@ -68,7 +68,8 @@ class GmailSource:
 
     Gmail's message id is the location key (kept where Graph keeps its immutable id), the same in every
     label: a message already archived from another label of the mailbox is located in this one without
-    any request. Gmail's thread id is the letter's conversation, what thread links follow. An expired
+    any request. Gmail's thread is the letter's conversation (named as over IMAP's X-GM-THRID), what thread
+    links follow. An expired
     history id (404) means one listing again: what is archived or skipped is known by message id and not
     fetched, and archived letters the listing no longer returns have their locations marked gone.
 
@@ -259,7 +260,7 @@ class GmailSource:
                 found = match(participants_of(parsed[e.id]), directory, **flags)
                 if found:
                     links[e.id] = found
-        threads = {e.id: f"conversation:{e.thread_id}" for e in envelopes if e.thread_id}
+        threads = {e.id: f"conversation:{self._conversation(e)}" for e in envelopes if e.thread_id}
         if self.config.linking.thread_replies and threads:
             # From archived letters only, as over Graph: a reply skipped because its thread's first letter is
             # in this very batch is fetched by the next pass (thread backfill).
@@ -276,21 +277,32 @@ class GmailSource:
             if letter is not None and e.id in links and (self.config.linking.automatic or not is_automatic(letter)):
                 candidates.append(Candidate(e.id, letter.subject, links[e.id],
                                             f"mid:{letter.message_id}" if letter.message_id else None,
-                                            size=e.size, conversation_id=e.thread_id))
+                                            size=e.size, conversation_id=self._conversation(e)))
             else:
                 passed.append(e)
         return candidates, passed
 
-    @staticmethod
-    def _keys_of(envelopes: list[Envelope]) -> Callable[[SkipIndex, str], LetterKeys]:
+    def _conversation(self, envelope: Envelope) -> str | None:
+        """Gmail's thread as the letter's conversation id, named as over IMAP with X-GM-EXT-1 (the API's
+        thread id is X-GM-THRID in hex): the account's letters read either way share their threads."""
+        if not envelope.thread_id:
+            return None
+        try:
+            thread = str(int(envelope.thread_id, 16))
+        except ValueError:
+            thread = envelope.thread_id
+        return f"gmail:{self.mailbox.login_name.lower()}:{thread}"
+
+    def _keys_of(self, envelopes: list[Envelope]) -> Callable[[SkipIndex, str], LetterKeys]:
         """Skip-index keys as over IMAP (addresses, the Message-IDs answered), and the Gmail thread."""
         by_id = {e.id: e for e in envelopes}
 
         def keys_of(index: SkipIndex, message_id: str) -> LetterKeys:
             e = by_id[message_id]
             keys = index.letter_keys(e.headers)
-            if e.thread_id:
-                keys.keys.add(index.thread_key(f"conversation:{e.thread_id}"))
+            conversation = self._conversation(e)
+            if conversation:
+                keys.keys.add(index.thread_key(f"conversation:{conversation}"))
             return keys
         return keys_of
 
