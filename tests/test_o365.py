@@ -191,7 +191,7 @@ def test_token_renewals_of_two_processes_take_turns(tmp_path, ms):
     box, _ = add_scan(env, ms)
     sign_in = signer(env)
     got: list[str] = []
-    with oauth._locked(sign_in.lock_path, 5):  # as another process renewing this very cache
+    with oauth.token_lock(sign_in.lock_path, 5):  # as another process renewing this very cache
         worker = threading.Thread(target=lambda: got.append(sign_in.token(box, oauth.GRAPH).value))
         worker.start()
         time.sleep(0.3)
