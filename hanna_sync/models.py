@@ -97,11 +97,16 @@ class FolderState:
     skipped: int = 0  # letters that concerned nobody, counted over all passes
     gap_checked_at: str | None = None
     gap_found: int = 0  # letters the last gap check found never looked at (and then read)
-    # Office 365 folders scanned through Graph (uidvalidity, UIDs and the gap check are IMAP's only):
+    # Office 365 folders scanned through Graph, and Gmail labels through the Gmail API (in brackets)
+    # (uidvalidity, UIDs and the gap check are IMAP's only):
     graph_folder_id: str | None = None  # the folder's id when its delta round began: a new id means a new folder
+    # (the label's id)
     delta_link: str | None = None  # the deltaLink of the last complete round: where the next round starts
+    # (the history id the next history.list starts from)
     next_link: str | None = None  # a round under way: the nextLink to go on from (the next pass, after a kill)
+    # (a listing under way: the pageToken to go on from)
     graph_returned: str | None = None  # a round from the start under way: UidSet of the locations it returned
+    # (the same, for a listing)
 
 
 @dataclass(frozen=True)

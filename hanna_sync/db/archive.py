@@ -113,6 +113,17 @@ class ArchiveQueries(Connection):
             ).fetchall())
         return found
 
+    def letters_by_graph_id(self, mailbox_id: int, graph_ids: list[str]) -> dict[str, int]:
+        """The archived letters these message ids have a live location of, in any folder of the mailbox (a
+        Gmail message id names one message in all its labels): id -> letter id."""
+        found: dict[str, int] = {}
+        for chunk, marks in chunks(graph_ids):
+            found.update((row[0], row[1]) for row in self.db.execute(
+                f"SELECT graph_id, letter_id FROM letter_locations WHERE mailbox_id = ? AND gone_at IS NULL"
+                f" AND graph_id IN ({marks})", [mailbox_id, *chunk]
+            ).fetchall())
+        return found
+
     def add_graph_location(self, letter_id: int, mailbox_id: int, folder: str, graph_id: str) -> None:
         """Where Graph showed the letter; a message that comes back (moved back, restored) is live again."""
         cursor = self.db.execute(

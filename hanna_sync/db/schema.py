@@ -471,3 +471,14 @@ def m012_gmail_message_ids(db: sqlite_utils.Database) -> None:
         CREATE INDEX letter_locations_gm_msgid ON letter_locations(mailbox_id, gm_msgid) WHERE gm_msgid IS NOT NULL;
         """
     )
+
+
+@migrations()
+def m013_gmail_api_message_ids(db: sqlite_utils.Database) -> None:
+    """A Gmail message id names one message in all its labels: found in a second label, its letter is found
+    by the id in any folder of the mailbox (letters_by_graph_id), and located there without a download."""
+    db.executescript(
+        """
+        CREATE INDEX letter_locations_graph_any ON letter_locations(mailbox_id, graph_id) WHERE graph_id IS NOT NULL;
+        """
+    )

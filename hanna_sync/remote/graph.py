@@ -209,7 +209,7 @@ class GraphClient:
                     raise GraphError(f"cannot reach Microsoft Graph at {self.host}: {network_reason(exc)}") from None
             status = response.status_code
             if status in (429, 503) and attempt < MAX_RETRIES:
-                wait = _retry_after(response.headers.get("Retry-After"), attempt)
+                wait = retry_after(response.headers.get("Retry-After"), attempt)
                 if wait <= MAX_RETRY_WAIT:
                     attempt += 1
                     log.info("Graph throttled a request (%d): waiting %.0f s as told (retry %d of %d)", status, wait,
@@ -233,7 +233,7 @@ def network_reason(exc: requests.RequestException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _retry_after(header: str | None, attempt: int) -> float:
+def retry_after(header: str | None, attempt: int) -> float:
     """Retry-After in seconds or as an HTTP date; without one, 2, 4, 8... seconds."""
     if header:
         try:
