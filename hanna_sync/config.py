@@ -173,15 +173,17 @@ class O365Config:
 
 @dataclass(frozen=True)
 class GoogleConfig:
-    """Google sign-in for google-client mailboxes: a Workspace service account with domain-wide delegation,
-    or the admin's own OAuth client (hanna-sync ships no client id). The client secret, when used, is in
-    the secrets store; a service account's key is in its own 0600 file or a systemd credential, never here."""
+    """Google sign-in for the Google kinds (google-scan, google-client): a Workspace service account with
+    domain-wide delegation, or the admin's own OAuth client (hanna-sync ships no client id). The client
+    secret, when used, is in the secrets store; a service account's key is in its own 0600 file or a
+    systemd credential, never here."""
 
     auth: str | None = None  # "service-account" or "user"; None: no [google] section, Google kinds refused
     service_account_file: Path | None = None  # the key (JSON); None: $CREDENTIALS_DIRECTORY/hanna-sync-google
     client_id: str | None = None  # auth = "user": the OAuth client's id (Desktop app)
     token_uri: str = "https://oauth2.googleapis.com/token"  # overridable for a test's fake
     auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    gmail_url: str = "https://gmail.googleapis.com/gmail/v1"  # google-scan's Gmail API
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ _SCHEMA: dict[str, Any] = {
         "client_id": (str, "the OAuth client ID (…apps.googleusercontent.com) of your Desktop app client"),
         "token_uri": (str, "an https:// URL"),
         "auth_uri": (str, "an https:// URL"),
+        "gmail_url": (str, "an https:// URL"),
     },
     "retention": {
         "years": ((int, float), "a number of years > 0"),
@@ -353,7 +356,7 @@ def _google(google: dict[str, Any] | None, where: Path) -> GoogleConfig:
     if auth not in GOOGLE_AUTH_MODES:
         raise ConfigError(f"{where}: 'google.auth' must be \"service-account\" (Workspace domain-wide delegation)"
                           f" or \"user\" (your own OAuth client), not {auth!r}")
-    for name in ("token_uri", "auth_uri"):
+    for name in ("token_uri", "auth_uri", "gmail_url"):
         if name in google and not google[name].startswith("https://"):
             raise ConfigError(f"{where}: 'google.{name}' must be an https:// URL, not {google[name]!r}")
     if auth == "service-account" and "client_id" in google:
@@ -371,7 +374,8 @@ def _google(google: dict[str, Any] | None, where: Path) -> GoogleConfig:
                           f" .apps.googleusercontent.com, not {client_id!r}")
     return GoogleConfig(auth=auth, client_id=client_id.strip() if client_id else None,
                         token_uri=google.get("token_uri", GoogleConfig.token_uri),
-                        auth_uri=google.get("auth_uri", GoogleConfig.auth_uri))
+                        auth_uri=google.get("auth_uri", GoogleConfig.auth_uri),
+                        gmail_url=google.get("gmail_url", GoogleConfig.gmail_url).rstrip("/"))
 
 
 def parse_config(data: dict[str, Any], where: Path) -> Config:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+GOOGLE_KINDS = ("google-scan", "google-client")  # the kinds that sign in with Google: Gmail API, IMAP/SMTP
+
 
 @dataclass
 class Mailbox:

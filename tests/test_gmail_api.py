@@ -27,8 +27,9 @@ from hanna_sync.errors import ReauthRequired
 from hanna_sync.linking.relink import relink
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import gmail as gmail_module
-from hanna_sync.remote.gmail import GMAIL_READONLY, MAX_RETRIES, METADATA_HEADERS
-from hanna_sync.remote.google_auth import GoogleSignIn
+from hanna_sync.remote.gmail import MAX_RETRIES, METADATA_HEADERS
+from hanna_sync.remote.google_auth import GMAIL_READONLY, GoogleSignIn
+from hanna_sync.remote.providers import GMAIL_LABELS
 from hanna_sync.scan import gmail_source
 from tests.fakes_gmail import FULL, FakeGmail
 from tests.fakes_google import JWT_BEARER, Google
@@ -84,7 +85,7 @@ def gmail_env(tmp_path: Path, fake: FakeGmail, monkeypatch: pytest.MonkeyPatch, 
     return env
 
 
-def add(env: Env, email: str = STAFF, folders: tuple[str, ...] = gmail_source.DEFAULT_LABELS) -> Mailbox:
+def add(env: Env, email: str = STAFF, folders: tuple[str, ...] = GMAIL_LABELS) -> Mailbox:
     box = Mailbox("staff", email, "google", kind="google-scan", folders=list(folders), folders_chosen=True,
                   secret_ref=f"google-scan:{email}")
     env.store.add_mailbox(box, allow_duplicate=True)

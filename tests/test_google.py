@@ -425,7 +425,7 @@ def test_cli_add_mailbox_folders_and_the_setup_guide_with_the_ids_filled_in(tmp_
     for args, message in ((["set-password", "1"], "it signs in with Google ('hanna-sync login 1')"),
                           (["add-mailbox", "--kind", "google-client", "--email", "x@imone.lt", "--password-stdin"],
                            "has no password"),
-                          (["add-mailbox", "--email", "x@imone.lt", "--paste"], "are for --kind google-client"),
+                          (["add-mailbox", "--email", "x@imone.lt", "--paste"], "are for --kind google-scan and google-client"),
                           (["login", "1", "--paste", "--port", "8765"], "contradict each other")):
         refused = run_cli(env, *args, input="x\n")
         assert refused.exit_code == ExitCode.USAGE and message in refused.stderr, refused.output

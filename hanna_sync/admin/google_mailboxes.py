@@ -1,4 +1,5 @@
-"""Google mailboxes (google-client: Gmail's IMAP and SMTP with XOAUTH2): made, given consent or checked
+"""Google mailboxes (google-scan: the Gmail API; google-client: Gmail's IMAP and SMTP with XOAUTH2): made,
+given consent or checked
 against the service account's delegation, verified and saved as one step, like a password mailbox in
 mailboxes.py, with a Google sign-in instead of a password."""
 
@@ -11,7 +12,7 @@ from hanna_sync.admin.mailboxes import Saved, apply_settings, check_plaintext, c
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
 from hanna_sync.mail.addresses import normalise_email
-from hanna_sync.models import Mailbox
+from hanna_sync.models import GOOGLE_KINDS, Mailbox
 from hanna_sync.remote.providers import PROVIDERS, default_folders
 
 if TYPE_CHECKING:
@@ -19,16 +20,18 @@ if TYPE_CHECKING:
     from hanna_sync.remote.google_auth import Consent, GoogleSignIn
 
 
-def new_mailbox(user: str, email: str, settings: dict[str, Any]) -> Mailbox:
-    """A google-client mailbox: Gmail's IMAP and SMTP (the gmail preset, which --imap-host and the like may
-    override), whatever the address's domain (a Workspace domain is the company's own)."""
+def new_mailbox(user: str, email: str, settings: dict[str, Any], kind: str = "google-client") -> Mailbox:
+    """A Google mailbox, whatever the address's domain (a Workspace domain is the company's own): google-scan
+    reads labels through the Gmail API and takes no server settings; google-client is Gmail's IMAP and SMTP
+    (the gmail preset, which --imap-host and the like may override)."""
     normalised = normalise_email(email)
     if normalised is None:
         raise InputError(f"'{email}' is not an email address")
-    preset = PROVIDERS["gmail"]
-    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind="google-client",
-                      imap_host=preset.imap_host, imap_security=preset.imap_security,
-                      smtp_host=preset.smtp_host, smtp_security=preset.smtp_security)
+    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind=kind)
+    if kind == "google-client":
+        preset = PROVIDERS["gmail"]
+        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
+        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
     return completed(apply_settings(mailbox, settings))
 
 
@@ -36,7 +39,8 @@ def add(
     store: Store, secrets: SecretStore, sign_in: GoogleSignIn, mailbox: Mailbox, *, verify_first: bool,
     timeout: float, consent: Consent, allow_duplicate: bool = False,
 ) -> Saved:
-    """Consent (auth = "user"), check the token, IMAP and the folders, then save; nothing kept when a step fails.
+    """Consent (auth = "user"), check the token and the folders (IMAP's, or the Gmail API's labels), then save;
+    nothing is kept when a step fails.
 
     Without verification a user-auth mailbox is saved without consent: `hanna-sync login ID` gets it later.
     """
@@ -65,7 +69,7 @@ def login(store: Store, sign_in: GoogleSignIn, mailbox_id: int, consent: Consent
     """Consent again (auth = "user"), or check the delegation (service account); a token is got either way,
     and the mailbox leaves its back-off and is scanned at the next pass."""
     mailbox = store.mailbox(mailbox_id)
-    if mailbox.kind != "google-client":
+    if mailbox.kind not in GOOGLE_KINDS:
         raise InputError(f"mailbox {mailbox_id} is not a Google mailbox: 'hanna-sync login {mailbox_id}' without"
                          " Google options signs it in")
     if not sign_in.service_account:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
 from hanna_sync.mail.addresses import normalise_email
-from hanna_sync.models import Mailbox, merged_folders
+from hanna_sync.models import GOOGLE_KINDS, Mailbox, merged_folders
 from hanna_sync.remote import imap
 from hanna_sync.remote.providers import (
     IMAP_PORTS,
@@ -43,9 +43,11 @@ SETTINGS = (
     "allow_plaintext", "no_smtp",
 )
 CONNECTION_SETTINGS = ("username", "imap_host", "imap_port", "imap_security", "ca_file", "folders")
-# imap: a password over IMAP. o365-scan: Microsoft Graph. o365-client, google-client: IMAP and SMTP with XOAUTH2.
+# imap: a password over IMAP. o365-scan: Microsoft Graph. google-scan: the Gmail API. o365-client, google-client:
+# IMAP and SMTP with XOAUTH2.
 O365_KINDS = ("o365-scan", "o365-client")
-TOKEN_KINDS = (*O365_KINDS, "google-client")  # no password: tokens from a sign-in
+TOKEN_KINDS = (*O365_KINDS, *GOOGLE_KINDS)  # no password: tokens from a sign-in
+API_KINDS = ("o365-scan", "google-scan")  # read through an HTTP API: no IMAP or SMTP server of theirs
 SERVER_SETTINGS = tuple(name for name in SETTINGS if name.startswith(("imap_", "smtp_")) and name != "imap_charset")
 
 
@@ -116,11 +118,13 @@ def apply_settings(mailbox: Mailbox, settings: dict[str, Any]) -> Mailbox:
 
 def completed(mailbox: Mailbox) -> Mailbox:
     """Fill in default ports and check every setting, so a bad one never reaches the database."""
-    if mailbox.kind == "o365-scan":
+    if mailbox.kind in API_KINDS:
         given = [name for name in SERVER_SETTINGS + ("ca_file",) if getattr(mailbox, name) is not None]
         if given:
-            raise InputError(f"--{given[0].replace('_', '-')} is for IMAP servers: an o365-scan mailbox is read"
-                             " through Microsoft Graph (--kind o365-client uses IMAP)")
+            api, imap_kind = (("Microsoft Graph", "o365-client") if mailbox.kind == "o365-scan"
+                              else ("the Gmail API", "google-client"))
+            raise InputError(f"--{given[0].replace('_', '-')} is for IMAP servers: a {mailbox.kind} mailbox is read"
+                             f" through {api} (--kind {imap_kind} uses IMAP)")
         return _checked_charset(mailbox)
     if not mailbox.imap_host:
         raise InputError(
@@ -253,7 +257,7 @@ def _copy_ca(source: Path, stem: Path) -> Path:
 def unverified_notes(mailbox: Mailbox) -> list[str]:
     """What --no-verify leaves unknown that a pass started by the timer will find out."""
     given = [name for name in TRUST_VARIABLES if os.environ.get(name)]
-    if mailbox.ca_file or not given or mailbox.kind == "o365-scan":
+    if mailbox.ca_file or not given or mailbox.kind in API_KINDS:
         return []
     return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set here but not for the timer, and the"
             " mailbox was not verified: if its server's certificate is trusted only through it, give --ca-file (PEM)"
@@ -323,7 +327,7 @@ def edit(
     store.check_unique(mailbox, allow_duplicate)
     reconnects = any(getattr(old, name) != getattr(mailbox, name) for name in CONNECTION_SETTINGS)
     notes: list[str] = []
-    if verify_first and reconnects and mailbox.kind == "google-client":
+    if verify_first and reconnects and mailbox.kind in GOOGLE_KINDS:
         assert google is not None, "Google mailboxes are verified with their Google sign-in"
         mailbox.folders = verify_google(mailbox, google, timeout).folders
     elif verify_first and reconnects and mailbox.kind in O365_KINDS:
@@ -335,15 +339,15 @@ def edit(
             raise InputError(f"mailbox {mailbox_id} has no password stored; run 'hanna-sync set-password {mailbox_id}'")
         verified = verify(mailbox, password, timeout, ca_dir=_ca_dir(store))
         mailbox.folders, mailbox.ca_file, notes = verified.folders, verified.ca_file, verified.notes
-    elif mailbox.folders != old.folders and mailbox.kind != "o365-scan":  # Graph's "Inbox" is no IMAP INBOX
+    elif mailbox.folders != old.folders and mailbox.kind not in API_KINDS:  # Graph's "Inbox" is no IMAP INBOX
         mailbox.folders, notes = merged_folders(mailbox.folders)
     return Saved(mailbox, store.update_mailbox(mailbox, allow_duplicate), notes)
 
 
 def check_has_password(mailbox: Mailbox) -> None:
-    """Office 365 and google-client mailboxes sign in; asking for their password would only mislead."""
-    if mailbox.kind == "google-client":
-        raise InputError(f"mailbox {mailbox.id} is a google-client mailbox: it has no password, it signs in with"
+    """Office 365 and Google mailboxes sign in; asking for their password would only mislead."""
+    if mailbox.kind in GOOGLE_KINDS:
+        raise InputError(f"mailbox {mailbox.id} is a {mailbox.kind} mailbox: it has no password, it signs in with"
                          f" Google ('hanna-sync login {mailbox.id}')")
     if mailbox.kind in O365_KINDS:
         raise InputError(f"mailbox {mailbox.id} is an Office 365 mailbox: it has no password, it signs in with"
@@ -387,6 +391,9 @@ def folders(
 ) -> list[FolderRow]:
     """The server's folders with message counts, marking those this mailbox scans."""
     mailbox = store.mailbox(mailbox_id)
+    if mailbox.kind == "google-scan":
+        assert google is not None, "Google mailboxes are read with their Google sign-in"
+        return _gmail_labels(mailbox, google, timeout)
     if mailbox.kind == "google-client":
         assert google is not None, "Google mailboxes are read with their Google sign-in"
         session = imap.oauth_session(mailbox, google.token_source(mailbox), timeout)
@@ -415,6 +422,21 @@ def folders(
         )
         for info in infos
     ]
+
+
+def _gmail_labels(mailbox: Mailbox, google: GoogleSignIn, timeout: float) -> list[FolderRow]:
+    """A google-scan mailbox's labels (the Gmail API's list has no counts): system ones by their ids."""
+    from hanna_sync.remote.gmail import SYSTEM_LABELS, GmailClient
+
+    gmail = GmailClient(google.settings.gmail_url, google.token_source(mailbox), timeout)
+    try:
+        listing = gmail.labels()
+    finally:
+        gmail.close()
+    chosen = {name.casefold() for name in mailbox.folders}
+    return [FolderRow(label.id if label.id in SYSTEM_LABELS else label.name, None,
+                      label.name.casefold() in chosen or label.id.casefold() in chosen, None)
+            for label in sorted(listing, key=lambda label: (label.id not in SYSTEM_LABELS, label.name.casefold()))]
 
 
 def _graph_folders(mailbox: Mailbox, sign_in: MicrosoftSignIn) -> list[FolderRow]:

@@ -22,6 +22,7 @@ from hanna_sync.cli.mailboxes import (
 from hanna_sync.cli.options import json_option, read_password
 from hanna_sync.cli.render import console, console_err, emit_json, stage_line, stage_table
 from hanna_sync.errors import AuthError, ExitCode, InputError
+from hanna_sync.models import GOOGLE_KINDS
 
 if TYPE_CHECKING:
     from hanna_sync.cli import App
@@ -38,7 +39,7 @@ def stdout_is_terminal() -> bool:
 @click.argument("mailbox_id", metavar="[MAILBOX]", type=int, required=False)
 @click.option("--email", help="Try a mailbox before saving it: its address, with the options add-mailbox takes.")
 @provider_option
-@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-client"]),
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-scan", "google-client"]),
               help="With --email: the kind of mailbox to try (default imap); Office 365 and Google kinds sign in"
                    " first.")
 @without_options("no_verify", "main", "scan_active", "sync_customers", "sync_leads")
@@ -73,12 +74,14 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
     before saving it, give --kind o365-scan or o365-client with --email: with delegated sign-in it
     shows a code to sign in with first, and keeps the tokens in memory only.
 
-    google-client mailboxes start each protocol with token (from the service account's domain-wide
-    delegation, or from the kept consent, renewed when due); then IMAP and SMTP with XOAUTH2. Google's
+    Google mailboxes start each protocol with token (from the service account's domain-wide
+    delegation, or from the kept consent, renewed when due); then google-client goes on with IMAP and
+    SMTP using XOAUTH2, and google-scan with the Gmail API's labels (the chosen ones must exist). Google's
     refusals are explained: delegation missing (unauthorized_client, with the client id and scope to
     add), consent revoked or expired (invalid_grant: 'hanna-sync login ID'), IMAP off for the domain or
-    the account, a key file readable by others (exit 2). Tried before saving (--kind google-client
-    --email) with auth = "user", the consent comes first (--paste and --port as for login).
+    the account, a key file readable by others (exit 2). Tried before saving (--kind google-scan or
+    google-client with --email) with auth = "user", the consent comes first (--paste and --port as for
+    login).
 
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
@@ -100,15 +103,16 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
         raise InputError(f"--send-to '{send_to}' is not an email address")
     mailbox, password, sign_in = _mailbox_to_test(app, mailbox_id=mailbox_id, email=email, provider=provider, kind=kind,
                                                   password_stdin=password_stdin, options=options)
-    if (paste or port) and not (mailbox_id is None and mailbox.kind == "google-client"):
-        raise InputError("--paste and --port are for trying a google-client mailbox before it is saved")
+    if (paste or port) and not (mailbox_id is None and mailbox.kind in GOOGLE_KINDS):
+        raise InputError("--paste and --port are for trying a Google mailbox before it is saved")
     if password == "":
         raise InputError("the password is empty")
-    if send_to and mailbox.kind == "o365-scan":
-        raise InputError("--send-to needs SMTP: an o365-scan mailbox is only read, through Microsoft Graph")
+    if send_to and mailbox.kind in ("o365-scan", "google-scan"):
+        raise InputError(f"--send-to needs SMTP: an {mailbox.kind} mailbox is only read, through"
+                         f" {'Microsoft Graph' if mailbox.kind == 'o365-scan' else 'the Gmail API'}")
     if send_to and not mailbox.smtp_host:
         raise InputError("--send-to needs an SMTP server: give --smtp-host")
-    if mailbox_id is None and sign_in is not None and mailbox.kind == "google-client":
+    if mailbox_id is None and sign_in is not None and mailbox.kind in GOOGLE_KINDS:
         google = cast("GoogleSignIn", sign_in)
         try:
             if not google.service_account:  # a token reads the mailbox of whoever consents
@@ -138,7 +142,7 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
     settings = diagnose.Options(timeout=timeout or app.timeout, insecure=insecure, send_to=send_to,
                                 trace=(lambda line: click.echo(line, err=True)) if trace else None, on_stage=show)
     with spinner or nullcontext():
-        if sign_in is not None and mailbox.kind == "google-client":
+        if sign_in is not None and mailbox.kind in GOOGLE_KINDS:
             report = diagnose.check_google(mailbox, cast("GoogleSignIn", sign_in), settings)
         elif sign_in is not None:
             report = diagnose.check_o365(mailbox, cast("MicrosoftSignIn", sign_in), settings)
@@ -165,9 +169,9 @@ def _mailbox_to_test(app: App, *, mailbox_id: int | None, email: str | None, pro
 
     sign_in: MicrosoftSignIn | GoogleSignIn | None = None
     password: str | None
-    if mailbox_id is None and kind == "google-client":
-        mailbox = google_mailbox_from_options(user=None, email=email, provider=provider, password_stdin=password_stdin,
-                                              settings=settings_from(options))
+    if mailbox_id is None and kind in GOOGLE_KINDS:
+        mailbox = google_mailbox_from_options(user=None, email=email, provider=provider, kind=kind,
+                                              password_stdin=password_stdin, settings=settings_from(options))
         sign_in = app.google.unsaved()  # its consent is kept in memory only: testing saves nothing
         password = None
     elif mailbox_id is None and kind not in (None, "imap"):
@@ -187,7 +191,7 @@ def _mailbox_to_test(app: App, *, mailbox_id: int | None, email: str | None, pro
         saved = app.store.mailbox(mailbox_id)
         mailbox = mailboxes.changed_mailbox(saved, settings_from(options))
         if saved.kind != "imap":
-            sign_in = app.google if saved.kind == "google-client" else app.sign_in
+            sign_in = app.google if saved.kind in GOOGLE_KINDS else app.sign_in
             if password_stdin:
                 raise InputError(f"mailbox {mailbox_id} is a {saved.kind} mailbox: it has no password, its tokens"
                                  " come from its sign-in")

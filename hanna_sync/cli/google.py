@@ -49,17 +49,17 @@ def consent_from_options(*, paste: bool, port: int | None) -> Consent:
     return Consent(show=show, paste=pasted if paste else None, port=port or 0)
 
 
-def google_mailbox_from_options(*, user: str | None, email: str | None, provider: str | None,
+def google_mailbox_from_options(*, user: str | None, email: str | None, provider: str | None, kind: str,
                                 password_stdin: bool, settings: dict[str, Any]) -> Mailbox:
-    """A new, unsaved google-client mailbox from add-mailbox's (or test's) options: no password, no provider."""
+    """A new, unsaved Google mailbox from add-mailbox's (or test's) options: no password, no provider."""
 
     if password_stdin:
-        raise InputError("a google-client mailbox has no password: it signs in with Google (OAuth2)")
+        raise InputError(f"a {kind} mailbox has no password: it signs in with Google (OAuth2)")
     if provider:
-        raise InputError("--provider is for IMAP mailboxes: a google-client mailbox is on Gmail")
+        raise InputError(f"--provider is for IMAP mailboxes: a {kind} mailbox is on Gmail")
     if not email:
         if not interactive():
             raise InputError("--email is required")
         email = click.prompt("Email")
     from hanna_sync.admin import google_mailboxes
-    return google_mailboxes.new_mailbox(user or getpass.getuser(), email, settings)
+    return google_mailboxes.new_mailbox(user or getpass.getuser(), email, settings, kind)

@@ -16,6 +16,7 @@ import click
 from hanna_sync.cli.options import check_user, interactive, json_option, read_password
 from hanna_sync.cli.render import emit_json, table
 from hanna_sync.errors import InputError
+from hanna_sync.models import GOOGLE_KINDS
 
 if TYPE_CHECKING:
     from hanna_sync.admin.mailboxes import Saved
@@ -106,9 +107,12 @@ def mailbox_from_options(user: str | None, email: str | None, provider: str | No
 
 
 def server_of(m: Mailbox) -> str:
-    """Where a mailbox is read: its IMAP server (with XOAUTH2 for o365-client, google-client), or Microsoft Graph."""
+    """Where a mailbox is read: its IMAP server (with XOAUTH2 for o365-client, google-client), Microsoft Graph or
+    the Gmail API."""
     if m.kind == "o365-scan":
         return "Microsoft Graph"
+    if m.kind == "google-scan":
+        return "Gmail API"
     xoauth2 = m.kind in ("o365-client", "google-client")
     return f"{m.imap_host}:{m.imap_port} {m.imap_security}" + (" XOAUTH2" if xoauth2 else "")
 
@@ -146,10 +150,11 @@ def print_mailbox_saved(verb: str, saved: Saved, as_json: bool) -> None:
 @click.option("--user", help="Staff member's login the mailbox belongs to (default: your login name).")
 @click.option("--email", help="The mailbox's email address (asked for on a terminal).")
 @provider_option
-@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-client"]), default="imap",
-              show_default=True,
-              help="imap (a password), o365-scan (Microsoft Graph), o365-client or google-client (IMAP and SMTP"
-                   " with XOAUTH2); see 'hanna-sync setup-guide o365' and 'setup-guide google'.")
+@click.option("--kind", type=click.Choice(["imap", "o365-scan", "o365-client", "google-scan", "google-client"]),
+              default="imap", show_default=True,
+              help="imap (a password), o365-scan (Microsoft Graph), google-scan (the Gmail API), o365-client or"
+                   " google-client (IMAP and SMTP with XOAUTH2); see 'hanna-sync setup-guide o365' and"
+                   " 'setup-guide google'.")
 @mailbox_settings_options
 @consent_options
 @allow_duplicate_option
@@ -172,11 +177,13 @@ def add_mailbox(app: App, *, user: str | None, email: str | None, provider: str 
       hanna-sync add-mailbox --email me@example.com --imap-host mail.example.com \\
           --imap-security starttls --folder INBOX --folder Sent --folder "Išsiųsti"
       hanna-sync add-mailbox --kind o365-scan --user jonas --email jonas@imone.lt   # signs in with a code
+      hanna-sync add-mailbox --kind google-scan --user ona --email ona@imone.lt
       hanna-sync add-mailbox --kind google-client --user ona --email ona@imone.lt --paste
 
-    A google-client mailbox reads Gmail over IMAP with XOAUTH2 ([google] in the config): with a service
-    account nobody signs in; with auth = "user" its person allows access in a browser first (--paste
-    and --port as for 'hanna-sync login').
+    A google-scan mailbox reads Gmail's labels through the Gmail API (read-only; INBOX and SENT unless
+    --folder names labels), a google-client mailbox Gmail over IMAP with XOAUTH2 ([google] in the
+    config): with a service account nobody signs in; with auth = "user" its person allows access in a
+    browser first (--paste and --port as for 'hanna-sync login').
 
     Without --folder, INBOX and the Sent folder are scanned (flagged \\Sent, else the one with a usual
     Sent name); a note says which, or that none was found.
@@ -184,10 +191,10 @@ def add_mailbox(app: App, *, user: str | None, email: str | None, provider: str 
     from hanna_sync.admin import mailboxes
     from hanna_sync.cli.google import consent_from_options
 
-    if kind != "google-client" and (paste or port):
-        raise InputError("--paste and --port are for --kind google-client (its consent in a browser)")
-    if kind == "google-client":
-        add_google_mailbox(app, user=user, email=email, provider=provider, no_verify=no_verify,
+    if kind not in GOOGLE_KINDS and (paste or port):
+        raise InputError("--paste and --port are for --kind google-scan and google-client (a consent in a browser)")
+    if kind in GOOGLE_KINDS:
+        add_google_mailbox(app, user=user, email=email, provider=provider, kind=kind, no_verify=no_verify,
                            password_stdin=password_stdin, allow_duplicate=allow_duplicate, as_json=as_json,
                            consent=consent_from_options(paste=paste, port=port), options=options)
         return
@@ -227,7 +234,7 @@ def edit_mailbox(app: App, *, mailbox_id: int, no_verify: bool, password_stdin: 
 
     if password_stdin:
         raise InputError("edit-mailbox does not change the password: use 'hanna-sync set-password ID'")
-    google = app.google if app.store.mailbox(mailbox_id).kind == "google-client" else None
+    google = app.google if app.store.mailbox(mailbox_id).kind in GOOGLE_KINDS else None
     saved = mailboxes.edit(app.store, app.secrets, mailbox_id, settings_from(options), verify_first=not no_verify,
                            timeout=app.timeout, sign_in=app.sign_in, google=google, allow_duplicate=allow_duplicate)
     print_mailbox_saved("Updated", saved, as_json)
@@ -310,7 +317,7 @@ def folders(app: App, mailbox_id: int, as_json: bool) -> None:
     """
     from hanna_sync.admin import mailboxes
 
-    google = app.google if app.store.mailbox(mailbox_id).kind == "google-client" else None
+    google = app.google if app.store.mailbox(mailbox_id).kind in GOOGLE_KINDS else None
     rows = mailboxes.folders(app.store, app.secrets, mailbox_id, timeout=app.timeout, sign_in=app.sign_in,
                              google=google)
     if as_json:
@@ -360,14 +367,15 @@ def add_o365_mailbox(app: App, *, user: str | None, email: str | None, provider:
         click.echo(f"Not signed in yet: run 'hanna-sync login {saved.mailbox.id}'.", err=True)
 
 
-def add_google_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, no_verify: bool,
-                       password_stdin: bool, allow_duplicate: bool, as_json: bool, consent: Consent,
+def add_google_mailbox(app: App, *, user: str | None, email: str | None, provider: str | None, kind: str,
+                       no_verify: bool, password_stdin: bool, allow_duplicate: bool, as_json: bool, consent: Consent,
                        options: dict[str, Any]) -> None:
-    """add-mailbox --kind google-client: no password; the consent (auth = "user") runs unless --no-verify."""
+    """add-mailbox --kind google-scan or google-client: no password; the consent (auth = "user") runs unless
+    --no-verify."""
     from hanna_sync.cli.google import google_mailbox_from_options
 
-    mailbox = google_mailbox_from_options(user=user, email=email, provider=provider, password_stdin=password_stdin,
-                                          settings=settings_from(options))
+    mailbox = google_mailbox_from_options(user=user, email=email, provider=provider, kind=kind,
+                                          password_stdin=password_stdin, settings=settings_from(options))
     from hanna_sync.admin import google_mailboxes
     saved = google_mailboxes.add(app.store, app.secrets, app.google, mailbox, verify_first=not no_verify,
                                  timeout=app.timeout, consent=consent, allow_duplicate=allow_duplicate)
@@ -439,7 +447,7 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
         click.echo("Client secret checked (it gets a token) and stored in the secrets store.")
         return
     assert mailbox_id is not None
-    if app.store.mailbox(mailbox_id).kind == "google-client":
+    if app.store.mailbox(mailbox_id).kind in GOOGLE_KINDS:
         from hanna_sync.cli.google import consent_from_options
 
         consent = consent_from_options(paste=paste, port=port)
@@ -449,7 +457,7 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
         click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
         return
     if paste or port:
-        raise InputError(f"--paste and --port are for google-client mailboxes; mailbox {mailbox_id} is not one")
+        raise InputError(f"--paste and --port are for Google mailboxes; mailbox {mailbox_id} is not one")
     from hanna_sync.admin import o365_mailboxes
     mailbox = o365_mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
     how = ": the app gets its tokens (app-only)" if app.sign_in.app_only else " is signed in"

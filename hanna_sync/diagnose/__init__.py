@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hanna_sync.diagnose.google import GoogleImapRun, GoogleSmtpRun
+from hanna_sync.diagnose.google import GmailRun, GoogleImapRun, GoogleSmtpRun
 from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.office365 import GraphRun, OAuthImapRun, OAuthSmtpRun
 from hanna_sync.diagnose.report import FAMILIES, Options, Report, Stage
@@ -65,9 +65,13 @@ def check_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, options: Options, sca
 
 
 def check_google(mailbox: Mailbox, sign_in: GoogleSignIn, options: Options, scanning_only: bool = False) -> Report:
-    """A google-client mailbox: per protocol a token (service account or kept consent), then IMAP and SMTP with
-    XOAUTH2. `scanning_only` leaves SMTP out: add-mailbox's verification."""
+    """A Google mailbox: per protocol a token (service account or kept consent), then the Gmail API's labels
+    (google-scan), or IMAP and SMTP with XOAUTH2 (google-client). `scanning_only` leaves SMTP out:
+    add-mailbox's verification."""
     report = Report(mailbox)
+    if mailbox.kind == "google-scan":
+        GmailRun(mailbox, sign_in, options, report).run()
+        return report
     GoogleImapRun(mailbox, sign_in, options, report).run()
     if not scanning_only:
         GoogleSmtpRun(mailbox, sign_in, options, report).run()

@@ -1,24 +1,29 @@
 """Google: per protocol a token, got as a scan gets it (service account or kept consent), then IMAP and SMTP
-with XOAUTH2 (google-client), Google's refusals mapped to causes and fixes."""
+with XOAUTH2 (google-client) or the Gmail API's labels (google-scan), Google's refusals mapped to causes and
+fixes."""
 
 from __future__ import annotations
 
 import re
 import smtplib
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from imapclient import IMAPClient
 
-from hanna_sync.diagnose.hints import explain
+from hanna_sync.diagnose.hints import explain, how_chosen
 from hanna_sync.diagnose.imap_stages import ImapRun, capabilities_of
 from hanna_sync.diagnose.report import Options, Report
-from hanna_sync.diagnose.run import Passed, Run, StageFailed
+from hanna_sync.diagnose.run import Passed, Run, Server, StageFailed
 from hanna_sync.diagnose.smtp_stages import SmtpRun
 from hanna_sync.errors import AuthError, ConfigError, ExitCode, HannaError
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import imap, smtp
+from hanna_sync.remote.gmail import SYSTEM_LABELS, GmailClient
 from hanna_sync.remote.google_auth import GoogleToken
 from hanna_sync.remote.oauth import SignInLost, TokenRefused
+from hanna_sync.remote.providers import GMAIL_LABELS
 
 if TYPE_CHECKING:
     from hanna_sync.remote.google_auth import GoogleSignIn
@@ -118,3 +123,45 @@ class GoogleSmtpRun(GoogleTokenStages, SmtpRun):
             return self.lost_sign_in() or _SMTP_HINT
         return explain(text, self.mailbox, self.protocol) or _SMTP_HINT
 
+
+
+class GmailRun(GoogleTokenStages):
+    """The Gmail API as a google-scan scan uses it: a token for gmail.readonly, the labels, the chosen ones."""
+
+    protocol = "gmail"
+
+    def __init__(self, mailbox: Mailbox, sign_in: GoogleSignIn, options: Options, report: Report) -> None:
+        self.mailbox, self.password, self.options, self.report = mailbox, "", options, report
+        self.sign_in = sign_in
+        url = sign_in.settings.gmail_url
+        self.server = Server("gmail", urlsplit(url).hostname or url, 443, "ssl", None, options.timeout)
+        self.addresses, self.address = [], None
+        self.resources = ExitStack()
+
+    def stages(self) -> None:
+        token: GoogleToken = self.stage("token", self.token)
+        self.password = token.value  # masked in every detail and trace line from here on
+        gmail = GmailClient(self.sign_in.settings.gmail_url, self.sign_in.token_source(self.mailbox),
+                            self.options.timeout)
+        self.resources.callback(gmail.close)
+        chosen = self.stage("labels", lambda: self.labels(gmail))
+        self.report.folders = chosen
+
+    def labels(self, gmail: GmailClient) -> Passed:
+        try:
+            listing = gmail.labels()
+        except HannaError as exc:  # Gmail's answer (API not enabled, scope missing), or the renewal a 401 asked for
+            family = ExitCode.AUTH if isinstance(exc, AuthError) else ExitCode.CONNECT
+            raise StageFailed(str(exc), exit_code=family) from None
+        chosen = list(self.mailbox.folders) or list(GMAIL_LABELS)
+        by_name = {key.casefold(): label for label in listing for key in (label.name, label.id)}
+        names = sorted(label.name for label in listing if label.id.startswith("Label_")) or ["none"]
+        missing = [name for name in chosen if name.casefold() not in by_name]
+        if missing:
+            raise StageFailed(f"the mailbox has no label {', '.join(repr(m) for m in missing)}",
+                              f"choose labels it has with --folder: INBOX, SENT, or one of its own"
+                              f" ({', '.join(names[:12])})")
+        how = how_chosen(self.mailbox, "INBOX and SENT")
+        return Passed(f"{len(listing)} label{'' if len(listing) == 1 else 's'}; reading {', '.join(chosen)} ({how})",
+                      [name.upper() if name.upper() in SYSTEM_LABELS else by_name[name.casefold()].name
+                       for name in chosen])

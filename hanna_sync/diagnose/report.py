@@ -27,7 +27,7 @@ FAMILIES: dict[str, ExitCode] = {
     "send": ExitCode.SEND,
 }
 
-LABELS = {"graph": "Graph", "imap": "IMAP", "smtp": "SMTP"}
+LABELS = {"graph": "Graph", "gmail": "Gmail API", "imap": "IMAP", "smtp": "SMTP"}
 
 
 @dataclass

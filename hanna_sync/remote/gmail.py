@@ -27,8 +27,6 @@ from hanna_sync.remote.graph import Mime, network_reason, retry_after
 
 log = logging.getLogger(__name__)
 
-GMAIL_API = "https://gmail.googleapis.com/gmail/v1"
-GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"  # the scope google-scan's tokens are asked for
 MAX_IN_FLIGHT = 4  # envelopes and originals fetched at once per mailbox: 4 x 5 units, far below 250 a second
 MAX_RETRIES = 4  # throttled or failing (429/5xx) requests tried again at most this many times
 MAX_RETRY_WAIT = 120.0  # a Retry-After longer than this is not waited for: the next pass goes on
@@ -41,6 +39,12 @@ HISTORY_TYPES = ("messageAdded", "labelAdded", "labelRemoved", "messageDeleted")
 _RETRIED = {429, 500, 502, 503, 504}
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}  # Gmail's 403 for a quota spent
 
+
+# Gmail's system labels: their ids are their names, so they need no labels.list (a pass over an unchanged
+# mailbox with these only makes history calls).
+SYSTEM_LABELS = frozenset({"INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "IMPORTANT", "STARRED", "UNREAD",
+                           "CATEGORY_PERSONAL", "CATEGORY_SOCIAL", "CATEGORY_PROMOTIONS", "CATEGORY_UPDATES",
+                           "CATEGORY_FORUMS"})
 
 class GmailError(ConnectError):
     """The Gmail API answered with an error (or not at all); the message says which and what to do."""

@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAIL_SCOPE = "https://mail.google.com/"  # Gmail's IMAP and SMTP take no narrower scope
+GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"  # google-scan: the Gmail API, reading only
+
+
+def scope_for(mailbox: Mailbox) -> str:
+    """The one scope a mailbox's tokens are asked for: the narrowest its kind can work with."""
+    return GMAIL_READONLY if mailbox.kind == "google-scan" else MAIL_SCOPE
 IDENTITY_SCOPES = ("openid", "email")  # who consented, from the id_token: it must be the mailbox's own account
 CLIENT_SECRET_REF = "google-client-secret"  # the OAuth client's secret, for auth = "user"
 CREDENTIAL_NAME = "hanna-sync-google"  # the service account's key as a systemd credential (LoadCredential=)
@@ -129,13 +135,14 @@ class Consent:
 # authorized for any of the scopes requested.", googleapis/google-api-php-client#1379 and #2214,
 # googleapis/google-auth-library-ruby#210), invalid_grant "Token has been expired or revoked." for a refresh
 # token whose consent is gone, "Invalid email or User ID" for a subject not in the domain.
-def _fix(error: str, description: str, settings: GoogleConfig, key: ServiceAccountKey | None) -> str | None:
+def _fix(error: str, description: str, settings: GoogleConfig, key: ServiceAccountKey | None, *,
+         scope: str = MAIL_SCOPE) -> str | None:
     service_account = settings.auth == "service-account"
     if error == "unauthorized_client" and service_account:
         client_id = key.client_id if key else "<the service account's Client ID>"
         return ("domain-wide delegation is missing for this scope: Google Admin console (admin.google.com) ->"
                 " Security -> Access and data control -> API controls -> Manage Domain Wide Delegation -> Add new:"
-                f" Client ID {client_id}, OAuth scopes {MAIL_SCOPE} (changes can take up to 24 hours);"
+                f" Client ID {client_id}, OAuth scopes {scope} (changes can take up to 24 hours);"
                 " 'hanna-sync setup-guide google' shows every step")
     if error == "invalid_client":
         if service_account:
@@ -158,7 +165,7 @@ def _fix(error: str, description: str, settings: GoogleConfig, key: ServiceAccou
     if error == "disabled_client":
         return "the OAuth client is disabled: Google Cloud console -> APIs & Services -> Credentials -> enable it"
     if error == "invalid_scope":
-        return f"the OAuth client may not ask for {MAIL_SCOPE}: add it on the consent screen's Data Access page"
+        return f"the OAuth client may not ask for {scope}: add it on the consent screen's Data Access page"
     return None
 
 
@@ -208,18 +215,20 @@ class GoogleSignIn:
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def token(self, mailbox: Mailbox, scope: str = MAIL_SCOPE, fresh: bool = False) -> GoogleToken:
-        """A token for `scope` on this mailbox; `fresh` renews even a valid kept one (the server refused it).
+    def token(self, mailbox: Mailbox, scope: str | None = None, fresh: bool = False) -> GoogleToken:
+        """A token for `scope` (by default its kind's) on this mailbox; `fresh` renews even a valid kept one
+        (the server refused it).
 
         Raises SignInLost when only a new consent helps, TokenRefused when the token endpoint says no,
         ConfigError for a missing or unsafe key, ConnectError when Google cannot be reached.
         """
         self.check_settings()
+        scope = scope or scope_for(mailbox)
         if self.service_account:
             return self._delegated_token(mailbox, scope, fresh)
         return self._user_token(mailbox, scope, fresh)
 
-    def token_source(self, mailbox: Mailbox, scope: str = MAIL_SCOPE) -> Callable[[bool], str]:
+    def token_source(self, mailbox: Mailbox, scope: str | None = None) -> Callable[[bool], str]:
         """`fresh -> access token` for a transport that asks again when the server says its token expired."""
         return lambda fresh: self.token(mailbox, scope, fresh).value
 
@@ -297,14 +306,15 @@ class GoogleSignIn:
                                  f" 7 days; see README): sign in again with {login}") from None
             key = self.key() if self.service_account else None
             raise TokenRefused(f"Google's token endpoint refused the token request ({said})",
-                               _fix(error, description, self.settings, key)) from None
+                               _fix(error, description, self.settings, key, scope=scope_for(mailbox))) from None
 
     # -- consent -----------------------------------------------------------------------------------
 
-    def sign_in(self, mailbox: Mailbox, consent: Consent, scope: str = MAIL_SCOPE) -> str:
+    def sign_in(self, mailbox: Mailbox, consent: Consent, scope: str | None = None) -> str:
         """The installed-app flow for a mailbox: the consent URL, the code back (loopback or pasted), checked
         (state, PKCE), exchanged, and the refresh token kept. Returns the account that consented, which must be
         the mailbox's own: a token reads the mailbox of whoever consented."""
+        scope = scope or scope_for(mailbox)
         self.check_settings()
         if self.service_account:
             raise InputError('[google] auth = "service-account": mailboxes need no sign-in of their own (domain-wide'

@@ -53,6 +53,9 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+GMAIL_LABELS = ("INBOX", "SENT")  # a google-scan mailbox's labels unless told otherwise: both sides
+
+
 def guess_provider(email: str) -> str:
     """The preset for an address's domain; 'custom' when the domain is not a known provider's."""
     domain = email.rpartition("@")[2].lower()
@@ -68,6 +71,8 @@ def default_folders(mailbox: Mailbox, folders: list[imap.FolderInfo] | None = No
     preset = PROVIDERS[mailbox.provider].sent_folder
     if mailbox.kind == "o365-scan":
         return ["Inbox", preset]  # Graph's display names; verification reads the mailbox's own (its language's)
+    if mailbox.kind == "google-scan":
+        return list(GMAIL_LABELS)
     sent = imap.sent_folder(folders, preset).name if folders is not None else preset
     return ["INBOX"] + ([sent] if sent else [])
 

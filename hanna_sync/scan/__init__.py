@@ -28,7 +28,7 @@ from hanna_sync.errors import AuthError, HannaError, ReauthRequired, SecretsErro
 from hanna_sync.linking.relink import RELINK_DUE, after_pass, relink, summary_line
 from hanna_sync.lock import pass_lock
 from hanna_sync.models import Mailbox
-from hanna_sync.scan import graph_source, imap_source
+from hanna_sync.scan import gmail_source, graph_source, imap_source
 from hanna_sync.scan.context import LazyDirectory, PassContext, Progress
 from hanna_sync.scan.directory_refresh import refresh_directory
 from hanna_sync.scan.imap_source import connection_failed
@@ -166,10 +166,13 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
 
 
 def open_source(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> AbstractContextManager[FolderSource[Any]]:
-    """The mailbox's source, connected: IMAP with its password or with XOAUTH2 (o365-client, google-client), or
-    Microsoft Graph (o365-scan). Each scans a folder with `scan(folder)`, into the same archive."""
+    """The mailbox's source, connected: IMAP with its password or with XOAUTH2 (o365-client, google-client),
+    Microsoft Graph (o365-scan) or the Gmail API (google-scan). Each scans a folder with `scan(folder)`, into
+    the same archive."""
     if mailbox.kind in ("imap", "o365-client", "google-client"):
         return imap_source.connect(ctx, mailbox, result)
+    if mailbox.kind == "google-scan":
+        return gmail_source.connect(ctx, mailbox, result)
     return graph_source.connect(ctx, mailbox, result)
 
 

@@ -14,8 +14,8 @@ from hanna_sync.linking.match import Link, inherited_links, match
 from hanna_sync.mail.message import ParsedLetter, address_tokens, is_automatic, parse_headers_only, parse_letter
 from hanna_sync.models import FolderState, Mailbox
 from hanna_sync.remote.gmail import (
-    GMAIL_API,
     MAX_IN_FLIGHT,
+    SYSTEM_LABELS,
     Changes,
     Envelope,
     GmailClient,
@@ -23,6 +23,7 @@ from hanna_sync.remote.gmail import (
     HistoryExpired,
     MessageGone,
 )
+from hanna_sync.remote.google_auth import GMAIL_READONLY, GoogleSignIn
 from hanna_sync.scan import archiving
 from hanna_sync.scan.archiving import keeping, retire_gone_folder
 from hanna_sync.scan.context import PassContext
@@ -32,23 +33,19 @@ from hanna_sync.uidset import UidSet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LABELS = ("INBOX", "SENT")  # what a google-scan mailbox scans unless told otherwise
-# Gmail's system labels: their ids are their names, so they need no labels.list (a pass over an unchanged
-# mailbox with these only makes history calls).
-SYSTEM_LABELS = frozenset({"INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "IMPORTANT", "STARRED", "UNREAD",
-                           "CATEGORY_PERSONAL", "CATEGORY_SOCIAL", "CATEGORY_PROMOTIONS", "CATEGORY_UPDATES",
-                           "CATEGORY_FORUMS"})
 
 
 @contextmanager
 def connect(
-    ctx: PassContext, mailbox: Mailbox, result: MailboxResult, *, token: Callable[[bool], str],
-    base_url: str = GMAIL_API,
+    ctx: PassContext, mailbox: Mailbox, result: MailboxResult, *, token: Callable[[bool], str] | None = None,
+    base_url: str | None = None,
 ) -> Iterator[GmailSource]:
-    """The mailbox's Gmail API source. `token(fresh)` gives an access token for GMAIL_READONLY on it (fresh:
-    the one given was refused), or raises ReauthRequired when only a person can help: the Google sign-in's
-    `token_source(mailbox, GMAIL_READONLY)`."""
-    gmail = GmailClient(base_url, token, ctx.config.network.timeout)
+    """The mailbox's Gmail API source, at `[google] gmail_url`. `token(fresh)` gives an access token for
+    GMAIL_READONLY on it (fresh: the one given was refused), or raises ReauthRequired when only a person can
+    help: by default the Google sign-in's (service account or kept consent); the tests may hand one in."""
+    if token is None:
+        token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, GMAIL_READONLY)
+    gmail = GmailClient(base_url or ctx.config.google.gmail_url, token, ctx.config.network.timeout)
     try:
         yield GmailSource(ctx, mailbox, gmail, result)
     finally:
