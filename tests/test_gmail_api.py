@@ -2,12 +2,14 @@
 what Gmail checks (tests/fakes_gmail.py), fed with the sample mailbox's letters and linked against the
 sample directory. Every test ends by checking that no write request ever reached the fake.
 
-Until the kind is wired into `open_source` (with the token provider of the Google sign-in), these tests route
-google-scan mailboxes to `gmail_source.connect` with a provider that hands out the fake's tokens.
+Most tests hand the source the fake's tokens directly (`gmail_source.connect(token=...)`), to count and
+refuse them at will; the Google sign-in's own path, through the CLI, is
+`test_google_scan_end_to_end_through_the_cli_with_the_google_sign_in`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -427,9 +429,12 @@ def test_a_letter_over_the_size_limit_keeps_its_whole_header_block_without_a_raw
     assert count(env, "SELECT size FROM letters WHERE id = ?", letter_id) == len(big.raw)
 
 
-def test_the_google_sign_in_s_delegated_token_reads_the_mailbox_and_a_missing_delegation_is_named(tmp_path, monkeypatch):
-    """End to end with the sign-in: google-auth signs the service account's JWT for gmail.readonly, the fake
-    token endpoint checks it and the delegation, and the fake Gmail API takes the token it issued."""
+def test_google_scan_end_to_end_through_the_cli_with_the_google_sign_in(tmp_path, monkeypatch):
+    """Nothing handed in: add-mailbox --kind google-scan, test, folders, run and login as an admin runs them.
+    google-auth signs the service account's JWT for gmail.readonly, the fake token endpoint checks it and the
+    delegation, and the fake Gmail API takes the token it issued."""
+    from tests.test_google import config_file, run_cli
+
     google = Google.start(tmp_path / "google")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(google.ca.ca_file))
     fake = FakeGmail(google.ca, google.oauth)
@@ -440,22 +445,37 @@ def test_the_google_sign_in_s_delegated_token_reads_the_mailbox_and_a_missing_de
         env = Env(tmp_path / "env")
         env.config = replace(env.config, google=GoogleConfig(
             auth="service-account", service_account_file=key_file, token_uri=google.oauth.token_uri,
-            auth_uri=google.oauth.auth_uri))
+            auth_uri=google.oauth.auth_uri, gmail_url=fake.url))
+        config_file(env)
 
-        def open_source(ctx, mailbox, result):
-            token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, GMAIL_READONLY)
-            return gmail_source.connect(ctx, mailbox, result, token=token, base_url=fake.url)
+        # The Admin console grants the client id nothing yet: refused before anything is saved, with the fix.
+        refused = run_cli(env, "add-mailbox", "--kind", "google-scan", "--user", "jonas", "--email", STAFF)
+        assert refused.exit_code != 0 and "unauthorized_client" in refused.output
+        assert GMAIL_READONLY in refused.output and account.client_id in refused.output
+        assert env.store.mailboxes() == [] and fake.calls == {}
 
-        monkeypatch.setattr(scan_package, "open_source", open_source)
-        add(env)
-        refused = env.run().mailboxes[0]  # the Admin console grants the client id nothing yet
-        assert refused.failure_kind == "auth" and "unauthorized_client" in refused.errors[0]
-        assert fake.calls == {}
-        google.oauth.delegations[account.client_id] = {GMAIL_READONLY}
-        result = env.run(mailbox_ids=[1]).mailboxes[0]
-        assert result.ok and result.archived == SAMPLE_MATCHED
-        assert google.oauth.grants == [JWT_BEARER, JWT_BEARER]  # one token for the whole pass
-        assert fake.writes == []
+        google.oauth.delegations[account.client_id] = {GMAIL_READONLY}  # only the Gmail API's read-only scope
+        tried = run_cli(env, "test", "--kind", "google-scan", "--email", STAFF, "--json")
+        assert tried.exit_code == 0, tried.output
+        stages = [(s["protocol"], s["stage"], s["ok"]) for s in json.loads(tried.stdout)["stages"]]
+        assert stages == [("gmail", "token", True), ("gmail", "labels", True)] and env.store.mailboxes() == []
+        added = run_cli(env, "add-mailbox", "--kind", "google-scan", "--user", "jonas", "--email", STAFF)
+        assert added.exit_code == 0, added.output
+        assert added.stdout.startswith("Added mailbox 1: jonas@imone.lt for jonas (Gmail API), folders: INBOX, SENT")
+        listed = json.loads(run_cli(env, "folders", "1", "--json").stdout)
+        assert {f["name"] for f in listed if f["selected"]} == {"INBOX", "SENT"}
+        assert run_cli(env, "run").exit_code == 0
+        assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
+        assert "the service account gets its tokens" in run_cli(env, "login", "1").stdout
+        for args, message in ((["set-password", "1"], "it signs in with Google ('hanna-sync login 1')"),
+                              (["add-mailbox", "--kind", "google-scan", "--email", "x@imone.lt", "--imap-host", "x"],
+                               "--imap-host is for IMAP servers: a google-scan mailbox is read through the Gmail API"),
+                              (["test", "1", "--send-to", "me@example.com"], "--send-to needs SMTP")):
+            answer = run_cli(env, *args, input="x\n")
+            assert answer.exit_code == 2 and message in answer.stderr, answer.output
+        missing = run_cli(env, "test", "1", "--folder", "Nėra")
+        assert missing.exit_code == 18 and "the mailbox has no label 'Nėra'" in missing.output
+        assert {grant for grant in google.oauth.grants} == {JWT_BEARER} and fake.writes == []
     finally:
         fake.close()
         google.close()

@@ -272,6 +272,8 @@ def config_file(env: Env) -> Path:
         lines.append(f'service_account_file = "{google.service_account_file}"')
     if google.client_id:
         lines.append(f'client_id = "{google.client_id}"')
+    if google.gmail_url != GoogleConfig.gmail_url:
+        lines.append(f'gmail_url = "{google.gmail_url}"')
     config.write_text(config.read_text() + "[google]\n" + "\n".join(lines) + "\n")
     return config
 

@@ -86,7 +86,7 @@ def test_command(app: App, *, mailbox_id: int | None, email: str | None, provide
     \b
     Exit codes, by the first failed stage (IMAP before SMTP):
       0 all passed    10 dns, tcp    12 tls    14 greeting, capabilities, ehlo
-      16 auth    18 folders    20 send    22 charset    2 usage error    3 no such MAILBOX
+      16 auth, token    18 folders, labels    20 send    22 charset    2 usage error    3 no such MAILBOX
     Examples:
       hanna-sync test 3
       hanna-sync test 3 --imap-security starttls --imap-port 143 --trace

@@ -23,6 +23,7 @@ FAMILIES: dict[str, ExitCode] = {
     "ehlo": ExitCode.SERVER,
     "auth": ExitCode.AUTH,
     "folders": ExitCode.FOLDER,
+    "labels": ExitCode.FOLDER,  # google-scan: the Gmail API's labels are its folders
     "folder": ExitCode.FOLDER,
     "send": ExitCode.SEND,
 }
