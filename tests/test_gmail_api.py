@@ -30,7 +30,7 @@ from hanna_sync.linking.relink import relink
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import gmail as gmail_module
 from hanna_sync.remote.gmail import MAX_RETRIES, METADATA_HEADERS
-from hanna_sync.remote.google_auth import GMAIL_READONLY, GoogleSignIn
+from hanna_sync.remote.google_auth import GMAIL_READONLY
 from hanna_sync.remote.providers import GMAIL_LABELS
 from hanna_sync.scan import gmail_source
 from tests.fakes_gmail import FULL, FakeGmail
