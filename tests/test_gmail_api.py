@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -466,6 +467,8 @@ def test_google_scan_end_to_end_through_the_cli_with_the_google_sign_in(tmp_path
         assert {f["name"] for f in listed if f["selected"]} == {"INBOX", "SENT"}
         assert run_cli(env, "run").exit_code == 0
         assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
+        shown = run_cli(env, "show", "1").stdout
+        assert re.search(r"Seen in:    mailbox 1 (INBOX|SENT) Gmail id [0-9a-f]+\n", shown), shown
         assert "the service account gets its tokens" in run_cli(env, "login", "1").stdout
         for args, message in ((["set-password", "1"], "it signs in with Google ('hanna-sync login 1')"),
                               (["add-mailbox", "--kind", "google-scan", "--email", "x@imone.lt", "--imap-host", "x"],

@@ -434,7 +434,7 @@ def test_cli_add_mailbox_folders_and_the_setup_guide_with_the_ids_filled_in(tmp_
 
     account = next(iter(g.oauth.accounts.values()))
     guide = run_cli(env, "setup-guide", "google").stdout
-    for text in (f"Client ID:    {account.client_id}", "OAuth scopes: https://mail.google.com/",
+    for text in (f"Client ID:    {account.client_id}", "OAuth scopes: https://www.googleapis.com/auth/gmail.readonly,https://mail.google.com/",
                  "Manage Domain Wide Delegation", "Gmail API -> Enable", "Desktop app", "Test users",
                  f'service_account_file = "{env.config.google.service_account_file}"', "--paste",
                  "ssh -L 8765:127.0.0.1:8765", "POP and IMAP access"):

@@ -126,8 +126,11 @@ _GOOGLE_GUIDE = """\
 Google Workspace and Gmail mailboxes in hanna-sync
 ==================================================
 
-hanna-sync reads Gmail over IMAP and the CRM sends over SMTP with OAuth2 tokens (XOAUTH2), through a Google
-Cloud project of YOUR organisation: it ships no client id of its own. The mailbox kind:
+hanna-sync reads Gmail through the Gmail API, or over IMAP (and the CRM sends over SMTP) with OAuth2 tokens,
+through a Google Cloud project of YOUR organisation: it ships no client id of its own. The mailbox kinds:
+  google-scan      the Gmail API, read-only: labels (INBOX and SENT by default), one letter stored once
+                   however many labels it has; the token's scope is
+                   https://www.googleapis.com/auth/gmail.readonly
   google-client    IMAP imap.gmail.com:993 and SMTP smtp.gmail.com:465 (ssl), with XOAUTH2; the token's
                    scope is https://mail.google.com/ (the only one Gmail's IMAP and SMTP take)
 and two ways to sign in ([google] auth in the config):
@@ -141,8 +144,8 @@ and two ways to sign in ([google] auth in the config):
    Google Cloud console (https://console.cloud.google.com) -> the project picker -> New project
      Name: hanna-sync -> Create, and select it
    APIs & Services -> Library -> Gmail API -> Enable
-     (IMAP and SMTP with XOAUTH2 work without it, but the consent screen offers Gmail's scopes only once
-     it is on)
+     (google-scan needs it; IMAP and SMTP with XOAUTH2 work without it, but the consent screen offers
+     Gmail's scopes only once it is on)
 
 2a. Service account with domain-wide delegation (auth = "service-account")
    IAM & Admin -> Service accounts -> Create service account -> Name: hanna-sync -> Create and continue ->
@@ -158,7 +161,8 @@ and two ways to sign in ([google] auth in the config):
    Google Admin console (https://admin.google.com), as a super administrator:
      Security -> Access and data control -> API controls -> Manage Domain Wide Delegation -> Add new
        Client ID:    {sa_client_id}
-       OAuth scopes: https://mail.google.com/
+       OAuth scopes: https://www.googleapis.com/auth/gmail.readonly,https://mail.google.com/
+       (gmail.readonly for google-scan, mail.google.com for google-client: grant the ones you use)
        -> Authorize  (it can take from minutes up to 24 hours to apply; before that the token endpoint
           answers unauthorized_client)
    Into the config (/etc/hanna-sync/config.toml):
@@ -166,16 +170,18 @@ and two ways to sign in ([google] auth in the config):
      auth = "service-account"
      service_account_file = "{key_file}"
    Then, per mailbox (nobody signs in):
-     hanna-sync add-mailbox --kind google-client --user jonas --email jonas@example.com
+     hanna-sync add-mailbox --kind google-scan --user jonas --email jonas@example.com
+     (or --kind google-client for IMAP)
 
 2b. Your own OAuth client (auth = "user")
    APIs & Services -> OAuth consent screen (Google Auth Platform) -> Get started:
      App name: hanna-sync, a support email; Audience: Internal (a Workspace: only its own accounts, no
      review by Google) or External (personal Gmail accounts); a contact email -> Create
-   Data Access -> Add or remove scopes -> https://mail.google.com/, openid and .../auth/userinfo.email -> Save
+   Data Access -> Add or remove scopes -> .../auth/gmail.readonly (google-scan) and/or https://mail.google.com/
+     (google-client), openid and .../auth/userinfo.email -> Save
    An External app in "Testing": Audience -> Test users -> add each mailbox's address. Google ends a
    Testing app's consents after 7 days (`status` then says "needs re-authorisation"): publish the app
-   (Audience -> Publish app) for lasting ones; https://mail.google.com/ is a restricted scope, so an
+   (Audience -> Publish app) for lasting ones; both Gmail scopes are restricted scopes, so an
    External app in production needs Google's verification, an Internal one does not.
    Clients (or Credentials -> Create credentials -> OAuth client ID) -> Application type: Desktop app ->
      Name: hanna-sync -> Create (a Desktop client may redirect to any port of http://127.0.0.1, which the
@@ -187,7 +193,8 @@ and two ways to sign in ([google] auth in the config):
    The client secret (GOCSPX-...) goes into the secrets store, never the config:
      hanna-sync login --google-client-secret           (hidden prompt; checked with Google first)
    Then, per mailbox:
-     hanna-sync add-mailbox --kind google-client --user jonas --email jonas@example.com
+     hanna-sync add-mailbox --kind google-scan --user jonas --email jonas@example.com
+     (or --kind google-client for IMAP)
    It prints a consent URL: open it in any browser, sign in AS THAT MAILBOX'S ACCOUNT (a token reads the
    mailbox of whoever allows it, so hanna-sync refuses another) and allow access. The browser is then sent
    to http://127.0.0.1:PORT/ on the machine hanna-sync runs on, where it listens. On a server without a

@@ -95,9 +95,11 @@ def show(app: App, letter_id: int, as_json: bool) -> None:
     for unlinked in letter["unlinked"]:
         lines.append(f"Unlinked by hand: {unlinked['entity_type']} {unlinked['entity_id']} (was {unlinked['rule']},"
                      f" {unlinked['unlinked_at']})")
+    api_of = {m.id: "Gmail id" if m.kind == "google-scan" else "Graph id" for m in app.store.mailboxes()}
     for loc in letter["locations"]:
         gone = f", gone since {loc['gone_at']}" if loc["gone_at"] else ""
-        where = f"Graph id {loc['graph_id']}" if loc["graph_id"] else f"UID {loc['uid']}"
+        api = api_of.get(loc["mailbox_id"], "message id")  # a mailbox removed since: its kind is not known
+        where = f"{api} {loc['graph_id']}" if loc["graph_id"] else f"UID {loc['uid']}"
         lines.append(f"Seen in:    mailbox {loc['mailbox_id']} {loc['folder']} {where}{gone}")
     for att in letter["attachments"]:
         lines.append(f"Attachment: {att['filename'] or '(no name)'} {att['content_type']} {att['size']} bytes")
