@@ -551,3 +551,30 @@ def test_a_kill_mid_pass_loses_nothing_and_duplicates_nothing(tmp_path, fake, mo
     assert count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED + 31
     assert count(env, "SELECT count(*) FROM letter_locations WHERE graph_id = ?", late.id) == 1
     no_duplicates(env)
+
+
+def test_google_scan_with_a_persons_consent_for_gmail_readonly_only(tmp_path, monkeypatch):
+    """auth = "user": the consent asks for gmail.readonly (not all of Gmail), through the loopback listener for
+    real; the pass reads with the kept consent's token."""
+    from hanna_sync.admin import google_mailboxes
+    from tests.test_google import browser_consent, signer, user_env
+
+    google = Google.start(tmp_path / "google")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(google.ca.ca_file))
+    fake = FakeGmail(google.ca, google.oauth)
+    try:
+        google.oauth.users.add(STAFF)
+        google.oauth.approve_as = STAFF
+        sample_mailbox(fake)
+        env = user_env(tmp_path / "env", google)
+        env.config = replace(env.config, google=replace(env.config.google, gmail_url=fake.url))
+        shown: list[str] = []
+        box = google_mailboxes.new_mailbox("staff", STAFF, {}, "google-scan")
+        google_mailboxes.add(env.store, env.secrets, signer(env), box, verify_first=True, timeout=10,
+                             consent=browser_consent(google, shown))
+        assert "gmail.readonly" in shown[0] and "mail.google.com" not in shown[0]
+        result = env.run().mailboxes[0]
+        assert result.ok and result.archived == SAMPLE_MATCHED and fake.writes == []
+    finally:
+        fake.close()
+        google.close()
