@@ -478,6 +478,10 @@ def test_google_scan_end_to_end_through_the_cli_with_the_google_sign_in(tmp_path
             assert answer.exit_code == 2 and message in answer.stderr, answer.output
         missing = run_cli(env, "test", "1", "--folder", "Nėra")
         assert missing.exit_code == 18 and "the mailbox has no label 'Nėra'" in missing.output
+        fake.api_disabled = True  # the Gmail API switched off in the Cloud project
+        disabled = run_cli(env, "test", "1")
+        assert disabled.exit_code == 16 and "the Gmail API is not enabled in the Google Cloud project" in disabled.output
+        assert "APIs & Services > Library > Gmail API" in disabled.output
         assert {grant for grant in google.oauth.grants} == {JWT_BEARER} and fake.writes == []
     finally:
         fake.close()
