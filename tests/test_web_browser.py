@@ -33,8 +33,10 @@ def by(kind: str) -> str:
 
 
 def wait_until(browser: Browser, condition, what: str, timeout: float = 10) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(browser.driver, timeout).until(lambda d: condition(), message=what)
+    WebDriverWait(browser.driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: condition(), message=what)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +286,9 @@ def log_in(browser: Browser, server: Server, token: str, path: str = "/") -> Non
     assert browser.status_of(server.base + path) == 401
     browser.driver.find_element(by("id"), "token").send_keys(token)
     browser.driver.find_element(by("id"), "login").click()
-    wait_until(browser, lambda: browser.driver.current_url == server.base + path, f"back at {path} after logging in")
+    # The login form was served at `path` itself: wait for the page that replaces it, not just the address.
+    wait_until(browser, lambda: browser.driver.current_url == server.base + path
+               and not browser.driver.find_elements(by("id"), "token"), f"back at {path} after logging in")
 
 
 def click(browser: Browser, selector: str) -> None:
