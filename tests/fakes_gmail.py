@@ -30,7 +30,7 @@ from typing import Any
 
 from hanna_sync.demo.sandbox import CertificateAuthority
 from tests.fakes_google import FakeGoogleOAuth
-from tests.fakes_microsoft import HttpsFake, Reply, _Handler
+from tests.fakes_microsoft import HttpsFake, HttpsHandler, Reply
 
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 FULL = "https://mail.google.com/"
@@ -39,7 +39,7 @@ HISTORY_KEYS = {"messageAdded": "messagesAdded", "messageDeleted": "messagesDele
 SYSTEM = ("INBOX", "SENT", "DRAFT", "SPAM", "TRASH", "IMPORTANT", "STARRED", "UNREAD")
 
 
-class _AnyMethod(_Handler):
+class _AnyMethod(HttpsHandler):
     """Every method reaches `handle`, so that a write the client should never send is seen and refused."""
 
     def do_PUT(self) -> None:  # http.server's naming

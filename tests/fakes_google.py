@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from hanna_sync.demo.sandbox import CertificateAuthority, SandboxUser
-from tests.fakes_microsoft import FakeOutlookImap, HttpsFake, Reply, _LongLines, b64url, jwt
+from tests.fakes_microsoft import FakeOutlookImap, HttpsFake, LongLineController, Reply, b64url, jwt
 
 MAIL = "https://mail.google.com/"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -372,9 +372,9 @@ class FakeGmailSmtp:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.controller = _LongLines(_GmailSmtpHandler(self), hostname="127.0.0.1", port=self.port,
-                                     ssl_context=context, auth_require_tls=False,
-                                     auth_exclude_mechanism=["LOGIN", "PLAIN"])
+        self.controller = LongLineController(_GmailSmtpHandler(self), hostname="127.0.0.1", port=self.port,
+                                             ssl_context=context, auth_require_tls=False,
+                                             auth_exclude_mechanism=["LOGIN", "PLAIN"])
         self.controller.start()
 
     def close(self) -> None:

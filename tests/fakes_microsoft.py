@@ -69,7 +69,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class HttpsHandler(BaseHTTPRequestHandler):
+    """Hands each request to its server's `owner.handle` (an `HttpsFake`); the Gmail fake adds methods."""
+
     protocol_version = "HTTP/1.1"
 
     def _serve(self, method: str) -> None:
@@ -103,7 +105,7 @@ class HttpsFake:
         cert, key = ca.issue(["127.0.0.1", "localhost"])
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), HttpsHandler)
         self.httpd.daemon_threads = True
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.owner = self  # type: ignore[attr-defined]
@@ -764,7 +766,9 @@ class _LongLineSmtp(SMTP):
     command_size_limits: ClassVar[dict[str, int]] = collections.defaultdict(lambda: 12288)
 
 
-class _LongLines(Controller):
+class LongLineController(Controller):
+    """aiosmtpd's controller serving `_LongLineSmtp`: for the fakes of every provider's XOAUTH2 SMTP."""
+
     def factory(self) -> SMTP:
         return _LongLineSmtp(self.handler, **self.SMTP_kwargs)
 
@@ -784,8 +788,8 @@ class FakeOutlookSmtp:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.controller = _LongLines(_SmtpHandler(self), hostname="127.0.0.1", port=self.port, tls_context=context,
-                                     auth_exclude_mechanism=["LOGIN", "PLAIN"])
+        self.controller = LongLineController(_SmtpHandler(self), hostname="127.0.0.1", port=self.port,
+                                             tls_context=context, auth_exclude_mechanism=["LOGIN", "PLAIN"])
         self.controller.start()
 
     def close(self) -> None:
