@@ -26,7 +26,7 @@ import hanna_sync.scan as scan_package
 from hanna_sync.config import GoogleConfig
 from hanna_sync.demo import sample
 from hanna_sync.demo.sandbox import CertificateAuthority
-from hanna_sync.errors import ReauthRequired
+from hanna_sync.errors import AuthError, ReauthRequired
 from hanna_sync.linking.relink import relink
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import gmail as gmail_module
@@ -582,3 +582,14 @@ def test_google_scan_with_a_persons_consent_for_gmail_readonly_only(tmp_path, mo
     finally:
         fake.close()
         google.close()
+
+
+def test_a_403_is_named_a_missing_scope_only_when_gmail_says_so():
+    """Other refusals (a daily limit, a domain policy) are said in Gmail's own words, not blamed on the scope."""
+    scope = gmail_module._error(403, "insufficientPermissions", "Request had insufficient authentication scopes.",
+                                attempt=0, history=False)
+    assert "the token needs the scope https://www.googleapis.com/auth/gmail.readonly" in str(scope)
+    policy = gmail_module._error(403, "domainPolicy", "The domain administrators have disabled Gmail apps.",
+                                 attempt=0, history=False)
+    assert str(policy) == ("Gmail denied access (403 domainPolicy: The domain administrators have disabled Gmail"
+                           " apps.)") and isinstance(policy, AuthError)

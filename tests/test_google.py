@@ -135,7 +135,7 @@ def test_delegation_missing_for_the_scope_names_the_client_id_and_scope_and_back
     assert health(env.store, timedelta(minutes=60))[0].retry_after  # backed off like a refused login
 
     with pytest.raises(google_auth.TokenRefused, match="no such user in the Workspace domain"):
-        signer(env).token(replace(box, email="nobody@imone.lt", username=None), "https://www.googleapis.com/auth/gmail.readonly")
+        signer(env).token(replace(box, email="nobody@imone.lt", username=None, kind="google-scan"))  # gmail.readonly
 
 
 def test_the_service_account_key_must_be_private_and_a_key(tmp_path, g, monkeypatch):

@@ -258,10 +258,12 @@ def _error(status: int, reason: str, message: str, *, attempt: int, history: boo
     if status == 403 and reason == "accessNotConfigured":
         return _AuthGmailError(f"the Gmail API is not enabled in the Google Cloud project ({said}): enable it in the"
                                " console (APIs & Services > Library > Gmail API)")
-    if status == 403 and reason not in _RATE_REASONS:
+    if status == 403 and reason in ("insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"):
         return _AuthGmailError(f"Gmail denied access ({said}): the token needs the scope"
                                " https://www.googleapis.com/auth/gmail.readonly (for a service account: granted to"
                                " its client id in the Admin console's domain-wide delegation)")
+    if status == 403 and reason not in _RATE_REASONS:  # a quota of the day, a domain policy: Gmail's own words
+        return _AuthGmailError(f"Gmail denied access ({said})")
     if status in _RETRIED or status == 403:
         return GmailError(f"the Gmail API is throttling or failing ({said}) after {attempt} retries; the next pass"
                           " goes on")

@@ -1,4 +1,4 @@
-"""Google sign-in for google-client mailboxes: access tokens for a mailbox and a scope, pass after pass.
+"""Google sign-in for the Google kinds (google-scan, google-client): access tokens for a mailbox, pass after pass.
 
 Workspace admins can switch app passwords off, and an admin archiving every staff mailbox cannot ask each
 person for one, so Gmail is also read with OAuth2 tokens, through the admin's OWN Google Cloud project
@@ -15,8 +15,8 @@ person for one, so Gmail is also read with OAuth2 tokens, through the admin's OW
   mailbox's secret_ref, renewed with google-auth under the same token lock as Microsoft's caches;
   `invalid_grant` (consent revoked or expired) is SignInLost: "needs re-authorisation", backed off.
 
-The scope is a parameter: google-client asks for https://mail.google.com/ (the only scope Gmail's IMAP
-and SMTP take), a Gmail API reader would ask for gmail.readonly.
+The scope follows the kind (`scope_for`): google-client asks for https://mail.google.com/ (the only scope
+Gmail's IMAP and SMTP take), google-scan for gmail.readonly, which can neither change nor send anything.
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 
 MAIL_SCOPE = "https://mail.google.com/"  # Gmail's IMAP and SMTP take no narrower scope
 GMAIL_READONLY = "https://www.googleapis.com/auth/gmail.readonly"  # google-scan: the Gmail API, reading only
+
+
+# What the consent page calls each scope's box, for the person told to tick it.
+CONSENT_BOXES = {
+    MAIL_SCOPE: '"Read, compose, send and permanently delete all your email from Gmail"',
+    GMAIL_READONLY: '"View your email messages and settings"',
+}
 
 
 def scope_for(mailbox: Mailbox) -> str:
@@ -215,22 +222,22 @@ class GoogleSignIn:
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def token(self, mailbox: Mailbox, scope: str | None = None, fresh: bool = False) -> GoogleToken:
-        """A token for `scope` (by default its kind's) on this mailbox; `fresh` renews even a valid kept one
-        (the server refused it).
+    def token(self, mailbox: Mailbox, fresh: bool = False) -> GoogleToken:
+        """A token for the mailbox, for its kind's scope; `fresh` renews even a valid kept one (the server
+        refused it).
 
         Raises SignInLost when only a new consent helps, TokenRefused when the token endpoint says no,
         ConfigError for a missing or unsafe key, ConnectError when Google cannot be reached.
         """
         self.check_settings()
-        scope = scope or scope_for(mailbox)
+        scope = scope_for(mailbox)
         if self.service_account:
             return self._delegated_token(mailbox, scope, fresh)
         return self._user_token(mailbox, scope, fresh)
 
-    def token_source(self, mailbox: Mailbox, scope: str | None = None) -> Callable[[bool], str]:
+    def token_source(self, mailbox: Mailbox) -> Callable[[bool], str]:
         """`fresh -> access token` for a transport that asks again when the server says its token expired."""
-        return lambda fresh: self.token(mailbox, scope, fresh).value
+        return lambda fresh: self.token(mailbox, fresh).value
 
     def _delegated_token(self, mailbox: Mailbox, scope: str, fresh: bool) -> GoogleToken:
         from google.oauth2 import service_account
@@ -310,11 +317,11 @@ class GoogleSignIn:
 
     # -- consent -----------------------------------------------------------------------------------
 
-    def sign_in(self, mailbox: Mailbox, consent: Consent, scope: str | None = None) -> str:
+    def sign_in(self, mailbox: Mailbox, consent: Consent) -> str:
         """The installed-app flow for a mailbox: the consent URL, the code back (loopback or pasted), checked
         (state, PKCE), exchanged, and the refresh token kept. Returns the account that consented, which must be
         the mailbox's own: a token reads the mailbox of whoever consented."""
-        scope = scope or scope_for(mailbox)
+        scope = scope_for(mailbox)
         self.check_settings()
         if self.service_account:
             raise InputError('[google] auth = "service-account": mailboxes need no sign-in of their own (domain-wide'
@@ -348,7 +355,7 @@ class GoogleSignIn:
         granted = str(reply.get("scope", "")).split()
         if scope not in granted:
             raise AuthError(f"the consent did not include {scope} (granted: {' '.join(granted) or 'nothing'}): sign in"
-                            " again and tick \"Read, compose, send and permanently delete all your email from Gmail\"")
+                            f" again and tick {CONSENT_BOXES.get(scope, 'the Gmail box')}")
         if not reply.get("refresh_token"):
             raise AuthError("Google sent no refresh token: remove hanna-sync at https://myaccount.google.com/permissions"
                             " and sign in again")

@@ -23,7 +23,7 @@ from hanna_sync.remote.gmail import (
     HistoryExpired,
     MessageGone,
 )
-from hanna_sync.remote.google_auth import GMAIL_READONLY, GoogleSignIn
+from hanna_sync.remote.google_auth import GoogleSignIn
 from hanna_sync.scan import archiving
 from hanna_sync.scan.archiving import keeping, retire_gone_folder
 from hanna_sync.scan.context import PassContext
@@ -44,7 +44,7 @@ def connect(
     GMAIL_READONLY on it (fresh: the one given was refused), or raises ReauthRequired when only a person can
     help: by default the Google sign-in's (service account or kept consent); the tests may hand one in."""
     if token is None:
-        token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox, GMAIL_READONLY)
+        token = GoogleSignIn.for_config(ctx.config, ctx.secrets).token_source(mailbox)
     gmail = GmailClient(base_url or ctx.config.google.gmail_url, token, ctx.config.network.timeout)
     try:
         yield GmailSource(ctx, mailbox, gmail, result)
