@@ -461,7 +461,8 @@ def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> V
 
 
 def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Verified:
-    """A token, then IMAP with XOAUTH2 and the chosen folders: the scanning stages of `hanna-sync test`."""
+    """A token, then the Gmail API's labels (google-scan) or IMAP with XOAUTH2 and the chosen folders
+    (google-client): the scanning stages of `hanna-sync test`."""
     from hanna_sync import diagnose
 
     report = diagnose.check_google(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True)

@@ -1,7 +1,7 @@
 """`hanna-sync setup-guide`: the exact steps to set hanna-sync up, printed by the tool itself.
 
 `o365`: the portal and PowerShell steps to connect Office 365 mailboxes; `google`: the Google Cloud and
-Workspace admin console steps for google-client mailboxes. `systemd` and `config`: the
+Workspace admin console steps for google-scan and google-client mailboxes. `systemd` and `config`: the
 units, the config and the install steps, for the hanna-sync actually installed (a shipped unit file naming
 /usr/local/bin, or a README naming a file a pip install does not carry, is true only on some machines).
 
@@ -206,19 +206,22 @@ and two ways to sign in ([google] auth in the config):
    https://myaccount.google.com/permissions, a password change, 7 days in Testing, 6 months unused),
    `status` shows "needs re-authorisation" and the mailbox waits for: hanna-sync login ID
 
-3. IMAP on (both ways)
+3. IMAP on (google-client only; google-scan does not use IMAP)
    Google Admin console -> Apps -> Google Workspace -> Gmail -> End User Access -> POP and IMAP access ->
    Enable IMAP access for all users (or for the archived mailboxes' organisational unit). With "Restrict
    which mail clients users can use" a service account cannot be allowed: choose "Allow any mail client"
    or use auth = "user" with this client's id on that list. ("[ALERT] IMAP access is disabled for your
-   domain" means it is still off; changes can take 24 hours.) Personal Gmail has IMAP always on.
+   domain" means it is still off; changes can take 24 hours.) A personal Gmail account: Gmail's Settings ->
+   Forwarding and POP/IMAP -> IMAP access, where Gmail still shows the switch ("[ALERT] Your account is not
+   enabled for IMAP use" means it is off).
 
 4. Check
-   hanna-sync test ID       the token (got as a scan gets it), then IMAP and SMTP with XOAUTH2 stage by
-                            stage, each failure with its fix (delegation missing, consent revoked, IMAP off)
-   hanna-sync test --kind google-client --email jonas@example.com
+   hanna-sync test ID       the token (got as a scan gets it), then the Gmail API's labels (google-scan),
+                            or IMAP and SMTP with XOAUTH2 stage by stage (google-client), each failure with
+                            its fix (delegation missing, consent revoked, Gmail API disabled, IMAP off)
+   hanna-sync test --kind google-scan --email jonas@example.com
                             the same before the mailbox is saved (a consent kept in memory only)
-   hanna-sync folders ID    the mailbox's folders and labels; choose others with --folder
+   hanna-sync folders ID    the mailbox's labels (google-scan) or folders; choose others with --folder
 """
 
 

@@ -1,4 +1,5 @@
-"""Google's part of the mailbox commands: add-mailbox --kind google-client, its consent, and `login`'s options.
+"""Google's part of the mailbox commands: add-mailbox --kind google-scan / google-client, the consent, and
+`login`'s options.
 
 The consent is the installed-app flow: a URL to open, and the browser's redirect to a listener on
 127.0.0.1; on a server without a browser, `--paste` reads back the address the browser was sent to, and

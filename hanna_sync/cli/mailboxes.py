@@ -390,7 +390,8 @@ def add_google_mailbox(app: App, *, user: str | None, email: str | None, provide
               help='Store the app registration\'s client secret (auth = "app"), once it has got a token.')
 @click.option("--google-client-secret", is_flag=True,
               help='Store the Google OAuth client\'s secret ([google] auth = "user"), once Google accepts it.')
-@click.option("--secret-stdin", is_flag=True, help="With --client-secret: read it from the first line of stdin.")
+@click.option("--secret-stdin", is_flag=True,
+              help="With --client-secret or --google-client-secret: read it from the first line of stdin.")
 @consent_options
 @click.pass_obj
 def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_client_secret: bool, secret_stdin: bool,
@@ -403,12 +404,13 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
     "needs re-authorisation". With auth = "app" it checks that the app gets the mailbox's tokens. Either
     way the mailbox leaves its back-off, and the next pass scans it.
 
-    A google-client mailbox with [google] auth = "user" prints a consent URL: open it, sign in as the
-    mailbox's own account and allow access; the browser is then sent to a listener on 127.0.0.1 on this
-    machine. On a server without a browser give --paste and paste back the address the browser was sent
-    to (the page does not load there; its address bar holds the code), or forward the listener's port
-    (ssh -L 8765:127.0.0.1:8765 SERVER, then --port 8765). The refresh token is kept, encrypted, in the
-    secrets store. With auth = "service-account" it checks the domain-wide delegation instead.
+    A Google mailbox (google-scan, google-client) with [google] auth = "user" prints a consent URL:
+    open it, sign in as the mailbox's own account and allow access; the browser is then sent to a
+    listener on 127.0.0.1 on this machine. On a server without a browser give --paste and paste back
+    the address the browser was sent to (the page does not load there; its address bar holds the
+    code), or forward the listener's port (ssh -L 8765:127.0.0.1:8765 SERVER, then --port 8765). The
+    refresh token is kept, encrypted, in the secrets store. With auth = "service-account" it checks
+    the domain-wide delegation instead.
 
     \b
     Examples:
@@ -425,7 +427,7 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
     if secret_stdin and not (client_secret or google_client_secret):
         raise InputError("--secret-stdin goes with --client-secret or --google-client-secret")
     if (paste or port) and mailbox_id is None:
-        raise InputError("--paste and --port go with a google-client MAILBOX")
+        raise InputError("--paste and --port go with a Google MAILBOX (google-scan, google-client)")
     if google_client_secret:
         if secret_stdin:
             secret = read_password(True)
