@@ -11,8 +11,10 @@ The real google-auth and requests run against them, and they check what Google c
   Access tokens are opaque (ya29...), as Google's are; `validate` says whose they are and for what.
 * `FakeGmailImap`: imap.gmail.com's front door: Gimap's greeting and capabilities, AUTHENTICATE XOAUTH2 with
   the SASL string checked byte for byte, Google's error challenge and refusal for a bad token, "IMAP access is
-  disabled for your domain", and a password LOGIN refused with Google's words; after a good login the
-  session is relayed to the sandbox Dovecot (`FakeOutlookImap`'s relay).
+  disabled for your domain", "Your account is not enabled for IMAP use" (the user's own Gmail settings), and a
+  password LOGIN refused with Google's words; after a good login the session is relayed (`FakeOutlookImap`'s
+  relay) to `upstream`, tests/fakes_gmail_imap.py's Gmail IMAP in front of the sandbox Dovecot, so that
+  X-GM-EXT-1 (X-GM-MSGID, X-GM-THRID, \\All) holds after the login too.
 * `FakeGmailSmtp`: smtp.gmail.com:465 (implicit TLS), AUTH XOAUTH2 only with Google's 334 error challenge
   and 535-5.7.8 refusal.
 """
@@ -26,6 +28,7 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from hanna_sync.demo.sandbox import CertificateAuthority, SandboxUser
+from tests.fakes_gmail_imap import FakeGmailImap as GmailExtensions
 from tests.fakes_microsoft import FakeOutlookImap, HttpsFake, LongLineController, Reply, b64url, jwt
 
 MAIL = "https://mail.google.com/"
@@ -53,6 +57,8 @@ INVALID_CREDENTIALS = "[AUTHENTICATIONFAILED] Invalid credentials (Failure)"
 APP_PASSWORD_REQUIRED = "[ALERT] Application-specific password required: https://support.google.com/accounts/answer/185833 (Failure)"
 IMAP_DISABLED = ("[ALERT] IMAP access is disabled for your domain. Please contact your domain administrator for"
                  " questions about this feature. (Failure)")
+IMAP_OFF = ("[ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page and enable your"
+            " account for IMAP access. (Failure)")
 SMTP_REFUSED = ("535-5.7.8 Username and Password not accepted. For more information, go to\r\n"
                 "535 5.7.8  https://support.google.com/mail/?p=BadCredentials a1-20020a05600c - gsmtp")
 
@@ -276,6 +282,13 @@ class FakeGmailImap(FakeOutlookImap):
         super().__init__(ca, identity=None)  # type: ignore[arg-type]  # Google's tokens are checked by `oauth`
         self.oauth = oauth
         self.login_refusal = INVALID_CREDENTIALS  # what a password LOGIN gets (APP_PASSWORD_REQUIRED, ...)
+        self.imap_off: set[str] = set()  # users with IMAP off in their own Gmail settings (the admin allows it)
+        # What speaks after the login: Gmail's IMAP with X-GM-EXT-1 (tests/fakes_gmail_imap.py) in front of the
+        # accounts' Dovecot, logged into with the Dovecot password; started at the first login. Its `commands`
+        # are what the client sent after the login.
+        self.ca = ca
+        self.upstream: GmailExtensions | None = None
+        self._starting = threading.Lock()
 
     def _session(self, conn: socket.socket) -> None:
         try:
@@ -312,6 +325,9 @@ class FakeGmailImap(FakeOutlookImap):
                     if user.casefold() in self.imap_disabled or user.casefold() not in self.accounts:
                         tls.sendall(f"{tag} NO {IMAP_DISABLED}\r\n".encode())
                         continue
+                    if user.casefold() in self.imap_off:
+                        tls.sendall(f"{tag} NO {IMAP_OFF}\r\n".encode())
+                        continue
                     backend = self._backend(self.accounts[user.casefold()])
                     tls.sendall(f"{tag} OK {user} authenticated (Success)\r\n".encode())
                     self._relay(tls, backend)
@@ -324,9 +340,12 @@ class FakeGmailImap(FakeOutlookImap):
             tls.close()
 
     def _backend(self, account: SandboxUser) -> ssl.SSLSocket:
-        dc = account.dovecot
-        backend = ssl.create_default_context(cafile=str(dc.ca_file)).wrap_socket(
-            socket.create_connection((dc.host, dc.imaps_port), timeout=10), server_hostname=dc.host)
+        with self._starting:
+            if self.upstream is None:
+                self.upstream = GmailExtensions(self.ca, account.dovecot)
+        assert self.upstream.dovecot is account.dovecot, "one sandbox Dovecot behind the front door"
+        backend = ssl.create_default_context(cafile=str(self.ca.ca_file)).wrap_socket(
+            socket.create_connection(("127.0.0.1", self.upstream.port), timeout=10), server_hostname="127.0.0.1")
         backend.recv(4096)  # the greeting
         backend.sendall(f'hs1 LOGIN "{account.login}" "{account.password}"\r\n'.encode())
         answer = b""
@@ -398,8 +417,9 @@ class Google:
         return cls(ca, oauth, FakeGmailImap(ca, oauth), FakeGmailSmtp(ca, oauth), directory)
 
     def close(self) -> None:
-        for server in (self.oauth, self.imap, self.smtp):
-            server.close()
+        for server in (self.oauth, self.imap, self.imap.upstream, self.smtp):
+            if server is not None:
+                server.close()
 
     def browser(self, consent_url: str) -> str:
         """What a browser does with the consent URL: the consent page, then the redirect it answers with;

@@ -31,7 +31,8 @@ from hanna_sync.demo import sample
 from hanna_sync.errors import AuthError, ConfigError, ExitCode, InputError, ReauthRequired
 from hanna_sync.remote import google_auth
 from hanna_sync.remote.google_auth import CLIENT_SECRET_REF, MAIL_SCOPE, Consent, GoogleSignIn
-from tests.fakes_google import APP_PASSWORD_REQUIRED, IMAP_DISABLED, Google
+from tests.fakes_gmail_imap import gm_id
+from tests.fakes_google import APP_PASSWORD_REQUIRED, IMAP_DISABLED, IMAP_OFF, Google
 from tests.helpers import Env, deliver_sample, server_flags
 
 STAFF = sample.STAFF  # jonas@imone.lt
@@ -120,6 +121,56 @@ def test_a_service_account_scans_over_imap_with_xoauth2_read_only(tmp_path, g, i
     assert server_flags(imap_user) == flags  # read-only: not a flag changed
     assert env.run().mailboxes[0].ok and count(env, "SELECT count(*) FROM letters") == SAMPLE_MATCHED
     assert env.secrets.get(box.secret_ref) is None  # a service account keeps nothing per mailbox
+
+
+def test_google_client_stores_a_letter_in_inbox_a_label_and_all_mail_once_by_gmails_ids(tmp_path, g, imap_user):
+    """Gmail's IMAP speaks X-GM-EXT-1 after an XOAUTH2 login too: one message in INBOX, a label's folder and
+    [Gmail]/All Mail is stored once with three locations and downloaded once, and X-GM-THRID links a
+    colleague's letter in the customer's thread (no In-Reply-To, no References, no customer address)."""
+    label, all_mail, sent_mail = "Klientai", "[Gmail]/All Mail", "[Gmail]/Sent Mail"
+    folders = ("INBOX", label, all_mail, sent_mail)
+    dovecot = imap_user.dovecot
+    for folder in folders:
+        dovecot.create_folder(imap_user.login, folder)
+    order = sample.letter("Rūta <ruta@azuolas.lt>", STAFF, "Užsakymas", "Kiek?", message_id="<o1@azuolas.lt>")
+    internal = sample.letter(STAFF, "kolega@imone.lt", "Užsakymas", "Ką atsakom?", message_id="<int@imone.lt>")
+    for folder in ("INBOX", label, all_mail):
+        dovecot.deliver(imap_user.login, folder, order)
+    for folder in (sent_mail, all_mail):
+        dovecot.deliver(imap_user.login, folder, internal)
+    flags = server_flags(imap_user, folders)
+    env = service_account_env(tmp_path, g)
+    g.imap.accounts[STAFF] = imap_user
+    box = google_mailboxes.add(env.store, env.secrets, signer(env),
+                               google_mailboxes.new_mailbox("staff", STAFF, {**servers(g), "folders": list(folders)}),
+                               verify_first=True, timeout=10, consent=browser_consent(g)).mailbox
+    gmail = g.imap.upstream  # Gmail's IMAP behind the XOAUTH2 front door, started by the login that checked the folders
+    assert gmail is not None
+    gmail.threads["<int@imone.lt>"] = "<o1@azuolas.lt>"  # Gmail threads by subject too
+    gmail.commands.clear()
+
+    result = env.run().mailboxes[0]
+    assert result.ok, result.errors
+    order_id, internal_id = str(gm_id("<o1@azuolas.lt>")), str(gm_id("<int@imone.lt>"))
+    assert count(env, "SELECT count(*) FROM letters") == 2
+    places = env.store.db.execute("SELECT l.message_id, p.folder, p.gm_msgid FROM letters l"
+                                  " JOIN letter_locations p ON p.letter_id = l.id").fetchall()
+    assert sorted(tuple(r) for r in places) == sorted([
+        ("o1@azuolas.lt", "INBOX", order_id), ("o1@azuolas.lt", label, order_id), ("o1@azuolas.lt", all_mail, order_id),
+        ("int@imone.lt", sent_mail, internal_id), ("int@imone.lt", all_mail, internal_id)])
+    assert len(gmail.body_fetches()) == 2, gmail.body_fetches()  # each letter downloaded once
+    links = env.store.db.execute("SELECT l.message_id, k.rule, l.conversation_id FROM letters l"
+                                 " JOIN links k ON k.letter_id = l.id ORDER BY l.id").fetchall()
+    thread = f"gmail:{box.login_name.lower()}:{order_id}"  # the X-GM-THRID of the thread's first letter
+    assert [tuple(r) for r in links] == [("o1@azuolas.lt", "customer_contact", thread),
+                                         ("int@imone.lt", "thread", thread)]
+    # Read-only behind the front door too: Dovecot's flags as they were; no SELECT, no STORE.
+    assert server_flags(imap_user, folders) == flags
+    verbs = {c.line.split(b" ")[1].upper() for c in gmail.commands}
+    assert b"EXAMINE" in verbs and not verbs & {b"SELECT", b"STORE", b"COPY", b"MOVE", b"EXPUNGE", b"APPEND"}, verbs
+
+    gmail.commands.clear()  # the next pass downloads nothing again
+    assert env.run().ok and gmail.body_fetches() == [] and count(env, "SELECT count(*) FROM letter_locations") == 5
 
 
 def test_delegation_missing_for_the_scope_names_the_client_id_and_scope_and_backs_off(tmp_path, g, imap_user):
@@ -389,6 +440,45 @@ def test_test_checks_the_token_then_imap_and_smtp_with_xoauth2_and_explains_goog
 
     unknown = run_cli(env, "test", str(box.id), "--imap-host", "imap.gmail.invalid", "--json")
     assert (unknown.exit_code, failed_stage(unknown)["stage"]) == (ExitCode.CONNECT, "dns")
+
+
+def test_test_of_a_user_mailbox_never_signed_in_stops_at_the_token_with_login_as_the_fix(tmp_path, g, imap_user):
+    env = user_env(tmp_path, g)
+    g.imap.accounts[STAFF] = imap_user
+    added = run_cli(env, "add-mailbox", "--kind", "google-client", "--email", STAFF, "--no-verify",
+                    *(f"--{k.replace('_', '-')}={v}" for k, v in servers(g).items() if k != "folders"))
+    assert added.exit_code == 0, added.output
+    grants, logins = len(g.oauth.grants), g.imap.logins
+    tested = run_cli(env, "test", "1", "--json")
+    assert tested.exit_code == ExitCode.AUTH == 16, tested.output
+    token = failed_stage(tested)
+    assert (token["protocol"], token["stage"]) == ("imap", "token"), token
+    assert "'hanna-sync login 1'" in token["hint"], token
+    assert token["detail"] == "jonas@imone.lt is not signed in to Google"
+    assert stages_of(tested) == [("imap", "token"), ("smtp", "token")]  # no connection without a token
+    assert (len(g.oauth.grants), g.imap.logins) == (grants, logins)
+    plain = run_cli(env, "test", "1")
+    assert plain.exit_code == 16 and "hanna-sync login 1" in plain.stdout, plain.output
+
+
+def test_test_explains_imap_off_in_the_accounts_gmail_settings(tmp_path, g, imap_user):
+    """Gmail's "[ALERT] Your account is not enabled for IMAP use": the fix is in the person's Gmail settings
+    (not the Admin console's), for the google-client kind and for an app password alike."""
+    env = service_account_env(tmp_path, g)
+    box = add_client(env, g, imap_user)
+    g.imap.imap_off.add(STAFF)
+    off = run_cli(env, "test", str(box.id), "--json")
+    assert off.exit_code == ExitCode.AUTH == 16, off.output
+    auth = failed_stage(off)
+    assert (auth["protocol"], auth["stage"]) == ("imap", "auth") and "not enabled for IMAP use" in auth["detail"]
+    assert "Forwarding and POP/IMAP -> IMAP access: Enable IMAP" in auth["hint"], auth
+
+    g.imap.login_refusal = IMAP_OFF
+    password = run_cli(Env(tmp_path / "imap"), "test", "--email", "ona@gmail.com", "--imap-host", "127.0.0.1",
+                       "--imap-port", str(g.imap.port), "--ca-file", str(g.ca.ca_file), "--no-smtp",
+                       "--password-stdin", "--json", input="app-password\n")
+    assert password.exit_code == 16, password.output
+    assert "Forwarding and POP/IMAP -> IMAP access: Enable IMAP" in failed_stage(password)["hint"]
 
 
 def test_test_explains_gmails_refusal_of_a_password_for_the_imap_kind(tmp_path, g):
