@@ -5,15 +5,14 @@ mailboxes.py, with a Google sign-in instead of a password."""
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync.admin.mailboxes import Saved, apply_settings, check_plaintext, completed, verify_google
+from hanna_sync.admin.mailboxes import Saved, add_signed_in, apply_settings, completed, verify_google
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
 from hanna_sync.mail.addresses import normalise_email
 from hanna_sync.models import GOOGLE_KINDS, Mailbox
-from hanna_sync.remote.providers import PROVIDERS, default_folders
+from hanna_sync.remote.providers import PROVIDERS
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -44,25 +43,11 @@ def add(
 
     Without verification a user-auth mailbox is saved without consent: `hanna-sync login ID` gets it later.
     """
-    store.check_unique(mailbox, allow_duplicate)
-    check_plaintext(mailbox)
     sign_in.check_settings()
-    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its kept consent in the secrets store
-    signed_in = False
-    try:
-        if verify_first:
-            if not sign_in.service_account:
-                sign_in.sign_in(mailbox, consent)
-                signed_in = True
-            mailbox.folders = verify_google(mailbox, sign_in, timeout).folders
-        elif not mailbox.folders:
-            mailbox.folders = default_folders(mailbox)
-        previous_main = store.add_mailbox(mailbox, allow_duplicate)
-    except BaseException:
-        if signed_in:
-            secrets.delete(mailbox.secret_ref)
-        raise
-    return Saved(mailbox, previous_main)
+    return add_signed_in(
+        store, secrets, mailbox, allow_duplicate=allow_duplicate,
+        sign_in=(lambda: sign_in.sign_in(mailbox, consent)) if verify_first and not sign_in.service_account else None,
+        verify=(lambda: verify_google(mailbox, sign_in, timeout)) if verify_first else None)
 
 
 def login(store: Store, sign_in: GoogleSignIn, mailbox_id: int, consent: Consent) -> Mailbox:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from hanna_sync.remote.providers import (
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
+    from hanna_sync.diagnose.report import Report
     from hanna_sync.remote.google_auth import GoogleSignIn
     from hanna_sync.remote.oauth import MicrosoftSignIn
 
@@ -454,10 +456,7 @@ def verify_o365(mailbox: Mailbox, sign_in: MicrosoftSignIn, timeout: float) -> V
     test`, so a mailbox is refused with the cause and fix that command shows."""
     from hanna_sync import diagnose
 
-    report = diagnose.check_o365(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True)
-    if report.failure is not None:
-        raise report.failure.error()
-    return Verified(folders=report.folders)
+    return _verified(diagnose.check_o365(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True))
 
 
 def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Verified:
@@ -465,7 +464,37 @@ def verify_google(mailbox: Mailbox, sign_in: GoogleSignIn, timeout: float) -> Ve
     (google-client): the scanning stages of `hanna-sync test`."""
     from hanna_sync import diagnose
 
-    report = diagnose.check_google(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True)
+    return _verified(diagnose.check_google(mailbox, sign_in, diagnose.Options(timeout=timeout), scanning_only=True))
+
+
+def _verified(report: Report) -> Verified:
     if report.failure is not None:
         raise report.failure.error()
     return Verified(folders=report.folders)
+
+
+def add_signed_in(
+    store: Store, secrets: SecretStore, mailbox: Mailbox, *, sign_in: Callable[[], object] | None,
+    verify: Callable[[], Verified] | None, allow_duplicate: bool = False,
+) -> Saved:
+    """Save a mailbox that signs in instead of having a password: `sign_in` first (None: nobody signs in,
+    as an app-only or service-account mailbox), then `verify` (None: --no-verify, the default folders);
+    nothing is kept when a step fails, not even the sign-in's tokens."""
+    store.check_unique(mailbox, allow_duplicate)
+    check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
+    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its kept tokens in the secrets store
+    signed_in = False
+    try:
+        if sign_in is not None:
+            sign_in()
+            signed_in = True
+        if verify is not None:
+            mailbox.folders = verify().folders
+        elif not mailbox.folders:
+            mailbox.folders = default_folders(mailbox)
+        previous_main = store.add_mailbox(mailbox, allow_duplicate)
+    except BaseException:
+        if signed_in:
+            secrets.delete(mailbox.secret_ref)
+        raise
+    return Saved(mailbox, previous_main)

@@ -4,15 +4,14 @@ sign-in instead of a password."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hanna_sync.admin.mailboxes import (
     O365_KINDS,
     Saved,
+    add_signed_in,
     apply_settings,
-    check_plaintext,
     completed,
     verify_o365,
 )
@@ -20,7 +19,7 @@ from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
 from hanna_sync.mail.addresses import normalise_email
 from hanna_sync.models import Mailbox
-from hanna_sync.remote.providers import PROVIDERS, default_folders
+from hanna_sync.remote.providers import PROVIDERS
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -49,24 +48,10 @@ def add(
 
     Without verification a delegated mailbox is saved unsigned: `hanna-sync login ID` signs it in later.
     """
-    store.check_unique(mailbox, allow_duplicate)
-    check_plaintext(mailbox)  # a token in clear is as good as a password to whoever reads it
-    mailbox.secret_ref = uuid.uuid4().hex  # the slot of its MSAL token cache in the secrets store
-    signed_in = False
-    try:
-        if verify_first:
-            if not sign_in.app_only:
-                sign_in.sign_in(mailbox, show)
-                signed_in = True
-            mailbox.folders = verify_o365(mailbox, sign_in, timeout).folders
-        elif not mailbox.folders:
-            mailbox.folders = default_folders(mailbox)
-        previous_main = store.add_mailbox(mailbox, allow_duplicate)
-    except BaseException:
-        if signed_in:
-            secrets.delete(mailbox.secret_ref)
-        raise
-    return Saved(mailbox, previous_main)
+    return add_signed_in(
+        store, secrets, mailbox, allow_duplicate=allow_duplicate,
+        sign_in=(lambda: sign_in.sign_in(mailbox, show)) if verify_first and not sign_in.app_only else None,
+        verify=(lambda: verify_o365(mailbox, sign_in, timeout)) if verify_first else None)
 
 
 def login(store: Store, sign_in: MicrosoftSignIn, mailbox_id: int, show: Callable[[str], None]) -> Mailbox:

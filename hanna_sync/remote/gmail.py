@@ -23,13 +23,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from hanna_sync.errors import AuthError, ConnectError
-from hanna_sync.remote.graph import Mime, network_reason, retry_after
+from hanna_sync.remote.graph import MAX_RETRIES, MAX_RETRY_WAIT, Mime, network_reason, retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 4  # envelopes and originals fetched at once per mailbox: 4 x 5 units, far below 250 a second
-MAX_RETRIES = 4  # throttled or failing (429/5xx) requests tried again at most this many times
-MAX_RETRY_WAIT = 120.0  # a Retry-After longer than this is not waited for: the next pass goes on
 # The header fields the matching reads (the IMAP path's, and Subject and Date for a dry run's list).
 METADATA_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To",
                     "References", "Auto-Submitted", "List-Id", "Precedence")
