@@ -236,6 +236,39 @@ def test_throttling_waits_as_told_and_a_mailbox_throttled_too_long_fails_alone(t
     assert env.run().mailboxes[0].archived == 1  # the letter waited for the next pass
 
 
+def test_a_retry_after_of_7_seconds_is_waited_for_exactly_then_the_pass_goes_on(tmp_path, fake, monkeypatch):
+    sample_mailbox(fake)
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env)
+    waits: list[float] = []
+    monkeypatch.setattr(gmail_module.time, "sleep", waits.append)
+    fake.throttle_next, fake.retry_after = 1, "7"
+    result = env.run().mailboxes[0]
+    assert waits == [7.0]  # as Gmail asked: not the 2 s of the back-off's own first step
+    assert result.ok and result.archived == SAMPLE_MATCHED and fake.throttle_next == 0
+
+
+def test_a_retry_after_of_300_seconds_fails_the_mailbox_at_once_and_the_others_go_on(tmp_path, fake, monkeypatch):
+    """Over MAX_RETRY_WAIT (120 s) the pass does not wait: the mailbox fails for this pass without a
+    single sleep or retry, and the next pass tries again."""
+    sample_mailbox(fake)
+    other = "ona@imone.lt"
+    fake.deliver(other, sample.letter("Rūta <ruta@azuolas.lt>", other, "Sveiki", "x", message_id="<hi@azuolas.lt>"))
+    env = gmail_env(tmp_path, fake, monkeypatch)
+    add(env)
+    add(env, other)
+    waits: list[float] = []
+    monkeypatch.setattr(gmail_module.time, "sleep", waits.append)
+    fake.throttle_user, fake.throttle_next, fake.retry_after = STAFF, 100, "300"
+    staff, ona = env.run().mailboxes
+    assert waits == [] and fake.throttle_next == 99  # one request answered 429, none after it
+    assert not staff.ok and staff.failure_kind == "connect" and staff.archived == 0
+    assert "429 rateLimitExceeded: User-rate limit exceeded." in staff.errors[0]
+    assert ona.ok and ona.archived == 1
+    fake.throttle_next = 0
+    assert env.run().mailboxes[0].archived == SAMPLE_MATCHED
+
+
 @pytest.mark.parametrize("status", [503, 403])  # a passing failure; Gmail's 403 rateLimitExceeded
 def test_passing_failures_and_quota_refusals_are_waited_out_too(tmp_path, fake, monkeypatch, status):
     sample_mailbox(fake)
