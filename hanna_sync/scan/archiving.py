@@ -13,7 +13,7 @@ from typing import Generic
 from hanna_sync.db.retention import refused
 from hanna_sync.db.store import Store
 from hanna_sync.linking.backfill import LetterKeys, SkipIndex
-from hanna_sync.linking.match import Link
+from hanna_sync.linking.match import Link, inherited_links
 from hanna_sync.mail.addresses import normalise_email
 from hanna_sync.mail.message import Keep, fingerprint, is_automatic
 from hanna_sync.models import FolderState, Mailbox
@@ -41,6 +41,24 @@ def keeping(links: list[Link]) -> Keep:
     stored (and relink finds them) even past the first MAX_ADDRESSES_PER_HEADER recipients of a header."""
     addresses = {link.address for link in links if link.rule != "thread"}
     return lambda address: normalise_email(address) in addresses
+
+
+def inherit_conversations(ctx: PassContext, links: dict[K, list[Link]], conversations: dict[K, str], *,
+                          mailbox: Mailbox) -> None:
+    """The links a batch's letters inherit from archived letters of their conversation (Outlook's, Gmail's
+    thread: `conversations` maps a key to "conversation:<id>"), added to `links` in place. From archived
+    letters only: whether a letter of this batch was sent by a program (and so passes nothing on) is known
+    from its original; a reply whose conversation's first letter is in this very batch is fetched by the
+    next pass (thread backfill)."""
+    if not ctx.config.linking.thread_replies or not conversations:
+        return
+    flags = {"sync_customers": mailbox.sync_customers, "sync_leads": mailbox.sync_leads}
+    with ctx.store.transaction():
+        linked = ctx.store.thread_links(list(set(conversations.values())))
+    for key, conversation in conversations.items():
+        extra = inherited_links([conversation], linked, links.get(key, ()), **flags)
+        if extra:
+            links[key] = links.get(key, []) + extra
 
 
 def prepare(

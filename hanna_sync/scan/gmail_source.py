@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from hanna_sync.db.store import participants_of
 from hanna_sync.linking.backfill import LetterKeys, SkipIndex
-from hanna_sync.linking.match import Link, inherited_links, match
+from hanna_sync.linking.match import Link, match
 from hanna_sync.mail.message import ParsedLetter, address_tokens, is_automatic, parse_headers_only, parse_letter
 from hanna_sync.models import FolderState, Mailbox
 from hanna_sync.remote.gmail import (
@@ -258,15 +258,7 @@ class GmailSource:
                 if found:
                     links[e.id] = found
         threads = {e.id: f"conversation:{self._conversation(e)}" for e in envelopes if e.thread_id}
-        if self.config.linking.thread_replies and threads:
-            # From archived letters only, as over Graph: a reply skipped because its thread's first letter is
-            # in this very batch is fetched by the next pass (thread backfill).
-            with self.store.transaction():
-                linked = self.store.thread_links(list(set(threads.values())))
-            for message_id, thread in threads.items():
-                extra = inherited_links([thread], linked, links.get(message_id, ()), **flags)
-                if extra:
-                    links[message_id] = links.get(message_id, []) + extra
+        archiving.inherit_conversations(self.ctx, links, threads, mailbox=self.mailbox)
         candidates: list[Candidate[str]] = []
         passed: list[Envelope] = []
         for e in envelopes:

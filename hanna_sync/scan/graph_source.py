@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from hanna_sync.linking.backfill import LetterKeys, SkipIndex
-from hanna_sync.linking.match import Link, inherited_links, match
+from hanna_sync.linking.match import Link, match
 from hanna_sync.mail.message import parse_headers_only, parse_letter
 from hanna_sync.models import FolderState, Mailbox
 from hanna_sync.remote.graph import (
@@ -195,16 +195,7 @@ class GraphSource:
             if found:
                 links[e.id] = found
         conversations = {e.id: f"conversation:{e.conversation_id}" for e in envelopes if e.conversation_id}
-        if self.config.linking.thread_replies and conversations:
-            # From archived letters only: whether a letter of this page was sent by a program (and so
-            # passes nothing on) is known from its original. A reply skipped here because its
-            # conversation's first letter is on the same page is fetched by the next pass (thread backfill).
-            with self.store.transaction():
-                linked = self.store.thread_links(list(set(conversations.values())))
-            for graph_id, conversation in conversations.items():
-                extra = inherited_links([conversation], linked, links.get(graph_id, ()), **flags)
-                if extra:
-                    links[graph_id] = links.get(graph_id, []) + extra
+        archiving.inherit_conversations(self.ctx, links, conversations, mailbox=self.mailbox)
         candidates: list[Candidate[str]] = []
         passed: list[Envelope] = []
         for e in envelopes:
