@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 from imapclient import IMAPClient
 
 from hanna_sync.diagnose.hints import explain, how_chosen
-from hanna_sync.diagnose.imap_stages import ImapRun, capabilities_of
+from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.report import Options, Report
 from hanna_sync.diagnose.run import Passed, Run, Server, StageFailed
 from hanna_sync.diagnose.smtp_stages import SmtpRun
 from hanna_sync.errors import AuthError, ConfigError, ExitCode, HannaError
 from hanna_sync.models import Mailbox
-from hanna_sync.remote import imap, smtp
+from hanna_sync.remote import imap
 from hanna_sync.remote.gmail import SYSTEM_LABELS, GmailClient
 from hanna_sync.remote.google_auth import GoogleToken
 from hanna_sync.remote.oauth import SignInLost, TokenRefused
@@ -88,14 +88,8 @@ class GoogleImapRun(GoogleTokenStages, ImapRun):
     """IMAP as a google-client scan uses it: AUTHENTICATE XOAUTH2 with a token for https://mail.google.com/."""
 
     def capabilities(self, client: IMAPClient) -> Passed:
-        assert self.server is not None
-        capabilities = capabilities_of(client)
-        mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
-        if "XOAUTH2" not in mechanisms:
-            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
-                              "a google-client mailbox logs in to Gmail (imap.gmail.com:993): check --imap-host")
-        extensions = " X-GM-EXT-1" if "X-GM-EXT-1" in capabilities else ""
-        return Passed(f"AUTH {' '.join(mechanisms)}{extensions}", capabilities)
+        return self.xoauth2_capabilities(
+            client, fix="a google-client mailbox logs in to Gmail (imap.gmail.com:993): check --imap-host")
 
     def authenticate(self, client: IMAPClient, login: str) -> bytes:
         return b" ".join(client.oauth2_login(login, self.password))
@@ -110,13 +104,8 @@ class GoogleSmtpRun(GoogleTokenStages, SmtpRun):
     """SMTP as the CRM sends with a google-client mailbox: AUTH XOAUTH2 with the same token."""
 
     def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
-        assert self.server is not None
-        mechanisms = session.esmtp_features.get("auth", "").upper().split()
-        if "XOAUTH2" not in mechanisms:
-            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
-                              "a google-client mailbox sends through Gmail (smtp.gmail.com, port 465 ssl):"
-                              " check --smtp-host", exit_code=ExitCode.SERVER)
-        return smtp.xoauth2(session, login, self.password)
+        return self.xoauth2(session, login, fix="a google-client mailbox sends through Gmail (smtp.gmail.com, port"
+                                                " 465 ssl): check --smtp-host")
 
     def auth_hint(self, text: str) -> str:
         if _TOKEN_REFUSED.search(text):

@@ -78,6 +78,17 @@ class ImapRun(NetworkRun):
 
         return self.secure(attempt)
 
+    def xoauth2_capabilities(self, client: IMAPClient, *, fix: str) -> Passed:
+        """The capabilities stage of a kind that logs in with a token: XOAUTH2 must be offered (`fix` says
+        which server the kind's IMAP is); Gmail's extension is named when it is there."""
+        assert self.server is not None
+        capabilities = capabilities_of(client)
+        mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
+        if "XOAUTH2" not in mechanisms:
+            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})", fix)
+        extensions = " X-GM-EXT-1" if "X-GM-EXT-1" in capabilities else ""
+        return Passed(f"AUTH {' '.join(mechanisms)}{extensions}", capabilities)
+
     def capabilities(self, client: IMAPClient) -> Passed:
         """What the server offers before the login: how to log in (the extensions come after it)."""
         assert self.server is not None

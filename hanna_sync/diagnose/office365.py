@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 from imapclient import IMAPClient
 
 from hanna_sync.diagnose.hints import explain, how_chosen, office365_smtp_auth
-from hanna_sync.diagnose.imap_stages import ImapRun, capabilities_of
+from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.report import Options, Report
 from hanna_sync.diagnose.run import Passed, Run, Server, StageFailed
 from hanna_sync.diagnose.smtp_stages import SmtpRun
 from hanna_sync.errors import AuthError, ConfigError, ExitCode, HannaError
 from hanna_sync.models import Mailbox
-from hanna_sync.remote import imap, smtp
+from hanna_sync.remote import imap
 from hanna_sync.remote.graph import GraphClient
 from hanna_sync.remote.oauth import GRAPH, IMAP, SMTP, Resource, SignInLost, Token, TokenRefused
 
@@ -91,14 +91,8 @@ class OAuthImapRun(TokenStages, ImapRun):
     resource = IMAP
 
     def capabilities(self, client: IMAPClient) -> Passed:
-        assert self.server is not None
-        capabilities = capabilities_of(client)
-        mechanisms = sorted(c[5:] for c in capabilities if c.startswith("AUTH="))
-        if "XOAUTH2" not in mechanisms:
-            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
-                               "an o365-client mailbox logs in to Exchange Online (outlook.office365.com): check"
-                               " --imap-host")
-        return Passed(f"AUTH {' '.join(mechanisms)}", capabilities)
+        return self.xoauth2_capabilities(client, fix="an o365-client mailbox logs in to Exchange Online"
+                                                     " (outlook.office365.com): check --imap-host")
 
     def authenticate(self, client: IMAPClient, login: str) -> bytes:
         lines = client.oauth2_login(login, self.password)  # the reply's lines
@@ -116,13 +110,8 @@ class OAuthSmtpRun(TokenStages, SmtpRun):
     resource = SMTP
 
     def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
-        assert self.server is not None
-        mechanisms = session.esmtp_features.get("auth", "").upper().split()
-        if "XOAUTH2" not in mechanisms:
-            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
-                               "an o365-client mailbox sends through Exchange Online (smtp.office365.com, port 587"
-                               " starttls): check --smtp-host", exit_code=ExitCode.SERVER)
-        return smtp.xoauth2(session, login, self.password)
+        return self.xoauth2(session, login, fix="an o365-client mailbox sends through Exchange Online"
+                                                " (smtp.office365.com, port 587 starttls): check --smtp-host")
 
     def auth_hint(self, text: str) -> str:
         login = self.mailbox.login_name

@@ -122,6 +122,16 @@ class SmtpRun(NetworkRun):
     def authenticate(self, session: smtplib.SMTP, login: str) -> tuple[int, bytes]:
         return session.login(login, self.password)
 
+    def xoauth2(self, session: smtplib.SMTP, login: str, *, fix: str) -> tuple[int, bytes]:
+        """AUTH XOAUTH2 with the token, for a kind that logs in with one; `fix` says which server it sends
+        through when this one does not offer it."""
+        assert self.server is not None
+        mechanisms = session.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in mechanisms:
+            raise StageFailed(f"{self.server.host} does not offer XOAUTH2 (AUTH {' '.join(mechanisms) or 'none'})",
+                              fix, exit_code=ExitCode.SERVER)
+        return smtp.xoauth2(session, login, self.password)
+
     def send(self, session: smtplib.SMTP) -> Passed:
         assert self.server is not None and self.options.send_to
         host, to = self.server.host, self.options.send_to
