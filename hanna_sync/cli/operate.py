@@ -213,13 +213,13 @@ def doctor(app: App, as_json: bool) -> None:
 
 
 @click.command("setup-guide")
-@click.argument("topic", type=click.Choice(["o365", "google", "systemd", "config"]))
+@click.argument("topic", type=click.Choice(["o365", "google", "systemd", "config", "man"]))
 @click.option("--user", "user_units", is_flag=True, help="systemd: units for one user (systemctl --user), no root.")
 @click.option("--unit", type=click.Choice(["service", "timer", "web"]),
               help="systemd: print only this unit file, to save it (see the steps).")
 @click.pass_obj
 def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> None:
-    """Print the steps to set something up, or a file to save: o365, google, systemd, config.
+    """Print the steps to set something up, or a file to save: o365, google, systemd, config, man.
 
     
     o365     the app registration, its API permissions and admin consent, "Allow public client flows"
@@ -232,6 +232,8 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
              absolute path of this hanna-sync; --unit service|timer prints that unit file,
              --unit web the one for `hanna-sync serve` (hanna-sync-web.service).
     config   the example config: every key, with its default and what it does.
+    man      the man page hanna-sync(1) in roff, made from every command's --help (for packagers,
+             and pip installs: see the README's "Man page and shell completion").
 
     
     Examples:
@@ -239,6 +241,7 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
       hanna-sync setup-guide google | less
       hanna-sync setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service
       hanna-sync setup-guide config > ~/.config/hanna-sync/config.toml
+      hanna-sync setup-guide man > hanna-sync.1 && man -l hanna-sync.1
     """
     from hanna_sync.admin import setup_guide as guides
 
@@ -246,6 +249,12 @@ def setup_guide(app: App, topic: str, user_units: bool, unit: str | None) -> Non
         raise InputError(f"--user and --unit are for 'setup-guide systemd', not '{topic}'")
     if topic == "config":
         click.echo(guides.example_config(), nl=False)
+    elif topic == "man":
+        from hanna_sync.cli.manpage import render
+
+        root = click.get_current_context().find_root().command
+        assert isinstance(root, click.Group)
+        click.echo(render(root), nl=False)
     elif topic == "systemd":
         click.echo(guides.systemd_unit(unit, user_units) if unit else guides.systemd_steps(user_units), nl=False)
     elif topic == "google":
