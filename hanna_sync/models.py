@@ -121,6 +121,15 @@ class Backup:
     seconds: float
 
 
+@dataclass(frozen=True)
+class AppliedMigration:
+    """One row of the database's migration record, for `hanna-sync doctor`."""
+
+    name: str
+    applied_at: str
+    version: str | None  # the hanna-sync that applied it; None: applied before versions were recorded
+
+
 def merged_folders(names: list[str]) -> tuple[list[str], list[str]]:
     """Each folder once, and the notes saying which were merged: INBOX is INBOX in any case (RFC 3501),
     other names are compared exactly, as servers compare them."""

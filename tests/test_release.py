@@ -100,3 +100,39 @@ def test_bash_completes_a_command_and_an_option():
     assert "plain,setup-guide" in complete("hanna-sync se")
     assert "plain,serve" in complete("hanna-sync se")  # web/'s command too
     assert "plain,man" in complete("hanna-sync setup-guide ")
+
+
+def test_each_migration_records_the_version_that_applied_it_and_doctor_shows_them(tmp_path):
+    """A database from before versions were recorded (sqlite-utils' own record, m013 not yet applied) keeps
+    its rows NULL; the migration this hanna-sync applies names it; doctor tells them apart."""
+    import json
+
+    import sqlite_utils
+
+    from hanna_sync.db.schema import migrations
+    from hanna_sync.db.store import Store
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    database = tmp_path / "state" / "hs.db"
+    old = sqlite_utils.Migrations("hanna_sync")
+    for migration in migrations._migrations:
+        old(name=migration.name)(migration.fn)
+    old.apply(sqlite_utils.Database(database), stop_before="m013_gmail_api_message_ids")
+    database.chmod(0o600)
+    store = Store(database)  # this hanna-sync applies m013
+    applied = store.applied_migrations()
+    store.close()
+    assert [m.version for m in applied] == [None] * 12 + [__version__]
+    assert applied[-1].name == "m013_gmail_api_message_ids"
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'database = "{database}"\n')
+    report = json.loads(run_script("--config", str(config), "doctor", "--json").stdout)
+    check = next(c for c in report["checks"] if c["name"] == "migrations")
+    assert check["ok"] and check["detail"].startswith("13 applied, the last m013_gmail_api_message_ids on ")
+    assert check["detail"].endswith(f" by hanna-sync {__version__}; by version: unrecorded (12), {__version__} (1)")
+
+    fresh = tmp_path / "state" / "fresh.db"
+    store = Store(fresh)
+    assert {m.version for m in store.applied_migrations()} == {__version__}  # from the first migration on
+    store.close()

@@ -68,6 +68,8 @@ def examine(config: Config) -> Report:
         if path.exists():
             report.checks.append(_private(path, "database file"))
     report.checks.append(_integrity(database))
+    if report.checks[-1].ok:
+        report.checks.append(_migrations(database))
     if config.secrets.store == "file":
         report.checks.extend(_secrets_files(config))
     return report
@@ -123,6 +125,24 @@ def _integrity(path: Path) -> Check:
         return Check("database", False, f"{path} cannot be read: {exc}", _restore_steps(path))
     finally:
         store.close()
+
+
+def _migrations(path: Path) -> Check:
+    """Which hanna-sync versions shaped the database: after an upgrade or a restored backup, the first
+    question about a database that behaves oddly. Informational: it never fails."""
+    store = Store(path)
+    try:
+        applied = store.applied_migrations()
+    finally:
+        store.close()
+    by_version: dict[str, int] = {}
+    for migration in applied:
+        key = migration.version or "unrecorded"
+        by_version[key] = by_version.get(key, 0) + 1
+    versions = ", ".join(f"{version} ({count})" for version, count in by_version.items())
+    last = applied[-1]
+    return Check("migrations", True, f"{len(applied)} applied, the last {last.name} on {last.applied_at[:10]}"
+                 f" by hanna-sync {last.version or 'before 0.1.0 (unrecorded)'}; by version: {versions}")
 
 
 def _damage(path: Path) -> list[str]:

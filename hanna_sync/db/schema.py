@@ -7,14 +7,39 @@ is never edited once released: a change is a new one, each applied in its own tr
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import sqlite_utils
 
+from hanna_sync import __version__
 from hanna_sync.db.archive import participants_of
 from hanna_sync.models import merged_folders
 
-migrations = sqlite_utils.Migrations("hanna_sync")
+
+class VersionedMigrations(sqlite_utils.Migrations):
+    """sqlite-utils' migrations, each recorded with the hanna-sync version that applied it
+    (`_sqlite_migrations.hanna_sync_version`): after upgrades and restored backups, which release shaped
+    a database is a fact to read (`hanna-sync doctor`), not to guess. Rows from before it was recorded
+    are NULL. The column is the record's own, so it comes before any migration, not as one."""
+
+    VERSION_COLUMN = "hanna_sync_version"
+
+    def ensure_migrations_table(self, db: sqlite_utils.Database) -> None:
+        super().ensure_migrations_table(db)
+        table = db.table(self.migrations_table)
+        if self.VERSION_COLUMN not in table.columns_dict:
+            table.add_column(self.VERSION_COLUMN, str)
+
+    def _record_applied(self, db: sqlite_utils.Database, name: str) -> None:
+        """As sqlite-utils records it (in the migration's transaction), plus the version."""
+        db.table(self.migrations_table).insert({
+            "migration_set": self.name, "name": name,
+            "applied_at": str(datetime.datetime.now(datetime.timezone.utc)), self.VERSION_COLUMN: __version__,
+        })
+
+
+migrations = VersionedMigrations("hanna_sync")
 
 
 @migrations()

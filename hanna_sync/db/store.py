@@ -30,7 +30,7 @@ from hanna_sync.db.skipindex import SkipIndexQueries
 from hanna_sync.db.tokens import TokenQueries
 from hanna_sync.errors import InputError
 from hanna_sync.mail.filenames import file_kind
-from hanna_sync.models import Backup
+from hanna_sync.models import AppliedMigration, Backup
 
 # The names other packages import from this module: it stays the database's one front door.
 __all__ = [
@@ -127,6 +127,13 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
 
     def close(self) -> None:
         self.db.close()
+
+    def applied_migrations(self) -> list[AppliedMigration]:
+        """The migration record in the order applied, each with the hanna-sync version that applied it."""
+        rows = self.db.execute(
+            f"SELECT name, applied_at, {migrations.VERSION_COLUMN} FROM {migrations.migrations_table}"
+            " WHERE migration_set = ? ORDER BY rowid", [migrations.name]).fetchall()
+        return [AppliedMigration(*row) for row in rows]
 
     def quick_check(self) -> list[str]:
         """What SQLite finds damaged ([] when sound), at most 20 lines.
