@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(dovecot-imapd python3-venv ca-certificates)
 # The tests check the units `setup-guide systemd` prints with systemd-analyze verify, and drive the web view
 # in a headless Chromium (tests/test_web_browser.py).
-[ "${1:-}" = test ] && packages+=(systemd chromium chromium-driver)
+[ "${1:-}" = test ] && packages+=(systemd chromium chromium-driver groff-base)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
