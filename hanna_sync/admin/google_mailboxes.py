@@ -1,18 +1,15 @@
 """Google mailboxes (google-scan: the Gmail API; google-client: Gmail's IMAP and SMTP with XOAUTH2): made,
-given consent or checked
-against the service account's delegation, verified and saved as one step, like a password mailbox in
-mailboxes.py, with a Google sign-in instead of a password."""
+given consent or checked against the service account's delegation, verified and saved as one step, like a
+password mailbox in mailboxes.py, with a Google sign-in instead of a password."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hanna_sync.admin.mailboxes import Saved, add_signed_in, apply_settings, completed, verify_google
+from hanna_sync.admin.mailboxes import Saved, add_signed_in, new_signed_in, verify_google
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
-from hanna_sync.mail.addresses import normalise_email
 from hanna_sync.models import GOOGLE_KINDS, Mailbox
-from hanna_sync.remote.providers import PROVIDERS
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -23,15 +20,7 @@ def new_mailbox(user: str, email: str, settings: dict[str, Any], kind: str = "go
     """A Google mailbox, whatever the address's domain (a Workspace domain is the company's own): google-scan
     reads labels through the Gmail API and takes no server settings; google-client is Gmail's IMAP and SMTP
     (the gmail preset, which --imap-host and the like may override)."""
-    normalised = normalise_email(email)
-    if normalised is None:
-        raise InputError(f"'{email}' is not an email address")
-    mailbox = Mailbox(user=user, email=normalised, provider="gmail", kind=kind)
-    if kind == "google-client":
-        preset = PROVIDERS["gmail"]
-        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
-        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
-    return completed(apply_settings(mailbox, settings))
+    return new_signed_in(user, email, provider="gmail", kind=kind, settings=settings)
 
 
 def add(

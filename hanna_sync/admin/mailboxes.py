@@ -473,6 +473,21 @@ def _verified(report: Report) -> Verified:
     return Verified(folders=report.folders)
 
 
+def new_signed_in(user: str, email: str, *, provider: str, kind: str, settings: dict[str, Any]) -> Mailbox:
+    """A mailbox of a kind that signs in, whatever the address's domain (the company's own): an API kind
+    (o365-scan, google-scan) takes no server settings; an IMAP one starts from its provider's servers, which
+    --imap-host and the like may override."""
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise InputError(f"'{email}' is not an email address")
+    mailbox = Mailbox(user=user, email=normalised, provider=provider, kind=kind)
+    if kind not in API_KINDS:
+        preset = PROVIDERS[provider]
+        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
+        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
+    return completed(apply_settings(mailbox, settings))
+
+
 def add_signed_in(
     store: Store, secrets: SecretStore, mailbox: Mailbox, *, sign_in: Callable[[], object] | None,
     verify: Callable[[], Verified] | None, allow_duplicate: bool = False,

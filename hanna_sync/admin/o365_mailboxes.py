@@ -11,15 +11,12 @@ from hanna_sync.admin.mailboxes import (
     O365_KINDS,
     Saved,
     add_signed_in,
-    apply_settings,
-    completed,
+    new_signed_in,
     verify_o365,
 )
 from hanna_sync.db.store import Store
 from hanna_sync.errors import InputError
-from hanna_sync.mail.addresses import normalise_email
 from hanna_sync.models import Mailbox
-from hanna_sync.remote.providers import PROVIDERS
 
 if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
@@ -29,15 +26,7 @@ if TYPE_CHECKING:
 def new_mailbox(user: str, email: str, kind: str, settings: dict[str, Any]) -> Mailbox:
     """An Office 365 mailbox: o365-client on Exchange Online's IMAP and SMTP (the outlook preset, which
     --imap-host and the like may override), o365-scan on Microsoft Graph, which needs no server settings."""
-    normalised = normalise_email(email)
-    if normalised is None:
-        raise InputError(f"'{email}' is not an email address")
-    mailbox = Mailbox(user=user, email=normalised, provider="outlook", kind=kind)
-    if kind == "o365-client":
-        preset = PROVIDERS["outlook"]
-        mailbox.imap_host, mailbox.imap_security = preset.imap_host, preset.imap_security
-        mailbox.smtp_host, mailbox.smtp_security = preset.smtp_host, preset.smtp_security
-    return completed(apply_settings(mailbox, settings))
+    return new_signed_in(user, email, provider="outlook", kind=kind, settings=settings)
 
 
 def add(

@@ -429,23 +429,11 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
     if (paste or port) and mailbox_id is None:
         raise InputError("--paste and --port go with a Google MAILBOX (google-scan, google-client)")
     if google_client_secret:
-        if secret_stdin:
-            secret = read_password(True)
-        elif interactive():
-            secret = click.prompt("Client secret (GOCSPX-...)", hide_input=True)
-        else:
-            raise InputError("no client secret given: pipe it with --secret-stdin, or run on a terminal to be asked")
-        app.google.store_client_secret(secret)
+        app.google.store_client_secret(_client_secret(secret_stdin, "Client secret (GOCSPX-...)"))
         click.echo("Google client secret checked (Google accepts it) and stored in the secrets store.")
         return
     if client_secret:
-        if secret_stdin:
-            secret = read_password(True)
-        elif interactive():
-            secret = click.prompt("Client secret (its Value)", hide_input=True)
-        else:
-            raise InputError("no client secret given: pipe it with --secret-stdin, or run on a terminal to be asked")
-        app.sign_in.store_client_secret(secret)
+        app.sign_in.store_client_secret(_client_secret(secret_stdin, "Client secret (its Value)"))
         click.echo("Client secret checked (it gets a token) and stored in the secrets store.")
         return
     assert mailbox_id is not None
@@ -464,6 +452,15 @@ def login(app: App, mailbox_id: int | None, *, client_secret: bool, google_clien
     mailbox = o365_mailboxes.login(app.store, app.sign_in, mailbox_id, show_sign_in)
     how = ": the app gets its tokens (app-only)" if app.sign_in.app_only else " is signed in"
     click.echo(f"Mailbox {mailbox.id} ({mailbox.email}){how}; the next pass scans it.")
+
+
+def _client_secret(from_stdin: bool, prompt: str) -> str:
+    """A client secret from stdin's first line, or a hidden prompt on a terminal; never from argv."""
+    if from_stdin:
+        return read_password(True)
+    if interactive():
+        return str(click.prompt(prompt, hide_input=True))
+    raise InputError("no client secret given: pipe it with --secret-stdin, or run on a terminal to be asked")
 
 
 COMMANDS = (add_mailbox, edit_mailbox, set_password, remove_mailbox, list_mailboxes, folders, login)
