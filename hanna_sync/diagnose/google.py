@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from imapclient import IMAPClient
 
-from hanna_sync.diagnose.hints import explain, how_chosen
+from hanna_sync.diagnose.hints import explain, how_chosen, renewal_refused
 from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.report import Options, Report
 from hanna_sync.diagnose.run import Passed, Run, Server, StageFailed
@@ -74,14 +74,7 @@ class GoogleTokenStages(Run):
     def lost_sign_in(self) -> str | None:
         """Why Gmail refused a token it should take, when it is a consent revoked since (Gmail refuses such a
         token with the words it uses for a wrong one): a renewal says so."""
-        try:
-            self.sign_in.token(self.mailbox, fresh=True)
-        except (SignInLost, TokenRefused) as exc:
-            fix = f"; {exc.fix}" if exc.fix else ""
-            return f"the token is no longer honoured: renewing it fails ({exc.said}){fix}"
-        except HannaError:
-            pass  # the token endpoint unreachable: nothing learnt, the server's own words stand
-        return None
+        return renewal_refused(lambda: self.sign_in.token(self.mailbox, fresh=True))
 
 
 class GoogleImapRun(GoogleTokenStages, ImapRun):

@@ -6,9 +6,12 @@ Pure text, no connections: the largest part of the diagnosis, and the one a new 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+from hanna_sync.errors import HannaError
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import imap
+from hanna_sync.remote.oauth import SignInLost, TokenRefused
 
 _GOOGLE_APP_PASSWORD = (
     "Google wants an app password instead of the account password: Google Account -> Security -> App passwords"
@@ -167,4 +170,17 @@ def how_chosen(mailbox: Mailbox, defaults: str) -> str:
         return "as saved"
     return f"found by default when the mailbox was saved: {defaults}"
 
+
+def renewal_refused(renew: Callable[[], object]) -> str | None:
+    """Why a server refused a token that looked right, when the sign-in is gone since (a consent revoked:
+    Exchange and Gmail refuse such a token with the words they use for a wrong one): a renewal says so.
+    None when the renewal works, or the token endpoint cannot be reached (nothing learnt)."""
+    try:
+        renew()
+    except (SignInLost, TokenRefused) as exc:
+        fix = f"; {exc.fix}" if exc.fix else ""
+        return f"the token is no longer honoured: renewing it fails ({exc.said}){fix}"
+    except HannaError:
+        pass
+    return None
 

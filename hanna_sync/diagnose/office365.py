@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from imapclient import IMAPClient
 
-from hanna_sync.diagnose.hints import explain, how_chosen, office365_smtp_auth
+from hanna_sync.diagnose.hints import explain, how_chosen, office365_smtp_auth, renewal_refused
 from hanna_sync.diagnose.imap_stages import ImapRun
 from hanna_sync.diagnose.report import Options, Report
 from hanna_sync.diagnose.run import Passed, Run, Server, StageFailed
@@ -75,14 +75,7 @@ class TokenStages(Run):
     def lost_sign_in(self) -> str | None:
         """Why the server refused a token that looked right, when it is a sign-in gone since (revoked: Exchange
         refuses such a token at once, with the words it uses for a missing permission): a renewal says so."""
-        try:
-            self.sign_in.token(self.mailbox, self.resource, fresh=True)
-        except (SignInLost, TokenRefused) as exc:
-            fix = f"; {exc.fix}" if exc.fix else ""
-            return f"the token is no longer honoured: renewing it fails ({exc.said}){fix}"
-        except HannaError:
-            pass  # the identity platform unreachable: nothing learnt, the server's own words stand
-        return None
+        return renewal_refused(lambda: self.sign_in.token(self.mailbox, self.resource, fresh=True))
 
 
 class OAuthImapRun(TokenStages, ImapRun):
