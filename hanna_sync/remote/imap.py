@@ -7,6 +7,7 @@ digs deeper, stage by stage.
 
 from __future__ import annotations
 
+import base64
 import functools
 import imaplib
 import logging
@@ -26,6 +27,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from hanna_sync.errors import AuthError, ConnectError
 from hanna_sync.models import Mailbox, merged_folders
+from hanna_sync.remote import imap_wire
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def connect(mailbox: Mailbox, timeout: float) -> IMAPClient:
     """A connected, not yet logged-in client, TLS set up as the mailbox's security setting says."""
     security = mailbox.imap_security or "ssl"
     try:
-        client = IMAPClient(
+        client = imap_wire.Client(
             mailbox.imap_host,
             port=mailbox.imap_port,
             ssl=security == "ssl",
@@ -147,17 +149,42 @@ def quiet_protocol_log(client: IMAPClient) -> None:
         client._imap.debug = 0
 
 
-def authenticate(client: IMAPClient, login_name: str, password: str) -> bytes:
-    """LOGIN, or AUTHENTICATE PLAIN (UTF-8) for a name or password beyond ASCII, which LOGIN cannot carry.
+def authenticate(
+    client: IMAPClient, login_name: str, password: str, *, then: Callable[[], object] | None = None,
+) -> bytes:
+    """LOGIN, or AUTHENTICATE PLAIN (UTF-8) for a name or password beyond ASCII, which LOGIN cannot carry:
+    with its credentials in the command itself where the server offers SASL-IR (RFC 4959), else after
+    the server's go-ahead. `then` writes commands that go out in the same write as the login, their
+    answers read after its (a refused login makes them fail harmlessly: the session ends).
 
     Returns the server's reply; raises imapclient's LoginError when refused.
     """
-    if (login_name + password).isascii():
-        return client.login(login_name, password)
-    return client.plain_login(login_name, password)
+    imap = client._imap
+    if not (login_name + password).isascii() and b"SASL-IR" not in client.capabilities():
+        reply = client.plain_login(login_name, password)
+        if then is not None:
+            with imap_wire.one_write(imap):
+                then()
+        return reply
+    with imap_wire.one_write(imap):
+        if (login_name + password).isascii():
+            name, tag = "LOGIN", imap._command("LOGIN", login_name, imap._quote(password))
+        else:
+            plain = base64.b64encode(f"\0{login_name}\0{password}".encode()).decode("ascii")
+            name, tag = "AUTHENTICATE", imap._command("AUTHENTICATE", "PLAIN", plain)
+        if then is not None:
+            then()
+    try:
+        typ, data = imap._command_complete(name, tag)
+    except IMAPClientError as exc:  # BAD
+        raise LoginError(str(exc)) from None
+    if typ != "OK":
+        raise LoginError(str(data[-1]))
+    imap.state = "AUTH"
+    return bytes(data[0])
 
 
-def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
+def login(client: IMAPClient, mailbox: Mailbox, password: str, *, then: Callable[[], object] | None = None) -> None:
     """Log in, or refuse to: a password goes over a connection without TLS only when the admin allowed it."""
     if (mailbox.imap_security or "ssl") == "none" and not mailbox.allow_plaintext:
         which = mailbox.id if mailbox.id is not None else "ID"
@@ -167,7 +194,7 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str) -> None:
             f" (or starttls), or on a network you trust 'hanna-sync edit-mailbox {which} --allow-plaintext'"
         )
     try:
-        authenticate(client, mailbox.login_name, password)
+        authenticate(client, mailbox.login_name, password, then=then)
     except LoginError as exc:
         text = server_text(exc) or "authentication failed"
         hint = "check the password"
@@ -195,11 +222,14 @@ def server_text(exc: BaseException) -> str:
 
 
 @contextmanager
-def session(mailbox: Mailbox, password: str, timeout: float) -> Iterator[IMAPClient]:
-    """A logged-in client, logged out (or at least closed) however the block ends."""
+def session(mailbox: Mailbox, password: str, timeout: float, *, status_of: list[str] | None = None,
+            ) -> Iterator[IMAPClient]:
+    """A logged-in client, logged out (or at least closed) however the block ends. With `status_of`, the
+    STATUS of those folders is written with the login (`imap_wire.Client.status_request` reads it)."""
     client = connect(mailbox, timeout)
     try:
-        login(client, mailbox, password)
+        login(client, mailbox, password,
+              then=None if status_of is None else functools.partial(imap_wire.write_status, client, status_of))
         yield client
     finally:
         _end(client)
@@ -207,7 +237,7 @@ def session(mailbox: Mailbox, password: str, timeout: float) -> Iterator[IMAPCli
 
 def _end(client: IMAPClient) -> None:
     try:
-        client.logout()
+        imap_wire.logout_and_close(client)
     except Exception:  # the connection may already be gone; nothing left to release
         with suppress(Exception):
             client.shutdown()

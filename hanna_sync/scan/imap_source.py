@@ -56,7 +56,7 @@ def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterat
         password = ctx.secrets.get(mailbox.secret_ref)
         if password is None:
             raise SecretsError(f"no password stored; run 'hanna-sync set-password {mailbox.id}'")
-        with imap.session(mailbox, password, ctx.config.network.timeout) as client:
+        with imap.session(mailbox, password, ctx.config.network.timeout, status_of=list(mailbox.folders)) as client:
             yield ImapSource(ctx, mailbox, client, result)
         return
     from hanna_sync.remote.oauth import IMAP, MicrosoftSignIn, TokenRefused
@@ -109,6 +109,11 @@ class ImapSource:
         self.ctx, self.store, self.config = ctx, ctx.store, ctx.config
         self.mailbox, self.client, self.result = mailbox, client, result
         self.condstore = b"CONDSTORE" in client.capabilities()
+        # Every folder's STATUS in one round trip (with the login, where it could go with it): most folders
+        # of most passes are unchanged, and that is all they cost.
+        request = client.status_request
+        self.ahead = (request.answers(client) if request is not None
+                      else client.folder_statuses(list(mailbox.folders), self._status_items()))
         # Gmail: one message in many folders (INBOX, labels, All Mail) has one X-GM-MSGID, and X-GM-THRID
         # names its conversation. Other servers get exactly the commands they always got.
         self.gmail = imap.GMAIL_EXTENSION in client.capabilities()
@@ -122,31 +127,26 @@ class ImapSource:
 
     def scan(self, folder: str) -> None:
         assert self.mailbox.id is not None
-        try:
-            status = self.client.folder_status(folder, self._status_items())
-        except IMAPClientError as exc:
-            self.result.fail(
-                "folder",
-                f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
-                f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
-                f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
-            )
-            if not self.ctx.dry_run and not self._listed(folder):
-                retire_gone_folder(self.store, self.mailbox, folder)
+        ahead = self.ahead.pop(folder, None)
+        status = self._status(folder, ahead)
+        if status is None:
             return
         self.result.folders_checked += 1
         with self.store.transaction():
             state = self.store.folder_state(self.mailbox.id, folder)
+        if self._unchanged(state, status, folder):
+            log.debug("%s: unchanged", folder)
+            return
+        if ahead is not None:  # asked at the start, maybe minutes ago: the folder is read by fresh numbers
+            status = self._status(folder, None)
+            if status is None:
+                return
         uidvalidity = int(status[b"UIDVALIDITY"])
         uidnext = int(status[b"UIDNEXT"])
         messages = int(status[b"MESSAGES"])
         gap_check_due = self._gap_check_due(state)
         expunged = self._expunged(state, uidvalidity, uidnext, messages)
         wanted = self.wanted.get(folder, {}).get(uidvalidity, [])
-        if (state.uidvalidity == uidvalidity and state.uidnext == uidnext and not gap_check_due and not expunged
-                and not wanted):
-            log.debug("%s: unchanged", folder)
-            return
         self.remapping = False
         if state.uidvalidity is not None and state.uidvalidity != uidvalidity:
             self.remapping = True
@@ -205,6 +205,30 @@ class ImapSource:
         if self.remapping:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
+
+    def _status(self, folder: str, ahead: dict[bytes, int] | str | None) -> dict[bytes, int] | None:
+        """The folder's STATUS: the answer asked ahead, else asked now; None when the server refuses it."""
+        try:
+            if isinstance(ahead, str):
+                raise IMAPClientError(ahead)
+            return ahead if ahead is not None else dict(self.client.folder_status(folder, self._status_items()))
+        except IMAPClientError as exc:
+            self.result.fail(
+                "folder",
+                f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
+                f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
+                f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
+            )
+            if not self.ctx.dry_run and not self._listed(folder):
+                retire_gone_folder(self.store, self.mailbox, folder)
+            return None
+
+    def _unchanged(self, state: FolderState, status: dict[bytes, int], folder: str) -> bool:
+        """Nothing to do: no new UID, none gone, no gap check due, no skipped letter wanted again."""
+        uidvalidity, uidnext = int(status[b"UIDVALIDITY"]), int(status[b"UIDNEXT"])
+        return (state.uidvalidity == uidvalidity and state.uidnext == uidnext and not self._gap_check_due(state)
+                and not self._expunged(state, uidvalidity, uidnext, int(status[b"MESSAGES"]))
+                and not self.wanted.get(folder, {}).get(uidvalidity))
 
     def _listed(self, folder: str) -> bool:
         """Whether the server's LIST still returns the folder. Only a LIST that answers without it says a
