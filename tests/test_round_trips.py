@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hanna_sync.demo import sample
 from hanna_sync.demo.latency import LatencyProxy
-from hanna_sync.remote import imap
+from hanna_sync.remote import imap, imap_wire
+from hanna_sync.scan import imap_source
 from tests.helpers import Env, deliver_sample
 
 FOLDERS = {1: ("INBOX",), 2: ("INBOX", "Išsiųsti"), 5: ("INBOX", "Išsiųsti", "Archyvas", "Klientai", "Tiekėjai")}
@@ -22,7 +24,9 @@ FOLDERS = {1: ("INBOX",), 2: ("INBOX", "Išsiųsti"), 5: ("INBOX", "Išsiųsti",
 def proxy(dovecot) -> Iterator[LatencyProxy]:
     if not dovecot.running:
         dovecot.start()
-    with LatencyProxy(dovecot.host, dovecot.imaps_port) as p:
+    # 20 ms apart: at 0 ms the LOGOUT's answer may reach the client before its close reaches the proxy,
+    # which would count the close as one more round trip.
+    with LatencyProxy(dovecot.host, dovecot.imaps_port, rtt_ms=20) as p:
         yield p
 
 
@@ -153,3 +157,73 @@ def test_a_refused_login_through_the_pipelined_path_is_an_auth_failure_and_nothi
     assert not result.ok and result.mailboxes[0].failure_kind == "auth"
     assert "refused the login" in result.mailboxes[0].errors[0]
     assert env.snapshot()[4] == []
+
+
+def _mailbox_of(dovecot, name: str, letters: int):
+    """`letters` letters in INBOX, every other one from a customer."""
+    user = dovecot.add_user(f"{name}@example.test", "slaptas-1")
+    for i in range(letters):
+        if i % 2:
+            raw = sample.letter("Rūta <ruta@azuolas.lt>", sample.STAFF, f"Laiškas {i}", f"Tekstas {i} " * 50,
+                                message_id=f"<m{i}@azuolas.lt>")
+        else:
+            raw = sample.letter("x@spam.example", sample.STAFF, f"Spam {i}", "x", message_id=f"<s{i}@spam.example>")
+        dovecot.deliver(user.login, "INBOX", raw)
+    return user
+
+
+def test_a_first_pass_is_not_two_round_trips_per_batch(tmp_path, dovecot, proxy):
+    """Header fields of the next batches and the bodies of matched ones are in flight while a batch is
+    committed: round trips grow by at most one per batch (two before: its headers, then its bodies), and
+    the archive is the one a single batch makes."""
+    trips = {}
+    for batches in (10, 20):
+        user = _mailbox_of(dovecot, f"first-{batches}", batches * 10)
+        env = Env(tmp_path / str(batches), batch_size=10)
+        env.add(user, folders=("INBOX",), email=sample.STAFF, imap_port=proxy.port, verify=False)
+        result = _pass(env, proxy)
+        assert result.mailboxes[0].archived == batches * 5 and result.mailboxes[0].new == batches * 10
+        trips[batches] = proxy.round_trips
+
+        whole = Env(tmp_path / f"{batches}-whole", batch_size=1000)
+        whole.add(user, folders=("INBOX",), email=sample.STAFF, verify=False)
+        assert whole.run().ok
+        assert whole.snapshot()[:4] == env.snapshot()[:4]
+    assert trips[20] < 2 * 20
+    assert trips[20] - trips[10] <= 10, trips
+
+
+def test_a_reply_in_the_next_batch_inherits_the_links_of_a_letter_not_committed_yet(tmp_path, imap_user, proxy):
+    dc = imap_user.dovecot
+    spam = [sample.letter("x@spam.example", sample.STAFF, f"Spam {i}", "x", message_id=f"<s{i}@spam.example>")
+            for i in range(2)]
+    parent = sample.letter("Rūta <ruta@azuolas.lt>", sample.STAFF, "Kaina", "Kiek?", message_id="<q@azuolas.lt>")
+    reply = sample.letter("kolega@nezinomas.example", sample.STAFF, "Re: Kaina", "Tiek.",
+                          message_id="<r@nezinomas.example>", in_reply_to="<q@azuolas.lt>")
+    for raw in (spam[0], parent, reply, spam[1]):  # batches of two: the reply is matched before the parent's commit
+        dc.deliver(imap_user.login, "INBOX", raw)
+    env = Env(tmp_path, batch_size=2)
+    env.add(imap_user, folders=("INBOX",), email=sample.STAFF, imap_port=proxy.port, verify=False)
+    assert _pass(env, proxy).mailboxes[0].archived == 2
+    rules = env.store.db.execute("SELECT l.identity, k.rule FROM links k JOIN letters l ON l.id = k.letter_id"
+                                 " ORDER BY l.identity").fetchall()
+    assert [tuple(r) for r in rules] == [("mid:q@azuolas.lt", "customer_contact"), ("mid:r@nezinomas.example", "thread")]
+
+
+def test_bodies_in_flight_stay_within_their_bound(tmp_path, dovecot, proxy, monkeypatch):
+    """Letters bigger than the bound: never more than one batch's bodies asked for ahead of a commit."""
+    monkeypatch.setattr(imap_source, "BODIES_AHEAD_BYTES", 1)
+    most = []
+    write = imap_wire.Wire._write
+
+    def counting(self, uids, what, item):
+        pending = write(self, uids, what, item)
+        most.append(sum(p.item == b"BODY[]" for p in self.in_flight))
+        return pending
+
+    monkeypatch.setattr(imap_wire.Wire, "_write", counting)
+    user = _mailbox_of(dovecot, "bounded", 60)
+    env = Env(tmp_path, batch_size=10)
+    env.add(user, folders=("INBOX",), email=sample.STAFF, imap_port=proxy.port, verify=False)
+    assert _pass(env, proxy).mailboxes[0].archived == 30
+    assert max(most) == 1

@@ -369,58 +369,6 @@ def list_folders(client: IMAPClient) -> list[FolderInfo]:
     return out
 
 
-_FETCH_START = re.compile(rb"^\d+ \(")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_FETCH_GM_MSGID = re.compile(rb"\bX-GM-MSGID (\d+)")
-_FETCH_GM_THRID = re.compile(rb"\bX-GM-THRID (\d+)")
-GMAIL_EXTENSION = b"X-GM-EXT-1"
-
-
-@dataclass(frozen=True)
-class HeaderFields:
-    """What the hot FETCH returns of one letter."""
-
-    size: int  # RFC822.SIZE
-    raw: bytes  # the header fields asked for
-    gm_msgid: str | None = None  # Gmail's X-GM-MSGID: one id per message, whichever label or folder shows it
-    gm_thrid: str | None = None  # Gmail's X-GM-THRID: its conversation
-
-
-def fetch_header_fields(
-    client: IMAPClient, uids: list[int], fields: str, *, gmail: bool = False,
-) -> dict[int, HeaderFields]:
-    """UID -> size and raw header fields with BODY.PEEK, parsed straight from imaplib's reply; with `gmail`
-    (the server has X-GM-EXT-1) Gmail's message and thread ids in the same FETCH.
-
-    The one hot command of a first pass: imapclient's general response parser cost as much as the
-    server's work for it, while a FETCH of a few known items needs only the numbers and the literal.
-    Unsolicited FETCH responses (another client changing flags) start their own entry and are ignored.
-    """
-    gm_items = "X-GM-MSGID X-GM-THRID " if gmail else ""
-    typ, data = client._imap.uid(
-        "FETCH", ",".join(map(str, uids)), f"(UID RFC822.SIZE {gm_items}BODY.PEEK[HEADER.FIELDS ({fields})])"
-    )
-    if typ != "OK":
-        raise IMAPClientError(f"FETCH failed: {server_text(IMAPClientError(data[0] if data else b''))}")
-    entries: list[list[bytes]] = []  # [meta bytes, literal] per response
-    for item in data:
-        if isinstance(item, tuple):
-            entries.append([item[0], item[1]])
-        elif isinstance(item, bytes) and entries and not _FETCH_START.match(item):
-            entries[-1][0] += item  # the rest of the response after its literal, e.g. b" RFC822.SIZE 12)"
-        elif isinstance(item, bytes):
-            entries.append([item, b""])  # a response without a literal (empty header fields, or unsolicited)
-    out: dict[int, HeaderFields] = {}
-    for meta, literal in entries:
-        uid, size = _FETCH_UID.search(meta), _FETCH_SIZE.search(meta)
-        if uid and size and b"BODY[HEADER.FIELDS" in meta:
-            msgid, thrid = _FETCH_GM_MSGID.search(meta), _FETCH_GM_THRID.search(meta)
-            out[int(uid.group(1))] = HeaderFields(int(size.group(1)), literal, msgid and msgid.group(1).decode(),
-                                                  thrid and thrid.group(1).decode())
-    return out
-
-
 # Names mail programs and servers give the Sent folder, compared by `_folded` (case and accents ignored):
 # a server without SPECIAL-USE (RFC 6154) flags names it so, and Courier-style servers put it under "INBOX.".
 SENT_NAMES = (

@@ -11,14 +11,16 @@ reader files each answer where it belongs.
 from __future__ import annotations
 
 import imaplib
+import re
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError
-from imapclient.response_parser import parse_response
+from imapclient.response_parser import parse_fetch_response, parse_response
 
 STATUS_ITEMS = (b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY")
 
@@ -77,7 +79,8 @@ def one_write(imap: imaplib.IMAP4) -> Iterator[None]:
         yield
     finally:
         del imap.send
-    imap.send(b"".join(parts))
+    if parts:
+        imap.send(b"".join(parts))
 
 
 def write_command(imap: imaplib.IMAP4, *words: bytes) -> bytes:
@@ -103,9 +106,14 @@ class StatusRequest:
                              for f in folders])
 
     def answers(self, client: IMAPClient) -> dict[str, dict[bytes, int] | str]:
-        """Folder -> its STATUS items, or the server's refusal as text (a folder renamed or deleted)."""
+        """Folder -> its STATUS items, or the server's refusal as text (a folder renamed or deleted).
+
+        Each answer is known by the folder it names: a server may answer pipelined commands out of order.
+        """
         imap = client._imap
         out: dict[str, dict[bytes, int] | str] = {}
+        named: dict[bytes, dict[bytes, int]] = {}
+        own: dict[str, list[dict[bytes, int]]] = {}  # what came with each folder's own completion
         for folder, tag in zip(self.folders, self.tags, strict=True):
             try:
                 typ, data = imap._command_complete("STATUS", tag)
@@ -113,12 +121,23 @@ class StatusRequest:
             except IMAPClientError as exc:
                 if isinstance(exc, imaplib.IMAP4.abort):
                     raise
-                imap.untagged_responses.pop("STATUS", None)
                 out[folder] = str(exc)
+            finally:
+                lines = imap.untagged_responses.pop("STATUS", [])
+            parsed = parse_response(lines) if lines else []
+            own[folder] = [dict(_pairs(items)) for items in parsed[1::2]]
+            named.update(zip(map(_name_bytes, parsed[0::2]), own[folder], strict=False))
+        for folder in self.folders:
+            if folder in out:
                 continue
-            _, lines = imap._untagged_response(typ, data, "STATUS")
-            out[folder] = dict(_pairs(parse_response(lines)[-1]))
+            name = _folder_argument(client, folder)[1:-1].replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+            answer = named.get(name) or (named.get(b"INBOX") if name.upper() == b"INBOX" else None)
+            out[folder] = answer or (own[folder][-1] if own[folder] else "status failed: no STATUS answer")
         return out
+
+
+def _name_bytes(name: Any) -> bytes:
+    return name if isinstance(name, bytes) else str(name).encode("utf-8")
 
 
 def status_items(capabilities: tuple[bytes, ...]) -> tuple[bytes, ...]:
@@ -150,3 +169,135 @@ def logout_and_close(client: IMAPClient) -> None:
         with suppress(OSError):
             write_command(imap, b"LOGOUT")
     client.shutdown()
+
+
+# -- FETCH commands in flight: the next batches' header fields and bodies while one batch is committed --
+
+_FETCH_START = re.compile(rb"^\d+ \(")
+_FETCH_UID = re.compile(rb"\bUID (\d+)")
+_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_FETCH_GM_MSGID = re.compile(rb"\bX-GM-MSGID (\d+)")
+_FETCH_GM_THRID = re.compile(rb"\bX-GM-THRID (\d+)")
+GMAIL_EXTENSION = b"X-GM-EXT-1"
+
+
+@dataclass(frozen=True)
+class HeaderFields:
+    """What the hot FETCH returns of one letter."""
+
+    size: int  # RFC822.SIZE
+    raw: bytes  # the header fields asked for
+    gm_msgid: str | None = None  # Gmail's X-GM-MSGID: one id per message, whichever label or folder shows it
+    gm_thrid: str | None = None  # Gmail's X-GM-THRID: its conversation
+
+
+@dataclass(eq=False)
+class Pending:
+    """A FETCH written, its answer not complete yet (or complete, and kept until asked for)."""
+
+    tag: bytes
+    uids: set[int]
+    item: bytes  # how its responses name what it asked for, e.g. b"BODY[]"
+    lines: list[Any] = field(default_factory=list)  # its FETCH responses, as imaplib gives them
+    refused: list[Any] | None = None  # the server's NO
+    complete: bool = False
+
+
+@dataclass
+class Wire:
+    """FETCH commands in flight on one connection. A server may answer pipelined commands in any order,
+    even interleaved (Dovecot runs FETCHes side by side): each response goes to the command that asked
+    for its UID and item, whichever command's completion it arrived with. Unsolicited FETCH responses
+    (another client changing flags) belong to none and are dropped.
+
+    Keeps no more than the caller has in flight: the caller bounds that (a few batches).
+    """
+
+    client: IMAPClient
+    in_flight: deque[Pending] = field(default_factory=deque)
+
+    def header_fields(self, uids: list[int], fields: str, *, gmail: bool = False) -> Pending:
+        """UID, size and the header fields with BODY.PEEK (flags untouched); with `gmail` (the server has
+        X-GM-EXT-1) Gmail's message and thread ids too. Read with `headers()`."""
+        gm_items = b"X-GM-MSGID X-GM-THRID " if gmail else b""
+        what = b"(UID RFC822.SIZE " + gm_items + b"BODY.PEEK[HEADER.FIELDS (" + fields.encode("ascii") + b")])"
+        return self._write(uids, what, b"BODY[HEADER.FIELDS")
+
+    def bodies(self, uids: list[int], item: bytes) -> Pending:
+        """Whole letters (BODY.PEEK[]) or their headers (BODY.PEEK[HEADER]), never setting \\Seen."""
+        return self._write(uids, b"(" + item + b")", item.replace(b".PEEK", b""))
+
+    def _write(self, uids: list[int], what: bytes, item: bytes) -> Pending:
+        tag = write_command(self.client._imap, b"UID FETCH", ",".join(map(str, uids)).encode("ascii"), what)
+        pending = Pending(tag, set(uids), item)
+        self.in_flight.append(pending)
+        return pending
+
+    def answer(self, pending: Pending) -> list[Any]:
+        """The command's FETCH responses; an IMAPClientError when the server refused it."""
+        while not pending.complete:
+            self._complete_oldest()
+        if pending.refused is not None:
+            self.client._checkok("fetch", "NO", pending.refused)
+        return pending.lines
+
+    def _complete_oldest(self) -> None:
+        imap = self.client._imap
+        head = self.in_flight[0]
+        typ, data = imap._command_complete("FETCH", head.tag)
+        self._route(imap.untagged_responses.pop("FETCH", []))
+        self.in_flight.popleft()
+        head.complete, head.refused = True, None if typ == "OK" else data
+
+    def _route(self, lines: list[Any]) -> None:
+        """Each response to the command in flight that asked for it (its lines: the start, with the
+        literal when there is one, and what follows the literal)."""
+        responses: list[list[Any]] = []
+        for line in lines:
+            start = line[0] if isinstance(line, tuple) else line
+            if isinstance(start, bytes) and (not responses or _FETCH_START.match(start)):
+                responses.append([line])
+            else:
+                responses[-1].append(line)
+        for response in responses:
+            meta = b"".join(line[0] if isinstance(line, tuple) else line for line in response)
+            uid = _FETCH_UID.search(meta)
+            for pending in self.in_flight:
+                if uid and int(uid.group(1)) in pending.uids and pending.item in meta:
+                    pending.lines.extend(response)
+                    break
+
+    def headers(self, pending: Pending) -> dict[int, HeaderFields]:
+        """UID -> size and raw header fields, parsed straight from imaplib's reply.
+
+        The one hot command of a first pass: imapclient's general response parser cost as much as the
+        server's work for it, while a FETCH of a few known items needs only the numbers and the literal.
+        Unsolicited FETCH responses (another client changing flags) start their own entry and are ignored.
+        """
+        entries: list[list[bytes]] = []  # [meta bytes, literal] per response
+        for item in self.answer(pending):
+            if isinstance(item, tuple):
+                entries.append([item[0], item[1]])
+            elif isinstance(item, bytes) and entries and not _FETCH_START.match(item):
+                entries[-1][0] += item  # the rest of the response after its literal, e.g. b" RFC822.SIZE 12)"
+            elif isinstance(item, bytes):
+                entries.append([item, b""])  # a response without a literal (empty header fields, or unsolicited)
+        out: dict[int, HeaderFields] = {}
+        for meta, literal in entries:
+            uid, size = _FETCH_UID.search(meta), _FETCH_SIZE.search(meta)
+            if uid and size and b"BODY[HEADER.FIELDS" in meta:
+                msgid, thrid = _FETCH_GM_MSGID.search(meta), _FETCH_GM_THRID.search(meta)
+                out[int(uid.group(1))] = HeaderFields(int(size.group(1)), literal, msgid and msgid.group(1).decode(),
+                                                      thrid and thrid.group(1).decode())
+        return out
+
+    def fetched(self, pending: Pending) -> dict[int, dict[bytes, Any]]:
+        """UID -> the items, as IMAPClient.fetch gives them: only the UIDs asked for."""
+        response = parse_fetch_response(self.answer(pending), self.client.normalise_times, True)
+        return {uid: response[uid] for uid in sorted(pending.uids) if uid in response}
+
+    def drain(self) -> None:
+        """Read whatever is still in flight (a batch loop that stopped early), so no answer is left for the
+        next command to trip over."""
+        while self.in_flight:
+            self._complete_oldest()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import imaplib
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import cast
+from typing import Any, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -31,7 +33,7 @@ from hanna_sync.mail.message import (
     thread_tokens,
 )
 from hanna_sync.models import FolderState, Mailbox
-from hanna_sync.remote import imap
+from hanna_sync.remote import imap, imap_wire
 from hanna_sync.scan import archiving
 from hanna_sync.scan.archiving import keeping, retire_gone_folder
 from hanna_sync.scan.context import PassContext
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 # answers (thread links), and what marks it as sent by a program. Everything else comes from the whole
 # letter, fetched for the matched ones only.
 HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
+# Pipelining (see _process): batches matched before the oldest is committed, and the bytes of the bodies
+# they may hold in flight (a server may send them all before it completes the oldest FETCH: Dovecot does).
+BATCHES_AHEAD = 2
+BODIES_AHEAD_BYTES = 16 * 1024 * 1024
 SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
 
 
@@ -100,6 +106,25 @@ def connection_failed(exc: BaseException, mailbox: Mailbox, timeout: float) -> s
     return f"connection to {where} broke ({what}); the letters saved so far stay, the next pass goes on from there"
 
 
+@dataclass
+class _Matched:
+    """A batch matched on its header fields, its bodies asked for, not committed yet."""
+
+    uids: list[int]
+    fetched: dict[int, imap_wire.HeaderFields]  # of the batch's UIDs, those the server returned
+    tokens: dict[int, list[str]]
+    answers: dict[int, list[str]]  # the ids each letter answers (its thread)
+    candidates: list[Candidate[int]]
+    skipped: list[int]
+    published: set[str]  # Message-IDs and conversations of its matched letters: what replies inherit from
+    bodies: list[imap_wire.Pending] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """What its bodies may weigh (RFC822.SIZE), at most."""
+        return sum(c.size for c in self.candidates)
+
+
 class ImapSource:
     """Scans folders of one logged-in IMAP mailbox; letters are located by UID under UIDVALIDITY."""
 
@@ -112,12 +137,17 @@ class ImapSource:
         # Every folder's STATUS in one round trip (with the login, where it could go with it): most folders
         # of most passes are unchanged, and that is all they cost.
         request = client.status_request
-        self.ahead = (request.answers(client) if request is not None
+        self.statuses = (request.answers(client) if request is not None
                       else client.folder_statuses(list(mailbox.folders), self._status_items()))
         # Gmail: one message in many folders (INBOX, labels, All Mail) has one X-GM-MSGID, and X-GM-THRID
         # names its conversation. Other servers get exactly the commands they always got.
-        self.gmail = imap.GMAIL_EXTENSION in client.capabilities()
-        self.gm_msgids: dict[int, str] = {}  # the batch's UID -> X-GM-MSGID, kept on its location
+        self.gmail = imap_wire.GMAIL_EXTENSION in client.capabilities()
+        self.gm_msgids: dict[int, str] = {}  # the folder's UID -> X-GM-MSGID, kept on its location
+        self.wire = imap_wire.Wire(client)
+        # Batches whose bodies may be in flight while an earlier one is committed. None for a client that
+        # renews its token (Office 365, Google): a renewal repeats one command, not a pipeline.
+        self.ahead = BATCHES_AHEAD if isinstance(client, imap_wire.Client) else 0
+        self.asked: list[imap_wire.Pending] = []  # the FETCH of the committing batch's bodies
         self.dry_linked: set[str] = set()  # --dry-run: letters counted as linked already (seen in another folder)
         self.remapping = False  # this folder's UIDVALIDITY changed: known letters are found again
         assert mailbox.id is not None
@@ -127,7 +157,7 @@ class ImapSource:
 
     def scan(self, folder: str) -> None:
         assert self.mailbox.id is not None
-        ahead = self.ahead.pop(folder, None)
+        ahead = self.statuses.pop(folder, None)
         status = self._status(folder, ahead)
         if status is None:
             return
@@ -257,16 +287,71 @@ class ImapSource:
     def _process(
         self, state: FolderState, seen: UidSet, uids: list[int], *, moves_high_water: bool, backfill: bool = False,
     ) -> bool:
-        """Run the UIDs through batches; False when the time budget ran out first."""
-        batch_size = self.config.scan.batch_size
-        for start in range(0, len(uids), batch_size):
+        """Run the UIDs through batches; False when the time budget ran out first.
+
+        Pipelined, so that a first pass at network distance is not a sum of round trips: the header fields
+        of the next batches are asked for before they are needed, and a batch's bodies as soon as it is
+        matched, while up to `ahead` batches before it still wait for theirs. Commits stay one per batch and
+        in order (a kill loses nothing); a batch whose letters answer letters of a batch not committed yet
+        waits for that commit, so replies inherit links exactly as one batch after the other would.
+        """
+        size = self.config.scan.batch_size
+        batches = [uids[start : start + size] for start in range(0, len(uids), size)]
+        fields = HEADER_FIELDS + " SUBJECT" if self.ctx.dry_run else HEADER_FIELDS  # a dry run lists subjects
+        headers: deque[imap_wire.Pending] = deque()  # asked for, not read yet
+        waiting: deque[_Matched] = deque()  # matched, not committed yet
+        asked = done = 0
+
+        def ask_headers(up_to: int) -> None:
+            nonlocal asked
+            while asked < min(up_to, len(batches)):
+                headers.append(self.wire.header_fields(batches[asked], fields, gmail=self.gmail))
+                asked += 1
+
+        def commit_oldest() -> None:
+            nonlocal done
+            matched = waiting.popleft()
+            self._commit(state, seen, matched, moves_high_water=moves_high_water, backfill=backfill)
+            done += len(matched.uids)
+            if self.ctx.progress:
+                self.ctx.progress(f"{self.mailbox.email} {state.folder}", done, len(uids))
+
+        with imap_wire.one_write(self.client._imap):
+            ask_headers(1 + self.ahead)
+        for read, batch in enumerate(batches, start=1):
             if self.ctx.out_of_time():
                 self.result.budget_exhausted = True
+                while waiting:
+                    commit_oldest()
+                self.wire.drain()
                 return False
-            batch = uids[start : start + batch_size]
-            self._batch(state, seen, batch, moves_high_water=moves_high_water, backfill=backfill)
-            if self.ctx.progress:
-                self.ctx.progress(f"{self.mailbox.email} {state.folder}", start + len(batch), len(uids))
+            ask_headers(read)  # asked already, unless nothing is asked ahead
+            fetched = self.wire.headers(headers.popleft())
+            in_batch = set(batch)
+            looked_at = sorted(uid for uid in fetched if uid in in_batch)
+            answers = {uid: thread_tokens(fetched[uid].raw) + _conversation_key(self._conversation(fetched[uid]))
+                       for uid in looked_at}
+            answered = {i for ids in answers.values() for i in ids}
+            while waiting and any(answered & m.published for m in waiting):
+                commit_oldest()  # a reply's links come from letters committed before it is matched
+            matched = self._matched(state, batch, {uid: fetched[uid] for uid in looked_at}, answers, backfill=backfill)
+            while matched and waiting and sum(m.size for m in [*waiting, matched]) > BODIES_AHEAD_BYTES:
+                commit_oldest()  # memory stays bounded whatever the letters' sizes
+            with imap_wire.one_write(self.client._imap):
+                if matched is not None and self.ahead:
+                    matched.bodies = self._ask_bodies(matched.candidates)
+                if self.ahead:
+                    ask_headers(read + 1 + self.ahead)
+            if matched is None:  # a dry run: nothing to commit
+                done += len(batch)
+                if self.ctx.progress:
+                    self.ctx.progress(f"{self.mailbox.email} {state.folder}", done, len(uids))
+                continue
+            waiting.append(matched)
+            while len(waiting) > self.ahead:
+                commit_oldest()
+        while waiting:
+            commit_oldest()
         return True
 
     def _status_items(self) -> list[bytes]:
@@ -297,24 +382,14 @@ class ImapSource:
             uids.update(u for u in self.client.search(criteria) if low <= u <= high)
         return sorted(uids)
 
-    def _batch(
-        self, state: FolderState, seen: UidSet, uids: list[int], *, moves_high_water: bool, backfill: bool,
-    ) -> None:
-        """One batch: header fields, matching, originals of the matched, and one transaction.
-
-        A backfill batch looks again at letters skipped earlier that a directory change made worth it:
-        the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
-        those the server no longer has leave it too.
-        """
-        # A dry run lists each matched letter with its subject: one more field in the same FETCH.
-        fields = HEADER_FIELDS + " SUBJECT" if self.ctx.dry_run else HEADER_FIELDS
-        fetched = imap.fetch_header_fields(self.client, uids, fields, gmail=self.gmail)
-        wanted = set(uids)
-        looked_at = sorted(uid for uid in fetched if uid in wanted)
+    def _matched(
+        self, state: FolderState, uids: list[int], fetched: dict[int, imap_wire.HeaderFields],
+        answers: dict[int, list[str]], *, backfill: bool,
+    ) -> _Matched | None:
+        """A batch's letters matched on their header fields (a dry run reports them here and gets None)."""
+        looked_at = sorted(fetched)
         tokens = {uid: address_tokens(fetched[uid].raw) for uid in looked_at}
-        answers = {uid: thread_tokens(fetched[uid].raw) + _conversation_key(self._conversation(fetched[uid]))
-                   for uid in looked_at}
-        candidates = self._match({uid: fetched[uid] for uid in looked_at}, tokens, answers)
+        candidates = self._match(fetched, tokens, answers)
         if self.gmail:
             self._known_to_gmail(candidates, fetched)
         matched = {c.key for c in candidates}
@@ -325,11 +400,39 @@ class ImapSource:
         if self.ctx.dry_run:
             archiving.would_archive(self.ctx, self.result, folder=state.folder, candidates=candidates,
                                     counted=self.dry_linked)
-            return
+            return None
+        published = {i for c in candidates for i in [*_message_id(c.identity), *_conversation_key(c.conversation_id)]}
+        return _Matched(uids, fetched, tokens, answers, candidates, skipped, published)
 
-        batch = archiving.prepare(self.ctx, self, candidates, skipped,
-                                  keys_of=lambda index, uid: index.letter_keys(fetched[uid].raw, tokens[uid],
-                                                                               answers[uid]))
+    def _ask_bodies(self, candidates: list[Candidate[int]]) -> list[imap_wire.Pending]:
+        """The FETCH of the matched letters' originals not archived yet, written now, read at the commit."""
+        with self.store.transaction():
+            known = self.store.letter_ids([c.identity for c in candidates if c.identity])
+        limit = self.config.max_letter_bytes
+        wanted = [c for c in candidates if c.identity not in known]
+        whole = [c.key for c in wanted if c.size <= limit]
+        heads = [c.key for c in wanted if c.size > limit]
+        return ([self.wire.bodies(whole, b"BODY.PEEK[]")] if whole else []) + (
+            [self.wire.bodies(heads, b"BODY.PEEK[HEADER]")] if heads else [])
+
+    def _commit(
+        self, state: FolderState, seen: UidSet, matched: _Matched, *, moves_high_water: bool, backfill: bool,
+    ) -> None:
+        """One batch's originals and its one transaction.
+
+        A backfill batch looks again at letters skipped earlier that a directory change made worth it:
+        the matched are archived and leave the skip index, the rest stay in it, no longer wanted, and
+        those the server no longer has leave it too.
+        """
+        fetched, tokens, answers = matched.fetched, matched.tokens, matched.answers
+        self.asked = matched.bodies
+        try:
+            batch = archiving.prepare(self.ctx, self, matched.candidates, matched.skipped,
+                                      keys_of=lambda index, uid: index.letter_keys(fetched[uid].raw, tokens[uid],
+                                                                                   answers[uid]))
+        finally:
+            self.asked = []
+        uids, looked_at = matched.uids, sorted(fetched)
         assert self.mailbox.id is not None and state.uidvalidity is not None
         with self.store.transaction():
             archiving.commit(self.ctx, self, batch, state=state, result=self.result, backfill=backfill,
@@ -338,7 +441,7 @@ class ImapSource:
                 done = [c.key for c in batch.candidates] + [uid for uid in uids if uid not in fetched]
                 self.store.forget_skipped(self.mailbox.id, state.folder, state.uidvalidity, done)
             else:
-                state.skipped += len(skipped)
+                state.skipped += len(matched.skipped)
             # A UID the server did not return stays out of `seen`: the gap check finds it if it still exists.
             seen.add(looked_at)
             state.seen_uids = str(seen)
@@ -346,17 +449,17 @@ class ImapSource:
                 state.last_uid = max(state.last_uid, max(uids))
             self.store.save_folder_state(state)
 
-    def _conversation(self, fields: imap.HeaderFields) -> str | None:
+    def _conversation(self, fields: imap_wire.HeaderFields) -> str | None:
         """Gmail's thread as the letter's conversation id: its X-GM-THRID, which is the account's own
         (so named with the account), like Outlook's conversation over Graph."""
         return f"gmail:{self.mailbox.login_name.lower()}:{fields.gm_thrid}" if fields.gm_thrid else None
 
-    def _known_to_gmail(self, candidates: list[Candidate[int]], fetched: dict[int, imap.HeaderFields]) -> None:
+    def _known_to_gmail(self, candidates: list[Candidate[int]], fetched: dict[int, imap_wire.HeaderFields]) -> None:
         """The matched letters archived already from another folder of this Gmail mailbox (a label, All
         Mail) get that letter's identity, so they are located, never downloaded again: also those without
         a Message-ID, whose identity would otherwise come from their download."""
         assert self.mailbox.id is not None
-        self.gm_msgids = {uid: f.gm_msgid for uid, f in fetched.items() if f.gm_msgid}
+        self.gm_msgids.update((uid, f.gm_msgid) for uid, f in fetched.items() if f.gm_msgid)
         with self.store.transaction():
             archived = self.store.gmail_identities(
                 self.mailbox.id, [self.gm_msgids[c.key] for c in candidates if c.key in self.gm_msgids])
@@ -366,7 +469,7 @@ class ImapSource:
                 c.identity = archived[gm_msgid]
 
     def _match(
-        self, fetched: dict[int, imap.HeaderFields], tokens: dict[int, list[str]], answered: dict[int, list[str]],
+        self, fetched: dict[int, imap_wire.HeaderFields], tokens: dict[int, list[str]], answered: dict[int, list[str]],
     ) -> list[Candidate[int]]:
         """The letters of a batch that concern the directory, with their links: by their own addresses,
         and (linking.thread_replies) inherited from the linked letters they answer (Gmail: or share a
@@ -444,20 +547,30 @@ class ImapSource:
         return {uid: unlinked[identity] for uid, identity in identities.items() if identity in unlinked}
 
     def originals(self, candidates: list[Candidate[int]]) -> dict[int, Original]:
-        """Whole letters for the matched ones; headers only for those over the size limit."""
+        """Whole letters for the matched ones; headers only for those over the size limit. Read from the
+        FETCH asked for when the batch was matched; asked now for any it did not bring (a letter archived
+        meanwhile is not asked for at all, one expunged meanwhile is left out)."""
         limit = self.config.max_letter_bytes
         charset = self.mailbox.imap_charset
         sizes = {c.key: c.size for c in candidates}
         keep = {c.key: keeping(c.links) for c in candidates}
+        got: dict[int, dict[bytes, Any]] = {}
+        for pending in self.asked:
+            got.update(self.wire.fetched(pending))
         out: dict[int, Original] = {}
         for item, key, parse in (
             ("BODY.PEEK[]", b"BODY[]", parse_letter),
             ("BODY.PEEK[HEADER]", b"BODY[HEADER]", parse_headers_only),
         ):
             uids = [c.key for c in candidates if (c.size <= limit) == (parse is parse_letter)]
-            if uids:
-                for uid, data in self.client.fetch(uids, [item]).items():
-                    raw = data.get(key) or b""
+            missing = [uid for uid in uids if key not in got.get(uid, {})]
+            if missing and self.ahead:  # through the wire: it files the answers of the FETCHes in flight
+                got.update(self.wire.fetched(self.wire.bodies(missing, item.encode("ascii"))))
+            elif missing:
+                got.update(self.client.fetch(missing, [item]))
+            for uid in uids:
+                if uid in got:
+                    raw = got[uid].get(key) or b""
                     out[uid] = Original(parse(raw, charset, keep.get(uid)), raw, sizes.get(uid) or len(raw))
         return out
 
@@ -469,6 +582,11 @@ class ImapSource:
     def record_skipped(self, state: FolderState, keys: dict[int, LetterKeys]) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
         self.store.record_skipped(self.mailbox.id, state.folder, state.uidvalidity, keys)
+
+
+def _message_id(identity: str | None) -> list[str]:
+    """The Message-ID in a letter's identity ("mid:<id>"), as replies name it."""
+    return [identity[4:]] if identity and identity.startswith("mid:") else []
 
 
 def _conversation_key(conversation_id: str | None) -> list[str]:
