@@ -12,6 +12,8 @@ The mail is Dovecot's; the fake adds what makes Gmail's IMAP Gmail's, as far as 
   (Gmail also threads by subject);
 * the special-use flags Gmail gives: `\\All` on `[Gmail]/All Mail`, `\\Sent` on `[Gmail]/Sent Mail`.
 
+Unlike Gmail it does not offer COMPRESS=DEFLATE: it has to read every command and response.
+
 The ids come from a side connection to Dovecot (EXAMINE and BODY.PEEK[HEADER] only, so it changes no
 flag either). Everything else passes byte for byte; every client command line is kept in `commands`
 (with the folder it was sent in), the LOGIN password masked.
@@ -182,6 +184,8 @@ class _Relay:
     def _server(self, line: bytes, literal: bool) -> bytes:
         if literal:
             return line
+        if b"CAPABILITY " in line:  # not COMPRESS=DEFLATE (Gmail has it): the fake reads every line
+            line = line.replace(b" COMPRESS=DEFLATE", b"")
         if self.fake.gm_ext and b"CAPABILITY " in line:
             line = _CAPABILITY.sub(lambda m: m.group(1) + b" X-GM-EXT-1", line, count=1)
         if line.startswith(b"* LIST ") and self.fake.gm_ext:

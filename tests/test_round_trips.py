@@ -79,10 +79,11 @@ class _Rewriter(socketserver.StreamRequestHandler):
                     self.wfile.flush()
 
         threading.Thread(target=down, daemon=True).start()
-        while line := self.rfile.readline():
-            words = line.split(b" ")
-            self.server.commands.append(words[1].upper().strip() if len(words) > 1 else b"")
-            upstream.sendall(line)
+        while chunk := self.rfile.read1(65536):  # as it comes: once compressed, there are no lines to wait for
+            for line in chunk.splitlines():
+                words = line.split(b" ")
+                self.server.commands.append(words[1].upper() if len(words) > 1 else b"")
+            upstream.sendall(chunk)
         upstream.close()
 
 
@@ -227,3 +228,20 @@ def test_bodies_in_flight_stay_within_their_bound(tmp_path, dovecot, proxy, monk
     env.add(user, folders=("INBOX",), email=sample.STAFF, imap_port=proxy.port, verify=False)
     assert _pass(env, proxy).mailboxes[0].archived == 30
     assert max(most) == 1
+
+
+def test_compression_shrinks_what_a_first_pass_downloads_and_changes_nothing_else(
+        tmp_path, dovecot, proxy, monkeypatch):
+    """COMPRESS=DEFLATE (RFC 4978) where the server offers it (the sandbox Dovecot does: imap_zlib)."""
+    user = _mailbox_of(dovecot, "compressed", 60)
+    downloaded, archives = {}, {}
+    for compressed in (True, False):
+        if not compressed:
+            monkeypatch.setattr(imap_wire, "COMPRESSION", b"X-NOT-OFFERED")
+        env = Env(tmp_path / str(compressed), batch_size=10)
+        env.add(user, folders=("INBOX",), email=sample.STAFF, imap_port=proxy.port, verify=False)
+        assert _pass(env, proxy).mailboxes[0].archived == 30
+        downloaded[compressed], archives[compressed] = proxy.bytes_down, env.snapshot()[:4]
+        assert _pass(env, proxy).mailboxes[0].new == 0  # and the next pass finds it unchanged
+    assert downloaded[True] < downloaded[False] / 2, downloaded
+    assert archives[True] == archives[False]

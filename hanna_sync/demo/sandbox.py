@@ -343,6 +343,10 @@ userdb {{
   driver = static
   args = uid={self.uid} gid={self.gid} home={self.root}/home/%u
 }}
+# COMPRESS=DEFLATE (RFC 4978), as Gmail and most hosted Dovecots offer it.
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
 service imap-login {{
 {no_chroot}  inet_listener imap {{
     port = {self.imap_port}

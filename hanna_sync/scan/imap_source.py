@@ -168,7 +168,7 @@ class ImapSource:
             log.debug("%s: unchanged", folder)
             return
         if ahead is not None:  # asked at the start, maybe minutes ago: the folder is read by fresh numbers
-            status = self._status(folder, None)
+            status = self._status(folder, None, compress=True)
             if status is None:
                 return
         uidvalidity = int(status[b"UIDVALIDITY"])
@@ -236,12 +236,19 @@ class ImapSource:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
 
-    def _status(self, folder: str, ahead: dict[bytes, int] | str | None) -> dict[bytes, int] | None:
-        """The folder's STATUS: the answer asked ahead, else asked now; None when the server refuses it."""
+    def _status(
+        self, folder: str, ahead: dict[bytes, int] | str | None, *, compress: bool = False,
+    ) -> dict[bytes, int] | None:
+        """The folder's STATUS: the answer asked ahead, else asked now (`compress`: with COMPRESS DEFLATE
+        in the same write, since letters come next); None when the server refuses it."""
         try:
             if isinstance(ahead, str):
                 raise IMAPClientError(ahead)
-            return ahead if ahead is not None else dict(self.client.folder_status(folder, self._status_items()))
+            if ahead is not None:
+                return ahead
+            if compress and isinstance(self.client, imap_wire.Client):
+                return self.client.folder_status_compressing(folder, tuple(self._status_items()))
+            return dict(self.client.folder_status(folder, self._status_items()))
         except IMAPClientError as exc:
             self.result.fail(
                 "folder",
