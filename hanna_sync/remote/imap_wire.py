@@ -101,20 +101,26 @@ class Client(IMAPClient):
             return _Tls(self.host, self.port, self.ssl_context, timeout)
         return _Plain(self.host, self.port, timeout)
 
-    def folder_status_compressing(self, folder: str, items: tuple[bytes, ...]) -> dict[bytes, int]:
-        """The folder's STATUS, and in the same write COMPRESS DEFLATE where the server offers it (once): the
-        letters that follow come compressed, at no extra round trip. Raises IMAPClientError as folder_status."""
+    def status_and_examine(self, folder: str, items: tuple[bytes, ...]) -> tuple[dict[bytes, int], dict[bytes, Any]]:
+        """STATUS and EXAMINE (read-only: no flag can change) of a folder in one write, and COMPRESS DEFLATE
+        after them where the server offers it and it is not on yet: letters come next. Returns what
+        folder_status and select_folder return, and raises what they raise."""
         imap = self._imap
         compress = COMPRESSION in self.capabilities() and getattr(imap, "_deflater", False) is None
+        imap.untagged_responses = {}  # as imaplib's select: the EXAMINE's answers alone are read
         with one_write(imap):
             request = StatusRequest.written(self, [folder], items)
-            tag = write_command(imap, b"COMPRESS", b"DEFLATE") if compress else None
-        answer = request.answers(self)[folder]
-        if tag is not None and imap._command_complete("COMPRESS", tag)[0] == "OK":
+            examine = write_command(imap, b"EXAMINE", _folder_argument(self, folder))
+            compressing = write_command(imap, b"COMPRESS", b"DEFLATE") if compress else None
+        status = request.answers(self)[folder]
+        typ, data = imap._command_complete("EXAMINE", examine)
+        if compressing is not None and imap._command_complete("COMPRESS", compressing)[0] == "OK":
             imap.compressing()
-        if isinstance(answer, str):
-            raise IMAPClientError(answer)
-        return answer
+        if isinstance(status, str):
+            raise IMAPClientError(status)
+        self._checkok("examine", typ, data)
+        imap.state, imap.is_readonly = "SELECTED", True
+        return status, self._process_select_response(imap.untagged_responses)
 
     def folder_statuses(self, folders: list[str], items: tuple[bytes, ...]) -> dict[str, dict[bytes, int] | str]:
         """Every folder's STATUS in one round trip (a method, so TokenRenewingClient repeats it after a renewal)."""

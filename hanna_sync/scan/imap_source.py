@@ -167,10 +167,12 @@ class ImapSource:
         if self._unchanged(state, status, folder):
             log.debug("%s: unchanged", folder)
             return
+        selected = None
         if ahead is not None:  # asked at the start, maybe minutes ago: the folder is read by fresh numbers
-            status = self._status(folder, None, compress=True)
-            if status is None:
+            fresh = self._status_and_examine(folder)
+            if fresh is None:
                 return
+            status, selected = fresh
         uidvalidity = int(status[b"UIDVALIDITY"])
         uidnext = int(status[b"UIDNEXT"])
         messages = int(status[b"MESSAGES"])
@@ -192,7 +194,8 @@ class ImapSource:
         state.server_messages = messages
         remapped_before = self.result.remapped
         seen = UidSet.parse(state.seen_uids)
-        selected = self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
+        if selected is None:
+            selected = self.client.select_folder(folder, readonly=True)  # EXAMINE: the server cannot change flags
         exists = int(selected.get(b"EXISTS", messages))
 
         if (gap_check_due or expunged) and state.last_uid > 0:
@@ -236,29 +239,37 @@ class ImapSource:
             log.warning("%s: re-mapped %d letters after the UIDVALIDITY change", folder,
                         self.result.remapped - remapped_before)
 
-    def _status(
-        self, folder: str, ahead: dict[bytes, int] | str | None, *, compress: bool = False,
-    ) -> dict[bytes, int] | None:
-        """The folder's STATUS: the answer asked ahead, else asked now (`compress`: with COMPRESS DEFLATE
-        in the same write, since letters come next); None when the server refuses it."""
+    def _status(self, folder: str, ahead: dict[bytes, int] | str | None) -> dict[bytes, int] | None:
+        """The folder's STATUS: the answer asked ahead, else asked now; None when the server refuses it."""
         try:
             if isinstance(ahead, str):
                 raise IMAPClientError(ahead)
-            if ahead is not None:
-                return ahead
-            if compress and isinstance(self.client, imap_wire.Client):
-                return self.client.folder_status_compressing(folder, tuple(self._status_items()))
-            return dict(self.client.folder_status(folder, self._status_items()))
+            return ahead if ahead is not None else dict(self.client.folder_status(folder, self._status_items()))
         except IMAPClientError as exc:
-            self.result.fail(
-                "folder",
-                f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
-                f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
-                f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
-            )
-            if not self.ctx.dry_run and not self._listed(folder):
-                retire_gone_folder(self.store, self.mailbox, folder)
+            self._unreadable(folder, exc)
             return None
+
+    def _status_and_examine(self, folder: str) -> tuple[dict[bytes, int], dict[bytes, Any] | None] | None:
+        """Fresh STATUS, and where the client pipelines the EXAMINE in the same write (with COMPRESS
+        DEFLATE: letters come next); None when the server refuses the folder."""
+        if not isinstance(self.client, imap_wire.Client):
+            status = self._status(folder, None)
+            return None if status is None else (status, None)
+        try:
+            return self.client.status_and_examine(folder, tuple(self._status_items()))
+        except IMAPClientError as exc:
+            self._unreadable(folder, exc)
+            return None
+
+    def _unreadable(self, folder: str, exc: IMAPClientError) -> None:
+        self.result.fail(
+            "folder",
+            f"folder '{folder}' cannot be read ({imap.server_text(exc)}): renamed or deleted?"
+            f" 'hanna-sync folders {self.mailbox.id}' lists the folders,"
+            f" 'edit-mailbox {self.mailbox.id} --folder ...' changes them",
+        )
+        if not self.ctx.dry_run and not self._listed(folder):
+            retire_gone_folder(self.store, self.mailbox, folder)
 
     def _unchanged(self, state: FolderState, status: dict[bytes, int], folder: str) -> bool:
         """Nothing to do: no new UID, none gone, no gap check due, no skipped letter wanted again."""
