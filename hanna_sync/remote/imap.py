@@ -243,6 +243,21 @@ def _end(client: IMAPClient) -> None:
             client.shutdown()
 
 
+def connection_failed(exc: BaseException, mailbox: Mailbox, timeout: float) -> str:
+    """One line for a session that broke mid-pass. Never what the server was sending (a cut-off line may
+    quote a letter), and saying what the admin wants to know: nothing saved is lost, the next pass goes on."""
+    where = f"{mailbox.imap_host}:{mailbox.imap_port}" if mailbox.imap_host else "the server"
+    text = server_text(exc) if isinstance(exc, IMAPClientError) else str(exc)
+    if isinstance(exc, TimeoutError) or "timed out" in text:
+        what = f"no answer within {timeout:g} s"
+    else:
+        # imaplib says "command: UID => socket error: unterminated line: b'* 10 FETCH ...'": keep the reason only.
+        what = text.split(" => ", 1)[-1].split(": b'", 1)[0].split(': b"', 1)[0][:200] or type(exc).__name__
+    if isinstance(exc, IMAPClientError) and not isinstance(exc, imaplib.IMAP4.abort):
+        return f"{where} answered with an error ({what}); the letters saved so far stay, the next pass tries again"
+    return f"connection to {where} broke ({what}); the letters saved so far stay, the next pass goes on from there"
+
+
 # -- Office 365: XOAUTH2 ---------------------------------------------------------------------------
 
 XOAUTH2_HINT = (

@@ -28,10 +28,10 @@ from hanna_sync.errors import AuthError, HannaError, ReauthRequired, SecretsErro
 from hanna_sync.linking.relink import RELINK_DUE, after_pass, relink, summary_line
 from hanna_sync.lock import pass_lock
 from hanna_sync.models import Mailbox
+from hanna_sync.remote.imap import connection_failed
 from hanna_sync.scan import gmail_source, graph_source, imap_source
 from hanna_sync.scan.context import LazyDirectory, PassContext, Progress
 from hanna_sync.scan.directory_refresh import refresh_directory
-from hanna_sync.scan.imap_source import connection_failed
 from hanna_sync.scan.results import MailboxResult, PassResult, WouldArchive
 from hanna_sync.scan.source import FolderSource
 

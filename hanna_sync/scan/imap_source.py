@@ -6,7 +6,6 @@ module's; the batch commit is archiving.py's."""
 
 from __future__ import annotations
 
-import imaplib
 import logging
 import ssl
 from collections import deque
@@ -89,21 +88,6 @@ def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterat
         yield ImapSource(ctx, mailbox, client, result)
     finally:
         renewing.end()
-
-
-def connection_failed(exc: BaseException, mailbox: Mailbox, timeout: float) -> str:
-    """One line for a session that broke mid-pass. Never what the server was sending (a cut-off line may
-    quote a letter), and saying what the admin wants to know: nothing saved is lost, the next pass goes on."""
-    where = f"{mailbox.imap_host}:{mailbox.imap_port}" if mailbox.imap_host else "the server"
-    text = imap.server_text(exc) if isinstance(exc, IMAPClientError) else str(exc)
-    if isinstance(exc, TimeoutError) or "timed out" in text:
-        what = f"no answer within {timeout:g} s"
-    else:
-        # imaplib says "command: UID => socket error: unterminated line: b'* 10 FETCH ...'": keep the reason only.
-        what = text.split(" => ", 1)[-1].split(": b'", 1)[0].split(': b"', 1)[0][:200] or type(exc).__name__
-    if isinstance(exc, IMAPClientError) and not isinstance(exc, imaplib.IMAP4.abort):
-        return f"{where} answered with an error ({what}); the letters saved so far stay, the next pass tries again"
-    return f"connection to {where} broke ({what}); the letters saved so far stay, the next pass goes on from there"
 
 
 @dataclass
@@ -326,13 +310,16 @@ class ImapSource:
                 headers.append(self.wire.header_fields(batches[asked], fields, gmail=self.gmail))
                 asked += 1
 
-        def commit_oldest() -> None:
+        def progressed(letters: int) -> None:
             nonlocal done
-            matched = waiting.popleft()
-            self._commit(state, seen, matched, moves_high_water=moves_high_water, backfill=backfill)
-            done += len(matched.uids)
+            done += letters
             if self.ctx.progress:
                 self.ctx.progress(f"{self.mailbox.email} {state.folder}", done, len(uids))
+
+        def commit_oldest() -> None:
+            matched = waiting.popleft()
+            self._commit(state, seen, matched, moves_high_water=moves_high_water, backfill=backfill)
+            progressed(len(matched.uids))
 
         with imap_wire.one_write(self.client._imap):
             ask_headers(1 + self.ahead)
@@ -361,9 +348,7 @@ class ImapSource:
                 if self.ahead:
                     ask_headers(read + 1 + self.ahead)
             if matched is None:  # a dry run: nothing to commit
-                done += len(batch)
-                if self.ctx.progress:
-                    self.ctx.progress(f"{self.mailbox.email} {state.folder}", done, len(uids))
+                progressed(len(batch))
                 continue
             waiting.append(matched)
             while len(waiting) > self.ahead:
