@@ -63,7 +63,8 @@ def test_a_lock_held_by_another_writer_mid_pass_stops_it_cleanly_and_the_next_pa
         env.store.update_mailbox(replace(box, imap_port=proxy.port))
         store = Store(env.config.database, busy_timeout_ms=300)
         other = sqlite3.connect(env.config.database, check_same_thread=False, isolation_level=None)
-        proxy.reset(Fault("call", at=15, kind="fetch", call=lambda: other.execute("BEGIN IMMEDIATE")))
+        # After the first commit: pipelined, several batches' FETCHes are answered before it.
+        proxy.reset(Fault("call", at=55, kind="fetch", call=lambda: other.execute("BEGIN IMMEDIATE")))
         with pytest.raises(sqlite3.OperationalError) as caught:
             from hanna_sync.scan import run_pass
             run_pass(store, env.secrets, env.config)

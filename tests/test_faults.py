@@ -178,7 +178,7 @@ def test_a_connection_broken_mid_fetch_fails_that_mailbox_keeps_what_was_committ
         world, action):
     clone = world.clone(action, timeout=1)
     store = clone.store()
-    world.proxy.reset(Fault(action, at=32, kind="fetch"))  # after the first mailbox's first commit (three batches of header fields come first)
+    world.proxy.reset(Fault(action, at=32, kind="fetch"))  # after the first mailbox's first commit (pipelined: several FETCHes come before it)
     started = time.monotonic()
     result = clone.run(store)
     a, b = result.mailboxes

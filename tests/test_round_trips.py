@@ -54,6 +54,19 @@ def test_an_unchanged_mailbox_costs_four_round_trips_whatever_its_folders(tmp_pa
     assert env.snapshot() == before
 
 
+def test_a_new_letter_in_one_of_two_folders_costs_four_round_trips_more(tmp_path, imap_user, proxy):
+    """Its folder's fresh STATUS, EXAMINE and COMPRESS in one write, then SEARCH, the header fields, the
+    body, and LOGOUT as before: 8 in all (12 before)."""
+    env = Env(tmp_path)
+    env.add(imap_user, folders=FOLDERS[2], imap_port=proxy.port, verify=False)
+    deliver_sample(imap_user)
+    _pass(env, proxy)
+    imap_user.dovecot.deliver(imap_user.login, "INBOX", sample.letter(
+        "Rūta <ruta@azuolas.lt>", sample.STAFF, "Nauja", "Kaina?", message_id="<nauja@azuolas.lt>"))
+    assert _pass(env, proxy).mailboxes[0].archived == 1
+    assert [c.round_trips for c in proxy.connections] == [8]
+
+
 def test_the_session_speaks_tls_1_3_with_a_server_that_offers_it(tmp_path, imap_user):
     mailbox = Env(tmp_path).add(imap_user, verify=False)
     with imap.session(mailbox, imap_user.password, 10) as client:

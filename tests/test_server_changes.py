@@ -126,7 +126,7 @@ def test_a_folder_deleted_mid_pass_keeps_what_was_archived(tmp_path, imap_user):
     with ImapProxy(dc) as proxy:
         box = env.add(imap_user, folders=("INBOX", "Archyvas"))
         env.store.update_mailbox(replace(box, imap_port=proxy.port))
-        # After the first commit: pipelined, three batches' header fields come before the first bodies.
+        # After the first commit: pipelined, several batches' FETCHes are answered before it.
         proxy.reset(Fault("call", at=30, kind="fetch", call=lambda: dc.delete_folder(imap_user.login, "Archyvas")))
         first = env.run().mailboxes[0]
         assert not first.ok and 0 < first.archived < 40, (first.archived, first.errors)

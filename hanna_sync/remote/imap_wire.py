@@ -1,11 +1,12 @@
-"""How hanna-sync talks IMAP on the wire: as few round trips as the protocol allows.
+"""How hanna-sync talks IMAP on the wire: as few round trips and bytes as the protocol allows.
 
 At 50-150 ms from the server a waited-for answer costs more than anything hanna-sync computes, so:
 the capabilities the greeting or the login's OK carry ([CAPABILITY ...], RFC 3501 7.1) are used instead
 of asking again; commands that do not depend on each other's answers are written in one go and their
-answers read after (RFC 3501 5.5), e.g. the login and every STATUS of a mailbox; and LOGOUT is written
-without waiting for its answer. imaplib does the parsing: commands go through its tags, so its response
-reader files each answer where it belongs.
+answers read after (RFC 3501 5.5): the login and every STATUS of a mailbox, a folder's STATUS and
+EXAMINE, the FETCHes of several batches (`Wire`); LOGOUT is written without waiting for its answer; and
+COMPRESS=DEFLATE (RFC 4978) is used where offered. imaplib still reads and parses every response: the
+commands carry its tags.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response, parse_response
 
 STATUS_ITEMS = (b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY")
-
-
 COMPRESSION = b"COMPRESS=DEFLATE"
 
 
@@ -52,11 +51,11 @@ class _Inflating(io.RawIOBase):
                 return len(data)
 
 
-class _GreetingCapabilities:
-    """imaplib asks CAPABILITY right after the greeting; a greeting that lists them already is believed.
+class _Frugal:
+    """imaplib, without asking CAPABILITY when the greeting lists them, and compressing once told to.
 
-    Only at connect time: after STARTTLS, capabilities are asked again over TLS (RFC 3501 6.2.1), since a
-    man in the middle could have put them into the plaintext part.
+    The greeting's capabilities are believed at connect time only: after STARTTLS they are asked again
+    over TLS (RFC 3501 6.2.1), since a man in the middle could have put them into the plaintext part.
     """
 
     untagged_responses: dict[str, list[Any]]
@@ -70,8 +69,16 @@ class _GreetingCapabilities:
         super()._get_capabilities()  # type: ignore[misc]
 
     _deflater: Any = None  # set once COMPRESS=DEFLATE is on
+    _partial = b""  # the start of a line not sent yet
 
     def send(self, data: bytes) -> None:
+        """Whole lines only: imapclient writes a command in pieces (SEARCH's criteria, then its CRLF), and each
+        piece would be a packet (and a compressed block) of its own. The server waits for the line's end
+        anyway, and a client never waits for the server in the middle of a line."""
+        if not data.endswith(b"\r\n"):
+            self._partial += data
+            return
+        data, self._partial = self._partial + data, b""
         if self._deflater is not None:
             data = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
         super().send(data)  # type: ignore[misc]
@@ -82,16 +89,16 @@ class _GreetingCapabilities:
         self.file = io.BufferedReader(_Inflating(self.sock), 1 << 16)  # type: ignore[attr-defined]
 
 
-class _Tls(_GreetingCapabilities, tls.IMAP4_TLS):
+class _Tls(_Frugal, tls.IMAP4_TLS):
     pass
 
 
-class _Plain(_GreetingCapabilities, imap4.IMAP4WithTimeout):
+class _Plain(_Frugal, imap4.IMAP4WithTimeout):
     pass
 
 
 class Client(IMAPClient):
-    """IMAPClient without the CAPABILITY round trip when the greeting answered it."""
+    """IMAPClient on `_Frugal`'s imaplib, with the pipelined commands a pass uses."""
 
     status_request: StatusRequest | None = None  # STATUS written with the login, answers not read yet
 
