@@ -86,7 +86,7 @@ class _Rewriter(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
         def down() -> None:
-            with contextlib.suppress(OSError):  # the client went first
+            with contextlib.suppress(OSError, ValueError):  # the client went first (its file closed)
                 while data := reader.read1(65536):
                     self.wfile.write(data)
                     self.wfile.flush()

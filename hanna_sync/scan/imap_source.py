@@ -128,7 +128,7 @@ class ImapSource:
         self.gmail = imap_wire.GMAIL_EXTENSION in client.capabilities()
         self.gm_msgids: dict[int, str] = {}  # the folder's UID -> X-GM-MSGID, kept on its location
         self.wire = imap_wire.Wire(client)
-        # Batches whose bodies may be in flight while an earlier one is committed. None for a client that
+        # Batches whose bodies may be in flight while an earlier one is committed; none for a client that
         # renews its token (Office 365, Google): a renewal repeats one command, not a pipeline.
         self.ahead = BATCHES_AHEAD if isinstance(client, imap_wire.Client) else 0
         self.asked: list[imap_wire.Pending] = []  # the FETCH of the committing batch's bodies
