@@ -218,6 +218,7 @@ SHORT_HELP = {
     "link": "Link a letter to a customer or lead by hand.",
     "list-mailboxes": "List mailboxes and their last outcome.",
     "login": "Sign an Office 365 or Google mailbox in again.",
+    "migrate": "Upgrade the database's schema, backup first.",
     "purge": "Delete letters for good (privacy requests).",
     "relink": "Redo links after a directory change; backfill.",
     "remove-mailbox": "Remove a mailbox (its letters stay).",

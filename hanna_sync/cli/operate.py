@@ -175,10 +175,59 @@ def backup(app: App, file: Path) -> None:
     Example (a nightly cron line):
       hanna-sync -q backup /var/backups/hanna-sync/hanna-sync.db
     """
-    done = app.store.backup(file)
+    from hanna_sync.db.store import Store
+
+    done = Store(app.config.database, migrate=False).backup(file)
     if not app.quiet:
         click.echo(f"Backed up {app.config.database} to {done.path}: {done.letters} letters,"
                    f" {done.size / 1_000_000:.1f} MB, in {done.seconds:.1f} s.")
+
+
+@click.command("migrate")
+@click.option("--backup", "backup_file", metavar="FILE", type=click.Path(path_type=Path),
+              help="First copy the database to FILE (as `backup` does), only when there is something to apply.")
+@json_option
+@click.pass_obj
+def migrate(app: App, backup_file: Path | None, as_json: bool) -> None:
+    """Bring the database to this hanna-sync's schema, with a backup of the old one first.
+
+    Every command that writes applies the migrations a new version brings when it opens the database;
+    this does only that, at a time you choose, so an upgrade migrates once, after a backup of what the
+    older version wrote (the Debian package's upgrade runs it so). Nothing pending: nothing is written
+    and no backup is made. No database yet: none is created.
+
+    \b
+    Exit codes: 0 migrated or nothing to do, 74 the backup or a migration failed (the database stays as
+    it was before the failed migration: each is one transaction), 75 the database is locked.
+    Example (before and after an upgrade by hand):
+      sudo -u hanna-sync hanna-sync migrate --backup /var/lib/hanna-sync/backups/before-0.2.0.db
+    JSON: {"database": PATH, "version": "0.1.0", "applied": [names], "backup": PATH or null}
+    """
+    from hanna_sync import __version__
+    from hanna_sync.db.store import Store
+
+    database = app.config.database
+    applied: list[str] = []
+    backed_up = None
+    if database.exists():
+        store = Store(database, migrate=False)
+        if store.pending_migrations():
+            if backup_file is not None:
+                backed_up = store.backup(backup_file).path
+            applied = store.apply_migrations()
+    if as_json:
+        emit_json({"database": str(database), "version": __version__, "applied": applied,
+                   "backup": str(backed_up) if backed_up else None})
+    elif not app.quiet:
+        if not database.exists():
+            click.echo(f"No database at {database} yet: nothing to migrate (the first command that writes makes it).")
+        elif not applied:
+            click.echo(f"{database} is up to date for hanna-sync {__version__}: nothing to apply.")
+        else:
+            click.echo(f"{database}: applied {len(applied)} migration(s) for hanna-sync {__version__}: "
+                       f"{', '.join(applied)}.")
+            if backed_up:
+                click.echo(f"The database as it was before: {backed_up}")
 
 
 @click.command("doctor")
@@ -324,4 +373,4 @@ and paste it (README, "Reading the archive in a browser").""")
         sys.exit(ExitCode.FAILURE)
 
 
-COMMANDS = (run, status, backup, doctor, setup_guide, demo)
+COMMANDS = (run, status, backup, migrate, doctor, setup_guide, demo)
