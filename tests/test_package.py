@@ -150,7 +150,7 @@ def test_install_pass_remove_reinstall_purge(deb, purged_after, imap_user, dovec
     assert "setup-service" in rendered.stdout and "migrate" in rendered.stdout
     completion = subprocess.run(
         ["bash", "-c", "source /usr/share/bash-completion/completions/hanna-sync; COMP_WORDS=(hanna-sync setu);"
-                       " COMP_CWORD=1; _hanna_sync_completion; printf '%s\\n' \"${COMPREPLY[@]}\""],
+                       " COMP_CWORD=1; _hanna_sync_completion hanna-sync; printf '%s\\n' \"${COMPREPLY[@]}\""],
         capture_output=True, text=True)
     assert {"setup-guide", "setup-service"} <= set(completion.stdout.split()), completion.stderr
     assert Path("/usr/share/zsh/vendor-completions/_hanna-sync").is_file()
