@@ -85,8 +85,8 @@ def dpkg(*args: str) -> subprocess.CompletedProcess[str]:
 
 def as_service_user(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """A command as the units run it: the hanna-sync user, none of this test process's variables."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    return subprocess.run(["runuser", "-u", "hanna-sync", "--", *argv], input=stdin, capture_output=True,
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", "LANG": "C.UTF-8"}  # systemd's
+    return subprocess.run(["/usr/sbin/runuser", "-u", "hanna-sync", "--", *argv], input=stdin, capture_output=True,
                           text=True, env=env, timeout=120)
 
 
