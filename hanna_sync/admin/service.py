@@ -180,7 +180,7 @@ def _system_user(report: ServiceReport, layout: SystemLayout) -> tuple[int, int]
     except KeyError:
         command = ["useradd", "--system", "--user-group", "--home-dir", str(layout.state_dir), "--no-create-home",
                    "--shell", "/usr/sbin/nologin", layout.user]
-        made = subprocess.run(command, capture_output=True, text=True, check=False)
+        made = _run(command)
         if made.returncode != 0:
             report.fail("user", f"cannot create the system user {layout.user}: {_last_line(made)};"
                        f" create it by hand: {shlex.join(command)}")
@@ -203,7 +203,7 @@ def setup_user(layout: UserLayout) -> ServiceReport:
         _secrets_key(report, config, owner=None)
         wrote = _units(report, layout.unit_dir, layout.vendor_unit_dir, exe=layout.exe, user=True)
         reload = [*layout.systemctl, "daemon-reload"]
-        reached = subprocess.run(reload, capture_output=True, text=True, check=False)
+        reached = _run(reload)
         if reached.returncode != 0:
             report.add("daemon-reload", LEFT, f"no user manager reachable ({_last_line(reached)}): the units are"
                        f" written; log in to a session of {login} and run: {shlex.join(reload)}")
@@ -225,8 +225,7 @@ def setup_user(layout: UserLayout) -> ServiceReport:
 
 def _linger(report: ServiceReport, loginctl: Sequence[str], login: str) -> None:
     """A user manager stops at logout, and the timer with it, unless the user lingers."""
-    shown = subprocess.run([*loginctl, "show-user", login, "-p", "Linger"], capture_output=True, text=True,
-                           check=False)
+    shown = _run([*loginctl, "show-user", login, "-p", "Linger"])
     if shown.returncode == 0 and shown.stdout.strip() == "Linger=yes":
         report.add("linger", KEPT, f"{login} lingers: the timer runs while {login} is logged out")
     else:
@@ -317,7 +316,7 @@ def _config(report: ServiceReport, path: Path, text: str, *, owner: tuple[int, i
     mode = 0o640 if owner else 0o600
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        wrote = _write_new(path, text, mode=mode, owner=owner)
+        wrote = not os.path.lexists(path) and _write_new(path, text, mode=mode, owner=owner)
     except OSError as exc:
         report.fail("config", f"cannot write {path}: {exc.strerror}", path)
     try:
@@ -379,7 +378,7 @@ def _check_executable(report: ServiceReport, exe: str, user: str) -> None:
             report.fail("executable", f"the units would run {exe}, which needs {path}, under {hidden}: hidden from"
                         f" them by ProtectHome=yes; {fix}", path)
     command = ["runuser", "-u", user, "--", *shlex.split(exe), "--version"]
-    ran = subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
+    ran = _run(command)
     if ran.returncode != 0:
         report.fail("executable", f"{exe} does not start as the user {user} ({_last_line(ran)}); {fix}", program)
 
@@ -418,7 +417,7 @@ def _daemon_reload(report: ServiceReport, systemctl: Sequence[str], *, running: 
         report.add("daemon-reload", LEFT, f"systemd is not running here: the units are written; where it runs:"
                    f" {shlex.join(reload)}")
         return
-    done = subprocess.run(reload, capture_output=True, text=True, check=False)
+    done = _run(reload)
     if done.returncode != 0:
         report.fail("daemon-reload", f"{shlex.join(reload)} failed: {_last_line(done)}")
     report.add("daemon-reload", DONE, shlex.join(reload))
@@ -437,17 +436,20 @@ def _timer(report: ServiceReport, systemctl: Sequence[str], *, down: str | None,
     directory, and no database means no mailbox (it is not created just to look)."""
     timer = UNIT_FILES["timer"]
     if down is None:
-        state = subprocess.run([*systemctl, "is-enabled", timer], capture_output=True, text=True, check=False)
+        state = _run([*systemctl, "is-enabled", timer])
         if state.stdout.strip() == "enabled":
             report.add("timer", KEPT, f"{timer} is enabled")
             return
     mailboxes: list[object] = []
     if database.exists():
-        listed = subprocess.run(list_mailboxes, capture_output=True, text=True, check=False, cwd="/")
+        listed = _run(list_mailboxes)
         if listed.returncode != 0:
             report.fail("timer", f"cannot list the mailboxes as the units would ({shlex.join(list_mailboxes)}):"
                        f" {_last_line(listed)}")
-        mailboxes = json.loads(listed.stdout)
+        try:
+            mailboxes = json.loads(listed.stdout)
+        except ValueError:
+            report.fail("timer", f"{shlex.join(list_mailboxes)} printed no JSON list: {listed.stdout[:200]!r}")
     if not mailboxes:
         report.add("timer", LEFT, f"{timer} not started: no mailbox yet. Add one: {add_mailbox}\n"
                    f"then run `{again}` again (or: {enable})")
@@ -455,10 +457,19 @@ def _timer(report: ServiceReport, systemctl: Sequence[str], *, down: str | None,
         report.add("timer", LEFT, f"{timer} not started: {down}; then: {enable}")
     else:
         command = [*systemctl, "enable", "--now", timer]
-        enabled = subprocess.run(command, capture_output=True, text=True, check=False)
+        enabled = _run(command)
         if enabled.returncode != 0:
             report.fail("timer", f"{shlex.join(command)} failed: {_last_line(enabled)}")
         report.add("timer", DONE, f"{timer} enabled and started ({len(mailboxes)} mailbox(es))")
+
+
+def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run a system command (from / : the service user may not enter the caller's directory); a command
+    that is not installed is a failed run saying so, like a shell's 127."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False, cwd="/")
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(command, 127, "", f"{command[0]}: command not found")
 
 
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
