@@ -383,3 +383,17 @@ def test_user_mode_enables_the_timer_once_a_mailbox_exists_and_honours_xdg(tree,
     assert ("timer", "done") in outcomes(second) and second.timer == "enabled"
     assert calls(tree)[-1] == "--user enable --now hanna-sync.timer"
     assert ("timer", "kept") in outcomes(setup_user(layout))
+
+
+def test_the_systemd_steps_lead_with_setup_service_and_keep_the_manual_steps_below():
+    from hanna_sync.admin.setup_guide import executable, systemd_steps
+
+    steps, user_steps = systemd_steps(False), systemd_steps(True)
+    assert steps.index(f"sudo {executable()} setup-service\n") < steps.index("\n1. ") < steps.index("\n3. The units")
+    assert user_steps.index(f"{executable()} setup-service --user\n") < user_steps.index("\n1. ")
+    # The manual steps say what setup-service writes: the same useradd and the same two config keys.
+    assert "useradd --system --user-group --home-dir /var/lib/hanna-sync --no-create-home" in steps
+    layout = SystemLayout(exe="/x")
+    assert f'database = "{layout.database}"' in steps and f'key_file = "{layout.key_file}"' in steps
+    text = service.system_config_text(layout)
+    assert f'\ndatabase = "{layout.database}"\n' in text and f'\nkey_file = "{layout.key_file}"\n' in text
