@@ -246,6 +246,9 @@ def test_a_state_directory_of_another_owner_and_mode_is_fixed_and_says_what_it_w
 def test_the_timer_is_enabled_once_a_mailbox_exists_and_kept_after(layout, tree):
     setup_system(layout)
     add_mailbox(layout.exe, layout.config_file, user=layout.user)  # as the service user, as the steps say
+    doctor = run_as(layout.user, [layout.exe, "--config", str(layout.config_file), "doctor"])
+    assert doctor.returncode == 0, doctor.stdout  # the key in etc/, the store beside the database: all theirs
+    assert f"ok     secrets key      {layout.key_file}: mode 0600" in doctor.stdout
     report = setup_system(layout)
     assert ("timer", "done") in outcomes(report) and report.timer == "enabled"
     assert calls(tree)[-2:] == ["is-enabled hanna-sync.timer", "enable --now hanna-sync.timer"]
