@@ -183,7 +183,7 @@ def _system_user(report: ServiceReport, layout: SystemLayout) -> tuple[int, int]
         made = _run(command)
         if made.returncode != 0:
             report.fail("user", f"cannot create the system user {layout.user}: {_last_line(made)};"
-                       f" create it by hand: {shlex.join(command)}")
+                        f" create it by hand: {shlex.join(command)}")
         entry = pwd.getpwnam(layout.user)
         report.add("user", DONE, f"system user {layout.user} (home {layout.state_dir}, no login shell)")
     else:
@@ -270,14 +270,14 @@ def _directory(report: ServiceReport, name: str, path: Path, *, mode: int, owner
                 os.chown(path, *owner)
         except OSError as exc:
             report.fail(name, f"cannot create {path}: {exc.strerror}; create it: install -d -m {mode:04o}"
-                       + (f" -o {owner[0]} -g {owner[1]}" if owner else "") + f" {path}", path)
+                        + (" -o {} -g {}".format(*_owner_text(*owner).split(":")) if owner else "") + f" {path}", path)
         report.add(name, DONE, f"{path} ({wanted})", path)
         return
     except OSError as exc:
         report.fail(name, f"cannot look at {path}: {exc.strerror}", path)
     if not stat.S_ISDIR(st.st_mode):
         report.fail(name, f"{path} exists and is not a directory: move it away and run setup-service again",
-                   path)
+                    path)
     try:
         was = _fix_mode_owner(path, st, mode=mode, owner=owner)
     except OSError as exc:
@@ -445,7 +445,7 @@ def _timer(report: ServiceReport, systemctl: Sequence[str], *, down: str | None,
         listed = _run(list_mailboxes)
         if listed.returncode != 0:
             report.fail("timer", f"cannot list the mailboxes as the units would ({shlex.join(list_mailboxes)}):"
-                       f" {_last_line(listed)}")
+                        f" {_last_line(listed)}")
         try:
             mailboxes = json.loads(listed.stdout)
         except ValueError:
