@@ -86,12 +86,13 @@ def _read_key_file(key_file: Path) -> bytes:
     return _parse_key(b"".join(chunks), key_file, _KEY_FILE_FIX)
 
 
-def _create_key_file(key_file: Path, store_file: Path) -> bytes | None:
+def create_key_file(key_file: Path, store_file: Path) -> bytes | None:
     """Generate a key and publish it at `key_file` unless it exists; None if we lost a race.
 
     Refused while the encrypted store `store_file` exists: it was written with the lost key, and a new
     key could neither read it nor be told apart from the right one later, so every stored password would
-    be silently unreadable while the files looked healthy. This is the only place a key is created.
+    be silently unreadable while the files looked healthy. This is the only place a key is created: by a
+    first password saved, and by `hanna-sync setup-service`, which makes the service's key before any.
 
     The key is written to a private temp file first and hard-linked into place: link(2) fails if
     the name exists (like O_EXCL) and makes the complete file appear at once, so a concurrent
@@ -178,7 +179,7 @@ def load_key_with_source(key_file: Path, credential_name: str, store_file: Path)
         return existing_key(key_file, credential_name)
     except FileNotFoundError:
         pass
-    key = _create_key_file(key_file, Path(store_file))
+    key = create_key_file(key_file, Path(store_file))
     if key is not None:
         return key, str(key_file)
     # Another process created it first: use its key. With the O_EXCL fallback its content may
