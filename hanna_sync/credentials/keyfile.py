@@ -147,7 +147,6 @@ def create_key_file(key_file: Path, store_file: Path) -> bytes | None:
     finally:
         unlink_quietly(tmp)
     fsync_dir(key_file.parent)
-    log.info("generated a new secrets key in %s", key_file)
     return key
 
 
@@ -181,6 +180,7 @@ def load_key_with_source(key_file: Path, credential_name: str, store_file: Path)
         pass
     key = create_key_file(key_file, Path(store_file))
     if key is not None:
+        log.info("generated a new secrets key in %s", key_file)  # made on first use: said (setup-service says its own)
         return key, str(key_file)
     # Another process created it first: use its key. With the O_EXCL fallback its content may
     # not be written yet, so give it a moment before calling the file broken.
