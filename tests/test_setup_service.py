@@ -35,8 +35,9 @@ FAKE_SYSTEMCTL = """\
 echo "$*" >> "{log}"
 [ "$1" = --user ] && shift
 case "$1" in
-  is-enabled) if [ -e "{state}" ]; then echo enabled; else echo disabled; exit 1; fi ;;
-  enable) touch "{state}" ;;
+  is-enabled) if [ -e "{state}" ]; then cat "{state}"; grep -qx enabled "{state}" || exit 1
+              else echo disabled; exit 1; fi ;;
+  enable) echo enabled > "{state}" ;;
 esac
 """
 
@@ -255,6 +256,61 @@ def test_the_timer_is_enabled_once_a_mailbox_exists_and_kept_after(layout, tree)
     assert "hanna-sync-web.service" not in " ".join(calls(tree))  # the web unit is never enabled
     again = setup_system(layout)
     assert ("timer", "kept") in outcomes(again) and again.timer == "enabled"
+
+
+def test_no_enable_and_a_masked_timer_leave_the_admins_choice_standing(layout, tree):
+    """The package's postinst runs setup-service --no-enable on every upgrade: a timer the admin stopped comes
+    back on no upgrade, and a masked one fails no upgrade."""
+    setup_system(layout)
+    add_mailbox(layout.exe, layout.config_file, user=layout.user)
+    held = setup_system(layout, enable=False)
+    timer = next(s for s in held.steps if s.step == "timer")
+    assert (timer.outcome, held.timer, held.failed) == ("left", "not-enabled", False)
+    assert "kept so: --no-enable" in timer.detail and "systemctl enable --now hanna-sync.timer" in timer.detail
+    (tree / "systemctl.enabled").write_text("masked\n")
+    masked = setup_system(layout)  # even without --no-enable: masked is the admin's word
+    timer = next(s for s in masked.steps if s.step == "timer")
+    assert timer.outcome == "left" and "masked" in timer.detail and not masked.failed
+    assert not any(call.startswith("enable") for call in calls(tree))
+
+
+def test_root_follows_no_symlink_the_service_user_planted_as_the_key(layout, tree):
+    """An older config keeps the key in the state directory, which the service user owns: a link planted there
+    must not make root hand another file to that user (or change its mode)."""
+    layout.etc_dir.mkdir(parents=True)
+    layout.config_file.write_text(f'database = "{layout.database}"\n')
+    setup_system(layout)  # the key is made beside the database
+    key = layout.state_dir / "secrets.key"
+    assert owner_mode(key) == (layout.user, layout.user, "0600")
+    victim = tree / "victim"
+    victim.write_text("root's\n")
+    victim.chmod(0o640)
+    key.unlink()
+    key.symlink_to(victim)
+    os.lchown(key, pwd.getpwnam(layout.user).pw_uid, -1)
+    report = setup_system(layout)
+    step = next(s for s in report.steps if s.step == "secrets-key")
+    assert step.outcome == "failed" and "symbolic link" in step.detail
+    assert owner_mode(victim) == ("root", "root", "0640") and victim.read_text() == "root's\n"
+
+
+def test_user_mode_never_changes_the_mode_of_a_directory_the_config_named(tree, monkeypatch):
+    monkeypatch.setenv("HOME", str(tree / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tree / "cfg"))
+    monkeypatch.delenv("HANNA_SYNC_CONFIG", raising=False)
+    shared = tree / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    layout = UserLayout.from_environment()
+    layout.config_file.parent.mkdir(parents=True)
+    layout.config_file.write_text(f'database = "{shared}/hs.db"\n')
+    layout = UserLayout(config_file=layout.config_file, unit_dir=layout.unit_dir, vendor_unit_dir=tree / "vendor",
+                        systemctl=(str(fake_command(tree, "systemctl", FAKE_SYSTEMCTL)), "--user"),
+                        loginctl=("true",), exe=str(Path(sys.executable).parent / "hanna-sync"))
+    report = setup_user(layout)
+    step = next(s for s in report.steps if s.step == "state-dir")
+    assert step.outcome == "kept" and "mode 0755" in step.detail and f"chmod 700 {shared}" in step.detail
+    assert owner_mode(shared)[2] == "0755"
 
 
 def test_without_systemd_running_the_units_are_written_and_activation_left(layout, tree):

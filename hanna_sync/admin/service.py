@@ -10,6 +10,7 @@ mode runs against a temp tree in the tests.
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -32,7 +33,7 @@ from hanna_sync.config import (
     load_config,
 )
 from hanna_sync.credentials.keyfile import create_key_file
-from hanna_sync.credentials.private_files import fsync_dir, temp_name, unlink_quietly, write_all
+from hanna_sync.credentials.private_files import publish_new
 from hanna_sync.errors import ConfigError, NoPermission, SecretsError
 
 DONE, KEPT, LEFT, FAILED = "done", "kept", "left", "failed"
@@ -129,8 +130,11 @@ class ServiceReport:
 
 # -- system mode ------------------------------------------------------------------------------------------
 
-def setup_system(layout: SystemLayout) -> ServiceReport:
-    """Set up the system-wide service as root; refused (nothing touched) for anyone else."""
+def setup_system(layout: SystemLayout, *, enable: bool = True) -> ServiceReport:
+    """Set up the system-wide service as root; refused (nothing touched) for anyone else.
+
+    enable=False (the package's postinst, on every install and upgrade): the timer is never enabled, so a
+    timer the admin stopped or masked stays so; the step still says what to do."""
     if os.geteuid() != 0:
         raise NoPermission("setup-service sets up the system-wide service and needs root: run it with sudo,"
                            " or use --user to set up units for yourself")
@@ -152,7 +156,7 @@ def setup_system(layout: SystemLayout) -> ServiceReport:
                list_mailboxes=[*as_user, *_command(layout.exe, layout.config_file)],
                add_mailbox=f"{sudo_u} add-mailbox ...",
                again=f"sudo {layout.exe} setup-service", enable=f"systemctl enable --now {UNIT_FILES['timer']}",
-               database=config.database)
+               database=config.database, may_enable=enable)
         report.add("web", LEFT, f"{UNIT_FILES['web']} not enabled (setup-service never does): to serve the archive"
                    f" on 127.0.0.1:8025: systemctl enable --now {UNIT_FILES['web']}\n"
                    f"then make a token: {sudo_u} token create NAME")
@@ -193,13 +197,13 @@ def _system_user(report: ServiceReport, layout: SystemLayout) -> tuple[int, int]
 
 # -- --user mode ------------------------------------------------------------------------------------------
 
-def setup_user(layout: UserLayout) -> ServiceReport:
+def setup_user(layout: UserLayout, *, enable: bool = True) -> ServiceReport:
     """Set up the user units for the user running it (no root): config, database directory, key, units."""
     report = ServiceReport("user")
     login = pwd.getpwuid(os.getuid()).pw_name
     try:
         config = _config(report, layout.config_file, example_config(), owner=None)
-        _directory(report, "state-dir", config.database.parent, mode=0o700, owner=None)
+        _directory(report, "state-dir", config.database.parent, mode=0o700, owner=None, fix=False)
         _secrets_key(report, config, owner=None)
         wrote = _units(report, layout.unit_dir, layout.vendor_unit_dir, exe=layout.exe, user=True)
         reload = [*layout.systemctl, "daemon-reload"]
@@ -213,7 +217,8 @@ def setup_user(layout: UserLayout) -> ServiceReport:
                down=None if reached.returncode == 0 else f"no user manager is reachable for {login}",
                list_mailboxes=_command(layout.exe, layout.config_file),
                add_mailbox=f"{layout.exe} add-mailbox ...", again=f"{layout.exe} setup-service --user",
-               enable=f"systemctl --user enable --now {UNIT_FILES['timer']}", database=config.database)
+               enable=f"systemctl --user enable --now {UNIT_FILES['timer']}", database=config.database,
+               may_enable=enable)
         report.add("web", LEFT, f"{UNIT_FILES['web']} not enabled (setup-service never does): to serve the archive"
                    f" on 127.0.0.1:8025: systemctl --user enable --now {UNIT_FILES['web']}\n"
                    f"then make a token: {layout.exe} token create NAME")
@@ -247,68 +252,63 @@ def _owner_text(uid: int, gid: int) -> str:
     return f"{user}:{group}"
 
 
-def _fix_mode_owner(path: Path, st: os.stat_result, *, mode: int, owner: tuple[int, int] | None) -> str | None:
-    """Make `path` have `mode` (and `owner`); what it was before, or None when it already had them."""
+def _fix_mode_owner(fd: int, *, mode: int, owner: tuple[int, int] | None) -> str | None:
+    """Give the open file `fd` `mode` (and `owner`); what it had before, or None when it had them already.
+
+    Through the descriptor, never the path: between a look and a chmod the path could become a symlink
+    (the service user owns the state directory), and root would then hand it another file."""
+    st = os.fstat(fd)
     was_mode, was_owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
     if was_mode == mode and owner in (None, was_owner):
         return None
-    os.chmod(path, mode)
+    os.fchmod(fd, mode)
     if owner is not None:
-        os.chown(path, *owner)
+        os.fchown(fd, *owner)
     return f"{was_mode:04o}" + (f" {_owner_text(*was_owner)}" if owner is not None else "")
 
 
-def _directory(report: ServiceReport, name: str, path: Path, *, mode: int, owner: tuple[int, int] | None) -> None:
+def _directory(report: ServiceReport, name: str, path: Path, *, mode: int, owner: tuple[int, int] | None,
+               fix: bool = True) -> None:
+    """Make the directory, or make it `mode` and `owner`; `fix=False` (a directory the user's config named,
+    maybe their home): only made, a mode other than `mode` said, never changed."""
     wanted = f"{mode:04o}" + (f" {_owner_text(*owner)}" if owner else "")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         try:
             path.mkdir(parents=True, mode=mode)
-            os.chmod(path, mode)  # mkdir's mode is cut by the umask
-            if owner:
-                os.chown(path, *owner)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _fix_mode_owner(fd, mode=mode, owner=owner)  # mkdir's mode is cut by the umask
+            finally:
+                os.close(fd)
         except OSError as exc:
             report.fail(name, f"cannot create {path}: {exc.strerror}; create it: install -d -m {mode:04o}"
                         + (" -o {} -g {}".format(*_owner_text(*owner).split(":")) if owner else "") + f" {path}", path)
         report.add(name, DONE, f"{path} ({wanted})", path)
         return
-    except OSError as exc:
-        report.fail(name, f"cannot look at {path}: {exc.strerror}", path)
-    if not stat.S_ISDIR(st.st_mode):
-        report.fail(name, f"{path} exists and is not a directory: move it away and run setup-service again",
-                    path)
     try:
-        was = _fix_mode_owner(path, st, mode=mode, owner=owner)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        report.fail(name, f"{path} is not {wanted} and cannot be made so: {exc.strerror}", path)
+        report.fail(name, f"{path} is not a directory it can use ({exc.strerror}): move it away and run"
+                    " setup-service again", path)
+    try:
+        if not fix:
+            have = stat.S_IMODE(os.fstat(fd).st_mode)
+            if have & 0o077:
+                report.add(name, KEPT, f"{path} (mode {have:04o}: others may read the database there; to close it:"
+                           f" chmod 700 {path})", path)
+            else:
+                report.add(name, KEPT, f"{path} ({have:04o})", path)
+            return
+        try:
+            was = _fix_mode_owner(fd, mode=mode, owner=owner)
+        except OSError as exc:
+            report.fail(name, f"{path} is not {wanted} and cannot be made so: {exc.strerror}", path)
+    finally:
+        os.close(fd)
     if was is None:
         report.add(name, KEPT, f"{path} ({wanted})", path)
     else:
         report.add(name, DONE, f"{path}: was {was}, now {wanted}", path)
-
-
-def _write_new(path: Path, text: str, *, mode: int, owner: tuple[int, int] | None) -> bool:
-    """Publish `text` at `path` whole, only while nothing is there (link(2) refuses an existing name, so
-    a file made meanwhile is kept, not overwritten); False then."""
-    tmp = temp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            if owner:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            write_all(fd, text.encode())
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    finally:
-        unlink_quietly(tmp)
-    fsync_dir(path.parent)
-    return True
 
 
 def _config(report: ServiceReport, path: Path, text: str, *, owner: tuple[int, int] | None) -> Config:
@@ -316,7 +316,7 @@ def _config(report: ServiceReport, path: Path, text: str, *, owner: tuple[int, i
     mode = 0o640 if owner else 0o600
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        wrote = not os.path.lexists(path) and _write_new(path, text, mode=mode, owner=owner)
+        wrote = not os.path.lexists(path) and publish_new(path, text.encode(), mode=mode, owner=owner)
     except OSError as exc:
         report.fail("config", f"cannot write {path}: {exc.strerror}", path)
     try:
@@ -339,18 +339,24 @@ def _secrets_key(report: ServiceReport, config: Config, *, owner: tuple[int, int
         return
     key_file, wanted = config.secrets_key_file, "0600" + (f" {_owner_text(*owner)}" if owner else "")
     try:
-        made = create_key_file(key_file, config.secrets_file) if not os.path.lexists(key_file) else None
+        made = None if os.path.lexists(key_file) else create_key_file(key_file, config.secrets_file, owner=owner)
         if made is not None:
-            if owner:
-                os.chown(key_file, *owner)
             report.add("secrets-key", DONE, f"{key_file} ({wanted}): back it up apart from the database; without"
                        " it the stored passwords cannot be read", key_file)
             return
-        was = _fix_mode_owner(key_file, os.stat(key_file), mode=0o600, owner=owner)
+        fd = os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                report.fail("secrets-key", f"{key_file} is not a regular file: name the key file itself in key_file",
+                            key_file)
+            was = _fix_mode_owner(fd, mode=0o600, owner=owner)
+        finally:
+            os.close(fd)
     except SecretsError as exc:
         report.fail("secrets-key", str(exc), key_file)
     except OSError as exc:
-        report.fail("secrets-key", f"{key_file}: {exc.strerror}; it must be a file {wanted}", key_file)
+        reason = "a symbolic link (root does not follow one here)" if exc.errno == errno.ELOOP else exc.strerror
+        report.fail("secrets-key", f"{key_file}: {reason}; it must be a file {wanted}", key_file)
     if was is None:
         report.add("secrets-key", KEPT, f"{key_file} (never overwritten)", key_file)
     else:
@@ -395,7 +401,7 @@ def _units(report: ServiceReport, unit_dir: Path, vendor_dir: Path, *, exe: str,
         try:
             unit_dir.mkdir(parents=True, exist_ok=True)
             current = path.read_text(encoding="utf-8") if path.exists() else None
-            written = current is None and _write_new(path, text, mode=0o644, owner=None)
+            written = current is None and publish_new(path, text.encode(), mode=0o644)
         except (OSError, UnicodeDecodeError) as exc:
             report.fail("units", f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}", path)
         if written:
@@ -429,16 +435,21 @@ def _command(exe: str, config_file: Path) -> list[str]:
 
 
 def _timer(report: ServiceReport, systemctl: Sequence[str], *, down: str | None, list_mailboxes: list[str],
-           add_mailbox: str, again: str, enable: str, database: Path) -> None:
+           add_mailbox: str, again: str, enable: str, database: Path, may_enable: bool = True) -> None:
     """Enable the timer once a mailbox exists: before that every pass would fail ("no mailbox configured").
 
     Asked as the service user, through the config its units use: root must not create files in the state
     directory, and no database means no mailbox (it is not created just to look)."""
     timer = UNIT_FILES["timer"]
+    state = ""
     if down is None:
-        state = _run([*systemctl, "is-enabled", timer])
-        if state.stdout.strip() == "enabled":
+        state = _run([*systemctl, "is-enabled", timer]).stdout.strip()
+        if state == "enabled":
             report.add("timer", KEPT, f"{timer} is enabled")
+            return
+        if state.startswith("masked"):  # the admin's choice: an enable would fail, and should
+            report.add("timer", LEFT, f"{timer} is masked (kept so); to run passes: systemctl unmask {timer}"
+                       f" && {enable}")
             return
     mailboxes: list[object] = []
     if database.exists():
@@ -455,6 +466,9 @@ def _timer(report: ServiceReport, systemctl: Sequence[str], *, down: str | None,
                    f"then run `{again}` again (or: {enable})")
     elif down is not None:
         report.add("timer", LEFT, f"{timer} not started: {down}; then: {enable}")
+    elif not may_enable:
+        report.add("timer", LEFT, f"{timer} is {state or 'not enabled'} (kept so: --no-enable); to run passes"
+                   f" every 10 minutes: {enable}")
     else:
         command = [*systemctl, "enable", "--now", timer]
         enabled = _run(command)

@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 @click.command("setup-service")
 @click.option("--user", "user_mode", is_flag=True,
               help="Set up the user units for yourself (systemctl --user), without root.")
+@click.option("--no-enable", is_flag=True,
+              help="Enable no unit: a timer stopped or masked stays so (the Debian package's install and upgrade).")
 @json_option
 @click.pass_obj
-def setup_service(app: App, user_mode: bool, as_json: bool) -> None:
+def setup_service(app: App, user_mode: bool, no_enable: bool, as_json: bool) -> None:
     """Set up the timer-driven service: user, directories, config, key, units; safe to run again.
 
     System-wide (as root): the system user hanna-sync (home /var/lib/hanna-sync, no login shell),
@@ -31,7 +33,9 @@ def setup_service(app: App, user_mode: bool, as_json: bool) -> None:
     and [secrets] key_file = "/etc/hanna-sync/secrets.key" (0640 root:hanna-sync), that key (0600,
     owned by hanna-sync), hanna-sync.service, hanna-sync.timer and hanna-sync-web.service in
     /etc/systemd/system (none when the Debian package's are in /usr/lib/systemd/system), daemon-reload,
-    and hanna-sync.timer enabled once a mailbox exists. The web unit is never enabled by it.
+    and hanna-sync.timer enabled once a mailbox exists (never with --no-enable, which the Debian
+    package's postinst uses, so an upgrade never starts a timer you stopped; a masked timer is left
+    masked). The web unit is never enabled by it.
 
     --user: ~/.config/hanna-sync/config.toml from the example, the database's directory (0700), the
     key beside the database, the user units in ~/.config/systemd/user ($XDG_CONFIG_HOME honoured),
@@ -61,7 +65,8 @@ def setup_service(app: App, user_mode: bool, as_json: bool) -> None:
     if named is not None and named.absolute() != layout.config_file:
         raise InputError(f"setup-service sets up {layout.config_file}, the config its units read; --config and"
                          " $HANNA_SYNC_CONFIG do not apply to it: leave them out")
-    report = service.setup_user(layout) if isinstance(layout, service.UserLayout) else service.setup_system(layout)
+    report = service.setup_user(layout, enable=not no_enable) if isinstance(layout, service.UserLayout) \
+        else service.setup_system(layout, enable=not no_enable)
     if as_json:
         emit_json(report.as_dict())
     else:
