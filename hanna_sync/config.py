@@ -489,7 +489,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
             what = "is a directory, not a file" if candidate.is_dir() else "does not exist"
             raise ConfigError(f"config file {candidate} {what} (given by --config or $HANNA_SYNC_CONFIG)")
     else:
-        found = next((p for p in config_search_path() if p.is_file()), None)
+        found = next((p for p in config_search_path() if _present(p)), None)
         if found is None:
             return Config()
         candidate = found
@@ -500,6 +500,21 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib reads bytes, and TOML is UTF-8 only
         raise ConfigError(f"{candidate}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read config {candidate}: permission denied; it belongs to the user the service runs as:"
+            f" run the command as that user (e.g. sudo -u hanna-sync hanna-sync ...), or name a config of your"
+            f" own with --config (or ~/.config/hanna-sync/config.toml)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {candidate}: {exc.strerror}") from None
     return parse_config(data, candidate.resolve())
+
+
+def _present(path: Path) -> bool:
+    """A config file on the search path, also one in a directory this user may not enter (/etc/hanna-sync
+    is 0750 root:hanna-sync): found, so that reading it says why it cannot be, instead of a traceback or a
+    silent fallback to another database."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return True

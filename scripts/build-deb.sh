@@ -5,6 +5,7 @@
 # for the dependencies (imapclient, sqlite-utils, publicsuffixlist, ... are not in Debian 12), which go into
 # a self-contained environment under /opt/hanna-sync, built for Debian's own /usr/bin/python3.
 set -euo pipefail
+umask 022  # what dpkg installs is what was staged: readable by the service user and every shell
 cd "$(dirname "$0")/.."
 repo=$PWD
 out=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)

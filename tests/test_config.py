@@ -240,3 +240,49 @@ def test_a_url_source_is_kept_as_written_whatever_the_case_of_its_scheme(tmp_pat
     config = load_config(path)
     assert (config.directory.customers, config.directory.leads) == ("HTTPS://crm.example.lt/c.csv",
                                                                     "ftp://crm.example.lt/l")
+
+
+def _as_nobody(func) -> str:
+    """`func()` in a forked child that has become `nobody` (root reads everything, so a permission can only be
+    tried as another user); what it raised or returned, as text."""
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            outcome = f"returned {func()!r}"
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            outcome = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_a_system_config_this_user_may_not_read_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch):
+    """The package makes /etc/hanna-sync 0750 root:hanna-sync; any other user without a config of their own
+    must learn why, not get an unexpected PermissionError (or defaults: another, empty database)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    etc = tmp_path / "etc-hanna-sync"
+    etc.mkdir(mode=0o750)
+    etc.chmod(0o750)
+    (etc / "config.toml").write_text('database = "/var/lib/hanna-sync/hanna-sync.db"\n')
+    tmp_path.chmod(0o755)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_DIR", etc)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent.invalid")  # no config of nobody's own
+    said = _as_nobody(load_config)
+    assert said.startswith(f"ConfigError: cannot read config {etc / 'config.toml'}: "), said
+    assert "permission denied" in said and "sudo -u hanna-sync" in said and "--config" in said

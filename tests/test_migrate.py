@@ -94,3 +94,15 @@ def test_a_backup_that_cannot_be_written_leaves_the_database_unmigrated(run, tmp
     assert result.exit_code == 2
     assert "does not exist" in result.output
     assert applied_names(tmp_path / "hs.db") == OLD
+
+
+def test_migrate_never_replaces_an_earlier_backup(run, tmp_path):
+    """A rerun after a migration failed half way (dpkg --configure -a) must not copy the half-migrated database
+    over the only backup of what the older version wrote."""
+    old_database(tmp_path / "hs.db")
+    (tmp_path / "before.db").write_bytes(b"the older version's database")
+    result = run("migrate", "--backup", str(tmp_path / "before.db"))
+    assert result.exit_code == 2
+    assert "exists: migrate never replaces a backup" in result.output
+    assert (tmp_path / "before.db").read_bytes() == b"the older version's database"
+    assert applied_names(tmp_path / "hs.db") == OLD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -197,10 +198,11 @@ def migrate(app: App, backup_file: Path | None, as_json: bool) -> None:
     and no backup is made. No database yet: none is created.
 
     \b
-    Exit codes: 0 migrated or nothing to do, 74 the backup or a migration failed (the database stays as
-    it was before the failed migration: each is one transaction), 75 the database is locked.
-    Example (before and after an upgrade by hand):
-      sudo -u hanna-sync hanna-sync migrate --backup /var/lib/hanna-sync/backups/before-0.2.0.db
+    Exit codes: 0 migrated or nothing to do, 2 FILE exists (a backup is never replaced) or its directory
+    is missing (nothing written), 74 the backup or a migration failed (the database stays as it was
+    before the failed migration: each is one transaction), 75 the database is locked.
+    Example (stop the timer, upgrade with pip, then):
+      sudo -u hanna-sync hanna-sync migrate --backup /var/lib/hanna-sync/before-0.2.0.db
     JSON: {"database": PATH, "version": "0.1.0", "applied": [names], "backup": PATH or null}
     """
     from hanna_sync import __version__
@@ -209,6 +211,10 @@ def migrate(app: App, backup_file: Path | None, as_json: bool) -> None:
     database = app.config.database
     applied: list[str] = []
     backed_up = None
+    if backup_file is not None and os.path.lexists(backup_file):
+        # Never over an earlier backup: after a migration that failed half way, the file there is the only
+        # copy of what the older version wrote, and this run would replace it with the half-migrated one.
+        raise InputError(f"{backup_file} exists: migrate never replaces a backup; name a new file")
     if database.exists():
         store = Store(database, migrate=False)
         if store.pending_migrations():
