@@ -445,7 +445,7 @@ What it does, by hand:
    Back the key up, apart from the database's backups: without it the stored passwords cannot be read.
 
 2. The directory and the mailboxes, as the service user: the same config, so the same database as the timer
-     sudo -u hanna-sync {exe} import customers customers.csv
+     sudo -u hanna-sync {exe} import customers - --format csv < customers.csv   (your shell reads the file)
      sudo -u hanna-sync {exe} add-mailbox --user jonas --email jonas@example.com ...
 
 3. The units (the Debian package has them in /usr/lib/systemd/system already), and the timer once a
