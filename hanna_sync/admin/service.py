@@ -104,6 +104,8 @@ class _Stop(Exception):
 
 @dataclass
 class ServiceReport:
+    """What setup-service did, step by step, for its lines and its --json; a failed step ends it."""
+
     mode: str  # "system" or "user"
     steps: list[Step] = field(default_factory=list)
 
@@ -418,6 +420,7 @@ def _units(report: ServiceReport, unit_dir: Path, vendor_dir: Path, *, exe: str,
 
 
 def _daemon_reload(report: ServiceReport, systemctl: Sequence[str], *, running: bool) -> None:
+    """systemd reads a new unit only after a reload; where it does not run, the files wait for it."""
     reload = [*systemctl, "daemon-reload"]
     if not running:
         report.add("daemon-reload", LEFT, f"systemd is not running here: the units are written; where it runs:"
