@@ -87,8 +87,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 @json_option
 @click.pass_obj
 def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
-    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, needs re-authorisation,
-    stale or paused.
+    """Show each mailbox's health: ok, new, backfilling, failing, server busy, auth failed, needs
+    re-authorisation, stale or paused ("server busy": the server refused or dropped the login for want of
+    room; tried again at the next pass, no back-off, --json failure_kind "busy").
 
     Also the last successful pass and its age, the current error and since when, letters archived
     (today and in total), letters skipped as unrelated, and folders still behind the server; and
