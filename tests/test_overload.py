@@ -25,7 +25,8 @@ from click.testing import CliRunner
 from hanna_sync import scan as scan_module
 from hanna_sync.cli import cli
 from hanna_sync.demo.latency import LatencyProxy
-from hanna_sync.errors import AuthError, ConnectError
+from hanna_sync.errors import AuthError, ConnectError, ReauthRequired
+from hanna_sync.models import Mailbox
 from hanna_sync.remote import overload
 from hanna_sync.scan.host_limits import HostLimit, HostLimits, run_limited
 from tests.helpers import Env, deliver_sample, server_flags
@@ -79,6 +80,7 @@ def test_is_busy_reads_connect_errors_and_server_busy():
     assert overload.is_busy(ConnectError("127.0.0.1:993: b'* BYE Connection queue full'"))  # the greeting
     assert overload.is_busy(ConnectError("127.0.0.1:993: socket error: EOF"))  # closed before the greeting
     assert not overload.is_busy(ConnectError("127.0.0.1:993 refused the connection: wrong port or firewall"))
+    assert not overload.is_busy(ConnectError("TLS with 127.0.0.1:143 failed: EOF occurred in violation of protocol"))
     assert not overload.is_busy(ValueError("Connection queue full"))  # only connection and login failures
 
 
@@ -323,3 +325,19 @@ def test_a_server_busy_all_pass_long_shows_server_busy_and_is_scanned_next_pass(
     gate.capacity = 3
     assert env.run().ok  # not on back-off: the next pass tries every one
     assert {m["state"] for m in json.loads(hanna(env, "status", "--json").stdout)["mailboxes"]} == {"ok"}
+
+
+@pytest.mark.parametrize("kind, error, expected", [
+    ("imap", overload.ServerBusy("h is busy"), "busy"),
+    ("imap", AuthError("h refused the login for a (Authentication failed.); check the password"), "auth"),
+    ("imap", ConnectError("127.0.0.1:993: b'* BYE Connection queue full'"), "busy"),  # connect()'s greeting
+    ("o365-client", AuthError("outlook.office365.com refused the token for a (User is authenticated but not"
+                              " connected.); the app-only token was accepted but ..."), "auth"),
+    ("google-client", AuthError("imap.gmail.com refused the token for a ([ALERT] Too many simultaneous"
+                                " connections. (Failure))"), "busy"),
+    ("o365-scan", ConnectError("graph.microsoft.com: Connection queue full"), "connect"),  # Graph retries on its own
+    ("imap", ReauthRequired("signed out"), "auth"),  # scan_mailbox tells reauth first; it is never busy
+])
+def test_the_failure_kind_of_a_connect_or_login_error(kind, error, expected):
+    mailbox = Mailbox(user="staff", email="a@imone.lt", provider="custom", kind=kind, imap_host="h")
+    assert scan_module._failure_kind(mailbox, error) == expected

@@ -26,8 +26,9 @@ OVERLOAD_TEXTS = (
 # Office 365's "User is authenticated but not connected" (with "Server Unavailable") is not here: Exchange says it
 # to an app-only token whose app was not given the mailbox, a permission only an admin can grant (imap.APP_ONLY_HINT).
 
-# imaplib's words for a connection that ended (EOF, reset) while the client waited for the server.
-_LOST = re.compile(r"socket error|\bEOF\b|connection reset|broken pipe|errno 104|errno 32", re.IGNORECASE)
+# imaplib's words for a connection that ended (EOF, reset) while the client waited for the server's answer; not
+# a TLS handshake's "EOF occurred in violation of protocol", which a misconfigured port gives every time.
+_LOST = re.compile(r"socket error|connection reset|broken pipe|errno 104|errno 32", re.IGNORECASE)
 
 
 class ServerBusy(ConnectError):

@@ -175,14 +175,10 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
                 source.scan(folder)
     except ReauthRequired as exc:
         result.fail("reauth", str(exc))
-    except (AuthError, overload.ServerBusy) as exc:
-        # A login the server refused for want of room (or dropped) is no wrong password: "busy", no back-off.
-        busy = mailbox.kind in IMAP_KINDS and overload.is_busy(exc)
-        result.fail("busy" if busy else "auth", str(exc))
     except SecretsError as exc:
         result.fail("secrets", str(exc))
-    except HannaError as exc:  # connect()'s `* BYE Connection queue full` greeting says so in its text
-        result.fail("busy" if mailbox.kind in IMAP_KINDS and overload.is_busy(exc) else "connect", str(exc))
+    except HannaError as exc:
+        result.fail(_failure_kind(mailbox, exc), str(exc))
     except (OSError, ssl.SSLError, IMAPClientError, TimeoutError) as exc:
         result.fail("connect", connection_failed(exc, mailbox, ctx.config.network.timeout))
     except sqlite3.Error:
@@ -198,6 +194,14 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
             "; time budget spent" if result.budget_exhausted else "",
             f"; errors: {'; '.join(result.errors)}" if result.errors else "")
     return result
+
+
+def _failure_kind(mailbox: Mailbox, exc: HannaError) -> str:
+    """"auth" (backed off) for a refused login only: a server that had no room to connect or log us in (its
+    `* BYE Connection queue full` greeting, `NO [UNAVAILABLE]`, a login cut off) is "busy", tried again later."""
+    if mailbox.kind in IMAP_KINDS and overload.is_busy(exc):
+        return "busy"
+    return "auth" if isinstance(exc, AuthError) else "connect"
 
 
 def open_source(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> AbstractContextManager[FolderSource[Any]]:
