@@ -12,6 +12,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import re
 import secrets as pysecrets
 import socket
 import ssl
@@ -25,6 +27,7 @@ from click.testing import CliRunner
 from hanna_sync import scan as scan_module
 from hanna_sync.cli import cli
 from hanna_sync.demo.latency import LatencyProxy
+from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot
 from hanna_sync.errors import AuthError, ConnectError, ReauthRequired
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import overload
@@ -80,7 +83,9 @@ def test_is_busy_reads_connect_errors_and_server_busy():
     assert overload.is_busy(ConnectError("127.0.0.1:993: b'* BYE Connection queue full'"))  # the greeting
     assert overload.is_busy(ConnectError("127.0.0.1:993: socket error: EOF"))  # closed before the greeting
     assert not overload.is_busy(ConnectError("127.0.0.1:993 refused the connection: wrong port or firewall"))
-    assert not overload.is_busy(ConnectError("TLS with 127.0.0.1:143 failed: EOF occurred in violation of protocol"))
+    assert overload.is_busy(ConnectError("TLS with 127.0.0.1:993 failed: UNEXPECTED_EOF_WHILE_READING"))  # Dovecot
+    assert not overload.is_busy(ConnectError("127.0.0.1:143 does not speak implicit TLS: use --imap-security"
+                                             " starttls (usually port 143), or the ssl port 993"))
     assert not overload.is_busy(ValueError("Connection queue full"))  # only connection and login failures
 
 
@@ -341,3 +346,43 @@ def test_a_server_busy_all_pass_long_shows_server_busy_and_is_scanned_next_pass(
 def test_the_failure_kind_of_a_connect_or_login_error(kind, error, expected):
     mailbox = Mailbox(user="staff", email="a@imone.lt", provider="custom", kind=kind, imap_host="h")
     assert scan_module._failure_kind(mailbox, error) == expected
+
+
+# -- Dovecot's own login limit -------------------------------------------------------------------------
+
+class CrowdedDovecot(Dovecot):
+    """A sandbox Dovecot whose login process takes 4 clients at once (one process, client_limit 4): beyond
+    that it drops the oldest waiting one with `* BYE Connection queue full`, or the connection ends first."""
+
+    def _config(self) -> str:
+        return super()._config().replace(
+            "service imap-login {\n",
+            "service imap-login {\n  service_count = 0\n  process_limit = 1\n  process_min_avail = 1\n"
+            "  client_limit = 4\n", 1)
+
+
+@pytest.fixture(scope="module")
+def crowded() -> Iterator[Dovecot]:
+    if not os.path.exists(DOVECOT_BIN):
+        pytest.skip(f"{DOVECOT_BIN} not found")
+    with CrowdedDovecot() as dc:
+        yield dc
+
+
+def test_dovecots_own_connection_queue_full_is_busy_and_the_pass_slows_down_for_it(
+    crowded, tmp_path, quick_retries, caplog,
+):
+    env = Env(tmp_path, concurrency=12, max_connections_per_host=12)
+    boxes = [env.add(user, email=f"box{n}-{user.login}", verify=False)
+             for user in _users(crowded, 4) for n in range(3)]
+    with caplog.at_level(logging.INFO, logger="hanna_sync.scan"):
+        first = env.run()
+    assert {r.failure_kind for r in first.mailboxes} <= {None, "busy"}, [r.errors for r in first.mailboxes]
+    assert all(env.store.mailbox(b.id).retry_after is None for b in boxes)
+    said = re.search(r"was busy (\d+) time\(s\) this pass: at most \d+ of its mailboxes at once from then on"
+                     r" \(at the lowest (\d+);", caplog.text)
+    assert said and int(said.group(2)) < 12, caplog.text[-3000:]  # the host's limit went down
+    assert "Connection queue full" in crowded.log_text() or "socket error: EOF" in caplog.text
+    assert first.ok or env.run().ok  # every mailbox scanned within two passes
+    per_mailbox = env.store.db.execute("SELECT mailbox_id, COUNT(*) FROM letter_locations GROUP BY mailbox_id")
+    assert sorted(per_mailbox) == [(b.id, 8) for b in boxes]

@@ -26,9 +26,11 @@ OVERLOAD_TEXTS = (
 # Office 365's "User is authenticated but not connected" (with "Server Unavailable") is not here: Exchange says it
 # to an app-only token whose app was not given the mailbox, a permission only an admin can grant (imap.APP_ONLY_HINT).
 
-# imaplib's words for a connection that ended (EOF, reset) while the client waited for the server's answer; not
-# a TLS handshake's "EOF occurred in violation of protocol", which a misconfigured port gives every time.
-_LOST = re.compile(r"socket error|connection reset|broken pipe|errno 104|errno 32", re.IGNORECASE)
+# The words of imaplib and OpenSSL for a connection the server ended (EOF, reset) before the client was logged in.
+# Dovecot with its login process full drops the oldest waiting client wherever it is: in the TLS handshake
+# (UNEXPECTED_EOF_WHILE_READING), before the greeting (socket error: EOF), or with a BYE (tests/test_overload.py).
+_LOST = re.compile(r"socket error|\bEOF\b|unexpected_eof|connection reset|broken pipe|errno 104|errno 32",
+                   re.IGNORECASE)
 
 
 class ServerBusy(ConnectError):
@@ -42,7 +44,7 @@ def is_overload(text: str) -> bool:
 
 
 def is_lost(text: str) -> bool:
-    """Whether imaplib's error text says the connection ended under it (EOF or reset), not that it was answered."""
+    """Whether an error's text says the server ended the connection (EOF or reset) rather than answered."""
     return _LOST.search(text) is not None
 
 
