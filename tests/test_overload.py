@@ -30,7 +30,7 @@ from hanna_sync.demo.latency import LatencyProxy
 from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot
 from hanna_sync.errors import AuthError, ConnectError, ReauthRequired
 from hanna_sync.models import Mailbox
-from hanna_sync.remote import overload
+from hanna_sync.remote import imap, overload
 from hanna_sync.scan.host_limits import HostLimit, HostLimits, run_limited
 from tests.helpers import Env, deliver_sample, server_flags
 
@@ -170,7 +170,7 @@ class BusyGate:
         self.peak_after_refusal = 0  # most connections open at once among those opened after the first refusal
         self.peak = 0
         self._numbers = itertools.count()
-        self._refusals = itertools.cycle(self.REFUSALS)
+        self.refusals = itertools.cycle(self.REFUSALS)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def __enter__(self) -> BusyGate:
@@ -201,7 +201,7 @@ class BusyGate:
             else:
                 self.refused += 1
                 self.first_refusal = self.first_refusal or now
-                how = next(self._refusals)
+                how = next(self.refusals)
         try:
             if admit:
                 self._forward(conn)
@@ -252,6 +252,25 @@ class BusyGate:
                         return
         except OSError:
             pass
+
+
+@pytest.mark.parametrize("how", ["unavailable", "limit", "eof"])
+def test_a_login_refused_for_want_of_room_raises_server_busy_not_auth_error(dovecot, how):
+    """What every caller of imap.login gets (a pass, add-mailbox's check): a ConnectError saying busy."""
+    user = dovecot.add_user(f"busy-{pysecrets.token_hex(4)}@example.test", pysecrets.token_urlsafe(10))
+    mailbox = Mailbox(user="staff", email=user.login, provider="custom", imap_host=dovecot.host, imap_security="ssl",
+                      ca_file=str(dovecot.ca_file))
+    with BusyGate(dovecot, capacity=0) as gate:
+        gate.refusals = itertools.cycle([how])
+        mailbox.imap_port = gate.port
+        with pytest.raises(overload.ServerBusy, match=f"{dovecot.host} is busy"), \
+                imap.session(mailbox, user.password, 10):
+            pass
+        gate.refusals = itertools.cycle(["bye"])  # in the greeting: connect's ConnectError, read by is_busy
+        with pytest.raises(ConnectError, match="Connection queue full") as raised, \
+                imap.session(mailbox, user.password, 10):
+            pass
+        assert overload.is_busy(raised.value) and not isinstance(raised.value, AuthError)
 
 
 @pytest.fixture
