@@ -114,7 +114,8 @@ class SecretsConfig:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    concurrency: int = 4
+    concurrency: int = 32  # mailboxes at once: a pass waits on round trips, not on the CPU (issue #20)
+    max_connections_per_host: int = 32  # of those on one server; halved when it answers "busy"
     batch_size: int = 200
     max_letter_size_mb: float = 25.0
     time_budget_minutes: float = 8.0
@@ -229,6 +230,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "scan": {
         "concurrency": (int, "a whole number >= 1"),
+        "max_connections_per_host": (int, "a whole number >= 1"),
         "batch_size": (int, "a whole number >= 1"),
         "max_letter_size_mb": ((int, float), "a number of megabytes > 0"),
         "time_budget_minutes": ((int, float), "a number of minutes > 0"),
@@ -425,7 +427,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         raise ConfigError(f"{where}: 'directory.max_removed_percent' must be a percentage from 0 to 100,"
                           f" not {directory['max_removed_percent']!r}")
     _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
-    for key in ("concurrency", "batch_size"):
+    for key in ("concurrency", "max_connections_per_host", "batch_size"):
         _positive(scan.get(key, 1), f"scan.{key}", where, minimum=1, strict=False)
     for name in ("gap_check_hours", "auth_backoff_minutes"):
         _positive(scan.get(name, 0), f"scan.{name}", where, strict=False)
@@ -443,6 +445,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ),
         scan=ScanConfig(
             concurrency=scan.get("concurrency", ScanConfig.concurrency),
+            max_connections_per_host=scan.get("max_connections_per_host", ScanConfig.max_connections_per_host),
             batch_size=scan.get("batch_size", ScanConfig.batch_size),
             max_letter_size_mb=float(scan.get("max_letter_size_mb", ScanConfig.max_letter_size_mb)),
             time_budget_minutes=float(scan.get("time_budget_minutes", ScanConfig.time_budget_minutes)),

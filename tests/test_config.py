@@ -34,7 +34,7 @@ def test_no_file_at_all_gives_defaults_under_the_data_dir(tmp_path):
     assert config.database == tmp_path / "xdg-data" / "hanna-sync" / "hanna-sync.db"
     assert config.secrets.store == "file"
     assert config.secrets_key_file == config.database.parent / "secrets.key"
-    assert config.scan.concurrency == 4
+    assert config.scan.concurrency == 32 and config.scan.max_connections_per_host == 32
 
 
 def test_a_units_state_directory_does_not_move_the_database(monkeypatch, tmp_path):
@@ -113,6 +113,7 @@ free_mail_domains = ["zebra.lt"]
 key_file = "keys/k"
 [scan]
 concurrency = 8
+max_connections_per_host = 3
 max_letter_size_mb = 10
 [network]
 timeout = 5
@@ -122,7 +123,7 @@ timeout = 5
     assert config.own_domains == ("imone.lt", "xn--algiris-cxb.lt")
     assert config.free_mail_domains == ("zebra.lt",)
     assert config.secrets_key_file == tmp_path / "keys" / "k"
-    assert config.scan.concurrency == 8
+    assert config.scan.concurrency == 8 and config.scan.max_connections_per_host == 3
     assert config.max_letter_bytes == 10 * 1024 * 1024
     assert config.network.timeout == 5.0
 
@@ -133,6 +134,7 @@ timeout = 5
     ('[scan]\nconcurrency = "4"', "'scan.concurrency' must be a whole number >= 1, not '4'"),
     ('[scan]\nconcurrency = true', "'scan.concurrency' must be a whole number >= 1, not True"),
     ('[scan]\nconcurrency = 0', "'scan.concurrency' must be >= 1, not 0"),
+    ('[scan]\nmax_connections_per_host = 0', "'scan.max_connections_per_host' must be >= 1, not 0"),
     ('[network]\ntimeout = -1', "'network.timeout' must be > 0"),
     ('own_domains = "acme.lt"', "'own_domains' must be a list of domain names"),
     ('own_domains = ["not a domain"]', "'own_domains' must be a list of domain names; 'not a domain' is not one"),

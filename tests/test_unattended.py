@@ -305,7 +305,7 @@ def test_run_under_journald_logs_one_summary_line(tmp_path, imap_user):
         )
     assert proc.returncode == 0
     lines = log_path.read_text().splitlines()
-    assert lines[-1].startswith("<6>pass ok: mailboxes 1 ok, 0 failed, 0 backing off; letters 11 new, 8 archived")
+    assert lines[-1].startswith("<6>pass ok: mailboxes 1 ok, 0 failed, 0 server busy, 0 backing off; letters 11 new, 8 archived")
     assert all(line.startswith("<") for line in lines), lines
 
 

@@ -31,12 +31,15 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     Only letters that concern a Customer or Lead are stored (the others are counted as skipped).
     Folders are opened read-only and bodies fetched with BODY.PEEK: no flag on the server changes.
     A failing mailbox is recorded (see list-mailboxes) and the others are still scanned.
+    Up to scan.concurrency mailboxes at once, at most scan.max_connections_per_host on one server;
+    a server that answers "busy" (Connection queue full, [UNAVAILABLE], a login cut off) gets fewer,
+    and its mailboxes are tried again later in the pass (failure_kind "busy", never a back-off).
 
     \b
-    Exit codes: 0 every mailbox scanned, 1 a mailbox failed or the database has no mailbox at all
-    (the warning names any other database found), 2 usage or config error, 74 the
-    database cannot be written (disk full, damaged: what was saved stays), 75 another pass is running
-    or another program holds the database's lock.
+    Exit codes: 0 every mailbox scanned, 1 a mailbox failed (its server still busy, too) or the
+    database has no mailbox at all (the warning names any other database found), 2 usage or config
+    error, 74 the database cannot be written (disk full, damaged: what was saved stays), 75 another
+    pass is running or another program holds the database's lock.
     Example (what the systemd timer runs every 10 minutes):
       hanna-sync run
     """
@@ -88,8 +91,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 @json_option
 @click.pass_obj
 def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
-    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, needs re-authorisation,
-    stale or paused.
+    """Show each mailbox's health: ok, new, backfilling, failing, server busy, auth failed, needs
+    re-authorisation, stale or paused ("server busy": the server refused or dropped the login for want of
+    room; tried again at the next pass, no back-off, --json failure_kind "busy").
 
     Also the last successful pass and its age, the current error and since when, letters archived
     (today and in total), letters skipped as unrelated, and folders still behind the server; and
