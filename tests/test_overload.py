@@ -28,7 +28,7 @@ from hanna_sync import scan as scan_module
 from hanna_sync.cli import cli
 from hanna_sync.demo.latency import LatencyProxy
 from hanna_sync.demo.sandbox import DOVECOT_BIN, Dovecot
-from hanna_sync.errors import AuthError, ConnectError, ReauthRequired
+from hanna_sync.errors import AuthError, ConnectError, ExitCode, ReauthRequired
 from hanna_sync.models import Mailbox
 from hanna_sync.remote import imap, overload
 from hanna_sync.scan.host_limits import HostLimit, HostLimits, run_limited
@@ -405,3 +405,19 @@ def test_dovecots_own_connection_queue_full_is_busy_and_the_pass_slows_down_for_
     assert first.ok or env.run().ok  # every mailbox scanned within two passes
     per_mailbox = env.store.db.execute("SELECT mailbox_id, COUNT(*) FROM letter_locations GROUP BY mailbox_id")
     assert sorted(per_mailbox) == [(b.id, 8) for b in boxes]
+
+
+def test_hanna_sync_test_says_busy_not_a_password_problem(dovecot, tmp_path):
+    """`hanna-sync test` on a server answering LOGIN with NO [UNAVAILABLE]: the auth stage says busy, exit 14
+    (the server refused the session), never 16 (fix the password)."""
+    if not dovecot.running:
+        dovecot.start()
+    env = Env(tmp_path)
+    user = _users(dovecot, 1)[0]
+    with BusyGate(dovecot, capacity=0) as gate:
+        gate.refusals = itertools.cycle(["unavailable"])
+        box = env.add(user, verify=False, imap_port=gate.port)
+        result = hanna(env, "test", str(box.id), "--no-smtp")
+    assert result.exit_code == ExitCode.SERVER, result.output
+    assert f"{dovecot.host} is busy: it did not log {user.login} in" in result.output
+    assert "not a password problem" in result.output and "check the password" not in result.output
