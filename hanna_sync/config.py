@@ -114,7 +114,8 @@ class SecretsConfig:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    concurrency: int = 4
+    concurrency: int = 32  # mailboxes at once: a pass waits on round trips, not on the CPU (issue #20)
+    max_connections_per_host: int = 32  # of those on one server; halved when it answers "busy"
     batch_size: int = 200
     max_letter_size_mb: float = 25.0
     time_budget_minutes: float = 8.0
@@ -229,6 +230,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "scan": {
         "concurrency": (int, "a whole number >= 1"),
+        "max_connections_per_host": (int, "a whole number >= 1"),
         "batch_size": (int, "a whole number >= 1"),
         "max_letter_size_mb": ((int, float), "a number of megabytes > 0"),
         "time_budget_minutes": ((int, float), "a number of minutes > 0"),
@@ -425,7 +427,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         raise ConfigError(f"{where}: 'directory.max_removed_percent' must be a percentage from 0 to 100,"
                           f" not {directory['max_removed_percent']!r}")
     _positive(scan.get("time_budget_minutes", 1), "scan.time_budget_minutes", where)
-    for key in ("concurrency", "batch_size"):
+    for key in ("concurrency", "max_connections_per_host", "batch_size"):
         _positive(scan.get(key, 1), f"scan.{key}", where, minimum=1, strict=False)
     for name in ("gap_check_hours", "auth_backoff_minutes"):
         _positive(scan.get(name, 0), f"scan.{name}", where, strict=False)
@@ -443,6 +445,7 @@ def parse_config(data: dict[str, Any], where: Path) -> Config:
         ),
         scan=ScanConfig(
             concurrency=scan.get("concurrency", ScanConfig.concurrency),
+            max_connections_per_host=scan.get("max_connections_per_host", ScanConfig.max_connections_per_host),
             batch_size=scan.get("batch_size", ScanConfig.batch_size),
             max_letter_size_mb=float(scan.get("max_letter_size_mb", ScanConfig.max_letter_size_mb)),
             time_budget_minutes=float(scan.get("time_budget_minutes", ScanConfig.time_budget_minutes)),
@@ -489,7 +492,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
             what = "is a directory, not a file" if candidate.is_dir() else "does not exist"
             raise ConfigError(f"config file {candidate} {what} (given by --config or $HANNA_SYNC_CONFIG)")
     else:
-        found = next((p for p in config_search_path() if p.is_file()), None)
+        found = next((p for p in config_search_path() if _present(p)), None)
         if found is None:
             return Config()
         candidate = found
@@ -500,6 +503,21 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib reads bytes, and TOML is UTF-8 only
         raise ConfigError(f"{candidate}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read config {candidate}: permission denied; it belongs to the user the service runs as:"
+            f" run the command as that user (e.g. sudo -u hanna-sync hanna-sync ...), or name a config of your"
+            f" own with --config (or ~/.config/hanna-sync/config.toml)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {candidate}: {exc.strerror}") from None
     return parse_config(data, candidate.resolve())
+
+
+def _present(path: Path) -> bool:
+    """A config file on the search path, also one in a directory this user may not enter (/etc/hanna-sync
+    is 0750 root:hanna-sync): found, so that reading it says why it cannot be, instead of a traceback or a
+    silent fallback to another database."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return True

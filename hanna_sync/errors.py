@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 3  # a mailbox, letter, customer, lead or user named on the command line does not exist
     TEMPFAIL = 75  # EX_TEMPFAIL: another pass holds the lock, try again later
     DATABASE = 74  # EX_IOERR: the database is damaged, the disk full, or it cannot be opened or written
+    NO_PERMISSION = 77  # EX_NOPERM: setup-service without root (it sets up the system-wide service)
     # `hanna-sync test`: the family of the first failed stage, so a script knows what kind of fix is due
     # (spaced like imapsync's 10 connect, 12 TLS, 16 auth).
     CONNECT = 10  # DNS or TCP: the name does not resolve, the port refuses or stays silent
@@ -54,6 +55,12 @@ class NotFound(HannaError):
     One exit code for every command, so a script tells "no such id" from "found nothing" (exit 0, empty)."""
 
     exit_code = ExitCode.NOT_FOUND
+
+
+class NoPermission(HannaError):
+    """The command needs rights this user lacks (setup-service's system mode without root); nothing was done."""
+
+    exit_code = ExitCode.NO_PERMISSION
 
 
 class SecretsError(HannaError):

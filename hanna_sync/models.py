@@ -44,7 +44,7 @@ class Mailbox:
     last_success_at: str | None = None
     last_error: str | None = None
     last_error_at: str | None = None
-    failure_kind: str | None = None  # "auth", "connect", "folder", "secrets", "other"
+    failure_kind: str | None = None  # "auth", "reauth", "busy", "connect", "folder", "secrets", "other"
     failing_since: str | None = None  # first failure of the current streak
     consecutive_failures: int = 0
     retry_after: str | None = None  # auth back-off: not tried again before this time

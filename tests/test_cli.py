@@ -134,7 +134,7 @@ def test_bad_config_is_exit_2(tmp_path):
     )
     # ... a command that exists wherever hanna-sync is installed (a pip install ships no config.example.toml).
     shown = CliRunner().invoke(cli, ["setup-guide", "config"])
-    assert shown.exit_code == 0 and "\nconcurrency = 4\n" in shown.output
+    assert shown.exit_code == 0 and "\nconcurrency = 32\n" in shown.output
 
 
 def test_same_email_twice_for_one_user_is_refused(run):

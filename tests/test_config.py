@@ -34,7 +34,7 @@ def test_no_file_at_all_gives_defaults_under_the_data_dir(tmp_path):
     assert config.database == tmp_path / "xdg-data" / "hanna-sync" / "hanna-sync.db"
     assert config.secrets.store == "file"
     assert config.secrets_key_file == config.database.parent / "secrets.key"
-    assert config.scan.concurrency == 4
+    assert config.scan.concurrency == 32 and config.scan.max_connections_per_host == 32
 
 
 def test_a_units_state_directory_does_not_move_the_database(monkeypatch, tmp_path):
@@ -113,6 +113,7 @@ free_mail_domains = ["zebra.lt"]
 key_file = "keys/k"
 [scan]
 concurrency = 8
+max_connections_per_host = 3
 max_letter_size_mb = 10
 [network]
 timeout = 5
@@ -122,7 +123,7 @@ timeout = 5
     assert config.own_domains == ("imone.lt", "xn--algiris-cxb.lt")
     assert config.free_mail_domains == ("zebra.lt",)
     assert config.secrets_key_file == tmp_path / "keys" / "k"
-    assert config.scan.concurrency == 8
+    assert config.scan.concurrency == 8 and config.scan.max_connections_per_host == 3
     assert config.max_letter_bytes == 10 * 1024 * 1024
     assert config.network.timeout == 5.0
 
@@ -133,6 +134,7 @@ timeout = 5
     ('[scan]\nconcurrency = "4"', "'scan.concurrency' must be a whole number >= 1, not '4'"),
     ('[scan]\nconcurrency = true', "'scan.concurrency' must be a whole number >= 1, not True"),
     ('[scan]\nconcurrency = 0', "'scan.concurrency' must be >= 1, not 0"),
+    ('[scan]\nmax_connections_per_host = 0', "'scan.max_connections_per_host' must be >= 1, not 0"),
     ('[network]\ntimeout = -1', "'network.timeout' must be > 0"),
     ('own_domains = "acme.lt"', "'own_domains' must be a list of domain names"),
     ('own_domains = ["not a domain"]', "'own_domains' must be a list of domain names; 'not a domain' is not one"),
@@ -240,3 +242,49 @@ def test_a_url_source_is_kept_as_written_whatever_the_case_of_its_scheme(tmp_pat
     config = load_config(path)
     assert (config.directory.customers, config.directory.leads) == ("HTTPS://crm.example.lt/c.csv",
                                                                     "ftp://crm.example.lt/l")
+
+
+def _as_nobody(func) -> str:
+    """`func()` in a forked child that has become `nobody` (root reads everything, so a permission can only be
+    tried as another user); what it raised or returned, as text."""
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            outcome = f"returned {func()!r}"
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            outcome = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_a_system_config_this_user_may_not_read_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch):
+    """The package makes /etc/hanna-sync 0750 root:hanna-sync; any other user without a config of their own
+    must learn why, not get an unexpected PermissionError (or defaults: another, empty database)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    etc = tmp_path / "etc-hanna-sync"
+    etc.mkdir(mode=0o750)
+    etc.chmod(0o750)
+    (etc / "config.toml").write_text('database = "/var/lib/hanna-sync/hanna-sync.db"\n')
+    tmp_path.chmod(0o755)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_DIR", etc)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent.invalid")  # no config of nobody's own
+    said = _as_nobody(load_config)
+    assert said.startswith(f"ConfigError: cannot read config {etc / 'config.toml'}: "), said
+    assert "permission denied" in said and "sudo -u hanna-sync" in said and "--config" in said

@@ -74,3 +74,4 @@ def test_a_server_that_refuses_closes_the_client_and_is_counted(server):
             sock.settimeout(5)
             assert sock.recv(10) == b""
         assert len(proxy.connections) == 1
+

@@ -305,7 +305,7 @@ def test_run_under_journald_logs_one_summary_line(tmp_path, imap_user):
         )
     assert proc.returncode == 0
     lines = log_path.read_text().splitlines()
-    assert lines[-1].startswith("<6>pass ok: mailboxes 1 ok, 0 failed, 0 backing off; letters 11 new, 8 archived")
+    assert lines[-1].startswith("<6>pass ok: mailboxes 1 ok, 0 failed, 0 server busy, 0 backing off; letters 11 new, 8 archived")
     assert all(line.startswith("<") for line in lines), lines
 
 
@@ -325,7 +325,7 @@ def test_the_web_unit_is_hardened_like_the_scan_unit_and_the_steps_start_it():
     for line in ("ExecStart=/x/hanna-sync --config /etc/hanna-sync/config.toml serve --host 127.0.0.1 --port 8025"
                  " --trusted-proxy 127.0.0.1",
                  "Restart=on-failure", "IPAddressDeny=any", "IPAddressAllow=localhost", "WantedBy=multi-user.target",
-                 "InaccessiblePaths=-/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc"):
+                 "InaccessiblePaths=-/etc/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc"):
         assert line in web.splitlines(), line
     user_web = systemd_unit("web", True, "/x/hanna-sync").splitlines()
     assert "ExecStart=/x/hanna-sync serve --host 127.0.0.1 --port 8025" in user_web and "Restart=on-failure" in user_web

@@ -316,7 +316,8 @@ Type=oneshot
 User=hanna-sync
 Group=hanna-sync
 # The config is named, so a missing one is an error in the journal, not a pass over another database.
-# It puts the database and the secrets store in /var/lib/hanna-sync, as for `sudo -u hanna-sync hanna-sync ...`.
+# It puts the database and the secrets store in /var/lib/hanna-sync, as for `sudo -u hanna-sync hanna-sync ...`
+# (and the key in /etc/hanna-sync when `hanna-sync setup-service` wrote it).
 ExecStart={exe} --config {config} run
 StateDirectory=hanna-sync
 StateDirectoryMode=0700
@@ -365,8 +366,9 @@ RestartSec=5s
 # (a migration) and a token's last_used_at (at most once a minute). Nothing else is written.
 StateDirectory=hanna-sync
 StateDirectoryMode=0700
-# The mailbox passwords are the pass's, never the server's (hidden when they exist at start).
-InaccessiblePaths=-/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc
+# The mailbox passwords are the pass's, never the server's (hidden when they exist at start): the key where
+# setup-service puts it, and the store and key where older installs have them.
+InaccessiblePaths=-/etc/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.key -/var/lib/hanna-sync/secrets.enc
 UMask=0077
 
 # Hardening: a loopback HTTP server needs its socket, the database and nothing else.
@@ -416,26 +418,41 @@ hanna-sync under systemd (system-wide)
 ======================================
 
 The units run this hanna-sync: {exe}
-Install it where it stays first (e.g. `python3 -m venv /opt/hanna-sync && /opt/hanna-sync/bin/pip install ...`),
-and run these steps with that one, so the paths below are the installed ones.
+Install it where it stays and every user may run it (the Debian package does; or a venv under /opt:
+`python3 -m venv /opt/hanna-sync && /opt/hanna-sync/bin/pip install ...`; or pipx for all users:
+`sudo PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install ...`), and run these steps with that one,
+so the paths below are the installed ones.
 
-1. A user to run it and its state directory; the config (every key optional: with no `database` key,
-   /etc/hanna-sync/config.toml puts the database and the secrets store in /var/lib/hanna-sync):
-     sudo useradd --system --home-dir /var/lib/hanna-sync --shell /usr/sbin/nologin hanna-sync
+One command does steps 1 and 3, and is safe to run again (it never overwrites what exists; it prints what it
+did, kept and left):
+     sudo {exe} setup-service
+then add the mailboxes (step 2) and run it once more: it enables the timer once a mailbox exists.
+What it does, by hand:
+
+1. A user to run it and its state directory; the config, with the database in /var/lib/hanna-sync and the
+   secrets key in /etc/hanna-sync (apart from the database: a copy of /var/lib/hanna-sync is then no copy
+   of the passwords); the key, made once:
+     sudo useradd --system --user-group --home-dir /var/lib/hanna-sync --no-create-home \\
+         --shell /usr/sbin/nologin hanna-sync
      sudo install -d -o hanna-sync -g hanna-sync -m 0700 /var/lib/hanna-sync
      sudo install -d -o root -g hanna-sync -m 0750 /etc/hanna-sync
      {exe} setup-guide config | sudo tee {config} >/dev/null
      sudo chown root:hanna-sync {config} && sudo chmod 0640 {config}
+   in it: database = "/var/lib/hanna-sync/hanna-sync.db" and, under [secrets],
+   key_file = "/etc/hanna-sync/secrets.key"; then the key (set -C: never over an existing one):
+     sudo sh -c 'umask 077; set -C; head -c 32 /dev/urandom | base64 > /etc/hanna-sync/secrets.key'
+     sudo chown hanna-sync:hanna-sync /etc/hanna-sync/secrets.key
+   Back the key up, apart from the database's backups: without it the stored passwords cannot be read.
 
 2. The directory and the mailboxes, as the service user: the same config, so the same database as the timer
-     sudo -u hanna-sync {exe} import customers customers.csv
+     sudo -u hanna-sync {exe} import customers - --format csv < customers.csv   (your shell reads the file)
      sudo -u hanna-sync {exe} add-mailbox --user jonas --email jonas@example.com ...
-   The first password saved creates the secrets key /var/lib/hanna-sync/secrets.key: back it up (apart from
-   the database's backups): without it the stored passwords cannot be read.
 
-3. The units:
+3. The units (the Debian package has them in /usr/lib/systemd/system already), and the timer once a
+   mailbox exists (before that every pass fails: no mailbox configured):
      {exe} setup-guide systemd --unit service | sudo tee /etc/systemd/system/hanna-sync.service >/dev/null
      {exe} setup-guide systemd --unit timer | sudo tee /etc/systemd/system/hanna-sync.timer >/dev/null
+     {exe} setup-guide systemd --unit web | sudo tee /etc/systemd/system/hanna-sync-web.service >/dev/null
      sudo systemctl daemon-reload && sudo systemctl enable --now hanna-sync.timer
 
 4. Check:
@@ -443,9 +460,9 @@ and run these steps with that one, so the paths below are the installed ones.
      journalctl -u hanna-sync -p warning         errors and warnings only; one summary line per pass
      sudo -u hanna-sync {exe} status
 
-5. The web view and JSON API (optional; read-only, on 127.0.0.1:8025 for a reverse proxy with TLS):
-     {exe} setup-guide systemd --unit web | sudo tee /etc/systemd/system/hanna-sync-web.service >/dev/null
-     sudo systemctl daemon-reload && sudo systemctl enable --now hanna-sync-web.service
+5. The web view and JSON API (optional; read-only, on 127.0.0.1:8025 for a reverse proxy with TLS; the unit
+   is written in step 3, never enabled by setup-service):
+     sudo systemctl enable --now hanna-sync-web.service
      sudo -u hanna-sync {exe} token create crm       prints the token once; --admin for the status page
      journalctl -u hanna-sync-web                    the address it serves, refused requests
 
@@ -461,26 +478,36 @@ hanna-sync under systemd, for one user (no root)
 The units run this hanna-sync: {exe}
 (run these steps with the hanna-sync that stays installed, so the path below is the right one).
 
-1. Mailboxes and the directory, at your shell as usual (the database is ~/.local/share/hanna-sync/hanna-sync.db
-   unless ~/.config/hanna-sync/config.toml names another; the timer uses the same one):
+One command does steps 1 and 3, and is safe to run again (it never overwrites what exists):
+     {exe} setup-service --user
+then add the mailboxes (step 2) and run it once more: it enables the timer once a mailbox exists.
+What it does, by hand:
+
+1. The config (every key optional; the database is ~/.local/share/hanna-sync/hanna-sync.db unless it names
+   another; the timer uses the same one), and the database's directory, private:
+     mkdir -p ~/.config/hanna-sync && {exe} setup-guide config > ~/.config/hanna-sync/config.toml
+     mkdir -p -m 0700 ~/.local/share/hanna-sync
+   The first password saved makes the secrets key beside the database (secrets.key): back it up.
+
+2. Mailboxes and the directory, at your shell as usual:
      {exe} import customers customers.csv
      {exe} add-mailbox --email you@example.com ...
 
-2. The units:
+3. The units, and the timer once a mailbox exists:
      mkdir -p ~/.config/systemd/user
      {exe} setup-guide systemd --user --unit service > ~/.config/systemd/user/hanna-sync.service
      {exe} setup-guide systemd --user --unit timer > ~/.config/systemd/user/hanna-sync.timer
+     {exe} setup-guide systemd --user --unit web > ~/.config/systemd/user/hanna-sync-web.service
      systemctl --user daemon-reload && systemctl --user enable --now hanna-sync.timer
      loginctl enable-linger "$USER"              so it runs while you are logged out
 
-3. Check:
+4. Check:
      systemctl --user list-timers hanna-sync.timer
      journalctl --user -u hanna-sync -p warning
      {exe} status
 
-4. The web view and JSON API (optional; read-only, on 127.0.0.1:8025):
-     {exe} setup-guide systemd --user --unit web > ~/.config/systemd/user/hanna-sync-web.service
-     systemctl --user daemon-reload && systemctl --user enable --now hanna-sync-web.service
+5. The web view and JSON API (optional; read-only, on 127.0.0.1:8025):
+     systemctl --user enable --now hanna-sync-web.service
      {exe} token create me                       prints the token once
 
 Without systemd, a line in your crontab (`crontab -e`); cron's PATH does not have hanna-sync:

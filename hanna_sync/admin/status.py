@@ -18,7 +18,8 @@ from hanna_sync.models import FolderState, Mailbox
 from hanna_sync.remote.crm_source import display_name
 from hanna_sync.scan.directory_refresh import configured_sources, is_current, load_record
 
-STATES = ("ok", "new", "backfilling", "failing", "auth failed", "needs re-authorisation", "stale", "paused")
+STATES = ("ok", "new", "backfilling", "failing", "server busy", "auth failed", "needs re-authorisation", "stale",
+          "paused")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class MailboxHealth:
     folders_behind: int
     backfill_percent: float | None
     wanted: int = 0  # skipped letters a directory change made worth fetching: the next pass reads them
+    failure_kind: str | None = None  # the last pass's kind of failure: "auth", "reauth", "busy", "connect", ...
     folders: list[FolderHealth] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,6 +120,11 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         else:  # Office 365: the error names its own fix (a permission, a policy, the app)
             detail = f"refused {mailbox.consecutive_failures} time(s): {mailbox.last_error}{backing_off}"
         alert = failing_minutes is not None and failing_minutes >= threshold
+    elif mailbox.failure_kind == "busy":  # temporary: no back-off, the next pass tries again
+        state = "server busy"
+        detail = (f"{mailbox.last_error}; busy {mailbox.consecutive_failures} pass(es) in a row, tried again next pass"
+                  if mailbox.consecutive_failures > 1 else f"{mailbox.last_error}; tried again next pass")
+        alert = failing_minutes is not None and failing_minutes >= threshold
     elif mailbox.last_error:
         state, detail = "failing", mailbox.last_error
         alert = failing_minutes is not None and failing_minutes >= threshold
@@ -144,7 +151,7 @@ def mailbox_health(store: Store, mailbox: Mailbox, fail_after: timedelta, now: d
         last_error=mailbox.last_error, failing_since=mailbox.failing_since, retry_after=mailbox.retry_after,
         archived_today=counts["since"], archived_total=counts["total"],
         skipped_total=sum(f.skipped for f in folders), folders_behind=len(behind), backfill_percent=percent,
-        wanted=wanted, folders=folders,
+        wanted=wanted, failure_kind=mailbox.failure_kind, folders=folders,
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hanna_sync import __version__
-from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate, sources, web
+from hanna_sync.cli import archive, diagnostics, directory, mailboxes, operate, service, sources, web
 from hanna_sync.cli.render import JournalFormatter, console_err, under_journal
 from hanna_sync.errors import ExitCode, HannaError
 
@@ -163,14 +163,15 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
 
     Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 not found (no such mailbox, letter,
     customer, lead or user), 74 the database cannot be used (damaged,
-    disk full), 75 busy (another pass, or another program writing): try later. Passwords are kept in
+    disk full), 75 busy (another pass, or another program writing): try later, 77 not permitted
+    (setup-service without root: use sudo, or --user). Passwords are kept in
     the secrets store (see [secrets] in 'hanna-sync setup-guide config'), never in the config or the database.
     """
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     ctx.obj = App(config_path, verbose, quiet)
 
 
-for _module in (mailboxes, diagnostics, directory, sources, archive, operate, web):
+for _module in (mailboxes, diagnostics, directory, sources, archive, operate, service, web):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
@@ -218,6 +219,7 @@ SHORT_HELP = {
     "link": "Link a letter to a customer or lead by hand.",
     "list-mailboxes": "List mailboxes and their last outcome.",
     "login": "Sign an Office 365 or Google mailbox in again.",
+    "migrate": "Upgrade the database's schema, backup first.",
     "purge": "Delete letters for good (privacy requests).",
     "relink": "Redo links after a directory change; backfill.",
     "remove-mailbox": "Remove a mailbox (its letters stay).",
@@ -226,6 +228,7 @@ SHORT_HELP = {
     "serve": "Serve the archive's JSON API over HTTP.",
     "set-password": "Replace a mailbox's password.",
     "setup-guide": "Print setup steps: o365, google, systemd, config.",
+    "setup-service": "Set up the systemd service and timer (root or --user).",
     "show": "Show one archived letter.",
     "status": "Show each mailbox's health (for monitoring).",
     "sync-directory": "Refresh customers and leads from the CRM now.",

@@ -29,6 +29,7 @@ EXIT_STATUS = [
     ("22", "test: the IMAP or SMTP charset is not usable."),
     ("74", "The database cannot be used: damaged, disk full, an I/O error, or written by a newer hanna-sync."),
     ("75", "Busy: a pass is running, or another program holds the database's write lock. Try again later."),
+    ("77", "Not permitted: setup-service without root (nothing was touched); use sudo, or --user."),
     ("130", "Interrupted (Ctrl-C)."),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,12 +31,15 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     Only letters that concern a Customer or Lead are stored (the others are counted as skipped).
     Folders are opened read-only and bodies fetched with BODY.PEEK: no flag on the server changes.
     A failing mailbox is recorded (see list-mailboxes) and the others are still scanned.
+    Up to scan.concurrency mailboxes at once, at most scan.max_connections_per_host on one server;
+    a server that answers "busy" (Connection queue full, [UNAVAILABLE], a login cut off) gets fewer,
+    and its mailboxes are tried again later in the pass (failure_kind "busy", never a back-off).
 
     \b
-    Exit codes: 0 every mailbox scanned, 1 a mailbox failed or the database has no mailbox at all
-    (the warning names any other database found), 2 usage or config error, 74 the
-    database cannot be written (disk full, damaged: what was saved stays), 75 another pass is running
-    or another program holds the database's lock.
+    Exit codes: 0 every mailbox scanned, 1 a mailbox failed (its server still busy, too) or the
+    database has no mailbox at all (the warning names any other database found), 2 usage or config
+    error, 74 the database cannot be written (disk full, damaged: what was saved stays), 75 another
+    pass is running or another program holds the database's lock.
     Example (what the systemd timer runs every 10 minutes):
       hanna-sync run
     """
@@ -87,8 +91,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
 @json_option
 @click.pass_obj
 def status(app: App, *, user: str | None, fail_after: int, show_folders: bool, as_json: bool) -> None:
-    """Show each mailbox's health: ok, new, backfilling, failing, auth failed, needs re-authorisation,
-    stale or paused.
+    """Show each mailbox's health: ok, new, backfilling, failing, server busy, auth failed, needs
+    re-authorisation, stale or paused ("server busy": the server refused or dropped the login for want of
+    room; tried again at the next pass, no back-off, --json failure_kind "busy").
 
     Also the last successful pass and its age, the current error and since when, letters archived
     (today and in total), letters skipped as unrelated, and folders still behind the server; and
@@ -175,10 +180,64 @@ def backup(app: App, file: Path) -> None:
     Example (a nightly cron line):
       hanna-sync -q backup /var/backups/hanna-sync/hanna-sync.db
     """
-    done = app.store.backup(file)
+    from hanna_sync.db.store import Store
+
+    done = Store(app.config.database, migrate=False).backup(file)
     if not app.quiet:
         click.echo(f"Backed up {app.config.database} to {done.path}: {done.letters} letters,"
                    f" {done.size / 1_000_000:.1f} MB, in {done.seconds:.1f} s.")
+
+
+@click.command("migrate")
+@click.option("--backup", "backup_file", metavar="FILE", type=click.Path(path_type=Path),
+              help="First copy the database to FILE (as `backup` does), only when there is something to apply.")
+@json_option
+@click.pass_obj
+def migrate(app: App, backup_file: Path | None, as_json: bool) -> None:
+    """Bring the database to this hanna-sync's schema, with a backup of the old one first.
+
+    Every command that writes applies the migrations a new version brings when it opens the database;
+    this does only that, at a time you choose, so an upgrade migrates once, after a backup of what the
+    older version wrote (the Debian package's upgrade runs it so). Nothing pending: nothing is written
+    and no backup is made. No database yet: none is created.
+
+    \b
+    Exit codes: 0 migrated or nothing to do, 2 FILE exists (a backup is never replaced) or its directory
+    is missing (nothing written), 74 the backup or a migration failed (the database stays as it was
+    before the failed migration: each is one transaction), 75 the database is locked.
+    Example (stop the timer, upgrade with pip, then):
+      sudo -u hanna-sync hanna-sync migrate --backup /var/lib/hanna-sync/before-0.2.0.db
+    JSON: {"database": PATH, "version": "0.1.0", "applied": [names], "backup": PATH or null}
+    """
+    from hanna_sync import __version__
+    from hanna_sync.db.store import Store
+
+    database = app.config.database
+    applied: list[str] = []
+    backed_up = None
+    if backup_file is not None and os.path.lexists(backup_file):
+        # Never over an earlier backup: after a migration that failed half way, the file there is the only
+        # copy of what the older version wrote, and this run would replace it with the half-migrated one.
+        raise InputError(f"{backup_file} exists: migrate never replaces a backup; name a new file")
+    if database.exists():
+        store = Store(database, migrate=False)
+        if store.pending_migrations():
+            if backup_file is not None:
+                backed_up = store.backup(backup_file).path
+            applied = store.apply_migrations()
+    if as_json:
+        emit_json({"database": str(database), "version": __version__, "applied": applied,
+                   "backup": str(backed_up) if backed_up else None})
+    elif not app.quiet:
+        if not database.exists():
+            click.echo(f"No database at {database} yet: nothing to migrate (the first command that writes makes it).")
+        elif not applied:
+            click.echo(f"{database} is up to date for hanna-sync {__version__}: nothing to apply.")
+        else:
+            click.echo(f"{database}: applied {len(applied)} migration(s) for hanna-sync {__version__}: "
+                       f"{', '.join(applied)}.")
+            if backed_up:
+                click.echo(f"The database as it was before: {backed_up}")
 
 
 @click.command("doctor")
@@ -324,4 +383,4 @@ and paste it (README, "Reading the archive in a browser").""")
         sys.exit(ExitCode.FAILURE)
 
 
-COMMANDS = (run, status, backup, doctor, setup_guide, demo)
+COMMANDS = (run, status, backup, migrate, doctor, setup_guide, demo)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import logging
 import os
 import secrets
@@ -16,7 +15,7 @@ import stat
 import time
 from pathlib import Path
 
-from hanna_sync.credentials.private_files import create_private, fsync_dir, temp_name, unlink_quietly, write_all
+from hanna_sync.credentials.private_files import publish_new
 from hanna_sync.errors import SecretsError
 
 log = logging.getLogger(__name__)
@@ -86,17 +85,16 @@ def _read_key_file(key_file: Path) -> bytes:
     return _parse_key(b"".join(chunks), key_file, _KEY_FILE_FIX)
 
 
-def _create_key_file(key_file: Path, store_file: Path) -> bytes | None:
+def create_key_file(key_file: Path, store_file: Path, *, owner: tuple[int, int] | None = None) -> bytes | None:
     """Generate a key and publish it at `key_file` unless it exists; None if we lost a race.
 
     Refused while the encrypted store `store_file` exists: it was written with the lost key, and a new
     key could neither read it nor be told apart from the right one later, so every stored password would
-    be silently unreadable while the files looked healthy. This is the only place a key is created.
+    be silently unreadable while the files looked healthy. This is the only place a key is created: by a
+    first password saved, and by `hanna-sync setup-service`, which makes the service's key before any.
 
-    The key is written to a private temp file first and hard-linked into place: link(2) fails if
-    the name exists (like O_EXCL) and makes the complete file appear at once, so a concurrent
-    loader never sees an empty key file. Filesystems without hard links fall back to a direct
-    O_EXCL create.
+    Published whole and exclusively (private_files.publish_new), so a concurrent loader never sees an empty
+    key file; `owner`: the service user's, for root making the service's key (setup-service).
     """
     if os.path.lexists(store_file):
         if os.path.lexists(key_file):  # made by a racing process, which has stored a secret since: use it
@@ -115,38 +113,14 @@ def _create_key_file(key_file: Path, store_file: Path) -> bytes | None:
             f"{exc.strerror or exc}; create it, writable by the user hanna-sync runs as"
         ) from None
     key = secrets.token_bytes(KEY_SIZE)
-    text = base64.b64encode(key) + b"\n"
-    tmp = temp_name(key_file)
     try:
-        fd = create_private(tmp)
-        try:
-            write_all(fd, text)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, key_file)
-        except FileExistsError:
+        if not publish_new(key_file, base64.b64encode(key) + b"\n", owner=owner):
             return None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            try:
-                fd = create_private(key_file)
-            except FileExistsError:
-                return None
-            try:
-                write_all(fd, text)
-            finally:
-                os.close(fd)
     except OSError as exc:
         raise SecretsError(
             f"cannot create the key file {key_file}: {exc.strerror or exc}; make "
             f"{key_file.parent} writable by the user hanna-sync runs as"
         ) from None
-    finally:
-        unlink_quietly(tmp)
-    fsync_dir(key_file.parent)
-    log.info("generated a new secrets key in %s", key_file)
     return key
 
 
@@ -178,8 +152,9 @@ def load_key_with_source(key_file: Path, credential_name: str, store_file: Path)
         return existing_key(key_file, credential_name)
     except FileNotFoundError:
         pass
-    key = _create_key_file(key_file, Path(store_file))
+    key = create_key_file(key_file, Path(store_file))
     if key is not None:
+        log.info("generated a new secrets key in %s", key_file)  # made on first use: said (setup-service says its own)
         return key, str(key_file)
     # Another process created it first: use its key. With the O_EXCL fallback its content may
     # not be written yet, so give it a moment before calling the file broken.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from contextlib import suppress
@@ -51,3 +52,44 @@ def unlink_quietly(path: Path) -> None:
     with suppress(OSError):
         os.unlink(path)
 
+
+
+def publish_new(path: Path, data: bytes, *, mode: int = 0o600, owner: tuple[int, int] | None = None) -> bool:
+    """Make `path` hold `data` (with `mode` and `owner`) only while nothing is there; False when something is.
+
+    Written to a private temp file first and hard-linked into place: link(2) fails if the name exists (like
+    O_EXCL, and never through a symlink) and makes the complete file appear at once, so a concurrent reader
+    never sees it half written. Filesystems without hard links fall back to a direct O_EXCL create.
+    """
+    def fill(fd: int) -> None:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        write_all(fd, data)
+
+    tmp = temp_name(path)
+    try:
+        fd = create_private(tmp)
+        try:
+            fill(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            try:
+                fd = create_private(path)
+            except FileExistsError:
+                return False
+            try:
+                fill(fd)
+            finally:
+                os.close(fd)
+    finally:
+        unlink_quietly(tmp)
+    fsync_dir(path.parent)
+    return True

@@ -58,11 +58,14 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
             TokenQueries):
     """The open database. One per process; SQLite's WAL lets a reader run beside the writer."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 10_000, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000, *, read_only: bool = False,
+                 migrate: bool = True) -> None:
         """read_only (the web server): never creating, migrating or writing the database, which must exist
         and be migrated by this hanna-sync already. It is SQLite's query_only on an ordinary connection,
         not mode=ro: a mode=ro connection beside WAL writers in other processes failed with "disk I/O
-        error" when their last connection had checkpointed the write-ahead log away."""
+        error" when their last connection had checkpointed the write-ahead log away.
+        migrate=False (backup, migrate): the schema as found, so a backup taken before an upgrade's
+        migrations is the database the older version wrote."""
         self.path = path
         self.lock = threading.RLock()
         if read_only:
@@ -92,7 +95,8 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
             if self.db.journal_mode != "wal":
                 self.db.enable_wal()
             self.db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
+            if migrate:
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             explained = database_error(exc, path)
             if explained is None or "not a database" in str(exc):  # e.g. --config naming another file
@@ -124,6 +128,24 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
                 f"{self.path} was written by a newer hanna-sync (migration {sorted(unknown)[0]}); upgrade hanna-sync"
             )
         migrations.apply(self.db)
+
+    def pending_migrations(self) -> list[str]:
+        """The migrations this hanna-sync would apply, read without writing (not even the record's table)."""
+        table = migrations.migrations_table
+        applied: set[str] = set()
+        if self.db[table].exists():
+            applied = {row[0] for row in self.db.execute(
+                f"SELECT name FROM [{table}] WHERE migration_set = ?", [migrations.name]).fetchall()}
+        return [m.name for m in migrations._migrations if m.name not in applied]
+
+    def apply_migrations(self) -> list[str]:
+        """Apply what is pending (each migration in its own transaction); the names applied."""
+        pending = self.pending_migrations()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise database_error(exc, self.path) or DatabaseError(f"cannot migrate {self.path}: {exc}") from None
+        return pending
 
     def close(self) -> None:
         self.db.close()
@@ -173,7 +195,8 @@ class Store(DirectoryQueries, ScanStateQueries, SkipIndexQueries, ArchiveQueries
                     self.db.conn.backup(copy)
                 copy.execute("PRAGMA journal_mode = DELETE")
                 damage = [str(row[0]) for row in copy.execute("PRAGMA quick_check(20)").fetchall()]
-                letters = int(copy.execute("SELECT count(*) FROM letters").fetchone()[0])
+                has_letters = copy.execute("SELECT 1 FROM sqlite_master WHERE name = 'letters'").fetchone()
+                letters = int(copy.execute("SELECT count(*) FROM letters").fetchone()[0]) if has_letters else 0
             finally:
                 copy.close()
             if damage != ["ok"]:

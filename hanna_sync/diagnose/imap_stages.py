@@ -11,12 +11,15 @@ from functools import partial
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from hanna_sync.diagnose.hints import OAUTH_ONLY, how_chosen
+from hanna_sync.diagnose.hints import OAUTH_ONLY, explain, how_chosen
 from hanna_sync.diagnose.network import NetworkRun
 from hanna_sync.diagnose.run import Passed, StageFailed, close_quietly
 from hanna_sync.errors import ExitCode
-from hanna_sync.remote import imap
+from hanna_sync.remote import imap, overload
 from hanna_sync.remote.providers import PROVIDERS, all_mail_note, default_folders
+
+BUSY_HINT = ("not a password problem: the server is short of connections or capacity right now; try again later"
+             " (a pass tries such a mailbox again later and uses fewer connections to that server)")
 
 
 class ImapRun(NetworkRun):
@@ -113,6 +116,11 @@ class ImapRun(NetworkRun):
             reply = self.authenticate(client, login)
         except IMAPClientError as exc:  # LoginError, or BAD
             text = self.said(imap.server_text(exc)) or "no reason given"
+            if overload.is_overload(text):  # a busy server is never a wrong password (nor exit 16)
+                specific = explain(text, self.mailbox, "imap")  # e.g. this account's many connections: close some
+                raise StageFailed(f"{self.server.host} is busy: it did not log {login} in ({text})",
+                                  f"{BUSY_HINT}; {specific}" if specific else BUSY_HINT,
+                                  exit_code=ExitCode.SERVER) from None
             raise StageFailed(f"{self.server.host} refused the login for {login} ({text})",
                               self.auth_hint(text)) from None
         # Servers list their extensions in full only now (Dovecot); a scan uses these.

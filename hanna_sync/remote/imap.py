@@ -27,7 +27,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from hanna_sync.errors import AuthError, ConnectError
 from hanna_sync.models import Mailbox, merged_folders
-from hanna_sync.remote import imap_wire
+from hanna_sync.remote import imap_wire, overload
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str, *, then: Callable
         authenticate(client, mailbox.login_name, password, then=then)
     except LoginError as exc:
         text = server_text(exc) or "authentication failed"
+        overload.busy_login(mailbox.imap_host, mailbox.login_name, text)  # overload or a dropped connection
         hint = "check the password"
         if mailbox.username is None:
             hint += ", and --username if the login name differs from the email"
@@ -207,7 +208,7 @@ def login(client: IMAPClient, mailbox: Mailbox, password: str, *, then: Callable
             )
         raise AuthError(f"{mailbox.imap_host} refused the login for {mailbox.login_name} ({text}); {hint}") from None
     except (OSError, ssl.SSLError) as exc:
-        raise ConnectError(f"connection to {mailbox.imap_host} lost during login: {exc}") from None
+        raise overload.lost_during_login(mailbox.imap_host, exc) from None
 
 
 def server_text(exc: BaseException) -> str:

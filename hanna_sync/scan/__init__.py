@@ -1,8 +1,9 @@
 """One scan pass: every active mailbox, every chosen folder, new letters only.
 
 Read top to bottom: `run_pass` takes the pass lock; `_run_pass` chooses the mailboxes (leaving alone those
-backing off after a refused login), scans them in parallel threads (one connection each, one writer to
-SQLite), then does the bookkeeping of the skip index, applies retention and records the run.
+backing off after a refused login), scans them in parallel threads (one connection each, at most a server's
+limit on one server: host_limits.py; one writer to SQLite), tries those whose server was busy once or twice
+more, then does the bookkeeping of the skip index, applies retention and records the run.
 `scan_mailbox` opens the mailbox's source (imap_source.py, graph_source.py) and has it scan each chosen
 folder until the time budget is spent; each source commits its batches through archiving.py, one
 transaction per batch, so a kill at any moment loses nothing and duplicates nothing.
@@ -13,7 +14,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import ssl
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,10 +30,12 @@ from hanna_sync.errors import AuthError, HannaError, ReauthRequired, SecretsErro
 from hanna_sync.linking.relink import RELINK_DUE, after_pass, relink, summary_line
 from hanna_sync.lock import pass_lock
 from hanna_sync.models import Mailbox
+from hanna_sync.remote import overload
 from hanna_sync.remote.imap import connection_failed
 from hanna_sync.scan import gmail_source, graph_source, imap_source
 from hanna_sync.scan.context import LazyDirectory, PassContext, Progress
 from hanna_sync.scan.directory_refresh import refresh_directory
+from hanna_sync.scan.host_limits import HostLimits, host_of, run_limited
 from hanna_sync.scan.results import MailboxResult, PassResult, WouldArchive
 from hanna_sync.scan.source import FolderSource
 
@@ -47,6 +51,10 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(days=1)
 BACKED_OFF_KINDS = ("auth", "reauth")  # failures only a person can fix: a refused login, a Microsoft sign-in gone
+# A busy server's mailboxes are tried again after the others, this many seconds later, while the time budget
+# allows (a login queue drains in seconds); those still busy wait for the next pass.
+BUSY_RETRY_PAUSES = (2.0, 10.0)
+IMAP_KINDS = ("imap", "o365-client", "google-client")
 
 
 def run_pass(
@@ -95,8 +103,7 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
                                      _retry_after(mailbox, result, config))
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, min(config.scan.concurrency, len(boxes)))) as pool:
-        results = list(pool.map(one, boxes))
+    results = _scan_all(ctx, boxes, one)
     if not dry_run:
         try:
             after_pass(store, config, ctx.secrets, ctx.directory.get, index=ctx.directory.skip_index)
@@ -111,6 +118,32 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
                          outcome.budget_exhausted)
     log.log(logging.INFO if outcome.ok else logging.WARNING, "%s", outcome.summary_line())
     return outcome
+
+
+def _scan_all(ctx: PassContext, boxes: list[Mailbox], one: Callable[[Mailbox], MailboxResult]) -> list[MailboxResult]:
+    """Every mailbox, scan.concurrency at once and each host within its limit; then those whose server was
+    busy again, after a pause, while there is time (at the lowered limit: the limits last the whole pass)."""
+    limits = HostLimits(ctx.config.scan.max_connections_per_host)
+    by_id = {b.id: b for b in boxes}
+
+    def scan(todo: list[Mailbox]) -> list[MailboxResult]:
+        return run_limited(todo, one, limits=limits, host=lambda m: host_of(m, ctx.config),
+                           busy=lambda r: r.failure_kind == "busy", workers=ctx.config.scan.concurrency)
+
+    results = {r.mailbox_id: r for r in scan(boxes)}
+    for pause in BUSY_RETRY_PAUSES:
+        again = [by_id[i] for i, r in results.items() if r.failure_kind == "busy"]
+        if not again or PassContext.clock() + pause >= ctx.deadline:
+            break
+        log.info("%d mailbox(es) found their server busy: trying them again in %g s", len(again), pause)
+        time.sleep(pause)
+        results.update((r.mailbox_id, r) for r in scan(again))
+    for name, host in limits.hosts.items():
+        if host.busy:
+            log.warning("%s was busy %d time(s) this pass: at most %d of its mailboxes at once from then on (at the"
+                        " lowest %d; scan.max_connections_per_host is %d)", name, host.busy, host.limit, host.lowest,
+                        host.ceiling)
+    return list(results.values())
 
 
 def refresh_due_sources(ctx: PassContext) -> None:
@@ -142,12 +175,10 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
                 source.scan(folder)
     except ReauthRequired as exc:
         result.fail("reauth", str(exc))
-    except AuthError as exc:
-        result.fail("auth", str(exc))
     except SecretsError as exc:
         result.fail("secrets", str(exc))
     except HannaError as exc:
-        result.fail("connect", str(exc))
+        result.fail(_failure_kind(mailbox, exc), str(exc))
     except (OSError, ssl.SSLError, IMAPClientError, TimeoutError) as exc:
         result.fail("connect", connection_failed(exc, mailbox, ctx.config.network.timeout))
     except sqlite3.Error:
@@ -163,6 +194,14 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
             "; time budget spent" if result.budget_exhausted else "",
             f"; errors: {'; '.join(result.errors)}" if result.errors else "")
     return result
+
+
+def _failure_kind(mailbox: Mailbox, exc: HannaError) -> str:
+    """"auth" (backed off) for a refused login only: a server that had no room to connect or log us in (its
+    `* BYE Connection queue full` greeting, `NO [UNAVAILABLE]`, a login cut off) is "busy", tried again later."""
+    if mailbox.kind in IMAP_KINDS and overload.is_busy(exc):
+        return "busy"
+    return "auth" if isinstance(exc, AuthError) else "connect"
 
 
 def open_source(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> AbstractContextManager[FolderSource[Any]]:

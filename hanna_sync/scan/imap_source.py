@@ -50,7 +50,7 @@ HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCE
 # Pipelining (see _process): batches matched before the oldest is committed, and the bytes of the bodies
 # they may hold in flight (a server may send them all before it completes the oldest FETCH: Dovecot does).
 BATCHES_AHEAD = 2
-BODIES_AHEAD_BYTES = 16 * 1024 * 1024
+BODIES_AHEAD_BYTES = 8 * 1024 * 1024  # per mailbox: scan.concurrency mailboxes run at once
 SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
 
 

@@ -39,7 +39,7 @@ class MailboxResult:
     gaps: int = 0  # letters the gap check found never looked at (and then read)
     backfilled: int = 0  # letters skipped earlier, archived now that the directory concerns them
     errors: list[str] = field(default_factory=list)
-    failure_kind: str | None = None
+    failure_kind: str | None = None  # see models.Mailbox.failure_kind; "busy": the server had no room, tried later
     budget_exhausted: bool = False  # stopped early; the next pass goes on from here
     backing_off_until: str | None = None  # not tried: its login was refused recently
     seconds: float = 0.0
@@ -87,11 +87,13 @@ class PassResult:
         def total(name: str) -> int:
             return sum(getattr(m, name) for m in self.mailboxes)
 
-        failed = sum(1 for m in self.mailboxes if not m.ok and not m.backing_off_until)
+        busy = sum(1 for m in self.mailboxes if m.failure_kind == "busy" and not m.ok)
+        failed = sum(1 for m in self.mailboxes if not m.ok and not m.backing_off_until) - busy
         backing_off = sum(1 for m in self.mailboxes if m.backing_off_until)
-        ok = len(self.mailboxes) - failed - backing_off
+        ok = len(self.mailboxes) - failed - busy - backing_off
         return (
-            f"pass {'ok' if self.ok else 'failed'}: mailboxes {ok} ok, {failed} failed, {backing_off} backing off;"
+            f"pass {'ok' if self.ok else 'failed'}: mailboxes {ok} ok, {failed} failed, {busy} server busy,"
+            f" {backing_off} backing off;"
             f" letters {total('new')} new, {total('archived')} archived, {total('linked')} linked,"
             f" {total('skipped')} skipped, {total('gaps')} gaps, {total('backfilled')} backfilled;"
             + (f" {self.purged_by_retention} deleted by retention;" if self.purged_by_retention else "")
