@@ -258,3 +258,63 @@ def test_compression_shrinks_what_a_first_pass_downloads_and_changes_nothing_els
         assert _pass(env, proxy).mailboxes[0].new == 0  # and the next pass finds it unchanged
     assert downloaded[True] < downloaded[False] / 2, downloaded
     assert archives[True] == archives[False]
+
+
+class _RefusesCompress(socketserver.StreamRequestHandler):
+    """Plain TCP to Dovecot, which offers COMPRESS=DEFLATE; this proxy answers that command BAD itself, as a
+    proxy or server that lists it and cannot do it would."""
+
+    server: _RewritingServer
+
+    def handle(self) -> None:
+        upstream = socket.create_connection(self.server.target)
+        lock = threading.Lock()
+
+        def down() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while data := upstream.recv(65536):
+                    with lock:
+                        self.wfile.write(data)
+                        self.wfile.flush()
+
+        threading.Thread(target=down, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while chunk := self.rfile.read1(65536):
+                kept = []
+                for line in chunk.split(b"\r\n"):
+                    if b" COMPRESS DEFLATE" in line.upper():
+                        self.server.commands.append(b"COMPRESS")
+                        with lock:
+                            self.wfile.write(line.split(b" ")[0] + b" BAD Error in IMAP command: unknown\r\n")
+                            self.wfile.flush()
+                    else:
+                        kept.append(line)
+                upstream.sendall(b"\r\n".join(kept))
+        upstream.close()
+
+
+def test_a_server_that_lists_compress_and_refuses_it_is_read_uncompressed(tmp_path, imap_user, dovecot):
+    server = _RewritingServer((dovecot.host, dovecot.imap_port), lambda line: line)
+    server.RequestHandlerClass = _RefusesCompress
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = Env(tmp_path)
+        _plain(env, imap_user, server.server_address[1])
+        deliver_sample(imap_user)
+        first = env.run().mailboxes[0]
+        assert first.ok and first.archived > 0, first.errors
+        assert server.commands == [b"COMPRESS"]  # asked once, refused, and the letters came uncompressed
+        again = env.run().mailboxes[0]
+        assert again.ok and again.archived == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_examines_numbers_win_over_a_status_written_beside_it():
+    status = {b"UIDVALIDITY": 7, b"UIDNEXT": 40, b"MESSAGES": 39}
+    assert imap_wire.examined_status(status, {b"UIDVALIDITY": 7, b"UIDNEXT": 41, b"EXISTS": 40}) is status
+    assert imap_wire.examined_status(status, None) is status
+    recreated = {b"UIDVALIDITY": 9, b"UIDNEXT": 3, b"EXISTS": 2, b"HIGHESTMODSEQ": 5}
+    assert imap_wire.examined_status(status, recreated) == {b"UIDVALIDITY": 9, b"UIDNEXT": 3, b"MESSAGES": 2,
+                                                            b"HIGHESTMODSEQ": 5}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import imaplib
 import io
+import logging
 import re
 import socket
 import zlib
@@ -25,6 +26,8 @@ from typing import Any
 from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response, parse_response
+
+log = logging.getLogger(__name__)
 
 STATUS_ITEMS = (b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY")
 COMPRESSION = b"COMPRESS=DEFLATE"
@@ -97,10 +100,38 @@ class _Plain(_Frugal, imap4.IMAP4WithTimeout):
     pass
 
 
+def examined_status(status: dict[bytes, int], selected: dict[bytes, Any] | None) -> dict[bytes, int]:
+    """A folder's numbers as its EXAMINE found them where they disagree with the STATUS written beside it: a
+    UIDVALIDITY changed between the two (the folder recreated meanwhile) makes the EXAMINE's UIDs the ones
+    the FETCHes will see, so the pass must go by those, not by the STATUS's."""
+    if not selected or b"UIDVALIDITY" not in selected or int(selected[b"UIDVALIDITY"]) == int(status[b"UIDVALIDITY"]):
+        return status
+    log.warning("UIDVALIDITY changed between STATUS and EXAMINE (%s -> %s): the EXAMINE's numbers are used",
+                status[b"UIDVALIDITY"], selected[b"UIDVALIDITY"])
+    examined = {b"UIDVALIDITY": int(selected[b"UIDVALIDITY"]),
+                b"UIDNEXT": int(selected.get(b"UIDNEXT", status[b"UIDNEXT"])),
+                b"MESSAGES": int(selected.get(b"EXISTS", status[b"MESSAGES"]))}
+    if b"HIGHESTMODSEQ" in selected:
+        examined[b"HIGHESTMODSEQ"] = int(selected[b"HIGHESTMODSEQ"])
+    return examined
+
+
+def _accepted(imap: imaplib.IMAP4, tag: bytes) -> bool:
+    """Whether the server took COMPRESS DEFLATE: a NO, or a BAD from a server (or proxy) that lists it and does
+    not do it, only means the letters come uncompressed; a lost connection is still an error."""
+    try:
+        return bool(imap._command_complete("COMPRESS", tag)[0] == "OK")
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error:
+        return False
+
+
 class Client(IMAPClient):
     """IMAPClient on `_Frugal`'s imaplib, with the pipelined commands a pass uses."""
 
     status_request: StatusRequest | None = None  # STATUS written with the login, answers not read yet
+    compress_refused = False  # the server listed COMPRESS=DEFLATE and refused it: not asked again
 
     def _create_IMAP4(self) -> imaplib.IMAP4:
         timeout = getattr(self._timeout, "connect", None)
@@ -113,7 +144,8 @@ class Client(IMAPClient):
         after them where the server offers it and it is not on yet: letters come next. Returns what
         folder_status and select_folder return, and raises what they raise."""
         imap = self._imap
-        compress = COMPRESSION in self.capabilities() and getattr(imap, "_deflater", False) is None
+        compress = (COMPRESSION in self.capabilities() and getattr(imap, "_deflater", False) is None
+                    and not self.compress_refused)
         imap.untagged_responses = {}  # as imaplib's select: the EXAMINE's answers alone are read
         with one_write(imap):
             request = StatusRequest.written(self, [folder], items)
@@ -121,8 +153,11 @@ class Client(IMAPClient):
             compressing = write_command(imap, b"COMPRESS", b"DEFLATE") if compress else None
         status = request.answers(self)[folder]
         typ, data = imap._command_complete("EXAMINE", examine)
-        if compressing is not None and imap._command_complete("COMPRESS", compressing)[0] == "OK":
-            imap.compressing()
+        if compressing is not None:
+            if _accepted(imap, compressing):
+                imap.compressing()
+            else:
+                self.compress_refused = True  # asked once a session
         if isinstance(status, str):
             raise IMAPClientError(status)
         self._checkok("examine", typ, data)

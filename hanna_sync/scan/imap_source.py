@@ -157,6 +157,7 @@ class ImapSource:
             if fresh is None:
                 return
             status, selected = fresh
+            status = imap_wire.examined_status(status, selected)
         uidvalidity = int(status[b"UIDVALIDITY"])
         uidnext = int(status[b"UIDNEXT"])
         messages = int(status[b"MESSAGES"])
