@@ -31,10 +31,12 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,13 +109,15 @@ INSTALLED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYT
 
 
 def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json_output: bool = False,
-          profile: Path | None = None, *, prefix: tuple[str, ...] = (), check: bool = True) -> Run:
+          profile: Path | None = None, *, prefix: tuple[str, ...] = (), check: bool = True,
+          stalled: Callable[[], bool] | None = None) -> Run:
     """Run argv under GNU time; fail loudly if it fails (a benchmark of a failing pass means nothing).
 
     With `profile`, py-spy samples every thread (the scan runs in a thread pool), waits included,
     into a flame graph named after the run. `prefix` goes before GNU time (`ip netns exec NS`), so only
     the command itself is measured. `check=False` returns a failed run (`exit_code`) instead of stopping:
-    where a failure is itself the finding (mbsync past its connection limit).
+    where a failure is itself the finding (mbsync past its connection limit). Once `stalled()` (asked every
+    second) says so, the command is ended (exit -9): mbsync waits forever for connections Dovecot never serves.
     """
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
@@ -125,21 +129,32 @@ def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json
     time.sleep(SETTLE_S)
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as stats:
         started = time.monotonic()
-        proc = subprocess.run([*prefix, TIME, "-v", "-o", stats.name, *argv], capture_output=True, text=True,
-                              check=False, env=INSTALLED_ENV)
+        # Its own process group, so a command that hangs is ended whole (GNU time, mbsync, a namespace's exec).
+        proc = subprocess.Popen([*prefix, TIME, "-v", "-o", stats.name, *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=INSTALLED_ENV, start_new_session=True)
+        while True:
+            try:
+                out, err = proc.communicate(timeout=None if stalled is None else 1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if stalled is not None and stalled():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    out, err = proc.communicate()
+                    err = f"ended: {stalled}\n{err}"
+                    break
         wall = time.monotonic() - started
         usage = dict(line.strip().rsplit(": ", 1) for line in stats if ": " in line)
     if proc.returncode and check:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    stdout = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("py-spy> "))
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+    stdout = "\n".join(line for line in out.splitlines() if not line.startswith("py-spy> "))
     return Run(
         name, tool, letters, nbytes, wall,
-        cpu_s=float(usage["User time (seconds)"]) + float(usage["System time (seconds)"]),
-        peak_rss_mib=int(usage["Maximum resident set size (kbytes)"]) / 1024,
+        cpu_s=float(usage.get("User time (seconds)", 0)) + float(usage.get("System time (seconds)", 0)),
+        peak_rss_mib=int(usage.get("Maximum resident set size (kbytes)", 0)) / 1024,
         profiled=profile is not None,
         output=json.loads(stdout) if json_output and stdout.startswith("{") else None,
         exit_code=proc.returncode,
-        stderr=proc.stderr[-2000:] if proc.returncode else "",
+        stderr=err[-2000:] if proc.returncode else "",
     )
 
 
@@ -210,9 +225,10 @@ SyncState *
         self.config = workdir / "mbsyncrc"
         self.config.write_text("\n".join(sections))
 
-    def run(self, name: str, letters: int, nbytes: int, *, prefix: tuple[str, ...] = (), check: bool = True) -> Run:
+    def run(self, name: str, letters: int, nbytes: int, *, prefix: tuple[str, ...] = (), check: bool = True,
+            stalled: Callable[[], bool] | None = None) -> Run:
         return timed(name, "mbsync", ["mbsync", "-q", "-c", str(self.config), "-a"], letters, nbytes,
-                     prefix=prefix, check=check)
+                     prefix=prefix, check=check, stalled=stalled)
 
     def count(self) -> int:
         return sum(1 for sub in ("cur", "new") for folder in self.maildir.glob(f"**/{sub}") for _ in folder.iterdir())

@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -198,6 +199,23 @@ class Link:
         return self._counters()[1] - self._start[1]
 
 
+class Stall:
+    """Whether nothing has crossed the proxy or the link for `seconds`: a command waiting forever."""
+
+    def __init__(self, link: LatencyProxy | Link, seconds: float) -> None:
+        self.link, self.seconds = link, seconds
+        self.moved, self.since = -1, time.monotonic()
+
+    def __call__(self) -> bool:
+        moved = self.link.bytes_down + self.link.bytes_up
+        if moved != self.moved:
+            self.moved, self.since = moved, time.monotonic()
+        return time.monotonic() - self.since > self.seconds
+
+    def __str__(self) -> str:
+        return f"stalled, no byte moved for {self.seconds:g} s"
+
+
 class FarDovecot(Dovecot):
     """The sandbox Dovecot listening on the veth's host address too, its certificate naming that address."""
 
@@ -214,12 +232,18 @@ class Setup:
     world: mailgen.World
     tmp: Path
     concurrencies: list[str]
+    stall_s: float
     small_users: list[tuple[str, str]]
-    small_letters: int
-    small_bytes: int
+    small_bytes: list[int]  # each small mailbox's
     big_user: tuple[str, str] | None
     big_letters: int
     big_bytes: int
+
+    def size(self, users: list[tuple[str, str]]) -> tuple[int, int]:
+        """Letters and bytes of these mailboxes: the big one, or the first len(users) small ones."""
+        if users == [self.big_user]:
+            return self.big_letters, self.big_bytes
+        return SMALL_MAILBOX_LETTERS * len(users), sum(self.small_bytes[: len(users)])
 
 
 def scan_lines(concurrency: str) -> str:
@@ -244,7 +268,7 @@ def hanna_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int, 
     """hanna-sync's first pass, the (untimed, 0 ms) pass after it, and the no-change pass, through the proxy."""
     many = scenario == "many"
     folders = mailgen.SMALL_FOLDERS if many else mailgen.FOLDERS
-    letters, nbytes = (setup.small_letters, setup.small_bytes) if many else (setup.big_letters, setup.big_bytes)
+    letters, nbytes = setup.size(users)
     hanna = Hanna(setup.world, fresh(setup, f"{scenario}-hanna"), None, scan=scan_lines(concurrency))
     hanna.add_mailboxes(setup.dovecot, users, folders, address=("127.0.0.1", proxy.port))
     where = Where(scenario, rtt, label(concurrency), len(users), proxy)
@@ -268,49 +292,60 @@ def mbsync_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int,
     """mbsync's full download and its no-change run; a failed download ends it (the rows say so)."""
     many = scenario == "many"
     folders = mailgen.SMALL_FOLDERS if many else mailgen.FOLDERS
-    letters, nbytes = (setup.small_letters, setup.small_bytes) if many else (setup.big_letters, setup.big_bytes)
+    letters, nbytes = setup.size(users)
     mbsync = Mbsync(setup.dovecot, users, fresh(setup, f"{scenario}-mbsync"), folders=folders,
                     address=("127.0.0.1", proxy.port))
     where = Where(scenario, rtt, "all at once" if many else "-", len(users), proxy)
     step(f"mbsync at {rtt} ms: full download of {len(users):,} account(s)")
     proxy.settle()
     proxy.reset()
-    rows = [measure(mbsync.run("mbsync full download", letters, nbytes, check=False), where)]
+    rows = [measure(mbsync.run("mbsync full download", letters, nbytes, check=False,
+                               stalled=Stall(proxy, setup.stall_s)), where)]
     if rows[0].failed:
         step(f"  failed: {rows[0].failure}")
         return rows
     proxy.reset()
-    rows.append(measure(mbsync.run("mbsync no-change", letters, 0, check=False), where))
+    rows.append(measure(mbsync.run("mbsync no-change", letters, 0, check=False, stalled=Stall(proxy, setup.stall_s)),
+                        where))
     return rows
 
 
-def mbsync_limit(setup: Setup, proxy: LatencyProxy) -> dict[str, int]:
-    """The most accounts one `mbsync -a` downloads without a failure, in this run: bisected, to 5% of the range."""
-    works, fails = 0, len(setup.small_users)
-    while fails - works > max(1, len(setup.small_users) // 20):
+def mbsync_limit(setup: Setup, proxy: LatencyProxy, failed: int) -> dict[str, int]:
+    """The most accounts one `mbsync -a` downloads without a failure, in this run: bisected below `failed`,
+    to 5% of the range (near the limit it depends on timing: these are this run's figures)."""
+    works, fails = 0, failed
+    while fails - works > max(1, failed // 20):
         middle = (works + fails) // 2
         mbsync = Mbsync(setup.dovecot, setup.small_users[:middle], fresh(setup, "limit-mbsync"),
                         folders=mailgen.SMALL_FOLDERS, address=("127.0.0.1", proxy.port))
-        ok = mbsync.run(f"mbsync, {middle} accounts", middle, 0, check=False).exit_code == 0
-        step(f"  mbsync over {middle} accounts: {'works' if ok else 'fails'}")
-        works, fails = (middle, fails) if ok else (works, middle)
+        run = mbsync.run(f"mbsync, {middle} accounts", middle, 0, check=False, stalled=Stall(proxy, setup.stall_s))
+        step(f"  mbsync over {middle} accounts: {'fails' if run.exit_code else 'works'} ({run.wall_s:.1f} s)")
+        works, fails = (works, middle) if run.exit_code else (middle, fails)
     return {"largest_that_worked": works, "smallest_that_failed": fails}
 
 
 def many(setup: Setup, rtts: list[int], *, with_mbsync: bool) -> tuple[list[Row], dict[str, Any] | None]:
+    """hanna-sync at each RTT and concurrency; mbsync over all accounts until that fails, then over as many
+    as worked in the bisection (its rows say how many)."""
     rows: list[Row] = []
     limit: dict[str, Any] | None = None
+    accounts = setup.small_users
     for rtt in rtts:
         with LatencyProxy("127.0.0.1", setup.dovecot.imaps_port, rtt_ms=rtt) as proxy:
             for concurrency in setup.concurrencies:
                 rows += hanna_passes(setup, proxy, scenario="many", rtt=rtt, concurrency=concurrency,
                                      users=setup.small_users)
-            if with_mbsync:
-                rows += mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=setup.small_users)
-                if rows[-1].failed and limit is None:
-                    step(f"mbsync failed over {len(setup.small_users):,} accounts at {rtt} ms: bisecting its limit")
-                    limit = {"rtt_ms": rtt, "accounts": len(setup.small_users), "failure": rows[-1].failure,
-                             **mbsync_limit(setup, proxy)}
+            if not with_mbsync or not accounts:
+                continue
+            tried = mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=accounts)
+            rows += tried
+            if tried[0].failed and limit is None:
+                step(f"mbsync failed over {len(accounts):,} accounts at {rtt} ms: bisecting its limit")
+                limit = {"rtt_ms": rtt, "accounts": len(accounts), "failure": tried[0].failure,
+                         **mbsync_limit(setup, proxy, len(accounts))}
+                accounts = setup.small_users[: limit["largest_that_worked"]]
+                if accounts:
+                    rows += mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=accounts)
     return rows, limit
 
 
@@ -333,8 +368,9 @@ def bandwidth(setup: Setup, link: Link) -> list[Row]:
     mbsync = Mbsync(setup.dovecot, [setup.big_user], fresh(setup, "link-mbsync"), address=address)
     step(f"behind {link.rate}: mbsync full download")
     link.reset()
-    rows = [measure(mbsync.run("mbsync full download", setup.big_letters, setup.big_bytes, prefix=link.prefix,
-                               check=False), Where("bandwidth", None, "-", 1, link))]
+    full = mbsync.run("mbsync full download", setup.big_letters, setup.big_bytes, prefix=link.prefix, check=False,
+                      stalled=Stall(link, setup.stall_s))
+    rows = [measure(full, Where("bandwidth", None, "-", 1, link))]
     where = Where("bandwidth", None, label("default"), 1, link)
     hanna = Hanna(setup.world, fresh(setup, "link-hanna"), None, scan=scan_lines("default"))
     hanna.add_mailboxes(setup.dovecot, [setup.big_user], mailgen.FOLDERS, address=address)
@@ -440,8 +476,8 @@ def server(link: Link | None) -> Iterator[Dovecot]:
 
 
 def populate(dovecot: Dovecot, world: mailgen.World, *, mailboxes: int, letters: int) -> dict[str, Any]:
-    made: dict[str, Any] = {"small_users": [], "small_letters": 0, "small_bytes": 0, "big_user": None,
-                            "big_letters": 0, "big_bytes": 0}
+    made: dict[str, Any] = {"small_users": [], "small_bytes": [], "big_user": None, "big_letters": 0,
+                            "big_bytes": 0}
     if letters:
         step(f"delivering {letters:,} letters to the big mailbox")
         user = dovecot.add_user(mailgen.STAFF_EMAIL, secrets.token_urlsafe(12))
@@ -456,8 +492,7 @@ def populate(dovecot: Dovecot, world: mailgen.World, *, mailboxes: int, letters:
             for letter in small:
                 dovecot.deliver(user.login, letter.folder, letter.raw, letter.flags, internaldate=letter.date)
             made["small_users"].append((user.login, user.password))
-            made["small_letters"] += len(small)
-            made["small_bytes"] += sum(len(letter.raw) for letter in small)
+            made["small_bytes"].append(sum(len(letter.raw) for letter in small))
     step("  delivered")
     return made
 
@@ -490,6 +525,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="many,big,bandwidth", metavar="S,...",
                         help="any of many, big, bandwidth (default all three)")
     parser.add_argument("--no-mbsync", action="store_true", help="hanna-sync only, no mbsync rows")
+    parser.add_argument("--stall", type=float, default=15.0, metavar="S",
+                        help="end an mbsync run when no byte has moved for S seconds: past Dovecot's login process"
+                             " limit it waits forever (default 15)")
     parser.add_argument("--rate", default="100mbit", help="the bandwidth scenario's link rate, tc's syntax"
                         " (default 100mbit)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated mail and directory (default 1)")
@@ -530,7 +568,7 @@ def main() -> None:
         with server(link) as dovecot, tempfile.TemporaryDirectory(prefix="hanna-far-", dir=args.workdir) as tmp:
             made = populate(dovecot, world, mailboxes=args.mailboxes if "many" in scenarios else 0,
                             letters=args.letters if scenarios & {"big", "bandwidth"} else 0)
-            setup = Setup(dovecot, world, Path(tmp), concurrencies, **made)
+            setup = Setup(dovecot, world, Path(tmp), concurrencies, args.stall, **made)
             if "many" in scenarios:
                 many_rows, results["mbsync_limit"] = many(setup, args.rtt, with_mbsync=not args.no_mbsync)
                 rows += many_rows
