@@ -200,20 +200,23 @@ class Link:
 
 
 class Stall:
-    """Whether nothing has crossed the proxy or the link for `seconds`: a command waiting forever."""
+    """Whether nothing has crossed the proxy or the link for `seconds` (a command waiting forever), or the
+    command has run `at_most` seconds (one still trickling along long after a working run would have ended)."""
 
-    def __init__(self, link: LatencyProxy | Link, seconds: float) -> None:
-        self.link, self.seconds = link, seconds
+    def __init__(self, link: LatencyProxy | Link, seconds: float, *, at_most: float | None = None) -> None:
+        self.link, self.seconds, self.at_most = link, seconds, at_most
         self.moved, self.since = -1, time.monotonic()
+        self.started = self.since
 
     def __call__(self) -> bool:
-        moved = self.link.bytes_down + self.link.bytes_up
+        moved, now = self.link.bytes_down + self.link.bytes_up, time.monotonic()
         if moved != self.moved:
-            self.moved, self.since = moved, time.monotonic()
-        return time.monotonic() - self.since > self.seconds
+            self.moved, self.since = moved, now
+        return now - self.since > self.seconds or (self.at_most is not None and now - self.started > self.at_most)
 
     def __str__(self) -> str:
-        return f"stalled, no byte moved for {self.seconds:g} s"
+        cap = f", or still running after {self.at_most:g} s" if self.at_most else ""
+        return f"stalled (no byte moved for {self.seconds:g} s{cap})"
 
 
 class FarDovecot(Dovecot):
@@ -233,6 +236,7 @@ class Setup:
     tmp: Path
     concurrencies: list[str]
     stall_s: float
+    cap_s: float  # how long an mbsync run at 0 ms may take before it counts as failed
     small_users: list[tuple[str, str]]
     small_bytes: list[int]  # each small mailbox's
     big_user: tuple[str, str] | None
@@ -287,8 +291,8 @@ def hanna_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int, 
     return [first, still]
 
 
-def mbsync_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int,
-                  users: list[tuple[str, str]]) -> list[Row]:
+def mbsync_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int, users: list[tuple[str, str]],
+                  at_most: float | None = None) -> list[Row]:
     """mbsync's full download and its no-change run; a failed download ends it (the rows say so)."""
     many = scenario == "many"
     folders = mailgen.SMALL_FOLDERS if many else mailgen.FOLDERS
@@ -300,7 +304,7 @@ def mbsync_passes(setup: Setup, proxy: LatencyProxy, *, scenario: str, rtt: int,
     proxy.settle()
     proxy.reset()
     rows = [measure(mbsync.run("mbsync full download", letters, nbytes, check=False,
-                               stalled=Stall(proxy, setup.stall_s)), where)]
+                               stalled=Stall(proxy, setup.stall_s, at_most=at_most)), where)]
     if rows[0].failed:
         step(f"  failed: {rows[0].failure}")
         return rows
@@ -318,34 +322,36 @@ def mbsync_limit(setup: Setup, proxy: LatencyProxy, failed: int) -> dict[str, in
         middle = (works + fails) // 2
         mbsync = Mbsync(setup.dovecot, setup.small_users[:middle], fresh(setup, "limit-mbsync"),
                         folders=mailgen.SMALL_FOLDERS, address=("127.0.0.1", proxy.port))
-        run = mbsync.run(f"mbsync, {middle} accounts", middle, 0, check=False, stalled=Stall(proxy, setup.stall_s))
+        run = mbsync.run(f"mbsync, {middle} accounts", middle, 0, check=False, stalled=Stall(proxy, setup.stall_s,
+                                                                                     at_most=setup.cap_s))
         step(f"  mbsync over {middle} accounts: {'fails' if run.exit_code else 'works'} ({run.wall_s:.1f} s)")
         works, fails = (works, middle) if run.exit_code else (middle, fails)
     return {"largest_that_worked": works, "smallest_that_failed": fails}
 
 
-def many(setup: Setup, rtts: list[int], *, with_mbsync: bool) -> tuple[list[Row], dict[str, Any] | None]:
-    """hanna-sync at each RTT and concurrency; mbsync over all accounts until that fails, then over as many
-    as worked in the bisection (its rows say how many)."""
+def many(setup: Setup, rtts: list[int], *, mbsync_rtts: list[int]) -> tuple[list[Row], dict[str, Any] | None]:
+    """hanna-sync at each RTT and concurrency. mbsync first over all accounts at 0 ms; where that fails its limit
+    is bisected (at 0 ms: a failure at distance takes minutes) and it runs over as many accounts as worked at
+    each of `mbsync_rtts` (its rows say how many)."""
     rows: list[Row] = []
     limit: dict[str, Any] | None = None
     accounts = setup.small_users
+    if mbsync_rtts:
+        with LatencyProxy("127.0.0.1", setup.dovecot.imaps_port) as proxy:
+            tried = mbsync_passes(setup, proxy, scenario="many", rtt=0, users=accounts, at_most=setup.cap_s)
+            rows += tried
+            if tried[0].failed:
+                step(f"mbsync failed over {len(accounts):,} accounts: bisecting its limit")
+                limit = {"accounts": len(accounts), "failure": tried[0].failure,
+                         **mbsync_limit(setup, proxy, len(accounts))}
+                accounts = setup.small_users[: limit["largest_that_worked"]]
     for rtt in rtts:
         with LatencyProxy("127.0.0.1", setup.dovecot.imaps_port, rtt_ms=rtt) as proxy:
             for concurrency in setup.concurrencies:
                 rows += hanna_passes(setup, proxy, scenario="many", rtt=rtt, concurrency=concurrency,
                                      users=setup.small_users)
-            if not with_mbsync or not accounts:
-                continue
-            tried = mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=accounts)
-            rows += tried
-            if tried[0].failed and limit is None:
-                step(f"mbsync failed over {len(accounts):,} accounts at {rtt} ms: bisecting its limit")
-                limit = {"rtt_ms": rtt, "accounts": len(accounts), "failure": tried[0].failure,
-                         **mbsync_limit(setup, proxy, len(accounts))}
-                accounts = setup.small_users[: limit["largest_that_worked"]]
-                if accounts:
-                    rows += mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=accounts)
+            if rtt in mbsync_rtts and accounts and (rtt or limit):  # at 0 ms: unless the try above worked
+                rows += mbsync_passes(setup, proxy, scenario="many", rtt=rtt, users=accounts)
     return rows, limit
 
 
@@ -388,9 +394,9 @@ def targets(rows: list[Row], rate_bits: float | None) -> list[dict[str, Any]]:
     """The issue's targets from the rows there are (a target without its rows is left out)."""
     default = label("default")
 
-    def find(scenario: str, name: str, rtt: int | None, concurrency: str = default) -> Row | None:
-        return next((r for r in rows if (r.scenario, r.name, r.rtt_ms, r.concurrency) ==
-                     (scenario, name, rtt, concurrency) and not r.failed), None)
+    def find(scenario: str, name: str, rtt: int | None) -> Row | None:
+        return next((r for r in rows if (r.scenario, r.name, r.rtt_ms) == (scenario, name, rtt) and not r.failed
+                     and r.concurrency in (default, "-")), None)
 
     out: list[tuple[str, float, str, float]] = []
     still = find("many", "hanna-sync no-change", TARGET_RTT)
@@ -402,19 +408,22 @@ def targets(rows: list[Row], rate_bits: float | None) -> list[dict[str, Any]]:
                         ROUND_TRIPS_PER_MAILBOX))
     if still:
         n = still.mailboxes
-        scaled = "measured" if n == 1000 else f"{n:,} measured, x {1000 / n:g}"
+        scaled = "measured" if n == 1000 else f"{n:,} measured, x {1000 / n:.3g}"
         out.append((f"no-change pass, 1,000 mailboxes at 50 ms, s ({scaled})", still.wall_s * 1000 / n, "<=",
                     NO_CHANGE_1000_S))
         out.append((f"no-change pass, 10,000 mailboxes at 50 ms, s (extrapolated from {n:,})",
                     still.wall_s * 10000 / n, "<=", NO_CHANGE_10000_S))
     if first:
         n = first.mailboxes
-        scaled = "measured" if n == 1000 else f"{n:,} measured, x {1000 / n:g}"
+        scaled = "measured" if n == 1000 else f"{n:,} measured, x {1000 / n:.3g}"
         out.append((f"first pass, 1,000 small mailboxes at 50 ms, s ({scaled})", first.wall_s * 1000 / n, "<=",
                     FIRST_PASS_1000_S))
     near, far = find("big", "hanna-sync first pass", 0), find("big", "hanna-sync first pass", TARGET_RTT)
     if near and far:
         out.append(("big first pass at 50 ms / at 0 ms", far.wall_s / near.wall_s, "<=", BIG_DISTANCE_RATIO))
+    near, far = find("big", "mbsync full download", 0), find("big", "mbsync full download", TARGET_RTT)
+    if near and far:
+        out.append(("for comparison: mbsync's big full download at 50 ms / at 0 ms", far.wall_s / near.wall_s, "", 0))
     mb, hs = find("bandwidth", "mbsync full download", None), find("bandwidth", "hanna-sync first pass", None)
     if mb and hs:
         out.append(("behind the link: mbsync full download / hanna-sync first pass (x faster)",
@@ -448,7 +457,7 @@ def print_table(results: dict[str, Any], rows: list[Row]) -> None:
               f"  {r.failed or ''} {r.failure[:60]}")
     if results.get("mbsync_limit"):
         lim = results["mbsync_limit"]
-        print(f"\nmbsync failed over {lim['accounts']:,} accounts at {lim['rtt_ms']} ms ({lim['failure'][:100]});"
+        print(f"\nmbsync failed over {lim['accounts']:,} accounts at 0 ms ({lim['failure'][:100]});"
               f" in this run it worked up to {lim['largest_that_worked']:,} and failed from"
               f" {lim['smallest_that_failed']:,}")
     if results.get("bandwidth_skipped"):
@@ -525,9 +534,15 @@ def main() -> None:
     parser.add_argument("--scenarios", default="many,big,bandwidth", metavar="S,...",
                         help="any of many, big, bandwidth (default all three)")
     parser.add_argument("--no-mbsync", action="store_true", help="hanna-sync only, no mbsync rows")
+    parser.add_argument("--mbsync-rtt", type=numbers, metavar="MS,...",
+                        help="round-trip times of mbsync's many-account runs (default: --rtt's; mbsync takes"
+                             " minutes per 100 accounts at 50 ms)")
     parser.add_argument("--stall", type=float, default=15.0, metavar="S",
                         help="end an mbsync run when no byte has moved for S seconds: past Dovecot's login process"
                              " limit it waits forever (default 15)")
+    parser.add_argument("--cap", type=float, default=120.0, metavar="S",
+                        help="where mbsync's limit is sought (all accounts, then bisected, at 0 ms) a run still going"
+                             " after S seconds counts as failed: one that works takes seconds (default 120)")
     parser.add_argument("--rate", default="100mbit", help="the bandwidth scenario's link rate, tc's syntax"
                         " (default 100mbit)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated mail and directory (default 1)")
@@ -568,9 +583,10 @@ def main() -> None:
         with server(link) as dovecot, tempfile.TemporaryDirectory(prefix="hanna-far-", dir=args.workdir) as tmp:
             made = populate(dovecot, world, mailboxes=args.mailboxes if "many" in scenarios else 0,
                             letters=args.letters if scenarios & {"big", "bandwidth"} else 0)
-            setup = Setup(dovecot, world, Path(tmp), concurrencies, args.stall, **made)
+            setup = Setup(dovecot, world, Path(tmp), concurrencies, args.stall, args.cap, **made)
             if "many" in scenarios:
-                many_rows, results["mbsync_limit"] = many(setup, args.rtt, with_mbsync=not args.no_mbsync)
+                mbsync_rtts = [] if args.no_mbsync else args.rtt if args.mbsync_rtt is None else args.mbsync_rtt
+                many_rows, results["mbsync_limit"] = many(setup, args.rtt, mbsync_rtts=mbsync_rtts)
                 rows += many_rows
             if "big" in scenarios:
                 rows += big(setup, args.big_rtt, with_mbsync=not args.no_mbsync)
