@@ -53,7 +53,6 @@ import hanna_sync
 from bench import (
     HANNA,
     RESULTS,
-    ROOT,
     SMALL_MAILBOX_LETTERS,
     TIME,
     Hanna,
@@ -207,16 +206,20 @@ class Stall:
         self.link, self.seconds, self.at_most = link, seconds, at_most
         self.moved, self.since = -1, time.monotonic()
         self.started = self.since
+        self.reason = ""
 
     def __call__(self) -> bool:
         moved, now = self.link.bytes_down + self.link.bytes_up, time.monotonic()
         if moved != self.moved:
             self.moved, self.since = moved, now
-        return now - self.since > self.seconds or (self.at_most is not None and now - self.started > self.at_most)
+        if now - self.since > self.seconds:
+            self.reason = f"stalled: no byte moved for {self.seconds:g} s"
+        elif self.at_most is not None and now - self.started > self.at_most:
+            self.reason = f"still running after {self.at_most:g} s"
+        return bool(self.reason)
 
     def __str__(self) -> str:
-        cap = f", or still running after {self.at_most:g} s" if self.at_most else ""
-        return f"stalled (no byte moved for {self.seconds:g} s{cap})"
+        return self.reason
 
 
 class FarDovecot(Dovecot):
@@ -548,6 +551,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated mail and directory (default 1)")
     parser.add_argument("--workdir", type=Path, metavar="DIR", default=default_workdir(),
                         help="where both tools keep their stores (default: /dev/shm if present, else the temp dir)")
+    parser.add_argument("--results", type=Path, metavar="DIR", default=RESULTS,
+                        help="where the JSON goes (default bench/results)")
     args = parser.parse_args()
     scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
     concurrencies = [c.strip() for c in args.concurrency.split(",") if c.strip()]
@@ -599,10 +604,10 @@ def main() -> None:
     results["targets"] = targets(rows, rate_bits)
     results["rows"] = [{**asdict(r), "round_trips_per_mailbox": round(r.round_trips_per_mailbox, 2)} for r in rows]
     print_table(results, rows)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{results['date'].replace(':', '').replace('+0000', 'Z')}-distance.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"{results['date'].replace(':', '').replace('+0000', 'Z')}-distance.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nResults: {path.relative_to(ROOT)}")
+    print(f"\nResults: {path}")
     sys.stdout.flush()
 
 
