@@ -1,7 +1,8 @@
 """hanna-sync and mbsync with the server at network distance: through a latency proxy, and behind a slow link.
 
     sudo bash bench/run.sh distance [--rtt 0,50,150] [--big-rtt 0,50] [--concurrency default,32]
-        [--mailboxes N] [--letters N] [--scenarios many,big,bandwidth] [--rate 100mbit] [--seed N] [--workdir DIR]
+        [--mailboxes N] [--letters N] [--scenarios many,big,bandwidth] [--mbsync-rtt MS,...] [--no-mbsync]
+        [--rate 100mbit] [--stall S] [--cap S] [--seed N] [--workdir DIR] [--results DIR]
 
 On loopback a round trip costs nothing; every real server is 10-150 ms away. One run, on a throwaway
 Dovecot (`hanna_sync.demo.sandbox`), IMAPS with the sandbox CA:
@@ -10,9 +11,10 @@ Dovecot (`hanna_sync.demo.sandbox`), IMAPS with the sandbox CA:
   (--concurrency; "default" leaves the key out of the config, so the checkout's own default counts),
   hanna-sync with a fresh database runs its first pass, the pass after it (thread backfill: run with the
   proxy's delay at 0, it only prepares the next pass and is not a figure) and the no-change pass. mbsync
-  (one channel per account, `mbsync -a`) downloads the same accounts at each --rtt and runs again with
-  nothing changed; where it fails (it opens every account's connection at once) the bench bisects the
-  number of accounts for the largest that works in this run, and says so.
+  (one channel per account, `mbsync -a`) first downloads all accounts at 0 ms; it opens every account's
+  connection at once, and past Dovecot's login process limit it waits forever for the rest, so where that
+  fails the bench bisects the number of accounts for the largest that works in this run, says so, and
+  runs mbsync over that many at each --mbsync-rtt (download, then a run with nothing changed).
 - big: one mailbox of --letters letters in 4 folders: at each --big-rtt mbsync's full download and
   hanna-sync's first pass, then hanna-sync's no-change pass (the round trips of a 4-folder mailbox).
 - bandwidth: the big mailbox behind a --rate link: a network namespace with a veth pair shaped by tc's
