@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -256,9 +256,14 @@ class Setup:
 
 
 def scan_lines(concurrency: str) -> str:
-    """The config's [scan]: no time budget in the way of a slow pass; the concurrency unless "default"."""
+    """The config's [scan]: no time budget in the way of a slow pass; the concurrency unless "default", and as
+    every mailbox is on one server, the same per-host limit where the checkout has one (#20 added it)."""
     lines = "time_budget_minutes = 1440\n"
-    return lines if concurrency == "default" else f"{lines}concurrency = {int(concurrency)}\n"
+    if concurrency == "default":
+        return lines
+    per_host = "max_connections_per_host" in {f.name for f in fields(ScanConfig)}
+    return lines + "".join(f"{key} = {int(concurrency)}\n" for key in
+                           ("concurrency", "max_connections_per_host")[: 2 if per_host else 1])
 
 
 def label(concurrency: str) -> str:

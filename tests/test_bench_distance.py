@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hanna_sync.config import ScanConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(not (shutil.which("mbsync") and Path("/usr/bin/time").exists()),
@@ -34,8 +36,9 @@ def test_many_mailboxes_and_the_big_one_through_the_proxy(tmp_path):
     hanna = [r for r in rows if r["tool"] == "hanna-sync"]
     # many: 2 RTTs x 2 concurrencies x (first, no-change); big: 2 RTTs x (first, no-change)
     assert len(hanna) == 12 and not any(r["failed"] for r in rows)
+    default = f"default ({ScanConfig.concurrency})"
     assert {(r["rtt_ms"], r["concurrency"]) for r in hanna if r["scenario"] == "many"} == {
-        (0, "default (4)"), (0, "2"), (20, "default (4)"), (20, "2")}
+        (0, default), (0, "2"), (20, default), (20, "2")}
     for r in hanna:
         assert r["connections"] == r["mailboxes"]  # one connection per mailbox, all through the proxy
         if r["name"] == "hanna-sync no-change":
