@@ -539,8 +539,8 @@ def main() -> None:
     parser.add_argument("--big-rtt", type=numbers, default=[0, 50], metavar="MS,...",
                         help="round-trip times of the big mailbox's first pass (default 0,50)")
     parser.add_argument("--concurrency", default="default,32", metavar="C,...",
-                        help='scan.concurrency values for the many mailboxes; "default" leaves the key out'
-                             " (default: default,32)")
+                        help="scan.concurrency values for the many mailboxes (and scan.max_connections_per_host"
+                             ' where the checkout has it); "default" leaves them out (default: default,32)')
     parser.add_argument("--mailboxes", type=int, default=1_000, help="small mailboxes (default 1000)")
     parser.add_argument("--letters", type=int, default=20_000, help="letters of the big mailbox (default 20000)")
     parser.add_argument("--scenarios", default="many,big,bandwidth", metavar="S,...",
