@@ -31,9 +31,12 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,8 +53,10 @@ from hanna_sync.db.store import Store
 from hanna_sync.demo.sandbox import Dovecot
 
 ROOT = Path(__file__).resolve().parent.parent
-HANNA = ROOT / ".venv" / "bin" / "hanna-sync"
-PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
+# The hanna-sync under test is the one installed beside the Python running the bench, so another checkout is
+# measured by running this file with that checkout's venv (its `hanna_sync` is then the one imported, too).
+HANNA = Path(sys.prefix) / "bin" / "hanna-sync"
+PY_SPY = Path(sys.prefix) / "bin" / "py-spy"
 RESULTS = ROOT / "bench" / "results"
 TIME = "/usr/bin/time"
 MiB = 1024 * 1024
@@ -82,6 +87,8 @@ class Run:
     profiled: bool = False
     walls: list[float] = field(default_factory=list)  # every repeat's wall time, when repeated
     output: Any = field(default=None, repr=False)
+    exit_code: int = 0
+    stderr: str = field(default="", repr=False)  # the tail of a failed run's stderr
 
     @property
     def letters_per_s(self) -> float:
@@ -102,11 +109,15 @@ INSTALLED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYT
 
 
 def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json_output: bool = False,
-          profile: Path | None = None) -> Run:
+          profile: Path | None = None, *, prefix: tuple[str, ...] = (), check: bool = True,
+          stalled: Callable[[], bool] | None = None) -> Run:
     """Run argv under GNU time; fail loudly if it fails (a benchmark of a failing pass means nothing).
 
     With `profile`, py-spy samples every thread (the scan runs in a thread pool), waits included,
-    into a flame graph named after the run.
+    into a flame graph named after the run. `prefix` goes before GNU time (`ip netns exec NS`), so only
+    the command itself is measured. `check=False` returns a failed run (`exit_code`) instead of stopping:
+    where a failure is itself the finding (mbsync past its connection limit). Once `stalled()` (asked every
+    second) says so, the command is ended (exit -9): mbsync waits forever for connections Dovecot never serves.
     """
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
@@ -118,19 +129,32 @@ def timed(name: str, tool: str, argv: list[str], letters: int, nbytes: int, json
     time.sleep(SETTLE_S)
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as stats:
         started = time.monotonic()
-        proc = subprocess.run([TIME, "-v", "-o", stats.name, *argv], capture_output=True, text=True, check=False,
-                              env=INSTALLED_ENV)
+        # Its own process group, so a command that hangs is ended whole (GNU time, mbsync, a namespace's exec).
+        proc = subprocess.Popen([*prefix, TIME, "-v", "-o", stats.name, *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=INSTALLED_ENV, start_new_session=True)
+        while True:
+            try:
+                out, err = proc.communicate(timeout=None if stalled is None else 1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if stalled is not None and stalled():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    out, err = proc.communicate()
+                    err = f"ended: {stalled}\n{err}"
+                    break
         wall = time.monotonic() - started
         usage = dict(line.strip().rsplit(": ", 1) for line in stats if ": " in line)
-    if proc.returncode:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    stdout = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("py-spy> "))
+    if proc.returncode and check:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+    stdout = "\n".join(line for line in out.splitlines() if not line.startswith("py-spy> "))
     return Run(
         name, tool, letters, nbytes, wall,
-        cpu_s=float(usage["User time (seconds)"]) + float(usage["System time (seconds)"]),
-        peak_rss_mib=int(usage["Maximum resident set size (kbytes)"]) / 1024,
+        cpu_s=float(usage.get("User time (seconds)", 0)) + float(usage.get("System time (seconds)", 0)),
+        peak_rss_mib=int(usage.get("Maximum resident set size (kbytes)", 0)) / 1024,
         profiled=profile is not None,
-        output=json.loads(stdout) if json_output else None,
+        output=json.loads(stdout) if json_output and stdout.startswith("{") else None,
+        exit_code=proc.returncode,
+        stderr=err[-2000:] if proc.returncode else "",
     )
 
 
@@ -154,49 +178,60 @@ def deliver(dovecot: Dovecot, login: str, letters: list[mailgen.Letter]) -> tupl
 
 
 class Mbsync:
-    """mbsync pulling every folder of one account into a fresh Maildir (FSync off, like the sandbox)."""
+    """mbsync pulling every folder of each account into a fresh Maildir (FSync off, like the sandbox).
 
-    def __init__(self, dovecot: Dovecot, login: str, password: str, workdir: Path) -> None:
+    One channel per account, all run by one `mbsync -a` (which opens every account's connection at once).
+    `address`: where mbsync finds the server, when not Dovecot's own port (a proxy, a namespace).
+    """
+
+    def __init__(self, dovecot: Dovecot, accounts: list[tuple[str, str]], workdir: Path, *,
+                 folders: tuple[str, ...] = mailgen.FOLDERS, address: tuple[str, int] | None = None) -> None:
         self.maildir = workdir / "maildir"
         self.maildir.mkdir()
+        host, port = address or (dovecot.host, dovecot.imaps_port)
         # mbsync checks the host name against DNS names only, and the sandbox certificate names
         # 127.0.0.1 as an IP address: so the server certificate itself is pinned (still verified).
-        patterns = " ".join(imap_utf7.encode(f).decode("ascii") for f in mailgen.FOLDERS)
-        self.config = workdir / "mbsyncrc"
-        self.config.write_text(f"""\
-FSync no
-
-IMAPAccount bench
-Host {dovecot.host}
-Port {dovecot.imaps_port}
+        patterns = " ".join(imap_utf7.encode(f).decode("ascii") for f in folders)
+        sections = ["FSync no\n"]
+        for number, (login, password) in enumerate(accounts):
+            near = self.maildir / str(number) if len(accounts) > 1 else self.maildir
+            near.mkdir(exist_ok=True)
+            sections.append(f"""\
+IMAPAccount a{number}
+Host {host}
+Port {port}
 User {login}
 Pass {password}
 SSLType IMAPS
 CertificateFile {dovecot.cert_file}
 SystemCertificates no
 
-IMAPStore far
-Account bench
+IMAPStore far{number}
+Account a{number}
 
-MaildirStore near
-Path {self.maildir}/
-Inbox {self.maildir}/INBOX
+MaildirStore near{number}
+Path {near}/
+Inbox {near}/INBOX
 SubFolders Verbatim
 
-Channel bench
-Far :far:
-Near :near:
+Channel c{number}
+Far :far{number}:
+Near :near{number}:
 Patterns {patterns}
 Sync Pull
 Create Near
 SyncState *
 """)
+        self.config = workdir / "mbsyncrc"
+        self.config.write_text("\n".join(sections))
 
-    def run(self, name: str, letters: int, nbytes: int) -> Run:
-        return timed(name, "mbsync", ["mbsync", "-q", "-c", str(self.config), "bench"], letters, nbytes)
+    def run(self, name: str, letters: int, nbytes: int, *, prefix: tuple[str, ...] = (), check: bool = True,
+            stalled: Callable[[], bool] | None = None) -> Run:
+        return timed(name, "mbsync", ["mbsync", "-q", "-c", str(self.config), "-a"], letters, nbytes,
+                     prefix=prefix, check=check, stalled=stalled)
 
     def count(self) -> int:
-        return sum(1 for sub in ("cur", "new") for folder in self.maildir.iterdir() for _ in (folder / sub).iterdir())
+        return sum(1 for sub in ("cur", "new") for folder in self.maildir.glob(f"**/{sub}") for _ in folder.iterdir())
 
 
 # -- hanna-sync ---------------------------------------------------------------------------------------
@@ -205,13 +240,15 @@ SyncState *
 class Hanna:
     """hanna-sync with its own config, database and secrets in a temp dir, the directory imported."""
 
-    def __init__(self, world: mailgen.World, workdir: Path, profile: Path | None) -> None:
+    def __init__(self, world: mailgen.World, workdir: Path, profile: Path | None, *,
+                 scan: str = f"concurrency = {CONCURRENCY}\n") -> None:
+        """`scan`: the config's [scan] lines."""
         self.profile = profile
         self.config_path = workdir / "config.toml"
         self.config_path.write_text(
             'database = "hanna-sync.db"\n'
             f'own_domains = ["{mailgen.OWN_DOMAIN}"]\n'
-            f"[scan]\nconcurrency = {CONCURRENCY}\n"
+            f"[scan]\n{scan}"
         )
         world.write_directory(workdir / "customers.csv", workdir / "leads.csv")
         for kind in ("customers", "leads"):
@@ -223,15 +260,19 @@ class Hanna:
         if proc.returncode:
             raise SystemExit(f"hanna-sync {' '.join(args)} failed: {proc.stderr.strip()}")
 
-    def add_mailboxes(self, dovecot: Dovecot, users: list[tuple[str, str]], folders: tuple[str, ...]) -> None:
-        """Through the core API, as `add-mailbox` does; only the first is verified against the server."""
+    def add_mailboxes(self, dovecot: Dovecot, users: list[tuple[str, str]], folders: tuple[str, ...], *,
+                      address: tuple[str, int] | None = None) -> None:
+        """Through the core API, as `add-mailbox` does; only the first is verified against the server.
+
+        `address`: where the mailboxes find the server, when not Dovecot's own port (a proxy, a namespace)."""
+        host, port = address or (dovecot.host, dovecot.imaps_port)
         config = load_config(self.config_path)
         store = Store(config.database)
         secret_store = open_secret_store("file", config.secrets_file, config.secrets_key_file, config.secrets.timeout)
         try:
             for number, (login, password) in enumerate(users):
                 box = mailboxes.new_mailbox(login.partition("@")[0], login, "custom", {
-                    "imap_host": dovecot.host, "imap_port": dovecot.imaps_port, "imap_security": "ssl",
+                    "imap_host": host, "imap_port": port, "imap_security": "ssl",
                     "ca_file": str(dovecot.ca_file), "folders": list(folders), "main": True,
                 })
                 mailboxes.add(store, secret_store, box, password, verify_first=number == 0,
@@ -239,10 +280,14 @@ class Hanna:
         finally:
             store.close()
 
-    def run(self, name: str, letters: int, nbytes: int) -> Run:
+    def run(self, name: str, letters: int, nbytes: int, *, prefix: tuple[str, ...] = (), check: bool = True) -> Run:
+        """One pass; `check=False` returns a pass with failed mailboxes (see `failures`) instead of stopping."""
         argv = [str(HANNA), "--config", str(self.config_path), "run", "--json"]
-        result = timed(name, "hanna-sync", argv, letters, nbytes, json_output=True, profile=self.profile)
-        if not result.output["ok"]:
+        result = timed(name, "hanna-sync", argv, letters, nbytes, json_output=True, profile=self.profile,
+                       prefix=prefix, check=False)
+        if result.output is None:
+            raise SystemExit(f"{name} failed (exit {result.exit_code}): {result.stderr}")
+        if check and not result.output["ok"]:
             errors = [e for m in result.output["mailboxes"] for e in m["errors"]]
             raise SystemExit(f"{name}: the pass reported errors: {errors[:5]}")
         return result
@@ -282,7 +327,7 @@ def one_mailbox(
          f" in {time.monotonic() - started:.1f} s")
 
     (tmp / "mbsync").mkdir()
-    mbsync = Mbsync(dovecot, user.login, user.password, tmp / "mbsync")
+    mbsync = Mbsync(dovecot, [(user.login, user.password)], tmp / "mbsync")
     step("mbsync: full download")
     runs = [mbsync.run("mbsync full download", n, nbytes)]
     if mbsync.count() != n:
