@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 packages=(dovecot-imapd python3-venv ca-certificates)
 # The tests check the units `setup-guide systemd` prints with systemd-analyze verify, and drive the web view
 # in a headless Chromium (tests/test_web_browser.py); tests/test_package.py builds the Debian package and
-# reads its man page with man-db.
-[ "${1:-}" = test ] && packages+=(systemd chromium chromium-driver groff-base man-db)
+# reads its man page with man-db; tests/test_bench_distance.py runs the bench small (mbsync from isync, GNU
+# time, tc from iproute2).
+[ "${1:-}" = test ] && packages+=(systemd chromium chromium-driver groff-base man-db isync time iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
