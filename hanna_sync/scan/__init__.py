@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
 
 __all__ = [
-    "LazyDirectory", "MailboxResult", "PassContext", "PassResult", "Progress", "WouldArchive", "pass_lock",
+    "Attempt", "LazyDirectory", "MailboxResult", "PassContext", "PassResult", "Progress", "WouldArchive", "pass_lock",
     "run_pass", "scan_mailbox",
 ]
 
@@ -158,7 +158,7 @@ def _scan_all(
         return limits[host_of(mailbox, ctx.config)]
 
     def one(mailbox: Mailbox) -> Attempt:
-        attempt = _attempt(ctx, mailbox, host(mailbox))
+        attempt = scan_mailbox(ctx, mailbox, host(mailbox))
         if attempt.final:
             record(mailbox, attempt.result)  # in the worker: a pass killed later loses no outcome
         return attempt
@@ -204,13 +204,9 @@ def refresh_due_sources(ctx: PassContext) -> None:
                 ctx.store.set_state_value(RELINK_DUE, "1")
 
 
-def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
-    """One mailbox's part of a pass: its failure is its result's, never the pass's (the database's aside)."""
-    return _attempt(ctx, mailbox, HostLimit(1, 1, 1)).result
-
-
-def _attempt(ctx: PassContext, mailbox: Mailbox, host: HostLimit) -> Attempt:
-    """scan_mailbox's work, telling `host` as soon as the mailbox is logged in (the host is up, and serving)."""
+def scan_mailbox(ctx: PassContext, mailbox: Mailbox, host: HostLimit) -> Attempt:
+    """One mailbox's part of a pass: its failure is its result's, never the pass's (the database's aside).
+    Tells `host` as soon as the mailbox is logged in: the host is up, and serving (Attempt.settle)."""
     assert mailbox.id is not None
     attempt = Attempt(mailbox, MailboxResult(mailbox.id, mailbox.email))
     result = attempt.result
