@@ -119,7 +119,8 @@ class ScanStateQueries(Connection):
     def record_outcome(
         self, mailbox_id: int, error: str | None, kind: str | None = None, retry_after: str | None = None
     ) -> None:
-        """The mailbox's last pass: success clears the failure streak; a failure extends it."""
+        """The mailbox's last pass: success clears the failure streak; a failure extends it. A busy server says
+        nothing of a password: a mailbox on auth or reauth back-off keeps its record and its streak."""
         now = utcnow()
         if error is None:
             self.db.execute(
@@ -132,8 +133,9 @@ class ScanStateQueries(Connection):
             self.db.execute(
                 "UPDATE mailboxes SET last_error = ?, last_error_at = ?, failure_kind = ?,"
                 " failing_since = COALESCE(failing_since, ?), consecutive_failures = consecutive_failures + 1,"
-                " retry_after = ? WHERE id = ?",
-                [error, now, kind, now, retry_after, mailbox_id],
+                " retry_after = ? WHERE id = ?"
+                " AND NOT (COALESCE(?, '') = 'busy' AND COALESCE(failure_kind, '') IN ('auth', 'reauth'))",
+                [error, now, kind, now, retry_after, mailbox_id, kind],
             )
 
     def clear_backoff(self, mailbox_id: int) -> None:

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from hanna_sync.remote.imap import connection_failed
 from hanna_sync.scan import gmail_source, graph_source, imap_source
 from hanna_sync.scan.context import LazyDirectory, PassContext, Progress
 from hanna_sync.scan.directory_refresh import refresh_directory
-from hanna_sync.scan.host_limits import HostLimits, host_of, run_limited
+from hanna_sync.scan.host_limits import HostLimit, HostLimits, Load, host_of, run_limited
 from hanna_sync.scan.results import MailboxResult, PassResult, WouldArchive
 from hanna_sync.scan.source import FolderSource
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from hanna_sync.credentials import SecretStore
 
 __all__ = [
-    "LazyDirectory", "MailboxResult", "PassContext", "PassResult", "Progress", "WouldArchive", "pass_lock",
+    "Attempt", "LazyDirectory", "MailboxResult", "PassContext", "PassResult", "Progress", "WouldArchive", "pass_lock",
     "run_pass", "scan_mailbox",
 ]
 
@@ -94,16 +95,14 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
         waiting = [_backing_off(m, now) for m in active if backoff_until(m, now) is not None]
     run_id = None if dry_run else store.start_run()
 
-    def one(mailbox: Mailbox) -> MailboxResult:
-        result = scan_mailbox(ctx, mailbox)
+    def record(mailbox: Mailbox, result: MailboxResult) -> None:
         if not dry_run:
             assert mailbox.id is not None
             with store.transaction():
                 store.record_outcome(mailbox.id, "; ".join(result.errors) or None, result.failure_kind,
                                      _retry_after(mailbox, result, config))
-        return result
 
-    results = _scan_all(ctx, boxes, one)
+    results = _scan_all(ctx, boxes, record)
     if not dry_run:
         try:
             after_pass(store, config, ctx.secrets, ctx.directory.get, index=ctx.directory.skip_index)
@@ -120,30 +119,76 @@ def _run_pass(ctx: PassContext, mailbox_ids: list[int] | None, started: float) -
     return outcome
 
 
-def _scan_all(ctx: PassContext, boxes: list[Mailbox], one: Callable[[Mailbox], MailboxResult]) -> list[MailboxResult]:
+@dataclass
+class Attempt:
+    """One try of a mailbox in a pass, and what its failure to connect or log in said of its server's load
+    (overload.load_of): a connection dropped before the login (LOST) is a connect failure, or busy once its
+    host has answered busy or logged a mailbox in during the pass."""
+
+    mailbox: Mailbox
+    result: MailboxResult
+    signal: str | None = None
+    busy_text: str = ""  # a dropped connection's error, should its host prove busy
+
+    def settle(self, host: HostLimit) -> Load:
+        """The failure kind of a dropped connection, now that its host's pass so far is known; the load."""
+        if self.signal == overload.LOST and (host.busy or host.logged_in) and self.result.failure_kind != "busy":
+            self.result.failure_kind, self.result.errors = "busy", [self.busy_text]
+        if self.result.failure_kind != "busy":
+            return "served"
+        return "account" if self.signal == overload.ACCOUNT_BUSY else "busy"
+
+    @property
+    def final(self) -> bool:
+        """Whether this try's outcome stands whatever the rest of the pass brings (nothing left to settle)."""
+        return self.result.failure_kind != "busy" and self.signal != overload.LOST
+
+
+def _scan_all(
+    ctx: PassContext, boxes: list[Mailbox], record: Callable[[Mailbox, MailboxResult], None],
+) -> list[MailboxResult]:
     """Every mailbox, scan.concurrency at once and each host within its limit; then those whose server was
-    busy again, after a pause, while there is time (at the lowered limit: the limits last the whole pass)."""
+    busy again, after a pause, while there is time (at the lowered limit: the limits last the whole pass).
+
+    Each mailbox's outcome is recorded once: as its try ends, or (busy, or dropped before the login) when the
+    pass knows it is its last: a busy server adds one to a failure streak per pass, not per try."""
     limits = HostLimits(ctx.config.scan.max_connections_per_host)
-    by_id = {b.id: b for b in boxes}
 
-    def scan(todo: list[Mailbox]) -> list[MailboxResult]:
-        return run_limited(todo, one, limits=limits, host=lambda m: host_of(m, ctx.config),
-                           busy=lambda r: r.failure_kind == "busy", workers=ctx.config.scan.concurrency)
+    def host(mailbox: Mailbox) -> HostLimit:
+        return limits[host_of(mailbox, ctx.config)]
 
-    results = {r.mailbox_id: r for r in scan(boxes)}
+    def one(mailbox: Mailbox) -> Attempt:
+        attempt = scan_mailbox(ctx, mailbox, host(mailbox))
+        if attempt.final:
+            record(mailbox, attempt.result)  # in the worker: a pass killed later loses no outcome
+        return attempt
+
+    def scan(todo: list[Mailbox]) -> list[Attempt]:
+        attempts = run_limited(todo, one, limits=limits, host=lambda m: host_of(m, ctx.config),
+                               load=lambda a: a.settle(host(a.mailbox)), workers=ctx.config.scan.concurrency)
+        for attempt in attempts:  # those dropped before any other connection to their host logged in
+            attempt.settle(host(attempt.mailbox))
+            if attempt.signal == overload.LOST and attempt.result.failure_kind != "busy":
+                record(attempt.mailbox, attempt.result)
+        return attempts
+
+    attempts = {a.mailbox.id: a for a in scan(boxes)}
     for pause in BUSY_RETRY_PAUSES:
-        again = [by_id[i] for i, r in results.items() if r.failure_kind == "busy"]
+        again = [a.mailbox for a in attempts.values() if a.result.failure_kind == "busy"]
         if not again or PassContext.clock() + pause >= ctx.deadline:
             break
         log.info("%d mailbox(es) found their server busy: trying them again in %g s", len(again), pause)
         time.sleep(pause)
-        results.update((r.mailbox_id, r) for r in scan(again))
-    for name, host in limits.hosts.items():
-        if host.busy:
+        attempts.update((a.mailbox.id, a) for a in scan(again))
+    for attempt in attempts.values():
+        if attempt.result.failure_kind == "busy":
+            record(attempt.mailbox, attempt.result)
+    for name, entry in limits.hosts.items():
+        if entry.busy:
             log.warning("%s was busy %d time(s) this pass: at most %d of its mailboxes at once from then on (at the"
-                        " lowest %d; scan.max_connections_per_host is %d)", name, host.busy, host.limit, host.lowest,
-                        host.ceiling)
-    return list(results.values())
+                        " lowest %d; scan.max_connections_per_host is %d)", name, entry.busy, entry.limit,
+                        entry.lowest, entry.ceiling)
+    return [a.result for a in attempts.values()]
 
 
 def refresh_due_sources(ctx: PassContext) -> None:
@@ -159,15 +204,18 @@ def refresh_due_sources(ctx: PassContext) -> None:
                 ctx.store.set_state_value(RELINK_DUE, "1")
 
 
-def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
-    """One mailbox's part of a pass: its failure is its result's, never the pass's (the database's aside)."""
+def scan_mailbox(ctx: PassContext, mailbox: Mailbox, host: HostLimit) -> Attempt:
+    """One mailbox's part of a pass: its failure is its result's, never the pass's (the database's aside).
+    Tells `host` as soon as the mailbox is logged in: the host is up, and serving (Attempt.settle)."""
     assert mailbox.id is not None
-    result = MailboxResult(mailbox.id, mailbox.email)
+    attempt = Attempt(mailbox, MailboxResult(mailbox.id, mailbox.email))
+    result = attempt.result
     started = PassContext.clock()
     if not ctx.dry_run:
         retire_unchosen_folders(ctx.store, mailbox)
     try:
         with open_source(ctx, mailbox, result) as source:
+            host.logged_in = True
             for folder in mailbox.folders:
                 if ctx.out_of_time():
                     result.budget_exhausted = True
@@ -179,6 +227,10 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
         result.fail("secrets", str(exc))
     except HannaError as exc:
         result.fail(_failure_kind(mailbox, exc), str(exc))
+        if mailbox.kind in IMAP_KINDS and (signal := overload.load_of(exc)) is not None:
+            attempt.signal = signal
+            attempt.busy_text = (exc.busy_text if isinstance(exc, overload.ConnectionLost)
+                                 else overload.busy_text(mailbox.imap_host, exc))
     except (OSError, ssl.SSLError, IMAPClientError, TimeoutError) as exc:
         result.fail("connect", connection_failed(exc, mailbox, ctx.config.network.timeout))
     except sqlite3.Error:
@@ -193,13 +245,14 @@ def scan_mailbox(ctx: PassContext, mailbox: Mailbox) -> MailboxResult:
             result.new, result.archived, result.linked, result.skipped,
             "; time budget spent" if result.budget_exhausted else "",
             f"; errors: {'; '.join(result.errors)}" if result.errors else "")
-    return result
+    return attempt
 
 
 def _failure_kind(mailbox: Mailbox, exc: HannaError) -> str:
-    """"auth" (backed off) for a refused login only: a server that had no room to connect or log us in (its
-    `* BYE Connection queue full` greeting, `NO [UNAVAILABLE]`, a login cut off) is "busy", tried again later."""
-    if mailbox.kind in IMAP_KINDS and overload.is_busy(exc):
+    """"auth" (backed off) for a refused login only. A server that said it had no room to connect or log us in
+    (its `* BYE Connection queue full` greeting, `NO [UNAVAILABLE]`) is "busy", tried again later; a connection
+    dropped before the login is "connect" until its host shows it is busy (Attempt.settle)."""
+    if mailbox.kind in IMAP_KINDS and overload.load_of(exc) in (overload.HOST_BUSY, overload.ACCOUNT_BUSY):
         return "busy"
     return "auth" if isinstance(exc, AuthError) else "connect"
 
