@@ -32,8 +32,9 @@ def run(app: App, mailbox_ids: tuple[int, ...], dry_run: bool, as_json: bool) ->
     Folders are opened read-only and bodies fetched with BODY.PEEK: no flag on the server changes.
     A failing mailbox is recorded (see list-mailboxes) and the others are still scanned.
     Up to scan.concurrency mailboxes at once, at most scan.max_connections_per_host on one server;
-    a server that answers "busy" (Connection queue full, [UNAVAILABLE], a login cut off) gets fewer,
-    and its mailboxes are tried again later in the pass (failure_kind "busy", never a back-off).
+    a server that answers "busy" (Connection queue full, [UNAVAILABLE], a login cut off while it is
+    busy or serving others) gets fewer, and its mailboxes are tried again later in the pass
+    (failure_kind "busy", never a back-off).
 
     \b
     Exit codes: 0 every mailbox scanned, 1 a mailbox failed (its server still busy, too) or the
