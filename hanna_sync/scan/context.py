@@ -36,7 +36,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 def _freed_letters_go_back() -> None:
     """glibc raises its mmap threshold to the largest block freed (up to 32 MiB): after the first letters
     every later one comes from its heaps (one per thread), which keep memory once freed, so the budget
-    would bound what is used, not what stays resident (measured: 226 MiB instead of ~105). Fixed at its
+    would bound what is used, not what stays resident (measured: ~185 MiB instead of ~95). Fixed at its
     initial 128 KiB, a letter is a mapping of its own, returned when freed."""
     with suppress(OSError, AttributeError):  # not glibc (macOS has no mallopt): an allocator without that habit
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
