@@ -14,7 +14,7 @@ import pytest
 from hanna_sync.demo import sample
 from hanna_sync.demo.latency import LatencyProxy
 from hanna_sync.remote import imap, imap_wire
-from hanna_sync.scan import imap_source
+from hanna_sync.scan import context
 from tests.helpers import Env, deliver_sample
 
 FOLDERS = {1: ("INBOX",), 2: ("INBOX", "Išsiųsti"), 5: ("INBOX", "Išsiųsti", "Archyvas", "Klientai", "Tiekėjai")}
@@ -226,7 +226,7 @@ def test_a_reply_in_the_next_batch_inherits_the_links_of_a_letter_not_committed_
 
 def test_bodies_in_flight_stay_within_their_bound(tmp_path, dovecot, proxy, monkeypatch):
     """Letters bigger than the bound: never more than one batch's bodies asked for ahead of a commit."""
-    monkeypatch.setattr(imap_source, "BODIES_AHEAD_BYTES", 1)
+    monkeypatch.setattr(context, "BODIES_BUDGET", 1)
     most = []
     write = imap_wire.Wire._write
 

@@ -3,11 +3,13 @@ and the CRM directory the pass matches against, built only when a folder has new
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hanna_sync.config import Config
@@ -24,6 +26,49 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
+MiB = 1024 * 1024
+# Raw letters asked for and not committed, the whole pass. With the ~50 MiB a pass needs anyway and the
+# parsed copies, a first pass of 16 mailboxes of 450 KB letters peaks at ~95 MiB (measured, issue #20).
+BODIES_BUDGET = 24 * MiB
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def _freed_letters_go_back() -> None:
+    """glibc raises its mmap threshold to the largest block freed (up to 32 MiB): after the first letters
+    every later one comes from its heaps (one per thread), which keep memory once freed, so the budget
+    would bound what is used, not what stays resident (measured: ~185 MiB instead of ~95). Fixed at its
+    initial 128 KiB, a letter is a mapping of its own, returned when freed."""
+    with suppress(OSError, AttributeError):  # not glibc (macOS has no mallopt): an allocator without that habit
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
+class BodyBudget:
+    """The bytes of letters the pass may have asked for and not yet committed, across all its mailboxes:
+    peak memory stays bounded whatever scan.concurrency. Taken by RFC822.SIZE before a FETCH is written,
+    given back when its batch is committed or dropped. One taker alone may exceed it (a letter larger
+    than the budget), so a taker holding nothing never waits forever; a taker holding some never waits
+    at all (`wait=False`: it commits what it holds first), so no two takers wait on each other."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit, self.held, self.high_water = limit or BODIES_BUDGET, 0, 0
+        self._changed = threading.Condition()
+        _freed_letters_go_back()
+
+    def take(self, size: int, *, wait: bool) -> bool:
+        """Take `size` bytes; False when they do not fit now and `wait` is False."""
+        with self._changed:
+            while size and self.held and self.held + size > self.limit:
+                if not wait:
+                    return False
+                self._changed.wait()
+            self.held += size
+            self.high_water = max(self.high_water, self.held)
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._changed:
+            self.held -= size
+            self._changed.notify_all()
 
 
 class LazyDirectory:
@@ -92,6 +137,7 @@ class PassContext:
     dry_run: bool = False
     progress: Progress | None = None
     deadline: float = float("inf")  # time.monotonic() after which no new batch starts
+    bodies: BodyBudget = field(default_factory=BodyBudget)  # one per pass
 
     @staticmethod
     def clock() -> float:

@@ -11,7 +11,6 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from hanna_sync.remote import imap, imap_wire
 from hanna_sync.scan import archiving
 from hanna_sync.scan.archiving import keeping, retire_gone_folder
 from hanna_sync.scan.context import PassContext
+from hanna_sync.scan.imap_batch import Matched, conversation_key, message_id
 from hanna_sync.scan.results import MailboxResult
 from hanna_sync.scan.source import Candidate, Original
 from hanna_sync.uidset import UidSet
@@ -47,10 +47,11 @@ log = logging.getLogger(__name__)
 # answers (thread links), and what marks it as sent by a program. Everything else comes from the whole
 # letter, fetched for the matched ones only.
 HEADER_FIELDS = "MESSAGE-ID FROM SENDER REPLY-TO TO CC BCC IN-REPLY-TO REFERENCES AUTO-SUBMITTED PRECEDENCE LIST-ID"
-# Pipelining (see _process): batches matched before the oldest is committed, and the bytes of the bodies
-# they may hold in flight (a server may send them all before it completes the oldest FETCH: Dovecot does).
+# Pipelining (see _process): batches matched before the oldest is committed. The bytes of their bodies in
+# flight (a server may send them all before it completes the oldest FETCH: Dovecot does) come out of the
+# pass's BodyBudget; a batch whose bodies weigh more than a quarter of it is committed in parts.
 BATCHES_AHEAD = 2
-BODIES_AHEAD_BYTES = 8 * 1024 * 1024  # per mailbox: scan.concurrency mailboxes run at once
+HEADER_WEIGHT = 64 * 1024  # what the header block of a letter over scan.max_letter_size_mb is taken to weigh
 SEARCH_WINDOW = 20_000  # UIDs one SEARCH may return at most: keeps its response line far below imaplib's 1 MB cap
 
 
@@ -88,25 +89,6 @@ def connect(ctx: PassContext, mailbox: Mailbox, result: MailboxResult) -> Iterat
         yield ImapSource(ctx, mailbox, client, result)
     finally:
         renewing.end()
-
-
-@dataclass
-class _Matched:
-    """A batch matched on its header fields, its bodies asked for, not committed yet."""
-
-    uids: list[int]
-    fetched: dict[int, imap_wire.HeaderFields]  # of the batch's UIDs, those the server returned
-    tokens: dict[int, list[str]]
-    answers: dict[int, list[str]]  # the ids each letter answers (its thread)
-    candidates: list[Candidate[int]]
-    skipped: list[int]
-    published: set[str]  # Message-IDs and conversations of its matched letters: what replies inherit from
-    bodies: list[imap_wire.Pending] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        """What its bodies may weigh (RFC822.SIZE), at most."""
-        return sum(c.size for c in self.candidates)
 
 
 class ImapSource:
@@ -296,14 +278,17 @@ class ImapSource:
         of the next batches are asked for before they are needed, and a batch's bodies as soon as it is
         matched, while up to `ahead` batches before it still wait for theirs. Commits stay one per batch and
         in order (a kill loses nothing); a batch whose letters answer letters of a batch not committed yet
-        waits for that commit, so replies inherit links exactly as one batch after the other would.
+        waits for that commit, so replies inherit links exactly as one batch after the other would. The
+        bodies' bytes come out of the pass's budget first: while they do not fit, the oldest batch is
+        committed; with none left waiting, the pass waits for other mailboxes' commits.
         """
         size = self.config.scan.batch_size
         batches = [uids[start : start + size] for start in range(0, len(uids), size)]
         fields = HEADER_FIELDS + " SUBJECT" if self.ctx.dry_run else HEADER_FIELDS  # a dry run lists subjects
         headers: deque[imap_wire.Pending] = deque()  # asked for, not read yet
-        waiting: deque[_Matched] = deque()  # matched, not committed yet
+        waiting: deque[Matched] = deque()  # matched, not committed yet
         asked = done = 0
+        budget = self.ctx.bodies
 
         def ask_headers(up_to: int) -> None:
             nonlocal asked
@@ -319,44 +304,57 @@ class ImapSource:
 
         def commit_oldest() -> None:
             matched = waiting.popleft()
-            self._commit(state, seen, matched, moves_high_water=moves_high_water, backfill=backfill)
+            try:
+                self._commit(state, seen, matched, moves_high_water=moves_high_water, backfill=backfill)
+            finally:
+                budget.give_back(matched.held)
+                matched.bodies = []  # its bytes go with what it gave back, whoever still refers to it
             progressed(len(matched.uids))
 
-        with imap_wire.one_write(self.client._imap):
-            ask_headers(1 + self.ahead)
-        for read, batch in enumerate(batches, start=1):
-            if self.ctx.out_of_time():
-                self.result.budget_exhausted = True
-                while waiting:
-                    commit_oldest()
-                self.wire.drain()
-                return False
-            ask_headers(read)  # asked already, unless nothing is asked ahead
-            fetched = self.wire.headers(headers.popleft())
-            in_batch = set(batch)
-            looked_at = sorted(uid for uid in fetched if uid in in_batch)
-            answers = {uid: thread_tokens(fetched[uid].raw) + _conversation_key(self._conversation(fetched[uid]))
-                       for uid in looked_at}
-            answered = {i for ids in answers.values() for i in ids}
-            while waiting and any(answered & m.published for m in waiting):
-                commit_oldest()  # a reply's links come from letters committed before it is matched
-            matched = self._matched(state, batch, {uid: fetched[uid] for uid in looked_at}, answers, backfill=backfill)
-            while matched and waiting and sum(m.size for m in [*waiting, matched]) > BODIES_AHEAD_BYTES:
-                commit_oldest()  # memory stays bounded whatever the letters' sizes
+        try:
             with imap_wire.one_write(self.client._imap):
-                if matched is not None and self.ahead:
-                    matched.bodies = self._ask_bodies(matched.candidates)
-                if self.ahead:
-                    ask_headers(read + 1 + self.ahead)
-            if matched is None:  # a dry run: nothing to commit
-                progressed(len(batch))
-                continue
-            waiting.append(matched)
-            while len(waiting) > self.ahead:
+                ask_headers(1 + self.ahead)
+            for read, batch in enumerate(batches, start=1):
+                if self.ctx.out_of_time():
+                    self.result.budget_exhausted = True
+                    while waiting:
+                        commit_oldest()
+                    self.wire.drain()
+                    return False
+                ask_headers(read)  # asked already, unless nothing is asked ahead
+                fetched = self.wire.headers(headers.popleft())
+                in_batch = set(batch)
+                looked_at = sorted(uid for uid in fetched if uid in in_batch)
+                answers = {uid: thread_tokens(fetched[uid].raw) + conversation_key(self._conversation(fetched[uid]))
+                           for uid in looked_at}
+                answered = {i for ids in answers.values() for i in ids}
+                while waiting and any(answered & m.published for m in waiting):
+                    commit_oldest()  # a reply's links come from letters committed before it is matched
+                matched = self._matched(state, batch, {uid: fetched[uid] for uid in looked_at}, answers,
+                                        backfill=backfill)
+                if matched is None:  # a dry run: nothing to commit
+                    if self.ahead:
+                        with imap_wire.one_write(self.client._imap):
+                            ask_headers(read + 1 + self.ahead)
+                    progressed(len(batch))
+                    continue
+                parts = matched.parts(self._weights(matched), budget.limit // 4)
+                for part in parts:
+                    while not budget.take(part.held, wait=not waiting):
+                        commit_oldest()  # memory stays bounded whatever the letters' sizes
+                    waiting.append(part)  # on the books before anything can fail
+                    with imap_wire.one_write(self.client._imap):
+                        if self.ahead:
+                            part.bodies = self._ask_bodies(part.wanted)
+                        if self.ahead and part is parts[-1]:
+                            ask_headers(read + 1 + self.ahead)
+                    while len(waiting) > self.ahead:
+                        commit_oldest()
+            while waiting:
                 commit_oldest()
-        while waiting:
-            commit_oldest()
-        return True
+            return True
+        finally:  # batches dropped (the connection broke) give their bytes back
+            budget.give_back(sum(m.held for m in waiting))
 
     def _status_items(self) -> list[bytes]:
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
@@ -389,7 +387,7 @@ class ImapSource:
     def _matched(
         self, state: FolderState, uids: list[int], fetched: dict[int, imap_wire.HeaderFields],
         answers: dict[int, list[str]], *, backfill: bool,
-    ) -> _Matched | None:
+    ) -> Matched | None:
         """A batch's letters matched on their header fields (a dry run reports them here and gets None)."""
         looked_at = sorted(fetched)
         tokens = {uid: address_tokens(fetched[uid].raw) for uid in looked_at}
@@ -405,22 +403,29 @@ class ImapSource:
             archiving.would_archive(self.ctx, self.result, folder=state.folder, candidates=candidates,
                                     counted=self.dry_linked)
             return None
-        published = {i for c in candidates for i in [*_message_id(c.identity), *_conversation_key(c.conversation_id)]}
-        return _Matched(uids, fetched, tokens, answers, candidates, skipped, published)
+        published = {i for c in candidates for i in [*message_id(c.identity), *conversation_key(c.conversation_id)]}
+        return Matched(uids, fetched, tokens, answers, candidates, skipped, published)
 
-    def _ask_bodies(self, candidates: list[Candidate[int]]) -> list[imap_wire.Pending]:
-        """The FETCH of the matched letters' originals not archived yet, written now, read at the commit."""
+    def _weights(self, matched: Matched) -> dict[int, int]:
+        """UID -> the bytes its download takes, of the batch's matched letters not archived yet (which
+        become its `wanted`): RFC822.SIZE, or HEADER_WEIGHT for one over the size limit (headers only)."""
+        candidates = matched.candidates
         with self.store.transaction():
             known = self.store.letter_ids([c.identity for c in candidates if c.identity])
+        matched.wanted = [c for c in candidates if c.identity not in known]
         limit = self.config.max_letter_bytes
-        wanted = [c for c in candidates if c.identity not in known]
+        return {c.key: c.size if c.size <= limit else HEADER_WEIGHT for c in matched.wanted}
+
+    def _ask_bodies(self, wanted: list[Candidate[int]]) -> list[imap_wire.Pending]:
+        """The FETCH of the matched letters' originals not archived yet, written now, read at the commit."""
+        limit = self.config.max_letter_bytes
         whole = [c.key for c in wanted if c.size <= limit]
         heads = [c.key for c in wanted if c.size > limit]
         return ([self.wire.bodies(whole, b"BODY.PEEK[]")] if whole else []) + (
             [self.wire.bodies(heads, b"BODY.PEEK[HEADER]")] if heads else [])
 
     def _commit(
-        self, state: FolderState, seen: UidSet, matched: _Matched, *, moves_high_water: bool, backfill: bool,
+        self, state: FolderState, seen: UidSet, matched: Matched, *, moves_high_water: bool, backfill: bool,
     ) -> None:
         """One batch's originals and its one transaction.
 
@@ -513,7 +518,7 @@ class ImapSource:
                 linked = self.store.thread_links([i for ids in answers.values() for i in ids])
 
             def publish(uid: int) -> None:  # a letter of this batch that others in it may answer (or share a thread)
-                for thread_id in [headers(uid).message_id, *_conversation_key(self._conversation(fetched[uid]))]:
+                for thread_id in [headers(uid).message_id, *conversation_key(self._conversation(fetched[uid]))]:
                     if thread_id:
                         linked.setdefault(thread_id, []).extend((link.entity_type, link.entity_id)
                                                                 for link in links[uid])
@@ -586,13 +591,3 @@ class ImapSource:
     def record_skipped(self, state: FolderState, keys: dict[int, LetterKeys]) -> None:
         assert self.mailbox.id is not None and state.uidvalidity is not None
         self.store.record_skipped(self.mailbox.id, state.folder, state.uidvalidity, keys)
-
-
-def _message_id(identity: str | None) -> list[str]:
-    """The Message-ID in a letter's identity ("mid:<id>"), as replies name it."""
-    return [identity[4:]] if identity and identity.startswith("mid:") else []
-
-
-def _conversation_key(conversation_id: str | None) -> list[str]:
-    """How a conversation id is named among Message-IDs in thread look-ups (letter_thread_ids)."""
-    return [f"conversation:{conversation_id}"] if conversation_id else []
