@@ -157,8 +157,11 @@ class LatencyProxy:
                     return
                 if not upward:
                     stats._heard = True
-                writer.write(data)
-                await writer.drain()
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                except ConnectionError:  # the other side is gone (a client that closed after its LOGOUT)
+                    return
 
         sender = asyncio.create_task(deliver())
         try:
