@@ -29,7 +29,7 @@ it only counts. Every command runs under `/usr/bin/time -v` (peak RSS, CPU); wal
 goes to stdout; everything, with the machine and the checkout, to bench/results/<UTC time>-distance.json.
 
 Another checkout is measured by running this file with that checkout's Python, e.g.
-`/work/old/.venv/bin/python bench/distance.py ...` (its hanna-sync and its `hanna_sync` are used).
+`/srv/old/.venv/bin/python bench/distance.py ...` (its hanna-sync and its `hanna_sync` are used).
 """
 
 from __future__ import annotations

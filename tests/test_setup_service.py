@@ -337,7 +337,7 @@ def test_the_packages_units_are_kept_and_none_written(layout):
 def test_a_hanna_sync_under_root_or_home_is_refused_before_anything_is_made(layout):
     from dataclasses import replace
 
-    report = setup_system(replace(layout, exe="/root/.local/bin/hanna-sync"))
+    report = setup_system(replace(layout, exe="/home/someone/.local/bin/hanna-sync"))
     assert outcomes(report) == [("user", "done"), ("executable", "failed")]
     assert "ProtectHome=yes" in report.steps[-1].detail and "pipx install" in report.steps[-1].detail
     assert not layout.state_dir.exists()
