@@ -26,13 +26,13 @@ import re
 import select
 import socket
 import ssl
-import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 
 from imapclient import IMAPClient, imap_utf7
 
 from hanna_sync.demo.sandbox import CertificateAuthority, Dovecot
+from tests.helpers import serve_each_connection
 
 SPECIAL_USE = {b'"[Gmail]/All Mail"': b"\\All", b'"[Gmail]/Sent Mail"': b"\\Sent"}
 _GM_ITEMS = re.compile(rb" ?X-GM-(MSGID|THRID|LABELS)\b", re.IGNORECASE)
@@ -73,11 +73,9 @@ class FakeGmailImap:
         self.context.load_cert_chain(cert, key)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self._closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        serve_each_connection(self.sock, self._session)
 
     def close(self) -> None:
-        self._closing = True
         self.sock.close()
 
     def body_fetches(self) -> list[tuple[str | None, int]]:
@@ -109,14 +107,6 @@ class FakeGmailImap:
             key = own or "sha256:" + hashlib.sha256(header).hexdigest()
             out[uid] = (gm_id(key), gm_id(root or key))
         return out
-
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
         try:

@@ -43,6 +43,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from hanna_sync.demo.sandbox import CertificateAuthority, SandboxUser
+from tests.helpers import serve_each_connection
 
 
 def b64url(data: bytes) -> str:
@@ -602,20 +603,10 @@ class FakeOutlookImap:
         self.expire_after: int | None = None  # end the next session after this many commands
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self._closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        serve_each_connection(self.sock, self._session)
 
     def close(self) -> None:
-        self._closing = True
         self.sock.close()
-
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hanna_sync.db.store import Store
 from hanna_sync.uidset import UidSet
+from tests.helpers import serve_each_connection
 
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
 
@@ -106,7 +107,7 @@ class ImapProxy:
         self.commands: list[str] = []  # what clients asked, e.g. "STATUS", "UID SEARCH", "UID FETCH"
         self._sockets: list[socket.socket] = []
         self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        serve_each_connection(self.listener, self._serve)
 
     def reset(self, fault: Fault | None = None, victim: int | None = None) -> None:
         with self.lock:
@@ -128,14 +129,6 @@ class ImapProxy:
         self.close()
 
     # -- plumbing --------------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         self._sockets.append(conn)

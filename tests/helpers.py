@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,3 +104,17 @@ def server_bodies(user, folder) -> list[bytes]:
         c.login(user.login, user.password)
         c.select_folder(folder, readonly=True)
         return [d[b"BODY[]"] for d in c.fetch(c.search(), ["BODY.PEEK[]"]).values()]
+
+
+def serve_each_connection(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """The test servers' accept loop, in a thread: each connection handled in a thread of its own, until the
+    listener is closed (accept then fails, and the loop ends)."""
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()

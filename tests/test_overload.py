@@ -36,7 +36,7 @@ from hanna_sync.models import Mailbox
 from hanna_sync.remote import imap, overload
 from hanna_sync.scan.host_limits import HostLimit, HostLimits, run_limited
 from hanna_sync.scan.results import MailboxResult
-from tests.helpers import Env, deliver_sample, server_flags
+from tests.helpers import Env, deliver_sample, serve_each_connection, server_flags
 
 # -- the classifier ------------------------------------------------------------------------------------
 
@@ -221,21 +221,13 @@ class BusyGate:
         self.admitted = 0  # open connections let through
         self.refused = 0
         self.refusals = itertools.cycle(self.REFUSALS)
-        threading.Thread(target=self._accept, daemon=True).start()
+        serve_each_connection(self.listener, self._serve)
 
     def __enter__(self) -> BusyGate:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with self.lock:
